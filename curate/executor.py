@@ -1,0 +1,137 @@
+"""Executors: the only place parallelism lives.
+
+``Executor.map(fn, tasks)`` runs ``fn(task)`` for every task and yields ``TaskResult`` in
+completion order. ``fn`` must be a picklable top-level function. An exception inside a
+task is caught and returned as a failed result (the run goes on); the caller decides.
+
+- ``LocalExecutor``: a process pool (``--workers``, default = cores). With one worker it
+  runs in-process, which is what tests and small demo runs want.
+- ``RayExecutor``: the same over a Ray cluster (``--executor ray --address ...``); Ray is
+  imported only here (``pip install ".[ray]"``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CurateError
+
+
+@dataclass
+class TaskResult:
+    task: Any
+    value: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
+    t0 = time.perf_counter()
+    try:
+        value = fn(task)
+        return TaskResult(task, value, None, time.perf_counter() - t0)
+    except CurateError as e:
+        return TaskResult(task, None, e.message, time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 - a failing task is data for the summary
+        tb = traceback.format_exc(limit=6)
+        return TaskResult(task, None, f"{type(e).__name__}: {e}\n{tb}", time.perf_counter() - t0)
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+class Executor:
+    name = "base"
+    workers = 1
+
+    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[TaskResult]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class LocalExecutor(Executor):
+    """Process pool (spawn context: safe with torch and polars threads)."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, max_pending: int | None = None):
+        self.workers = workers or default_workers()
+        self.max_pending = max_pending or self.workers * 2
+
+    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[TaskResult]:
+        tasks = list(tasks)
+        if self.workers <= 1 or len(tasks) <= 1:
+            for t in tasks:
+                yield _call(fn, t)
+            return
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx) as pool:
+            pending = set()
+            it = iter(tasks)
+            for t in it:
+                pending.add(pool.submit(_call, fn, t))
+                if len(pending) >= self.max_pending:
+                    break
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.add(pool.submit(_call, fn, nxt))
+
+
+class RayExecutor(Executor):
+    """Ray tasks; ``address=None`` starts a local Ray (what the tests use)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None):
+        try:
+            import ray
+        except ImportError as e:
+            raise CurateError("--executor ray needs Ray", fix='pip install -c constraints.txt ".[ray]"') from e
+        self.ray = ray
+        self.workers = workers or default_workers()
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True,
+                                      "log_to_driver": False}
+            if address:
+                kwargs["address"] = address
+            else:
+                kwargs["num_cpus"] = self.workers
+            ray.init(**kwargs)
+
+    def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[TaskResult]:
+        remote = self.ray.remote(_call)
+        refs = [remote.remote(fn, t) for t in tasks]
+        while refs:
+            done, refs = self.ray.wait(refs, num_returns=1)
+            for r in done:
+                yield self.ray.get(r)
+
+    def close(self) -> None:
+        pass
+
+
+def get_executor(name: str = "local", workers: int | None = None, address: str | None = None) -> Executor:
+    name = (name or "local").lower()
+    if name == "local":
+        return LocalExecutor(workers)
+    if name == "ray":
+        return RayExecutor(address=address, workers=workers)
+    raise CurateError(f"unknown executor {name!r}", fix="use --executor local or --executor ray")

@@ -1,0 +1,145 @@
+"""Logging, rich progress bars and the end-of-run summary table.
+
+One console (stderr) for everything human-facing, so stdout stays clean for data
+(`curate search` prints results there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+_state = {"quiet": False, "verbose": False}
+
+logger = logging.getLogger("curate")
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Configure the ``curate`` logger; ``--quiet`` also hides progress bars."""
+    _state["quiet"] = quiet
+    _state["verbose"] = verbose
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("curate")
+    root.handlers.clear()
+    handler = RichHandler(console=console, show_path=verbose, show_time=verbose, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    for name in ("builders", "annotations", "training"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.addHandler(handler)
+        lg.setLevel(level)
+        lg.propagate = False
+
+
+def progress_enabled() -> bool:
+    if _state["quiet"] or os.environ.get("CURATE_NO_PROGRESS"):
+        return False
+    return True
+
+
+@contextmanager
+def progress_bar(desc: str, total: int | None = None, unit: str = "items") -> Iterator[Callable]:
+    """A rich progress bar; yields ``advance(n=1)``. Silent when quiet or not wanted."""
+    if not progress_enabled():
+        yield lambda n=1: None
+        return
+    prog = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(f"{unit}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=not console.is_terminal,
+        disable=not console.is_terminal and not os.environ.get("CURATE_FORCE_PROGRESS"),
+    )
+    with prog:
+        task = prog.add_task(desc, total=total)
+        yield lambda n=1: prog.advance(task, n)
+
+
+def track(items: Iterable[T], desc: str, total: int | None = None, unit: str = "items") -> Iterator[T]:
+    """Iterate with a progress bar."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with progress_bar(desc, total, unit) as advance:
+        for item in items:
+            yield item
+            advance(1)
+
+
+@dataclass
+class StageSummary:
+    """Counts of one stage for the run summary table."""
+
+    name: str
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    items: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+
+def summary_table(stages: list[StageSummary], title: str = "Run summary") -> Table:
+    table = Table(title=title)
+    for col in ("stage", "tasks done", "skipped", "failed", "items", "seconds", "items/s"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in stages:
+        table.add_row(
+            s.name,
+            str(s.done),
+            str(s.skipped),
+            str(s.failed),
+            str(s.items),
+            f"{s.seconds:.1f}",
+            f"{s.rate:.1f}",
+        )
+    return table
+
+
+def print_table(table: Table) -> None:
+    if not _state["quiet"]:
+        console.print(table)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()
