@@ -27,7 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("curate.embed.cli:embed_app", "Compute CLIP embeddings over shards (clip-retrieval layout)."),
     "index": ("curate.index:index_app", "Build a faiss index over an embeddings folder."),
     "search": ("curate.index:search_app", "Search an index with a text prompt."),
-    "train": ("training.cli:train_app", "Train the bundled TRIDENT or CIR model on a dataset."),
     "eval": ("training.cli:eval_app", "Evaluate models on a dataset (zero-shot, CZSL, CIR metrics)."),
     "shards": ("curate.shards_cli:app", "Inspect and verify WebDataset shards."),
     "doctor": ("curate.doctor:app", "Check the environment: packages, FiftyOne database, models."),
@@ -126,7 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         from .errors import CurateError
 
-        if isinstance(e, CurateError) and not debug:
+        if isinstance(e, CurateError):
+            if debug:
+                import traceback
+
+                traceback.print_exc()
             click.echo(f"error: {e.message}", err=True)
             sys.exit(e.exit_code)
         raise

@@ -1,0 +1,42 @@
+"""The offline demo build: the demo world stands in for LAION captions, an image pool and
+DALL-E/SDXL; the mini-CLIP trained on the world's common pairs stands in for CLIP."""
+
+from __future__ import annotations
+
+import logging
+
+from curate.paths import default_demo_dir
+
+from .config import BuildConfig
+
+log = logging.getLogger(__name__)
+
+
+def demo_config(scale: str = "medium", workers: int | None = None, seed: int = 0) -> BuildConfig:
+    """Materialise the world and the mini-CLIP if needed; return a config that mines them."""
+    from builders.synthetic.world import ensure_world
+    from curate.embed.mini_clip import ensure_mini_clip
+
+    base = default_demo_dir()
+    world_dir = base / "world"
+    log.info("demo world: %s (scale %s)", world_dir, scale)
+    world = ensure_world(world_dir, scale=scale, seed=seed)
+    model_dir = ensure_mini_clip(world.path)
+    return BuildConfig(
+        out=str(base / "imagenet-ao"),
+        objects=str(world.path / "world.json"),
+        attributes=str(world.path / "world.json"),
+        captions=[str(world.path / "captions")],
+        pool=str(world.path / "pool" / "images"),
+        generator="demo",
+        generator_images=12,
+        model=f"mini:{model_dir}",
+        images_per_pair=8,
+        min_images_per_pair=2,
+        retrieve_k=30,
+        common_pairs=24,
+        object_topk=3,
+        export=["czsl", "imagefolder"],
+        reference=str(world.path / "heldout"),
+        seed=seed,
+    )

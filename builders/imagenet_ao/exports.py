@@ -1,0 +1,92 @@
+"""Exports for other codebases.
+
+- ``czsl``: the layout ExplainableML/czsl and TRIDENT read — ``images/<name>``,
+  ``compositional-split-natural/{train,val,test}_pairs.txt`` (one ``attr obj`` per line;
+  spaces inside names become ``_`` because those loaders split lines on whitespace) and
+  ``metadata_compositional-split-natural.t7`` (``torch.save`` of a list of dicts
+  ``{image, attr, obj, set}``; plain Python types only, so ``torch.load(weights_only=True)``
+  reads it). Train = seen pairs' train images; val/test = seen + unseen pairs.
+- ``imagefolder``: ``imagefolder/<split>/<attr>_<obj>/<key>.jpg`` for torchvision ``ImageFolder``.
+
+Images are extracted from the dataset's shards; rejected samples are excluded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+
+from curate.errors import CurateError
+from curate.fsutil import atomic_open, write_bytes, write_text
+from curate.shards import iter_shard
+
+FORMATS = ("czsl", "imagefolder")
+SPLIT_NAME = "compositional-split-natural"
+
+
+def czsl_name(text: str) -> str:
+    return text.strip().replace(" ", "_")
+
+
+def _extract(out: Path, manifest: pl.DataFrame, dest_of) -> int:
+    """Write every manifest image to ``dest_of(row)`` (skipping files already there)."""
+    n = 0
+    by_shard: dict[str, dict[str, dict]] = {}
+    for row in manifest.iter_rows(named=True):
+        by_shard.setdefault(row["shard"], {})[row["key"]] = row
+    for shard, rows in sorted(by_shard.items()):
+        for s in iter_shard(out / "shards" / shard):
+            row = rows.get(s["__key__"])
+            if row is None:
+                continue
+            dest = dest_of(row)
+            if not dest.exists():
+                write_bytes(dest, s["jpg"])
+            n += 1
+    return n
+
+
+def export_czsl(out: Path, manifest: pl.DataFrame) -> Path:
+    import torch
+
+    root = out / "exports" / "czsl"
+    img_dir = root / "images"
+
+    def rel(row) -> str:
+        return f"{czsl_name(row['attr'])}_{czsl_name(row['obj'])}/{row['key']}.jpg"
+
+    _extract(out, manifest, lambda row: img_dir / rel(row))
+    split_dir = root / SPLIT_NAME
+    for split in ("train", "val", "test"):
+        pairs = (manifest.filter(pl.col("split") == split).select("attr", "obj").unique().sort("attr", "obj"))
+        lines = "".join(f"{czsl_name(a)} {czsl_name(o)}\n" for a, o in pairs.iter_rows())
+        write_text(split_dir / f"{split}_pairs.txt", lines)
+    meta = [{"image": rel(r), "attr": czsl_name(r["attr"]), "obj": czsl_name(r["obj"]), "set": r["split"]}
+            for r in manifest.sort("key").iter_rows(named=True)]
+    with atomic_open(root / f"metadata_{SPLIT_NAME}.t7", "wb") as f:
+        torch.save(meta, f)
+    return root
+
+
+def export_imagefolder(out: Path, manifest: pl.DataFrame) -> Path:
+    root = out / "exports" / "imagefolder"
+    _extract(out, manifest, lambda r: root / r["split"] / f"{czsl_name(r['attr'])}_{czsl_name(r['obj'])}" / f"{r['key']}.jpg")
+    return root
+
+
+def export(fmt: str, out: Path | str | os.PathLike, manifest: pl.DataFrame | None = None,
+           include_rejected: bool = False) -> Path:
+    from curate.manifest import read_manifest
+
+    out = Path(out)
+    if manifest is None:
+        manifest = read_manifest(out, include_rejected=include_rejected)
+    elif not include_rejected and "review_status" in manifest.columns:
+        manifest = manifest.filter(pl.col("review_status").fill_null("") != "reject")
+    if fmt == "czsl":
+        return export_czsl(out, manifest)
+    if fmt == "imagefolder":
+        return export_imagefolder(out, manifest)
+    raise CurateError(f"unknown export format {fmt!r}", fix=f"use one of: {', '.join(FORMATS)}")

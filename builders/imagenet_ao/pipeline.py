@@ -1,0 +1,515 @@
+"""`curate build imagenet-ao`: vocabulary -> rarity scan -> candidates -> filters -> dataset.
+
+Every stage is resumable: per-task ledger markers for the parallel stages (rarity per file,
+pool packing, generation, embedding, decode checks per shard) and one marker per global
+stage whose output is a parquet/npy file written atomically. A rerun after kill -9 skips
+what is done and, with the same inputs and seed, writes a byte-identical manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curate.config import to_dict
+from curate.errors import CurateError
+from curate.executor import get_executor
+from curate.fsutil import atomic_open, read_json, write_json
+from curate.ledger import Ledger, Task, run_stage
+from curate.log import StageSummary, Timer, print_table, summary_table
+from curate.manifest import write_manifest
+from curate.outdir import OutputDir
+from curate.shards import ReadReport, ShardWriter, iter_shard, shard_name
+
+from .config import BuildConfig
+from .filters import FilterConfig, attribute_wins, cap_and_minimum, check_image, dedup, object_rank
+from .rarity import list_caption_files, scan_corpus
+from .text import RETRIEVAL_TEMPLATES
+from .vocab import Vocabulary, load_vocabulary
+
+log = logging.getLogger(__name__)
+GEN_CHUNK = 16  # pairs per generator task
+
+
+@dataclass
+class FunnelRow:
+    stage: str
+    count: int
+    removed: int = 0
+    note: str = ""
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    funnel: list[FunnelRow]
+    counts: dict[str, Any]
+    stages: list[StageSummary] = field(default_factory=list)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]+", "_", text).strip("_") or "x"
+
+
+def _write_parquet(df: pl.DataFrame, path: Path) -> None:
+    with atomic_open(path, "wb") as f:
+        df.write_parquet(f, statistics=False)
+
+
+def _cached_parquet(out: Path, stage: str, rel: str, compute) -> pl.DataFrame:
+    """Run ``compute()`` once; its parquet output and ledger marker make the stage resumable."""
+    ledger = Ledger(out, stage)
+    path = out / rel
+    if ledger.is_done("all") and path.exists():
+        return pl.read_parquet(path)
+    df = compute()
+    _write_parquet(df, path)
+    ledger.mark_done("all", [rel])
+    return df
+
+
+def _cached_npy(out: Path, rel: str, compute) -> np.ndarray:
+    path = out / rel
+    if path.exists():
+        return np.load(path)
+    arr = compute()
+    with atomic_open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    return arr
+
+
+# --- stage 2: choose the pairs to mine -------------------------------------------------------
+def choose_pairs(pairs: pl.DataFrame, max_pairs: int, common_pairs: int, seed: int) -> pl.DataFrame:
+    """Rare pairs (most surprising first: both words frequent, never together) + some common ones."""
+    rare = (pairs.filter(pl.col("rare"))
+            .with_columns(pl.min_horizontal("attr_count", "obj_count").alias("_m"))
+            .sort(["_m", "attr", "obj"], descending=[True, False, False]).drop("_m"))
+    if max_pairs > 0:
+        rare = rare.head(max_pairs)
+    common = pairs.filter(~pl.col("rare") & (pl.col("cooccurrence") > 0)).sort(["attr", "obj"])
+    if common_pairs >= 0 and common.height > common_pairs:
+        idx = sorted(random.Random(seed).sample(range(common.height), common_pairs))
+        common = common[idx]
+    return pl.concat([rare, common]).select("attr", "family", "obj", "rare", "cooccurrence")
+
+
+# --- stage 3: candidates ----------------------------------------------------------------------
+def _embed(shards: list[Path], out: Path, cfg: BuildConfig, workers: int, executor: str, address: str | None):
+    from curate.embed.stage import EmbedConfig, embed_shards
+
+    embed_shards([str(s) for s in shards], out, EmbedConfig(model=cfg.model, batch_size=cfg.batch_size,
+                                                            captions=False, device=cfg.device),
+                 workers=workers, executor=executor, address=address)
+
+
+def _key_shards(emb_dir: Path) -> pl.DataFrame:
+    from curate.embed.store import read_metadata
+
+    meta = read_metadata(emb_dir)
+    return meta.select("key", "shard")
+
+
+def pool_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, encoder, ex, workers: int,
+                    executor: str, address: str | None) -> tuple[pl.DataFrame, dict]:
+    from curate.embed.zeroshot import class_text_embeddings
+    from curate.index import SearchIndex, build_index
+
+    from .pool import ingest_pool
+
+    shards, stats = ingest_pool(cfg.pool, out / "pool" / "shards", ex, cfg.image_size, workers)
+    emb_dir = out / "pool" / "embeddings"
+    _embed(shards, emb_dir, cfg, workers, executor, address)
+    idx_dir = out / "pool" / "index"
+    if not Ledger(out, "pool index").is_done("all"):
+        build_index(emb_dir, idx_dir)
+        Ledger(out, "pool index").mark_done("all", ["pool/index"])
+    index = SearchIndex.load(idx_dir)
+    names = [f"{a} {o}" for a, o in targets.select("attr", "obj").iter_rows()]
+    q = _cached_npy(out, "text/retrieval_queries.npy",
+                    lambda: class_text_embeddings(encoder, names, RETRIEVAL_TEMPLATES))
+    keys, scores = index.search(q, cfg.retrieve_k)
+    shard_of = dict(_key_shards(emb_dir).iter_rows())
+    shard_paths = {p.name: str(p) for p in shards}
+    rows = []
+    for (attr, obj), ks, ss in zip(targets.select("attr", "obj").iter_rows(), keys, scores, strict=True):
+        for k, s in zip(ks, ss, strict=False):
+            if k is None or k == "":
+                continue
+            sh = shard_of.get(k, "")
+            rows.append({"src_key": k, "attr": attr, "obj": obj, "source": "pool", "score_retrieval": float(s),
+                         "src_shard": shard_paths.get(sh, str(Path(sh)))})
+    df = pl.DataFrame(rows, schema={"src_key": pl.String, "attr": pl.String, "obj": pl.String, "source": pl.String,
+                                    "score_retrieval": pl.Float64, "src_shard": pl.String})
+    stats["embedding_dir"] = str(emb_dir)
+    return df, stats
+
+
+def generator_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, ex) -> tuple[pl.DataFrame, Path]:
+    from .generators import generate_task, load_generator
+
+    load_generator(cfg.generator, cfg.device)  # fail fast with a clear error
+    gen_dir = out / "generated" / "shards"
+    pairs = [list(p) for p in targets.select("attr", "obj").iter_rows()]
+    tasks = [Task(f"gen-{i:06d}", {"spec": cfg.generator, "pairs": pairs[j:j + GEN_CHUNK], "n": cfg.generator_images,
+                                   "seed": cfg.seed, "out": str(gen_dir), "name": shard_name("gen", i),
+                                   "device": cfg.device})
+             for i, j in enumerate(range(0, len(pairs), GEN_CHUNK))]
+    res = run_stage("generate", generate_task, tasks, out, ex, unit="shards")
+    if res.errors:
+        raise CurateError(f"{len(res.errors)} generator task(s) failed: {next(iter(res.errors.values())).splitlines()[0]}")
+    rows = []
+    for shard in sorted(gen_dir.glob("gen-*.tar")):
+        for s in iter_shard(shard):
+            meta = __import__("json").loads(s["json"])
+            rows.append({"src_key": s["__key__"], "attr": meta["attr"], "obj": meta["obj"], "source": "generator",
+                         "score_retrieval": float("nan"), "src_shard": str(shard)})
+    return pl.DataFrame(rows, schema={"src_key": pl.String, "attr": pl.String, "obj": pl.String, "source": pl.String,
+                                      "score_retrieval": pl.Float64, "src_shard": pl.String}), gen_dir
+
+
+# --- stage 4: filters -------------------------------------------------------------------------
+def _decode_task(task: Task) -> dict[str, Any]:
+    a = task.args
+    wanted = set(a["keys"])
+    rows = []
+    rep = ReadReport(shard=Path(a["shard"]).name)
+    for s in iter_shard(a["shard"], rep):
+        if s["__key__"] not in wanted:
+            continue
+        data = next((s[e] for e in ("jpg", "jpeg", "png", "webp") if e in s), b"")
+        ok, reason, w, h = check_image(data, a["min_resolution"])
+        rows.append((s["__key__"], ok, reason, w, h))
+        wanted.discard(s["__key__"])
+    for k in sorted(wanted):
+        rows.append((k, False, "missing from shard" + (f" ({rep.error})" if rep.error else ""), 0, 0))
+    df = pl.DataFrame(rows, schema={"src_key": pl.String, "ok": pl.Boolean, "reason": pl.String,
+                                    "width": pl.Int64, "height": pl.Int64}, orient="row")
+    _write_parquet(df.with_columns(pl.lit(a["shard"]).alias("src_shard")), Path(a["out"]) / a["rel"])
+    return {"outputs": [a["rel"]], "stats": {"items": len(rows), "read_error": rep.error}}
+
+
+def decode_check(cands: pl.DataFrame, out: Path, ex, min_resolution: int) -> pl.DataFrame:
+    uniq = cands.select("src_key", "src_shard").unique().sort("src_shard", "src_key")
+    tasks = []
+    for i, (shard, grp) in enumerate(uniq.group_by("src_shard", maintain_order=True)):
+        rel = f"filters/decode/{i:06d}.parquet"
+        tasks.append(Task(f"decode-{i:06d}-{Path(shard[0]).name}",
+                          {"shard": shard[0], "keys": grp["src_key"].to_list(), "min_resolution": min_resolution,
+                           "out": str(out), "rel": rel}))
+    res = run_stage("decode check", _decode_task, tasks, out, ex, unit="shards")
+    frames = [pl.read_parquet(out / t.args["rel"]) for t in tasks if t.id not in res.errors]
+    if not frames:
+        raise CurateError("no candidate image could be read", where=str(out))
+    return pl.concat(frames)
+
+
+def _embeddings_for(cands: pl.DataFrame, emb_dirs: list[Path]) -> np.ndarray:
+    from curate.embed.store import read_embeddings
+
+    lookup: dict[tuple[str, str], np.ndarray] = {}
+    for src, d in zip(("pool", "generator"), emb_dirs, strict=True):
+        if d is None or not d.exists():
+            continue
+        keys, mat = read_embeddings(d)
+        pos = {k: i for i, k in enumerate(keys)}
+        need = cands.filter(pl.col("source") == src)["src_key"].unique().to_list()
+        for k in need:
+            if k in pos:
+                lookup[(src, k)] = np.asarray(mat[pos[k]], dtype=np.float32)
+    dim = next(iter(lookup.values())).shape[0] if lookup else 1
+    out = np.zeros((cands.height, dim), np.float32)
+    for i, (src, k) in enumerate(cands.select("source", "src_key").iter_rows()):
+        v = lookup.get((src, k))
+        if v is not None:
+            out[i] = v
+    return out
+
+
+def apply_filters(cands: pl.DataFrame, img: np.ndarray, vocab: Vocabulary, encoder, fc: FilterConfig,
+                  out: Path) -> tuple[pl.DataFrame, np.ndarray, list[FunnelRow], list[str]]:
+    """Run the filters in order; returns the kept rows, their embeddings, the funnel and dropped pairs."""
+    from curate.embed.zeroshot import OPENAI_IMAGENET_TEMPLATES, class_text_embeddings
+
+    funnel: list[FunnelRow] = []
+    objs = vocab.object_names
+    obj_index = {o: i for i, o in enumerate(objs)}
+    families = vocab.families()
+    family_of = {a.name: a.family or "attribute" for a in vocab.attributes}
+
+    def step(name: str, mask: np.ndarray, note: str = "") -> None:
+        nonlocal cands, img
+        removed = int((~mask).sum())
+        cands = cands.filter(pl.Series(mask))
+        img = img[mask]
+        funnel.append(FunnelRow(name, cands.height, removed, note))
+
+    step("decodable, >= min resolution", cands["ok"].to_numpy().astype(bool), f"min side {fc.min_resolution}px")
+    has_emb = np.linalg.norm(img, axis=1) > 0
+    step("embedded", has_emb)
+    if cands.height == 0:
+        return cands, img, funnel, []
+    obj_text = _cached_npy(out, "text/objects_80templates.npy",
+                           lambda: class_text_embeddings(encoder, objs, OPENAI_IMAGENET_TEMPLATES))
+    target = np.array([obj_index[o] for o in cands["obj"].to_list()])
+    rank = object_rank(img, obj_text, target)
+    cands = cands.with_columns(pl.Series("obj_rank", rank.astype(np.int64)))
+    step(f"object in top-{fc.object_topk}", rank < fc.object_topk, f"zero-shot over {len(objs)} objects, 80 templates")
+    # text embeddings of every (attribute of the same family, object) prompt we need
+    needed = sorted({(x, o) for a, o in cands.select("attr", "obj").iter_rows()
+                     for x in families.get(family_of[a], [a])} | set(cands.select("attr", "obj").iter_rows()))
+    names = [f"{a} {o}" for a, o in needed]
+    temb = class_text_embeddings(encoder, names, RETRIEVAL_TEMPLATES) if names else np.zeros((0, img.shape[1]))
+    pair_text = {p: temb[i] for i, p in enumerate(needed)}
+    comp = np.array([float(img[i] @ pair_text[(a, o)]) for i, (a, o) in
+                     enumerate(cands.select("attr", "obj").iter_rows())], dtype=np.float64)
+    cands = cands.with_columns(pl.Series("score_comp", comp))
+    if fc.attribute_check:
+        wins = attribute_wins(img, pair_text, cands["attr"].to_list(), cands["obj"].to_list(), families, family_of)
+        step("attribute beats its family", wins, "target attribute ranks first among its family")
+    step(f"composition score >= {fc.comp_threshold:g}", cands["score_comp"].to_numpy() >= fc.comp_threshold)
+    keep = dedup(img, cands["score_comp"].to_numpy(), fc.dedup_threshold) if cands.height else np.zeros(0, bool)
+    step(f"near-duplicates removed (cos >= {fc.dedup_threshold:g})", keep, "within and across pairs")
+    before = cands.height
+    cands = cands.with_columns(pl.int_range(pl.len()).alias("_row"))
+    capped, dropped = cap_and_minimum(cands, fc.images_per_pair, fc.min_images_per_pair)
+    img = img[capped["_row"].to_numpy()]
+    cands = capped.drop("_row")
+    funnel.append(FunnelRow(f"cap {fc.images_per_pair}/pair, min {fc.min_images_per_pair}/pair", cands.height,
+                            before - cands.height, f"{len(dropped)} pair(s) dropped for too few images"))
+    return cands, img, funnel, dropped
+
+
+# --- splits and output ------------------------------------------------------------------------
+def assign_splits(df: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
+    """Unseen (rare) pairs go to val or test as whole pairs; seen pairs' images are split train/val/test."""
+    rng = random.Random(cfg.seed)
+    rare_pairs = sorted(set(df.filter(pl.col("rare"))["pair"].to_list()))
+    rng.shuffle(rare_pairs)
+    n_val = int(round(len(rare_pairs) * cfg.val_fraction))
+    pair_split = {p: ("val" if i < n_val else "test") for i, p in enumerate(rare_pairs)}
+    splits = []
+    seen_counter: dict[str, int] = {}
+    for key, pair, rare in df.sort("key").select("key", "pair", "rare").iter_rows():
+        if rare:
+            splits.append((key, pair_split[pair]))
+            continue
+        i = seen_counter.get(pair, 0)
+        seen_counter[pair] = i + 1
+        h = int(__import__("hashlib").sha1(f"{cfg.seed}|{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        s = "val" if h < cfg.seen_val_fraction else "test" if h < 2 * cfg.seen_val_fraction else "train"
+        splits.append((key, s))
+    sp = pl.DataFrame(splits, schema={"key": pl.String, "split": pl.String}, orient="row")
+    return df.join(sp, on="key", how="left")
+
+
+def _to_jpeg(data: bytes) -> bytes:
+    """JPEG bytes pass through; anything else (PNG with alpha ...) is flattened on white and encoded."""
+    if data[:3] == b"\xff\xd8\xff":
+        return data
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            bg = Image.new("RGB", im.size, (255, 255, 255))
+            bg.paste(im, mask=im.split()[-1])
+            im = bg
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=90)
+        return buf.getvalue()
+
+
+def write_dataset_shards(kept: pl.DataFrame, out: Path, maxcount: int = 1000) -> pl.DataFrame:
+    """Write kept images + json into ``shards/`` (sorted by key, deterministic); returns key -> shard."""
+    kept = kept.sort("key")
+    wanted: dict[str, dict[str, str]] = {}
+    for src_shard, src_key, key in kept.select("src_shard", "src_key", "key").iter_rows():
+        wanted.setdefault(src_shard, {})[src_key] = key
+    images: dict[str, bytes] = {}
+    for shard, keys in sorted(wanted.items()):
+        for s in iter_shard(shard):
+            if s["__key__"] in keys:
+                images[keys[s["__key__"]]] = next(s[e] for e in ("jpg", "jpeg", "png", "webp") if e in s)
+    shard_dir = out / "shards"
+    for old in shard_dir.glob("imagenet-ao-*"):
+        old.unlink()
+    rows = []
+    meta_cols = [c for c in kept.columns if not c.startswith("_") and c not in ("src_shard", "ok", "reason")]
+    with ShardWriter(shard_dir, prefix="imagenet-ao", maxcount=maxcount) as w:
+        for rec in kept.select(meta_cols).iter_rows(named=True):
+            data = images.get(rec["key"])
+            if data is None:
+                continue
+            meta = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in rec.items()}
+            shard = w.write({"__key__": rec["key"], "jpg": _to_jpeg(data), "json": meta})
+            rows.append((rec["key"], shard))
+    return pl.DataFrame(rows, schema={"key": pl.String, "shard": pl.String}, orient="row")
+
+
+def write_embeddings(keys: list[str], emb: np.ndarray, out: Path, model: str) -> None:
+    from curate.embed.store import part_paths, save_npy, save_parquet
+
+    folder = out / "embeddings"
+    npy, meta = part_paths(folder, "0", "img")
+    save_npy(npy, emb.astype(np.float32))
+    save_parquet(meta, pl.DataFrame({"key": keys}))
+    write_json(folder / "embeddings.json", {"model": model, "dim": int(emb.shape[1]) if emb.size else 0,
+                                            "counts": {"images": len(keys)}, "layout": "clip-retrieval"})
+
+
+# --- the whole build --------------------------------------------------------------------------
+def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local", address: str | None = None,
+          overwrite: bool = False) -> BuildResult:
+    from curate.embed.backends import cached_model
+
+    if not cfg.out:
+        raise CurateError("no --out folder given")
+    if not cfg.captions:
+        raise CurateError("no caption corpus given", fix="pass --captions PATH (parquet/CSV/JSONL, folders or globs)")
+    if not cfg.pool and not cfg.generator:
+        raise CurateError("no image source", fix="pass --pool (URL list, folder or shards) and/or --generator demo")
+    if not cfg.model:
+        raise CurateError("no embedding model", fix="pass --model SPEC (see `curate model list`)")
+    out = Path(cfg.out)
+    stages: list[StageSummary] = []
+    funnel: list[FunnelRow] = []
+    run_cfg = to_dict(cfg)
+    with OutputDir(out, "build imagenet-ao", run_cfg, overwrite=overwrite):
+        ex = get_executor(executor, workers, address)
+        nworkers = ex.workers
+        # 1. vocabulary
+        t = Timer()
+        vocab = load_vocabulary(cfg.objects, cfg.attributes)
+        stages.append(StageSummary("vocabulary", done=1, items=len(vocab.objects) + len(vocab.attributes), seconds=t.elapsed))
+        funnel.append(FunnelRow("vocabulary", len(vocab.attributes) * len(vocab.objects), 0,
+                                f"{len(vocab.attributes)} attributes x {len(vocab.objects)} objects"))
+        # 2. rarity scan
+        files = list_caption_files(cfg.captions)
+        rr = scan_corpus(files, vocab, out, ex, cfg.caption_column, cfg.max_cooccurrence)
+        stages.append(rr.summary)
+        _write_parquet(rr.pairs, out / "pairs.parquet")
+        n_rare = int(rr.pairs["rare"].sum())
+        funnel.append(FunnelRow(f"rare pairs (co-occurrence <= {cfg.max_cooccurrence})", n_rare,
+                                rr.pairs.height - n_rare, f"{rr.captions:,} captions in {rr.files} file(s), NMI {rr.nmi:.4f}"))
+        if n_rare == 0:
+            raise CurateError(f"no rare pair: every pair co-occurs more than {cfg.max_cooccurrence} times "
+                              f"in {rr.captions} captions", fix="raise --max-cooccurrence or use a larger vocabulary")
+        targets = choose_pairs(rr.pairs, cfg.max_pairs, cfg.common_pairs, cfg.seed)
+        _write_parquet(targets, out / "targets.parquet")
+        # 3. candidates
+        encoder = cached_model(cfg.model, cfg.device)
+        t = Timer()
+        frames = []
+        emb_dirs: list[Path | None] = [None, None]
+        source_stats: dict[str, Any] = {}
+        if cfg.pool:
+            df, source_stats["pool"] = pool_candidates(cfg, out, targets, encoder, ex, nworkers, executor, address)
+            frames.append(df)
+            emb_dirs[0] = out / "pool" / "embeddings"
+        if cfg.generator:
+            df, gen_dir = generator_candidates(cfg, out, targets, ex)
+            _embed(sorted(gen_dir.glob("gen-*.tar")), out / "generated" / "embeddings", cfg, nworkers, executor, address)
+            emb_dirs[1] = out / "generated" / "embeddings"
+            frames.append(df)
+        cands = pl.concat(frames).join(targets.select("attr", "obj", "rare", "family"), on=["attr", "obj"], how="left")
+        cands = cands.sort("source", "src_key", "attr", "obj")
+        _write_parquet(cands, out / "candidates.parquet")
+        stages.append(StageSummary("candidates", done=1, items=cands.height, seconds=t.elapsed))
+        funnel.append(FunnelRow("candidates", cands.height, 0,
+                                ", ".join(f"{k}: {v}" for k, v in cands.group_by("source").len().sort("source").iter_rows())))
+        # 4. filters
+        t = Timer()
+        dec = decode_check(cands, out, ex, cfg.min_resolution)
+        cands = cands.join(dec.select("src_key", "src_shard", "ok", "reason", "width", "height"),
+                           on=["src_key", "src_shard"], how="left").with_columns(pl.col("ok").fill_null(False))
+        bad = dec.filter(~pl.col("ok"))
+        if bad.height:
+            _write_parquet(bad, out / "filters" / "rejected_images.parquet")
+            log.warning("%d candidate image(s) failed the decode/resolution check (see filters/rejected_images.parquet)",
+                        bad.height)
+        img = _embeddings_for(cands, emb_dirs)
+        fc = FilterConfig(cfg.min_resolution, cfg.object_topk, cfg.attribute_check, cfg.comp_threshold,
+                          cfg.dedup_threshold, cfg.images_per_pair, cfg.min_images_per_pair)
+        kept, kept_img, ffunnel, dropped = apply_filters(cands, img, vocab, encoder, fc, out)
+        funnel += ffunnel
+        stages.append(StageSummary("filters", done=1, items=cands.height, seconds=t.elapsed))
+        if kept.height == 0:
+            raise CurateError("every candidate was filtered out", where=str(out),
+                              fix="lower --min-images-per-pair or --comp-threshold, raise --retrieve-k, or add a generator")
+        # 5. output
+        t = Timer()
+        kept = kept.with_columns(
+            pl.format("{} {}", "attr", "obj").alias("pair"),
+            (pl.col("source").str.slice(0, 1) + pl.lit("-") +
+             pl.col("src_key").map_elements(_slug, return_dtype=pl.String)).alias("key"),
+        )
+        kept = assign_splits(kept.with_row_index("_i"), cfg).sort("key")
+        kept_img = kept_img[kept["_i"].to_numpy()]
+        key_shard = write_dataset_shards(kept, out)
+        cols = ["key", "attr", "obj", "pair", "family", "rare", "split", "source", "score_comp", "score_retrieval",
+                "obj_rank", "width", "height", "src_key"]
+        manifest = kept.select([c for c in cols if c in kept.columns]).join(key_shard, on="key", how="inner")
+        manifest = manifest.with_columns(pl.lit(None, dtype=pl.String).alias("review_status"))
+        write_manifest(manifest, out)
+        write_embeddings(manifest.sort("key")["key"].to_list(), kept_img, out, cfg.model)
+        funnel.append(FunnelRow("written", manifest.height, 0,
+                                f"{manifest['pair'].n_unique()} pairs, {manifest.filter(pl.col('rare')).height} rare-pair images"))
+        exports = {}
+        for fmt in cfg.export:
+            from .exports import export
+
+            exports[fmt] = str(export(fmt, out, manifest))
+        stages.append(StageSummary("output", done=1, items=manifest.height, seconds=t.elapsed))
+        counts = {
+            "samples": manifest.height,
+            "pairs": manifest["pair"].n_unique(),
+            "rare_pairs_found": n_rare,
+            "rare_pairs_kept": manifest.filter(pl.col("rare"))["pair"].n_unique(),
+            "seen_pairs_kept": manifest.filter(~pl.col("rare"))["pair"].n_unique(),
+            "splits": dict(manifest.group_by("split").len().sort("split").iter_rows()),
+            "dropped_pairs": dropped,
+            "captions_scanned": rr.captions,
+            "nmi": rr.nmi,
+        }
+        info = {
+            "name": out.resolve().name,
+            "builder": "imagenet-ao",
+            "config": run_cfg,
+            "versions": _versions(),
+            "counts": counts,
+            "funnel": [f.__dict__ for f in funnel],
+            "sources": source_stats,
+            "exports": exports,
+            "rarity": {"nmi": rr.nmi, "captions": rr.captions, "files": rr.files, "failed_files": rr.failed},
+        }
+        write_json(out / "dataset.json", info)
+        from .card import write_card
+
+        write_card(out, info, manifest)
+        print_table(summary_table(stages, title="curate build imagenet-ao"))
+        return BuildResult(out, funnel, counts, stages)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for d in ("curate", "torch", "open_clip_torch", "polars", "webdataset", "faiss-cpu"):
+        try:
+            out[d] = md.version(d)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def read_build_info(out: Path) -> dict:
+    p = out / "dataset.json"
+    return read_json(p) if p.exists() else {}

@@ -1,0 +1,164 @@
+"""Image pool ingestion: a URL list (downloaded with img2dataset), a folder of images, or shards.
+
+Whatever the input, the result is a folder of WebDataset shards (``KEY.jpg`` + ``KEY.json``
+with url/caption/path) that ``curate embed`` reads. Each step is resumable: img2dataset in
+its incremental mode, folder packing with one ledger task per chunk of files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.errors import CurateError
+from curate.ledger import Task, run_stage
+from curate.shards import list_shards, shard_name, write_shard
+
+from .filters import MAX_PIXELS
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+URL_LIST_SUFFIXES = (".parquet", ".csv", ".tsv", ".txt", ".jsonl")
+CHUNK = 1000
+
+
+def pool_kind(spec: str) -> str:
+    """'shards', 'folder' or 'urls' for a --pool argument."""
+    p = Path(spec)
+    if p.is_dir():
+        if any(p.glob("*.tar")):
+            return "shards"
+        return "folder"
+    if spec.endswith(".tar") or "{" in spec or "*" in spec:
+        return "shards"
+    if p.suffix.lower() in URL_LIST_SUFFIXES:
+        if not p.exists():
+            raise CurateError("pool URL list not found", where=spec)
+        return "urls"
+    raise CurateError("--pool must be a folder of images, WebDataset shards, or a URL list", where=spec,
+                      fix="give a folder, a shard glob like 'pool/*.tar', or a .parquet/.csv/.txt URL list")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]+", "_", text).strip("_") or "x"
+
+
+def _pack_chunk(task: Task) -> dict[str, Any]:
+    a = task.args
+    out = Path(a["out"])
+
+    def samples():
+        for rel in a["files"]:
+            path = Path(a["root"]) / rel
+            key = _slug(str(Path(rel).with_suffix("")))
+            data = path.read_bytes()
+            ext = path.suffix.lower().lstrip(".")
+            ext = "jpg" if ext == "jpeg" else ext
+            yield {"__key__": key, ext: data, "json": {"key": key, "path": rel, "url": rel}}
+
+    st = write_shard(out / a["name"], samples())
+    return {"outputs": [a["name"]], "stats": {"items": st.count}}
+
+
+def pack_folder(folder: Path, out: Path, executor=None) -> list[Path]:
+    """Pack a folder of image files into shards of ``CHUNK`` images (sorted, deterministic)."""
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CurateError("no image files in the pool folder", where=str(folder),
+                          fix=f"the folder should hold {', '.join(IMAGE_SUFFIXES)} files")
+    tasks = [Task(f"pack-{i:06d}", {"root": str(folder), "files": files[i * CHUNK:(i + 1) * CHUNK],
+                                    "out": str(out), "name": shard_name("pool", i)})
+             for i in range((len(files) + CHUNK - 1) // CHUNK)]
+    res = run_stage("pack pool", _pack_chunk, tasks, out, executor, unit="shards")
+    if res.errors:
+        raise CurateError(f"{len(res.errors)} pool chunk(s) failed to pack", where=str(folder))
+    return sorted(out.glob("pool-*.tar"))
+
+
+def url_list_table(path: Path) -> tuple[Path, str, str | None]:
+    """Normalise a URL list to a parquet with ``url`` (+ ``caption``) that img2dataset reads."""
+    suf = path.suffix.lower()
+    if suf == ".parquet":
+        df = pl.read_parquet(path)
+    elif suf in (".csv", ".tsv"):
+        df = pl.read_csv(path, separator="\t" if suf == ".tsv" else ",")
+    elif suf == ".jsonl":
+        df = pl.read_ndjson(path)
+    else:
+        urls = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        df = pl.DataFrame({"url": urls})
+    url_col = next((c for c in ("url", "URL", "image_url") if c in df.columns), None)
+    if url_col is None:
+        raise CurateError(f"URL list has no url column; columns found: {df.columns}", where=str(path))
+    cap_col = next((c for c in ("caption", "TEXT", "text") if c in df.columns), None)
+    return path, url_col, cap_col
+
+
+def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: int = 1, threads: int = 16,
+                  timeout: int = 10) -> list[Path]:
+    """Download with img2dataset (as a library) into resized WebDataset shards; dead URLs are counted."""
+    from img2dataset import download
+
+    path, url_col, cap_col = url_list_table(url_list)
+    fmt = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "json", ".txt": "txt"}[path.suffix.lower()]
+    out.mkdir(parents=True, exist_ok=True)
+    download(
+        url_list=str(path),
+        input_format=fmt,
+        url_col=url_col,
+        caption_col=cap_col,
+        output_folder=str(out),
+        output_format="webdataset",
+        image_size=image_size,
+        resize_mode="keep_ratio",
+        resize_only_if_bigger=True,
+        processes_count=processes,
+        thread_count=threads,
+        timeout=timeout,
+        retries=0,
+        number_sample_per_shard=1000,
+        distributor="multiprocessing",
+        incremental_mode="incremental",
+        enable_wandb=False,
+        save_additional_columns=None,
+        disallowed_header_directives=[],
+        encode_quality=90,
+        extract_exif=False,
+        max_image_area=float(MAX_PIXELS),
+    )
+    return sorted(out.glob("*.tar"))
+
+
+def download_stats(out: Path) -> dict[str, int]:
+    """Sum img2dataset's per-shard ``*_stats.json`` (successes, failures by reason)."""
+    total: dict[str, int] = {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0}
+    for p in sorted(out.glob("*_stats.json")):
+        s = json.loads(p.read_text())
+        for k in total:
+            total[k] += int(s.get(k, 0))
+    return total
+
+
+def ingest_pool(spec: str, out: Path, executor=None, image_size: int = 256, workers: int = 1) -> tuple[list[Path], dict]:
+    """Turn any --pool into shards; returns (shard paths, ingest stats)."""
+    kind = pool_kind(spec)
+    if kind == "shards":
+        shards = list_shards(spec)
+        return shards, {"kind": kind, "shards": len(shards)}
+    if kind == "folder":
+        shards = pack_folder(Path(spec), out, executor)
+        return shards, {"kind": kind, "shards": len(shards)}
+    shards = download_urls(Path(spec), out, image_size=image_size, processes=max(1, workers))
+    stats = download_stats(out)
+    if not shards or stats["successes"] == 0:
+        raise CurateError(f"img2dataset downloaded no image from the URL list ({stats})", where=spec,
+                          fix="check the URLs are reachable from this machine")
+    log.info("pool download: %d ok, %d failed to download, %d failed to resize", stats["successes"],
+             stats["failed_to_download"], stats["failed_to_resize"])
+    return shards, {"kind": kind, **stats}

@@ -1,0 +1,172 @@
+"""Zero-shot evaluation as in the ImageNet-AO papers.
+
+Class text embeddings are the mean of the normalised embeddings of the 80 OpenAI ImageNet
+templates (renormalised). Reported, for the rare set and for a reference set of ordinary
+(common-pair) images: object top-1/top-5 (classes = every object of the vocabulary) and
+composition top-1/top-5 (classes = every pair in that set, prompts ``"{attr} {obj}"``).
+The drop from the reference to the rare set is the papers' finding
+(e.g. ViT-B/32 OpenAI: object top-1 0.540 on rare vs 0.794 on ordinary images).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curate.errors import CurateError
+from curate.fsutil import write_json, write_text
+from curate.shards import iter_shard, list_shards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalSet:
+    name: str
+    keys: list[str]
+    attrs: list[str]
+    objs: list[str]
+    images: list[bytes] | None  # None when embeddings were reused
+    emb: np.ndarray | None = None
+
+
+def _from_shards(spec: str | Path, name: str, include_rejected: bool = False) -> EvalSet:
+    keys, attrs, objs, imgs = [], [], [], []
+    for shard in list_shards(spec):
+        for s in iter_shard(shard):
+            if "json" not in s:
+                continue
+            meta = json.loads(s["json"])
+            data = next((s[e] for e in ("jpg", "jpeg", "png", "webp") if e in s), None)
+            if data is None or "attr" not in meta or "obj" not in meta:
+                continue
+            if not include_rejected and meta.get("review_status") == "reject":
+                continue
+            keys.append(s["__key__"])
+            attrs.append(meta["attr"])
+            objs.append(meta["obj"])
+            imgs.append(data)
+    if not keys:
+        raise CurateError("no labelled images (json with attr and obj) found", where=str(spec))
+    return EvalSet(name, keys, attrs, objs, imgs)
+
+
+def load_eval_set(path: str | Path, name: str, rare_only: bool | None = None, model: str | None = None,
+                  include_rejected: bool = False) -> EvalSet:
+    """A dataset folder (manifest; embeddings reused when made by ``model``) or plain shards."""
+    p = Path(path)
+    if (p / "manifest.parquet").exists():
+        from curate.dataset import Dataset
+
+        ds = Dataset(p)
+        df = ds.manifest(include_rejected=include_rejected)
+        if rare_only is not None and "rare" in df.columns:
+            df = df.filter(pl.col("rare") == rare_only)
+        if df.height == 0:
+            raise CurateError(f"no {'rare' if rare_only else 'common'} samples in the dataset", where=str(p))
+        df = df.sort("key")
+        info_path = p / "embeddings" / "embeddings.json"
+        if model and info_path.exists() and json.loads(info_path.read_text()).get("model") == model:
+            keys, mat = ds.embeddings()
+            pos = {k: i for i, k in enumerate(keys)}
+            if all(k in pos for k in df["key"]):
+                emb = np.stack([np.asarray(mat[pos[k]]) for k in df["key"]]).astype(np.float32)
+                return EvalSet(name, df["key"].to_list(), df["attr"].to_list(), df["obj"].to_list(), None, emb)
+        imgs = dict(ds.images(df["key"].to_list()))
+        df = df.filter(pl.col("key").is_in(list(imgs)))
+        return EvalSet(name, df["key"].to_list(), df["attr"].to_list(), df["obj"].to_list(),
+                       [imgs[k] for k in df["key"]])
+    return _from_shards(p, name, include_rejected)
+
+
+def _embed(encoder, s: EvalSet, batch_size: int = 64) -> np.ndarray:
+    from PIL import Image
+
+    if s.emb is not None:
+        return s.emb
+    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in s.images or []]
+    return encoder.encode_images(images, batch_size=batch_size)
+
+
+def topk(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[int, float]:
+    order = np.argsort(-scores, axis=1)
+    return {k: float((order[:, :k] == labels[:, None]).any(1).mean()) for k in ks}
+
+
+def evaluate_sets(encoder, sets: list[EvalSet], objects: list[str]) -> dict[str, Any]:
+    from curate.embed.zeroshot import OPENAI_IMAGENET_TEMPLATES, class_text_embeddings
+
+    obj_text = class_text_embeddings(encoder, objects, OPENAI_IMAGENET_TEMPLATES)
+    oi = {o: i for i, o in enumerate(objects)}
+    out: dict[str, Any] = {}
+    for s in sets:
+        img = _embed(encoder, s)
+        pairs = sorted(set(zip(s.attrs, s.objs, strict=True)))
+        pi = {p: i for i, p in enumerate(pairs)}
+        pair_text = class_text_embeddings(encoder, [f"{a} {o}" for a, o in pairs], OPENAI_IMAGENET_TEMPLATES)
+        obj_acc = topk(img @ obj_text.T, np.array([oi[o] for o in s.objs]))
+        comp_acc = topk(img @ pair_text.T, np.array([pi[p] for p in zip(s.attrs, s.objs, strict=True)]))
+        out[s.name] = {"images": len(s.keys), "pairs": len(pairs), "objects": len(set(s.objs)),
+                       "object_top1": obj_acc[1], "object_top5": obj_acc[5],
+                       "composition_top1": comp_acc[1], "composition_top5": comp_acc[5]}
+    return out
+
+
+def _objects_for(dataset: Path, sets: list[EvalSet]) -> list[str]:
+    """Every object of the dataset's vocabulary (from dataset.json's config), else those seen."""
+    info = dataset / "dataset.json"
+    if info.exists():
+        cfg = json.loads(info.read_text()).get("config", {})
+        if cfg.get("objects"):
+            try:
+                from builders.imagenet_ao.vocab import load_vocabulary
+
+                return load_vocabulary(cfg["objects"], cfg.get("attributes", "vaw")).object_names
+            except CurateError as e:
+                log.warning("vocabulary of %s unavailable (%s); using the objects present", dataset, e.message)
+    return sorted({o for s in sets for o in s.objs})
+
+
+def evaluate_dataset(dataset: str | Path, model: str, reference: str | Path | None = None, device: str = "auto",
+                     out: Path | None = None, include_rejected: bool = False) -> dict[str, Any]:
+    from curate.embed.backends import cached_model
+
+    dataset = Path(dataset)
+    encoder = cached_model(model, device)
+    sets = [load_eval_set(dataset, "rare", rare_only=True, model=model, include_rejected=include_rejected)]
+    if reference:
+        sets.append(load_eval_set(reference, "reference", rare_only=False, model=model,
+                                  include_rejected=include_rejected))
+    objects = _objects_for(dataset, sets)
+    missing = sorted({o for s in sets for o in s.objs} - set(objects))
+    objects = objects + missing
+    results = evaluate_sets(encoder, sets, objects)
+    report = {"model": model, "dataset": str(dataset), "reference": str(reference) if reference else None,
+              "object_classes": len(objects), "templates": 80, "results": results}
+    out = out or dataset / "eval"
+    write_json(out / "zeroshot.json", report)
+    write_text(out / "zeroshot.md", markdown_table(report) + "\n")
+    return report
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    r = report["results"]
+    cols = ["rare"] + (["reference"] if "reference" in r else [])
+    head = "| model | " + " | ".join(
+        f"{c} obj top-1 | {c} obj top-5 | {c} comp top-1 | {c} comp top-5" for c in cols) + " |"
+    sep = "|---|" + "---:|" * (4 * len(cols))
+    cells = []
+    for c in cols:
+        x = r[c]
+        cells += [f"{x['object_top1']:.3f}", f"{x['object_top5']:.3f}", f"{x['composition_top1']:.3f}",
+                  f"{x['composition_top5']:.3f}"]
+    sizes = "; ".join(f"{c}: {r[c]['images']} images, {r[c]['pairs']} pairs" for c in cols)
+    return "\n".join([head, sep, f"| `{report['model']}` | " + " | ".join(cells) + " |", "",
+                      f"({sizes}; {report['object_classes']} object classes, 80 OpenAI ImageNet templates)"])
