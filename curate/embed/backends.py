@@ -1,0 +1,365 @@
+"""Embedding models behind one interface: images and texts in, L2-normalised float32 rows out.
+
+A model is named by a *spec* string, so every command, config file and index folder can
+remember which model made its vectors::
+
+    open_clip:ARCH/PRETRAINED        a named open_clip checkpoint (must be in the local cache)
+    open_clip:ARCH//path/ckpt.pt     an open_clip architecture + a local checkpoint file
+    hf:/path/to/CLIPModel-folder     a transformers CLIPModel saved with save_pretrained
+    mini:PATH                        the demo mini-CLIP (``curate model train-mini``)
+
+``load_model(spec)`` parses the spec and returns an :class:`Encoder`; ``cached_model``
+keeps one instance per process so executor workers load a model once, not once per shard.
+Checkpoints are read with safetensors or ``torch.load(weights_only=True)``: never pickles.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CurateError
+from ..log import progress_bar
+
+logger = logging.getLogger(__name__)
+
+SPEC_FORMS = (
+    ("open_clip:ARCH/PRETRAINED", "open_clip model with a named pretrained tag, already in the local cache "
+                                  "(e.g. open_clip:ViT-B-32/laion2b_s34b_b79k)"),
+    ("open_clip:ARCH//path/to/checkpoint.pt", "open_clip architecture + local checkpoint (.pt/.bin/.safetensors); "
+                                              "a custom ARCH may sit beside it as ARCH.json"),
+    ("hf:/path/to/CLIPModel-folder", "transformers CLIPModel folder (config.json, weights, tokenizer, "
+                                     "preprocessor_config.json)"),
+    ("mini:PATH", "the demo mini-CLIP folder made by `curate model train-mini`"),
+)
+
+
+def spec_forms_text() -> str:
+    return "; ".join(form for form, _ in SPEC_FORMS)
+
+
+class Encoder:
+    """Base class: subclasses provide preprocessing and the two forward passes."""
+
+    spec: str = ""
+    dim: int = 0
+    device: str = "cpu"
+
+    # -- to implement --------------------------------------------------------------------
+    def preprocess(self, image: Any) -> Any:
+        """One PIL image -> a CHW float tensor ready for the image tower."""
+        raise NotImplementedError
+
+    def _forward_images(self, batch: Any) -> Any:
+        raise NotImplementedError
+
+    def _forward_texts(self, texts: list[str]) -> Any:
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+    def encode_image_tensors(self, batch: Any) -> np.ndarray:
+        """A stacked [B, C, H, W] batch -> L2-normalised float32 [B, D]."""
+        import torch
+
+        with torch.inference_mode():
+            out = self._forward_images(batch.to(self.device))
+        return _normalise(out)
+
+    def encode_images(self, images: Sequence[Any], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """PIL images -> float32 [B, D], L2-normalised, ``batch_size`` at a time."""
+        import torch
+
+        def run(chunk: Sequence[Any]) -> np.ndarray:
+            rgb = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for im in chunk]
+            return self.encode_image_tensors(torch.stack([self.preprocess(im) for im in rgb]))
+
+        return self._batched(list(images), batch_size, run, "encode images" if progress else None)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """Strings -> float32 [B, D], L2-normalised."""
+        import torch
+
+        def run(chunk: Sequence[str]) -> np.ndarray:
+            with torch.inference_mode():
+                return _normalise(self._forward_texts(list(chunk)))
+
+        return self._batched(list(texts), batch_size, run, "encode texts" if progress else None)
+
+    def _batched(self, items: list, batch_size: int, fn: Callable[[Sequence], np.ndarray],
+                 desc: str | None) -> np.ndarray:
+        if batch_size < 1:
+            raise CurateError(f"batch size must be at least 1, got {batch_size}")
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = []
+        n_batches = (len(items) + batch_size - 1) // batch_size
+        with progress_bar(desc or "encode", total=n_batches if desc else 0, unit="batches") as advance:
+            for i in range(0, len(items), batch_size):
+                parts.append(fn(items[i:i + batch_size]))
+                if desc:
+                    advance(1)
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def _normalise(t: Any) -> np.ndarray:
+    arr = t.detach().float().cpu().numpy()
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return (arr / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoint files
+# ------------------------------------------------------------------------------------------
+def load_state_file(path: Path) -> dict[str, Any]:
+    """A state dict from .safetensors or a torch file (``weights_only=True``), with clear errors."""
+    import torch
+
+    if not path.is_file():
+        raise CurateError("checkpoint file not found", where=str(path), fix="check the path in the model spec")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means "not a readable checkpoint"
+        raise CurateError(
+            f"not a readable model checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+            where=str(path),
+            fix="the file may be truncated or not a weights file; re-save it with torch.save(model.state_dict()) "
+                "or safetensors",
+        ) from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(hasattr(v, "shape") for v in state.values()):
+        raise CurateError("checkpoint holds no tensor state dict", where=str(path),
+                          fix="save the model's state_dict(), not another object")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def apply_state(model: Any, state: dict[str, Any], path: Path, what: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1][:200] if "\n\t" in str(e) else str(e)[:200]
+        raise CurateError(f"checkpoint does not fit {what} ({first})", where=str(path),
+                          fix=f"use the architecture the checkpoint was trained with; valid specs: {spec_forms_text()}") from e
+
+
+# ------------------------------------------------------------------------------------------
+# open_clip
+# ------------------------------------------------------------------------------------------
+class OpenClipEncoder(Encoder):
+    def __init__(self, spec: str, model: Any, preprocess: Callable, tokenizer: Callable, device: str):
+        self.spec = spec
+        self.model = model.eval().to(device)
+        self.preprocess = preprocess  # type: ignore[method-assign]
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dim = int(_open_clip_dim(model))
+
+    def _forward_images(self, batch: Any) -> Any:
+        return self.model.encode_image(batch)
+
+    def _forward_texts(self, texts: list[str]) -> Any:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+
+def _open_clip_dim(model: Any) -> int:
+    proj = getattr(model, "text_projection", None)
+    if proj is not None and hasattr(proj, "shape"):
+        return proj.shape[1]
+    return getattr(getattr(model, "visual", None), "output_dim", 0)
+
+
+def _register_local_config(arch: str, ckpt: Path) -> None:
+    """Let a checkpoint carry its own architecture: ``ARCH.json`` or ``open_clip_config.json`` beside it."""
+    import open_clip
+
+    if arch in open_clip.list_models():
+        return
+    for cand in (ckpt.parent / f"{arch}.json", ckpt.parent / "open_clip_config.json"):
+        if cand.is_file():
+            import json
+
+            cfg = json.loads(cand.read_text())
+            cfg = cfg.get("model_cfg", cfg)
+            from open_clip.factory import _MODEL_CONFIGS
+
+            _MODEL_CONFIGS[arch] = cfg
+            return
+
+
+def _unknown_arch(arch: str) -> CurateError:
+    import difflib
+
+    import open_clip
+
+    close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
+    return CurateError(f"unknown open_clip architecture {arch!r}",
+                       fix=(f"did you mean {', '.join(close)}? " if close else "")
+                       + "see open_clip.list_models(), or put ARCH.json beside the checkpoint")
+
+
+def _pretrained_cached(arch: str, tag: str) -> bool:
+    """Is the named open_clip checkpoint already on disk (HF cache or ~/.cache/clip)?"""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch, tag)
+    if cfg.get("file"):
+        return Path(cfg["file"]).exists()
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else ["open_clip_pytorch_model.bin", "open_clip_model.safetensors"]
+        if filename.endswith((".bin", ".pth")):
+            names.append(filename[:-4] + ".safetensors")
+        if filename == "open_clip_pytorch_model.bin":
+            names.append("open_clip_model.safetensors")
+        return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+    url = cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()
+
+
+CKPT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def load_open_clip(spec: str, rest: str, device: str) -> OpenClipEncoder:
+    import open_clip
+
+    arch, _, tail = rest.partition("/")
+    if tail.startswith("/") or tail.endswith(CKPT_SUFFIXES):
+        # ARCH//abs/path (clip-retrieval's form: ARCH + "/" + absolute path) or ARCH/relative/file.pt
+        ckpt = Path(tail).expanduser()
+        _register_local_config(arch, ckpt)
+        if arch not in open_clip.list_models():
+            raise _unknown_arch(arch)
+        state = load_state_file(ckpt)
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cpu")
+        apply_state(model, state, ckpt, f"open_clip {arch}")
+        return OpenClipEncoder(spec, model, preprocess, open_clip.get_tokenizer(arch), device)
+    tag = tail
+    if not arch or not tag:
+        raise bad_spec(spec)
+    if arch not in open_clip.list_models():
+        raise _unknown_arch(arch)
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if tag not in tags:
+        raise CurateError(f"open_clip {arch} has no pretrained tag {tag!r}",
+                          fix=f"known tags: {', '.join(tags) or 'none'}; or use open_clip:{arch}//path/to/ckpt.pt")
+    if not _pretrained_cached(arch, tag):
+        raise CurateError(
+            f"the weights of open_clip {arch}/{tag} are not in the local cache and there is no network to fetch them",
+            fix=f"copy the checkpoint here and use open_clip:{arch}//path/to/checkpoint.pt, "
+                "or use the offline demo model (mini:PATH)",
+        )
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device="cpu")
+    return OpenClipEncoder(spec, model, preprocess, open_clip.get_tokenizer(arch), device)
+
+
+# ------------------------------------------------------------------------------------------
+# transformers CLIPModel
+# ------------------------------------------------------------------------------------------
+class HFClipEncoder(Encoder):
+    def __init__(self, spec: str, folder: Path, device: str):
+        import torch
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+        try:
+            self.model = CLIPModel.from_pretrained(str(folder), local_files_only=True).eval().to(device)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            self.processor = CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise CurateError(f"not a loadable transformers CLIPModel folder ({str(e).splitlines()[0][:200]})",
+                              where=str(folder),
+                              fix="the folder needs config.json, model weights, tokenizer files and "
+                                  "preprocessor_config.json (CLIPModel/CLIPProcessor.save_pretrained)") from e
+        self.spec = spec
+        self.device = device
+        self.dim = int(self.model.config.projection_dim)
+        self._torch = torch
+
+    def preprocess(self, image: Any) -> Any:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def _forward_images(self, batch: Any) -> Any:
+        return self.model.get_image_features(pixel_values=batch)
+
+    def _forward_texts(self, texts: list[str]) -> Any:
+        max_len = int(self.model.config.text_config.max_position_embeddings)
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        return self.model.get_text_features(**{k: v.to(self.device) for k, v in tok.items()})
+
+
+def load_hf(spec: str, rest: str, device: str) -> HFClipEncoder:
+    folder = Path(rest).expanduser()
+    if not (folder / "config.json").is_file():
+        raise CurateError("not a transformers model folder (no config.json)", where=str(folder),
+                          fix="pass hf:/path/to/folder saved with CLIPModel.save_pretrained")
+    return HFClipEncoder(spec, folder, device)
+
+
+# ------------------------------------------------------------------------------------------
+# entry points
+# ------------------------------------------------------------------------------------------
+def bad_spec(spec: str) -> CurateError:
+    return CurateError(f"unknown model spec {spec!r}", fix=f"use one of: {spec_forms_text()}")
+
+
+def load_model(spec: str, device: str = "auto") -> Encoder:
+    """Parse ``spec`` and load the model on ``device`` (auto: cuda if available, else cpu)."""
+    from ..options import resolve_device
+
+    scheme, sep, rest = (spec or "").partition(":")
+    if not sep or not rest:
+        raise bad_spec(spec)
+    dev = resolve_device(device)
+    if scheme == "open_clip":
+        enc: Encoder = load_open_clip(spec, rest, dev)
+    elif scheme == "hf":
+        enc = load_hf(spec, rest, dev)
+    elif scheme == "mini":
+        from .mini_clip import load_mini
+
+        enc = load_mini(spec, Path(rest).expanduser(), dev)
+    else:
+        raise bad_spec(spec)
+    logger.debug("loaded %s on %s (dim %d)", spec, dev, enc.dim)
+    return enc
+
+
+_CACHE: dict[tuple[str, str], Encoder] = {}
+
+
+def cached_model(spec: str, device: str = "auto") -> Encoder:
+    """One loaded model per (spec, device) per process: workers load once, then reuse."""
+    key = (spec, device)
+    if key not in _CACHE:
+        _CACHE[key] = load_model(spec, device)
+    return _CACHE[key]
+
+
+def check_spec_syntax(spec: str) -> None:
+    """Fail fast (before any worker starts) on a spec that cannot be right."""
+    scheme, sep, rest = (spec or "").partition(":")
+    if not sep or not rest or scheme not in ("open_clip", "hf", "mini"):
+        raise bad_spec(spec)
+
+
+def iter_batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for it in items:
+        batch.append(it)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
