@@ -100,6 +100,31 @@ def app(debug: bool, verbose: bool, quiet: bool) -> None:
     setup_logging(verbose=verbose or debug, quiet=quiet)
 
 
+def _typer_exit_code(e: Exception) -> int | None:
+    """Exit code for Typer's own Exit/Abort/usage errors, else None.
+
+    Typer >= 0.29 bundles its own copy of click, so ``curate CMD --help``, ``typer.Exit(1)``
+    and a missing argument raise classes that click's handlers above do not catch.
+    """
+    if "typer" not in sys.modules:
+        return None
+    import typer
+
+    if isinstance(e, typer.Exit):
+        return e.exit_code
+    if isinstance(e, typer.Abort):
+        click.echo("Aborted.", err=True)
+        return 130
+    if isinstance(e, typer.TyperException):
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()
+        else:
+            click.echo(f"Error: {e.format_message()}", err=True)
+        return e.exit_code
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line and exit 2 for user errors; tracebacks only with --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -125,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         from .errors import CurateError
 
+        code = _typer_exit_code(e)
+        if code is not None:
+            sys.exit(code)
         if isinstance(e, CurateError):
             if debug:
                 import traceback

@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,15 @@ class LocalExecutor(Executor):
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    yield fut.result()
+                    try:
+                        res = fut.result()
+                    except BrokenProcessPool as e:
+                        raise CurateError(
+                            f"a worker process died ({e})",
+                            fix="rerun the same command to resume (finished tasks are kept); "
+                                "if memory ran out, lower --workers",
+                        ) from e
+                    yield res
                     nxt = next(it, None)
                     if nxt is not None:
                         pending.add(pool.submit(_call, fn, nxt))

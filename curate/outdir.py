@@ -65,12 +65,18 @@ class OutputDir:
         self._check_foreign()
         self.meta.mkdir(exist_ok=True)
         self._lock()
+        try:
+            self._check_previous_run()
+        except BaseException:
+            self._unlock()  # a refused or failed open must not keep the folder locked
+            raise
+
+    def _check_previous_run(self) -> None:
         run_file = self.meta / "run.json"
         if run_file.exists():
             prev = read_json(run_file)
             if prev.get("fingerprint") != self.fingerprint or prev.get("command") != self.command:
                 if not self.overwrite:
-                    self._unlock()
                     changed = sorted(
                         k for k in set(prev.get("config", {})) | set(self.config)
                         if prev.get("config", {}).get(k) != self.config.get(k)

@@ -278,16 +278,19 @@ def iter_shard(path: str | os.PathLike, report: ReadReport | None = None, strict
                 key, ext = base.split(".", 1)
                 prefix = os.path.dirname(member.name)
                 full_key = f"{prefix}/{key}" if prefix else key
-                f = tar.extractfile(member)
-                data = f.read() if f is not None else b""
-                if len(data) != member.size:
-                    raise tarfile.ReadError(f"member {member.name} truncated")
                 if current is None or current["__key__"] != full_key:
+                    # a new key starts: the previous sample is complete, even if this
+                    # member's data turns out to be truncated
                     if current is not None:
                         report.samples += 1
                         yield current
                     current = {"__key__": full_key, "__shard__": path.name}
+                f = tar.extractfile(member)
+                data = f.read() if f is not None else b""
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name} truncated")
                 current[ext] = data
+            _check_end_of_archive(tar, path)
     except (tarfile.TarError, EOFError, OSError, zlib_error()) as e:
         report.error = f"{type(e).__name__}: {e}"
         if strict:
@@ -298,6 +301,22 @@ def iter_shard(path: str | os.PathLike, report: ReadReport | None = None, strict
     if current is not None:
         report.samples += 1
         yield current
+
+
+def _check_end_of_archive(tar: tarfile.TarFile, path: Path) -> None:
+    """Raise if an uncompressed tar stops without its zero end-of-archive block.
+
+    ``tarfile`` ends iteration silently when the file is cut at (or inside) a member
+    header, so a truncated shard would otherwise read as a shorter valid one whose last
+    sample may miss fields.
+    """
+    if getattr(tar.fileobj, "comptype", "tar") != "tar":
+        return  # compressed stream: the decompressor reports truncation itself
+    with open(path, "rb") as f:
+        f.seek(tar.offset)
+        block = f.read(tarfile.BLOCKSIZE)
+    if block != tarfile.NUL * tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"truncated or corrupt at byte {tar.offset} (no end-of-archive block)")
 
 
 def zlib_error() -> type[BaseException]:

@@ -1,0 +1,170 @@
+"""Bad input through the real CLI (`curate shards reshard`): one `error:` line, exit 2, no
+traceback unless --debug; corrupt input shards are counted and reported while the run goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate.shards import ShardWriter
+
+CURATE = str(Path(sys.executable).with_name("curate"))
+ENV = {**os.environ, "CURATE_NO_PROGRESS": "1", "COLUMNS": "200"}
+
+
+def curate(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([CURATE, *map(str, args)], capture_output=True, text=True, env=ENV, **kw)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    with ShardWriter(tmp_path / "in", prefix="src", maxcount=4) as w:
+        w.write_all({"__key__": f"k{i:03d}", "txt": f"caption {i}", "json": {"i": i}} for i in range(10))
+    return tmp_path / "in"
+
+
+def test_reshard_writes_shards_manifest_and_stats(inputs, tmp_path):
+    (tmp_path / "ids.txt").write_text("k001\nk002\nk009\nnot-there\n")
+    r = curate("shards", "reshard", inputs, "--out", tmp_path / "o", "--maxcount", "1", "--ids",
+               tmp_path / "ids.txt", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "tasks done" in r.stderr  # the summary table
+    m = pl.read_parquet(tmp_path / "o" / "manifest.parquet")
+    assert m["key"].to_list() == ["k001", "k002", "k009"]
+    assert m["shard"].to_list() == ["shard-000000-000000.tar", "shard-000000-000001.tar", "shard-000002-000000.tar"]
+    assert m["source_shard"].to_list() == [str(inputs / "src-000000.tar")] * 2 + [str(inputs / "src-000002.tar")]
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    assert stats == {"inputs": 3, "samples_read": 10, "samples_written": 3, "shards_written": 3,
+                     "corrupt_inputs": [], "ids_not_found": 1}
+    assert sorted(p.name for p in (tmp_path / "o" / "shards").glob("*.tar")) == sorted(set(m["shard"]))
+
+
+def test_output_parent_is_a_file(inputs, tmp_path):
+    (tmp_path / "plain-file").write_text("x")
+    out = tmp_path / "plain-file" / "out"
+    assert_one_line_error(curate("shards", "reshard", inputs, "--out", out), "not writable", str(out))
+
+
+def test_output_not_writable_for_unprivileged_user(tmp_path):
+    """As root chmod blocks nothing, so run the CLI as `nobody` on a root-owned 0755 folder."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to switch to user nobody")
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    base = Path(tempfile.mkdtemp(prefix="curate-nobody-"))
+    try:
+        base.chmod(0o755)
+        with ShardWriter(base / "in", maxcount=5) as w:
+            w.write_all({"__key__": f"k{i}", "txt": "x"} for i in range(3))
+        for p in (base / "in", *w.written):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        (base / "ro").mkdir(mode=0o755)
+        probe = subprocess.run([*as_nobody, CURATE, "--version"], capture_output=True, text=True, env=ENV)
+        if probe.returncode != 0:
+            pytest.skip(f"user nobody cannot run curate here: {probe.stderr.strip()[:100]}")
+        for out in (base / "ro", base / "ro" / "sub"):
+            r = subprocess.run([*as_nobody, CURATE, "shards", "reshard", str(base / "in"), "--out", str(out)],
+                               capture_output=True, text=True, env={**ENV, "HOME": str(base)})
+            assert_one_line_error(r, "not writable", "Permission denied", str(out))
+        assert list((base / "ro").iterdir()) == []  # nothing written
+    finally:
+        shutil.rmtree(base)
+
+
+def test_different_config_is_refused_then_overwrite_replaces(inputs, tmp_path):
+    out = tmp_path / "o"
+    assert curate("shards", "reshard", inputs, "--out", out, "--maxcount", "2").returncode == 0
+    before = sorted(p.name for p in (out / "shards").iterdir())
+    assert_one_line_error(curate("shards", "reshard", inputs, "--out", out, "--maxcount", "3"),
+                          "different config", "maxcount", "--overwrite")
+    assert sorted(p.name for p in (out / "shards").iterdir()) == before  # nothing lost
+    # where tasks run is not part of the config: another --workers resumes
+    r = curate("shards", "reshard", inputs, "--out", out, "--maxcount", "2", "--workers", "2")
+    assert r.returncode == 0 and "3 task(s) already done" in r.stderr
+    r = curate("shards", "reshard", inputs, "--out", out, "--maxcount", "3", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == [
+        "shard-000000-000000.tar", "shard-000000-000001.tar", "shard-000001-000000.tar",
+        "shard-000001-000001.tar", "shard-000002-000000.tar"]
+
+
+def test_folder_in_use_by_another_run(inputs, tmp_path):
+    out = tmp_path / "o"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from curate.outdir import OutputDir
+        OutputDir(sys.argv[1], "shards reshard", {}).open()
+        print("locked", flush=True)
+        time.sleep(120)
+    """), str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = curate("shards", "reshard", inputs, "--out", out)
+        assert_one_line_error(r, f"another curate run (pid {holder.pid})", str(out))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "shards").exists()
+
+
+def test_corrupt_and_truncated_inputs_are_counted_and_run_continues(inputs, tmp_path):
+    good = (inputs / "src-000001.tar").read_bytes()
+    (inputs / "src-000001.tar").write_bytes(good[: len(good) // 2])  # truncated mid-shard
+    (inputs / "src-000003.tar").write_bytes(b"not a tar at all" * 64)
+    r = curate("shards", "reshard", inputs, "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    bad = {Path(c["shard"]).name: c for c in stats["corrupt_inputs"]}
+    assert sorted(bad) == ["src-000001.tar", "src-000003.tar"]
+    assert all(c["reason"] for c in bad.values())
+    assert bad["src-000003.tar"]["samples_read"] == 0
+    kept_from_truncated = bad["src-000001.tar"]["samples_read"]
+    assert 0 < kept_from_truncated < 4
+    assert stats["samples_written"] == 4 + kept_from_truncated + 2
+    assert pl.read_parquet(tmp_path / "o" / "manifest.parquet").height == stats["samples_written"]
+    for name in bad:  # reported on the console with the reason, beside the summary table
+        assert name in r.stderr
+    assert "corrupt or truncated input shard" in r.stderr and "tasks done" in r.stderr
+
+
+def test_debug_shows_the_traceback(inputs, tmp_path):
+    (tmp_path / "f").write_text("x")
+    r = curate("--debug", "shards", "reshard", inputs, "--out", tmp_path / "f" / "o")
+    assert r.returncode == 2
+    assert "Traceback (most recent call last)" in r.stderr and "CurateError" in r.stderr
+    assert r.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_missing_inputs_and_id_list(tmp_path, inputs):
+    assert_one_line_error(curate("shards", "reshard", tmp_path / "nowhere", "--out", tmp_path / "o"),
+                          "no .tar shards found")
+    assert_one_line_error(curate("shards", "reshard", inputs, "--out", tmp_path / "o", "--ids", tmp_path / "no.txt"),
+                          "ID list not found")
+    assert_one_line_error(curate("shards", "reshard", inputs, "--out", inputs), "holds input shards")
+
+
+def test_help_teaches_with_an_example():
+    r = curate("shards", "reshard", "--help")
+    assert r.returncode == 0
+    for flag in ("--out", "--maxcount", "--maxsize", "--ids", "--workers", "--executor", "--address",
+                 "--overwrite", "--config", "Example"):
+        assert flag in r.stdout

@@ -1,0 +1,108 @@
+"""Executors: the local process pool and Ray run the same tasks to the same results."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from curate.errors import CurateError
+from curate.executor import LocalExecutor, RayExecutor, get_executor
+
+
+# Task functions live at module level: the spawn pool pickles them by reference.
+def square_with_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three is not allowed")
+    if x == 4:
+        raise CurateError("bad input", where=f"task {x}", fix="drop it")
+    return x
+
+
+def die_on_two(x: int) -> int:
+    if x == 2:
+        os._exit(9)  # a worker killed by the OOM killer looks like this to the pool
+    return x
+
+
+def test_local_pool_runs_every_task_in_worker_processes():
+    results = list(LocalExecutor(workers=2).map(square_with_pid, range(7)))
+    assert sorted(r.task for r in results) == list(range(7))
+    assert all(r.ok and r.value[0] == r.task ** 2 for r in results)
+    assert all(r.value[1] != os.getpid() for r in results)
+    assert all(r.seconds >= 0 for r in results)
+
+
+def test_one_worker_runs_in_process_in_order():
+    results = list(LocalExecutor(workers=1).map(square_with_pid, [3, 1, 2]))
+    assert [r.task for r in results] == [3, 1, 2]
+    assert {r.value[1] for r in results} == {os.getpid()}
+
+
+def test_failing_tasks_are_results_not_crashes():
+    results = {r.task: r for r in LocalExecutor(workers=2).map(fail_on_three, range(6))}
+    assert sorted(t for t, r in results.items() if r.ok) == [0, 1, 2, 5]
+    assert results[3].error.startswith("ValueError: three is not allowed")
+    assert "Traceback" in results[3].error
+    assert results[4].error == "task 4: bad input — fix: drop it"
+
+
+def test_dead_worker_is_a_clear_error():
+    with pytest.raises(CurateError, match="worker process died") as e:
+        list(LocalExecutor(workers=2).map(die_on_two, range(4)))
+    assert "rerun" in e.value.fix
+
+
+def test_default_workers_and_unknown_executor():
+    assert get_executor("local").workers == len(os.sched_getaffinity(0))
+    assert get_executor("LOCAL", workers=3).workers == 3
+    with pytest.raises(CurateError, match="unknown executor 'spark'"):
+        get_executor("spark")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "lock"}
+
+
+@pytest.mark.slow
+def test_ray_executor_matches_local(ray_local, tmp_path):
+    """One Ray test (start-up costs seconds): plain tasks, failures, and a real stage."""
+    from curate.ledger import Task, run_stage
+    from curate.shards import ShardWriter
+    from curate.shards_cli import reshard_task
+
+    ex = get_executor("ray")
+    assert isinstance(ex, RayExecutor)
+    results = {r.task: r for r in ex.map(abs, [-3, 2, -1])}
+    assert {t: r.value for t, r in results.items()} == {-3: 3, 2: 2, -1: 1}
+    failed = [r for r in ex.map(int, ["7", "x"]) if not r.ok]
+    assert len(failed) == 1 and failed[0].error.startswith("ValueError")
+
+    with ShardWriter(tmp_path / "in", maxcount=3) as w:
+        w.write_all({"__key__": f"k{i:02d}", "txt": f"sample {i}", "json": {"i": i}} for i in range(10))
+    outs = {}
+    for name, executor in (("ray", ex), ("local", LocalExecutor(workers=1))):
+        out = tmp_path / name
+        tasks = [Task(f"{i:06d}", {"input": str(p), "out": str(out), "index": i, "prefix": "r",
+                                   "maxcount": 2, "maxsize": 1 << 20, "ids": None})
+                 for i, p in enumerate(w.written)]
+        res = run_stage("reshard", reshard_task, tasks, out, executor=executor)
+        assert res.summary.done == 4 and res.summary.items == 10 and not res.errors
+        outs[name] = _tree(out)
+    assert outs["ray"] == outs["local"]
+    assert sum(k.endswith(".tar") for k in outs["ray"]) == 7  # 3+3+3+1 samples, 2 per shard

@@ -1,0 +1,125 @@
+"""The task ledger: reruns skip done tasks, failed ones are retried, and a run killed with
+SIGKILL then rerun gives byte-identical output to an uninterrupted run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curate.fsutil import TMP_MARK, write_text
+from curate.ledger import Ledger, Task, run_stage
+
+CURATE = str(Path(sys.executable).with_name("curate"))
+
+
+def write_task(task: Task) -> dict:
+    """A stage task: one output file per task, failing when asked to."""
+    out = Path(task.args["out"])
+    if task.args.get("fail_if_exists") and Path(task.args["fail_if_exists"]).exists():
+        raise RuntimeError(f"task {task.id} told to fail")
+    write_text(out / f"{task.id}.txt", f"result of {task.id}\n")
+    return {"outputs": [f"{task.id}.txt"], "stats": {"items": 2}}
+
+
+def tasks_for(out: Path, n: int = 4, **args) -> list[Task]:
+    return [Task(f"t{i}", {"out": str(out), **args}) for i in range(n)]
+
+
+def test_marker_counts_only_when_outputs_exist(tmp_path):
+    led = Ledger(tmp_path, "stage/one")
+    assert not led.is_done("a")
+    (tmp_path / "a.txt").write_text("x")
+    led.mark_done("a", ["a.txt"], {"items": 1})
+    assert led.is_done("a")
+    assert led.record("a") == {"task": "a", "outputs": ["a.txt"], "stats": {"items": 1}}
+    assert led.marker("a").parent.name == "stage_one"
+    (tmp_path / "a.txt").unlink()
+    assert not led.is_done("a")  # output gone: redo it
+    led.marker("b").write_text("{not json")
+    assert not led.is_done("b")  # a torn marker means not done
+    led.reset()
+    assert led.done_records() == []
+
+
+def test_rerun_skips_done_tasks_and_retries_failed(tmp_path):
+    flag = tmp_path / "fail-t2"
+    flag.write_text("")
+    tasks = tasks_for(tmp_path, 4)
+    tasks[2].args["fail_if_exists"] = str(flag)
+    first = run_stage("write", write_task, tasks, tmp_path)
+    assert (first.summary.done, first.summary.skipped, first.summary.failed) == (3, 0, 1)
+    assert first.summary.items == 6
+    assert "told to fail" in first.errors["t2"]
+    assert not (tmp_path / "t2.txt").exists()
+
+    flag.unlink()
+    (tmp_path / f"t0.txt{TMP_MARK}99").write_text("left by a killed run")
+    second = run_stage("write", write_task, tasks, tmp_path)
+    assert (second.summary.done, second.summary.skipped, second.summary.failed) == (1, 3, 0)
+    assert sorted(second.records) == ["t0", "t1", "t2", "t3"]
+    assert (tmp_path / "t2.txt").read_text() == "result of t2\n"
+    assert not list(tmp_path.glob(f"*{TMP_MARK}*"))  # temp files of killed runs are cleaned
+
+    (tmp_path / "t1.txt").unlink()
+    third = run_stage("write", write_task, tasks, tmp_path)
+    assert (third.summary.done, third.summary.skipped) == (1, 3)
+
+
+def make_inputs(folder: Path, n_shards: int, per_shard: int, size: int) -> None:
+    from curate.shards import write_shard
+
+    rng = np.random.default_rng(0)
+    for i in range(n_shards):
+        write_shard(folder / f"in-{i:04d}.tar",
+                    [{"__key__": f"k{i:04d}_{j}", "bin": rng.bytes(size), "json": {"shard": i, "j": j}}
+                     for j in range(per_shard)])
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its hash (the lock file holds a pid, so it differs)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder) != Path(".curate/lock")}
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_is_byte_identical(tmp_path):
+    n = 40
+    make_inputs(tmp_path / "in", n_shards=n, per_shard=3, size=300_000)
+    args = [str(tmp_path / "in"), "--maxcount", "2", "--workers", "1"]
+    env = {**os.environ, "CURATE_NO_PROGRESS": "1"}
+
+    ref = subprocess.run([CURATE, "shards", "reshard", *args, "--out", str(tmp_path / "ref")],
+                         capture_output=True, text=True, env=env)
+    assert ref.returncode == 0, ref.stderr
+
+    out = tmp_path / "killed"
+    markers = out / ".curate" / "ledger" / "reshard"
+    proc = subprocess.Popen([CURATE, "shards", "reshard", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 60
+    while not any(markers.glob("*.json")):  # finished markers only, not their temp files
+        assert proc.poll() is None, "run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(markers.glob("*.json")))
+    assert 1 <= done_at_kill < n, "the kill must land mid-run"
+    assert not (out / "manifest.parquet").exists()
+
+    rerun = subprocess.run([CURATE, "shards", "reshard", *args, "--out", str(out)],
+                           capture_output=True, text=True, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{done_at_kill} task(s) already done" in rerun.stderr
+    got, want = tree(out), tree(tmp_path / "ref")
+    assert sorted(got) == sorted(want)
+    assert got == want
+    assert sum(k.endswith(".tar") for k in want) == 2 * n
