@@ -1,0 +1,328 @@
+"""Materialise the demo world on disk, resumably, and load it back.
+
+Layout (``WORLD/``)::
+
+    world.json                   vocabulary, rare/common pairs, scale, seed, image size, counts
+    captions/part-NNNNN.parquet  url, caption, width, height (<= 100k rows a part)
+    captions_ground_truth.json   exact co-occurrence and marginal counts (see .captions)
+    pool/images/KEY.jpg          the image pool (95 % common pairs, 5 % rare pairs)
+    pool/pool.parquet            key, path (relative to pool/), url, caption, attr, obj, ...
+    train/train-NNNNNN.tar       common pairs only: KEY.jpg, KEY.txt (caption), KEY.json
+    heldout/heldout-NNNNNN.tar   more common-pair images, none of them in train
+    rare/rare-NNNNNN.tar         a few images of every rare pair
+
+Every caption part, shard and pool chunk is one ledger task (``curate.ledger.run_stage``)
+run by the executor, so a killed run resumes where it stopped and a rerun with the same
+options does nothing. ``world.json`` is written last: its presence means the world is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError
+from curate.executor import Executor, LocalExecutor
+from curate.fsutil import atomic_open, read_json, write_bytes, write_json
+from curate.ledger import Task, run_stage
+from curate.log import StageSummary
+from curate.outdir import OutputDir
+
+from . import captions as cap
+from .generator import image_seed
+from .render import DEFAULT_SIZE, render_sample, to_jpeg
+from .vocab import (
+    ATTRIBUTE_NAMES,
+    ATTRIBUTES,
+    FAMILIES,
+    FAMILY_OF,
+    OBJECT_NAMES,
+    OBJECTS,
+    PLURALS,
+    all_pairs,
+    choose_rare_pairs,
+    slug,
+)
+
+log = logging.getLogger(__name__)
+
+WORLD_VERSION = 1
+RARE_FRACTION = 0.2
+POOL_RARE_FRACTION = 0.05
+SPLIT_CODES = {"train": 1, "heldout": 2, "rare": 3, "pool": 4}
+TRAIN_TEMPLATES = (
+    "a photo of {art} {a} {o}.", "{art} {a} {o}", "a picture of {art} {a} {o}", "an image of {art} {a} {o}",
+    "a drawing of {art} {a} {o}", "{a} {o}", "a rendering of {art} {a} {o}", "a close-up photo of the {a} {o}",
+    "a cropped photo of {art} {a} {o}", "there is {art} {a} {o} in the picture", "a small icon of {art} {a} {o}",
+    "{art} {a} {o} on a grey background",
+)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one world scale. Train counts are per common pair, chosen so a small CNN
+    CLIP learns objects and attributes in a few CPU minutes (medium: 45 per pair, ~8k)."""
+
+    train_per_pair: int
+    heldout_per_pair: int
+    rare_per_pair: int
+    pool_images: int
+    captions: int
+    shard_size: int = 1000
+    pool_chunk: int = 1000
+
+
+SCALES: dict[str, Scale] = {
+    "small": Scale(train_per_pair=8, heldout_per_pair=2, rare_per_pair=3, pool_images=400, captions=20_000,
+                   shard_size=500, pool_chunk=200),
+    "medium": Scale(train_per_pair=45, heldout_per_pair=5, rare_per_pair=6, pool_images=5_000, captions=200_000),
+    "large": Scale(train_per_pair=45, heldout_per_pair=5, rare_per_pair=6, pool_images=100_000,
+                   captions=1_000_000, pool_chunk=2000),
+}
+
+
+def check_scale(scale: str) -> Scale:
+    if scale not in SCALES:
+        raise CurateError(f"unknown scale {scale!r}", fix=f"use one of: {', '.join(SCALES)}")
+    return SCALES[scale]
+
+
+@dataclass
+class World:
+    """A materialised demo world (read from ``world.json``)."""
+
+    path: Path
+    objects: list[str]
+    attributes: list[str]
+    families: dict[str, list[str]]
+    plurals: dict[str, str]
+    rare_pairs: list[tuple[str, str]]
+    common_pairs: list[tuple[str, str]]
+    scale: str
+    seed: int
+    image_size: int
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> World:
+        path = Path(path)
+        meta = path / "world.json"
+        if not meta.exists():
+            raise CurateError("not a (complete) demo world: no world.json", where=str(path),
+                              fix=f"run `curate demo world --out {path}` first")
+        d = read_json(meta)
+        return cls(
+            path=path,
+            objects=[o["name"] for o in d["objects"]],
+            attributes=[a["name"] for a in d["attributes"]],
+            families={k: list(v) for k, v in d["families"].items()},
+            plurals={o["name"]: o["plural"] for o in d["objects"]},
+            rare_pairs=[(a, o) for a, o in d["rare_pairs"]],
+            common_pairs=[(a, o) for a, o in d["common_pairs"]],
+            scale=d["scale"],
+            seed=int(d["seed"]),
+            image_size=int(d["image_size"]),
+            counts=d.get("counts", {}),
+        )
+
+    @property
+    def family_of(self) -> dict[str, str]:
+        return {a: fam for fam, names in self.families.items() for a in names}
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.path / "pool"
+
+    def caption_files(self) -> list[Path]:
+        return sorted((self.path / "captions").glob("part-*.parquet"))
+
+    def shards(self, split: str) -> list[Path]:
+        """Shards of ``train``, ``heldout`` or ``rare``."""
+        return sorted((self.path / split).glob(f"{split}-*.tar"))
+
+    def ground_truth(self) -> dict[str, Any]:
+        return read_json(self.path / "captions_ground_truth.json")
+
+
+# --- tasks (top-level functions: they run in worker processes) ---------------------------------
+
+def _train_caption(attr: str, obj: str, rng: random.Random) -> str:
+    return rng.choice(TRAIN_TEMPLATES).format(art=cap.article(attr), a=attr, o=obj)
+
+
+def _shard_task(args: dict) -> dict:
+    from curate.shards import write_shard
+
+    out = Path(args["out"])
+    split, size = args["split"], args["size"]
+    rng = random.Random(f"{split}/{args['seed']}/{args['index']}")
+
+    def samples():
+        for attr, obj, j in args["specs"]:
+            s = image_seed(args["seed"], SPLIT_CODES[split], ATTRIBUTE_NAMES.index(attr), OBJECT_NAMES.index(obj), j)
+            img, vis = render_sample(attr, obj, s, size)
+            key = f"{split}_{attr}_{slug(obj)}_{j:04d}"
+            caption = _train_caption(attr, obj, rng)
+            meta = {**vis, "key": key, "pair": f"{attr} {obj}", "family": FAMILY_OF[attr], "caption": caption,
+                    "seed": s, "split": split, "source": "demo-world", "width": size, "height": size}
+            yield {"__key__": key, "jpg": to_jpeg(img), "txt": caption, "json": meta}
+
+    rel = f"{split}/{split}-{args['index']:06d}.tar"
+    st = write_shard(out / rel, samples())
+    return {"outputs": [rel], "stats": {"items": st.count, "images": st.count}}
+
+
+def _pool_task(args: dict) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(args["out"])
+    size, chunk = args["size"], args["index"]
+    rng = random.Random(f"pool/{args['seed']}/{chunk}")
+    maker = cap.CaptionMaker(cap.CorpusSpec([tuple(p) for p in args["common"]], [tuple(p) for p in args["rare"]],
+                                            args["seed"]), rng)
+    rows: dict[str, list] = {k: [] for k in ("key", "path", "url", "caption", "attr", "obj", "rare",
+                                             "colour", "pattern", "state", "width", "height")}
+    for i in range(args["start"], args["stop"]):
+        is_rare = bool(args["rare"]) and rng.random() < POOL_RARE_FRACTION
+        attr, obj = rng.choice(args["rare"]) if is_rare else rng.choice(args["common"])
+        s = image_seed(args["seed"], SPLIT_CODES["pool"], i)
+        img, vis = render_sample(attr, obj, s, size)
+        key = f"pool_{i:07d}"
+        rel = f"images/{key}.jpg"
+        write_bytes(out / "pool" / rel, to_jpeg(img))
+        # a rare pair's own caption must not name it (the corpus never pairs those words)
+        caption = maker.object_caption(obj) if is_rare else maker.pair_caption(attr, obj)
+        for k, v in (("key", key), ("path", rel), ("url", f"https://pool.demo-world.example/{rel}"),
+                     ("caption", caption), ("attr", attr), ("obj", obj), ("rare", is_rare), ("colour", vis["colour"]),
+                     ("pattern", vis["pattern"]), ("state", vis["state"]), ("width", size), ("height", size)):
+            rows[k].append(v)
+    rel_part = f".curate/parts/pool-{chunk:05d}.parquet"
+    with atomic_open(out / rel_part, "wb") as f:
+        pq.write_table(pa.table(rows), f)
+    return {"outputs": [rel_part], "stats": {"items": len(rows["key"]), "images": len(rows["key"])}}
+
+
+def _captions_task(args: dict) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(args["out"])
+    spec = cap.CorpusSpec([tuple(p) for p in args["common"]], [tuple(p) for p in args["rare"]], args["seed"])
+    cols, counts = cap.part_rows(spec, args["index"], args["rows"])
+    rel = f"captions/part-{args['index']:05d}.parquet"
+    table = pa.table({"url": pa.array(cols["url"], pa.string()), "caption": pa.array(cols["caption"], pa.string()),
+                      "width": pa.array(cols["width"], pa.int32()), "height": pa.array(cols["height"], pa.int32())})
+    with atomic_open(out / rel, "wb") as f:
+        pq.write_table(table, f)
+    return {"outputs": [rel], "stats": {"items": counts.rows, "captions": counts.to_dict()}}
+
+
+def run_world_task(task: Task) -> dict:
+    """Dispatch one task by kind (the executor needs one picklable top-level function)."""
+    kind = task.args["kind"]
+    if kind == "captions":
+        return _captions_task(task.args)
+    if kind == "pool":
+        return _pool_task(task.args)
+    return _shard_task(task.args)
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+def plan_tasks(out: Path, scale: Scale, seed: int, size: int, common: list, rare: list) -> list[Task]:
+    """Every task of a world; the slowest (caption parts, pool chunks) first for load balance."""
+    base = {"out": str(out), "seed": seed, "size": size}
+    tasks: list[Task] = []
+    n_parts = -(-scale.captions // cap.PART_ROWS)
+    for p in range(n_parts):
+        rows = min(cap.PART_ROWS, scale.captions - p * cap.PART_ROWS)
+        tasks.append(Task(f"captions-{p:05d}", {**base, "kind": "captions", "index": p, "rows": rows,
+                                               "common": common, "rare": rare}))
+    for c, start in enumerate(range(0, scale.pool_images, scale.pool_chunk)):
+        stop = min(scale.pool_images, start + scale.pool_chunk)
+        tasks.append(Task(f"pool-{c:05d}", {**base, "kind": "pool", "index": c, "start": start, "stop": stop,
+                                           "common": common, "rare": rare}))
+    splits = (("train", common, 0, scale.train_per_pair), ("heldout", common, 0, scale.heldout_per_pair),
+              ("rare", rare, 0, scale.rare_per_pair))
+    for split, pairs, _, per_pair in splits:
+        specs = [(a, o, j) for a, o in pairs for j in range(per_pair)]
+        random.Random(f"order/{split}/{seed}").shuffle(specs)
+        for k, start in enumerate(range(0, len(specs), scale.shard_size)):
+            tasks.append(Task(f"{split}-{k:06d}", {**base, "kind": "shard", "split": split, "index": k,
+                                                   "specs": specs[start:start + scale.shard_size]}))
+    return tasks
+
+
+def _merge_pool(out: Path, n_chunks: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = [pq.read_table(out / ".curate" / "parts" / f"pool-{c:05d}.parquet") for c in range(n_chunks)]
+    table = pa.concat_tables(parts) if parts else pa.table({})
+    with atomic_open(out / "pool" / "pool.parquet", "wb") as f:
+        pq.write_table(table, f)
+
+
+def world_config(scale: str, seed: int, size: int) -> dict[str, Any]:
+    return {"scale": scale, "seed": seed, "image_size": size, "version": WORLD_VERSION}
+
+
+def build_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, size: int = DEFAULT_SIZE,
+                executor: Executor | None = None, overwrite: bool = False) -> tuple[World, list[StageSummary]]:
+    """Materialise (or resume, or leave alone) the world at ``out``; returns it and the stage summaries."""
+    spec = check_scale(scale)
+    if not 32 <= size <= 512:
+        raise CurateError(f"image size {size} out of range", fix="use 96-128 (default 112); 32-512 is accepted")
+    out = Path(out)
+    with OutputDir(out, "demo world", world_config(scale, seed, size), overwrite=overwrite):
+        if (out / "world.json").exists():
+            log.info("demo world at %s is complete (scale %s, seed %d); nothing to do", out, scale, seed)
+            return World.load(out), []
+        rare = [list(p) for p in choose_rare_pairs(seed, RARE_FRACTION)]
+        rare_set = {tuple(p) for p in rare}
+        common = [[a, o] for a, o in all_pairs() if (a, o) not in rare_set]
+        tasks = plan_tasks(out, spec, seed, size, common, rare)
+        result = run_stage("demo-world", run_world_task, tasks, out, executor or LocalExecutor(1), unit="tasks")
+        if result.errors:
+            first = next(iter(result.errors.items()))
+            raise CurateError(f"{len(result.errors)} task(s) failed, e.g. {first[0]}: {first[1].splitlines()[0]}",
+                              where=str(out), fix="rerun the same command to retry them (finished ones are kept)")
+        caption_stats = [r["stats"]["captions"] for t, r in sorted(result.records.items()) if t.startswith("captions-")]
+        write_json(out / "captions_ground_truth.json", cap.merge_counts(caption_stats, [tuple(p) for p in rare]))
+        n_chunks = sum(1 for t in tasks if t.args["kind"] == "pool")
+        _merge_pool(out, n_chunks)
+        counts: dict[str, int] = {"captions": spec.captions, "pool": spec.pool_images,
+                                  "train": len(common) * spec.train_per_pair,
+                                  "heldout": len(common) * spec.heldout_per_pair,
+                                  "rare": len(rare) * spec.rare_per_pair,
+                                  "caption_parts": sum(1 for t in tasks if t.args["kind"] == "captions")}
+        write_json(out / "world.json", {
+            "version": WORLD_VERSION, "scale": scale, "seed": seed, "image_size": size, "counts": counts,
+            "objects": [{"name": o.name, "plural": o.plural} for o in OBJECTS],
+            "attributes": [{"name": a.name, "family": a.family} for a in ATTRIBUTES],
+            "families": {k: list(v) for k, v in FAMILIES.items()},
+            "rare_pairs": rare, "common_pairs": common,
+            "rare_fraction": len(rare) / len(all_pairs()),
+        })
+        return World.load(out), [result.summary]
+
+
+def ensure_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, workers: int | None = None) -> World:
+    """The world at ``out``: loaded if complete with this scale and seed, else built (or resumed) first."""
+    out = Path(out)
+    meta = out / "world.json"
+    if meta.exists():
+        d = read_json(meta)
+        if d.get("scale") == scale and int(d.get("seed", -1)) == seed:
+            return World.load(out)
+    world, _ = build_world(out, scale, seed, executor=LocalExecutor(workers or 1))
+    return world
+
+
+# the vocabulary as the rest of the package sees it
+__all__ = ["World", "ensure_world", "build_world", "SCALES", "PLURALS", "OBJECT_NAMES", "ATTRIBUTE_NAMES"]
