@@ -1,0 +1,220 @@
+"""Writers for the formats existing CIR code reads, matched to the official loaders.
+
+- CIRR (CLIP4Cir ``CIRRDataset``): the loader reads ``ROOT/cirr/captions/cap.rc2.{split}.json``
+  and ``ROOT/cirr/image_splits/split.rc2.{split}.json`` and opens ``ROOT / relpath``. Here ROOT
+  is the triplets folder: relpaths are ``./cirr/img/{train,dev,test1}/NAME.jpg``, so the
+  ``cirr/`` folder is self-contained (copy it anywhere and point ``cirr_dataset`` at its parent).
+- FashionIQ (CLIP4Cir ``FashionIQDataset``): ``ROOT/captions/cap.{category}.{split}.json``,
+  ``ROOT/image_splits/split.{category}.{split}.json``, ``ROOT/images/NAME.jpg``; ROOT =
+  ``fashioniq/``; categories are the reference objects (the loader's dress/shirt/toptee check
+  is the only thing to relax).
+- CIRCO (``CIRCODataset``): ``ROOT/annotations/{val,test}.json`` and COCO-style
+  ``ROOT/COCO2017_unlabeled/annotations/image_info_unlabeled2017.json`` + ``unlabeled2017/
+  {id:012d}.jpg``; ROOT = ``circo/``; ``image_ids.json`` maps dataset keys to the integer ids.
+- WebDataset triplet shards: ``shards/{split}-NNNNNN.tar`` with ``ID.ref.jpg``, ``ID.tgt.jpg``,
+  ``ID.json``.
+
+Images are staged once (``.curate/images/KEY.jpg``, JPEG) and hard-linked into each export.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.fsutil import write_bytes, write_json
+from curate.log import track
+from curate.shards import ShardWriter
+
+from .edits import article
+from .source import iter_images
+
+logger = logging.getLogger(__name__)
+
+CIRR_SPLIT = {"train": "train", "val": "val", "test": "test1"}
+CIRR_FOLDER = {"train": "train", "val": "dev", "test": "test1"}
+CIRR_SET_SIZE = 6
+
+
+def stage_images(shard_of: dict[str, str], keys: Iterable[str], staged: Path) -> int:
+    """Extract the images the exports need, once, as JPEG; returns how many were written now."""
+    todo = sorted(k for k in set(keys) if not (staged / f"{k}.jpg").exists())
+    n = 0
+    for key, data in track(iter_images(shard_of, todo), "stage images", total=len(todo), unit="img"):
+        write_bytes(staged / f"{key}.jpg", _as_jpeg(data))
+        n += 1
+    return n
+
+
+def _as_jpeg(data: bytes) -> bytes:
+    if data[:3] == b"\xff\xd8\xff":
+        return data
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def place(staged: Path, key: str, dest: Path) -> None:
+    """Hard-link a staged image to ``dest`` (copy when links are not possible)."""
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    src = staged / f"{key}.jpg"
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def images_of(rows: Iterable[dict[str, Any]], with_gt: bool = True) -> set[str]:
+    out: set[str] = set()
+    for r in rows:
+        out.update([r["reference"], r["target"], *r["negatives"]])
+        if with_gt:
+            out.update(r["gt"])
+    return out
+
+
+def _by_split(df: pl.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    return {s: df.filter(pl.col("split") == s).to_dicts() for s in ("train", "val", "test")}
+
+
+# -- CIRR --------------------------------------------------------------------------------
+
+def export_cirr(df: pl.DataFrame, out: Path, staged: Path) -> dict[str, int]:
+    root = out / "cirr"
+    counts = {}
+    for split, rows in _by_split(df).items():
+        sets: dict[tuple[str, ...], int] = {}
+        items = []
+        for r in rows:
+            members = _img_set(r)
+            set_id = sets.setdefault(tuple(members), len(sets))
+            items.append({"pairid": r["pair_id"], "reference": r["reference"], "target_hard": r["target"],
+                          "target_soft": {r["target"]: 1.0}, "caption": r["edit_text"],
+                          "img_set": {"id": set_id, "members": members,
+                                      "reference_rank": members.index(r["reference"]),
+                                      "target_rank": members.index(r["target"])}})
+        names = images_of(rows) | {m for it in items for m in it["img_set"]["members"]}
+        rel = {n: f"./cirr/img/{CIRR_FOLDER[split]}/{n}.jpg" for n in sorted(names)}
+        for n, p in rel.items():
+            place(staged, n, out / p)
+        write_json(root / "captions" / f"cap.rc2.{CIRR_SPLIT[split]}.json", items)
+        write_json(root / "image_splits" / f"split.rc2.{CIRR_SPLIT[split]}.json", rel)
+        counts[CIRR_SPLIT[split]] = len(items)
+    return counts
+
+
+def _img_set(r: dict[str, Any]) -> list[str]:
+    """Six look-alikes for Recall_subset: reference, target and the hardest negatives (no other valid target)."""
+    members = [r["reference"], r["target"]]
+    for n in r["negatives"]:
+        if len(members) >= CIRR_SET_SIZE:
+            break
+        if n not in members:
+            members.append(n)
+    return sorted(members)
+
+
+# -- FashionIQ ----------------------------------------------------------------------------
+
+def category_of(r: dict[str, Any]) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", r["ref_obj"] or "all").strip("_") or "all"
+
+
+def export_fashioniq(df: pl.DataFrame, out: Path, staged: Path) -> dict[str, int]:
+    root = out / "fashioniq"
+    counts = {}
+    for split, rows in _by_split(df).items():
+        cats: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            cats.setdefault(category_of(r), []).append(r)
+        for cat, crs in sorted(cats.items()):
+            items = [{"candidate": r["reference"], "target": r["target"],
+                      "captions": [r["edit_text"], r["edit_text_2"]]} for r in crs]
+            names = sorted(images_of(crs))
+            for n in names:
+                place(staged, n, root / "images" / f"{n}.jpg")
+            write_json(root / "captions" / f"cap.{cat}.{split}.json", items)
+            write_json(root / "image_splits" / f"split.{cat}.{split}.json", names)
+            counts[f"{cat}.{split}"] = len(items)
+    write_json(root / "categories.json", sorted({category_of(r) for r in df.to_dicts()}))
+    return counts
+
+
+# -- CIRCO --------------------------------------------------------------------------------
+
+def shared_concept(r: dict[str, Any]) -> str:
+    if r["mode"] == "attribute":
+        return article(r["shared"])
+    if r["mode"] == "object":
+        return f"something {r['shared']}"
+    return r["shared"]
+
+
+def export_circo(df: pl.DataFrame, out: Path, staged: Path, max_gts: int) -> dict[str, int]:
+    """val and test only (CIRCO has no train split); gt_img_ids starts with the target."""
+    root = out / "circo"
+    by = _by_split(df)
+    keys = sorted(images_of(by["val"] + by["test"]))
+    ids = {k: i + 1 for i, k in enumerate(keys)}
+    coco = root / "COCO2017_unlabeled"
+    info = []
+    for k in keys:
+        fname = f"{ids[k]:012d}.jpg"
+        place(staged, k, coco / "unlabeled2017" / fname)
+        w, h = _size(staged / f"{k}.jpg")
+        info.append({"id": ids[k], "file_name": fname, "width": w, "height": h, "curate_key": k})
+    write_json(coco / "annotations" / "image_info_unlabeled2017.json",
+               {"info": {"description": "curate triplets CIRCO export"}, "images": info})
+    write_json(root / "image_ids.json", ids)
+    counts = {}
+    truncated = 0
+    for split in ("val", "test"):
+        items = []
+        for q, r in enumerate(by[split]):
+            gts = r["gt"][:max_gts]
+            truncated += len(r["gt"]) > max_gts
+            items.append({"id": q, "reference_img_id": ids[r["reference"]], "target_img_id": ids[r["target"]],
+                          "relative_caption": r["edit_text"], "shared_concept": shared_concept(r),
+                          "gt_img_ids": [ids[g] for g in gts], "curate_triplet_id": r["id"]})
+        write_json(root / "annotations" / f"{split}.json", items)
+        counts[split] = len(items)
+    if truncated:
+        logger.info("CIRCO: %d queries had more than %d valid targets; gt_img_ids keeps the %d closest",
+                    truncated, max_gts, max_gts)
+    counts["gt_truncated"] = truncated
+    return counts
+
+
+def _size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+# -- WebDataset shards ----------------------------------------------------------------------
+
+def export_shards(df: pl.DataFrame, out: Path, staged: Path, maxcount: int = 1000) -> dict[str, int]:
+    counts = {}
+    for split, rows in _by_split(df).items():
+        with ShardWriter(out / "shards", prefix=split, maxcount=maxcount) as w:
+            for r in rows:
+                meta = {k: r[k] for k in ("id", "pair_id", "reference", "target", "edit_text", "edit_text_2",
+                                          "edit_source", "mode", "split", "ref_attr", "ref_obj", "tgt_attr",
+                                          "tgt_obj", "old_word", "new_word", "negatives", "gt")}
+                w.write({"__key__": r["id"], "ref.jpg": (staged / f"{r['reference']}.jpg").read_bytes(),
+                         "tgt.jpg": (staged / f"{r['target']}.jpg").read_bytes(), "json": meta})
+        counts[split] = len(rows)
+    return counts

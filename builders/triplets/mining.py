@@ -1,0 +1,230 @@
+"""Mining (reference, edit, target) triplets in three modes.
+
+- attribute: same object, other attribute ("striped heart" -> "dotted heart");
+- object: same attribute, other object ("striped heart" -> "striped lemon");
+- caption: captions differing in one content word (found by :mod:`.captions`).
+
+Every mode reduces to *compositions*: a reference group and a target group of images (in
+the same split). Each reference gets the visually closest target of the target group (cosine
+in CLIP space, preferring targets not yet used so one image does not absorb a whole combo),
+every image of the target group is a valid target (``gt``: CIRCO's multiple ground truths),
+and the hard negatives are the images closest to the query that are *not* valid: same
+composition as the reference, or the edit's distractors (the new word with the wrong other
+word). At most ``max_per_pair`` references per (reference group, target group), so frequent
+compositions do not drown rare ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from curate.errors import CurateError
+
+from .captions import CaptionPairStats, find_caption_pairs, normalize_expr
+from .config import SPLITS, TripletsConfig, assign_split, parse_splits, unit_hash
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Combo:
+    """One (reference group -> target group) edit inside one split."""
+
+    mode: str
+    split: str
+    refs: np.ndarray  # feature rows, sorted by key
+    tgts: np.ndarray
+    distractors: np.ndarray
+    info: dict[str, Any]  # ref_attr, ref_obj, tgt_attr, tgt_obj, old_word, new_word, shared
+
+
+@dataclass
+class MiningResult:
+    triplets: pl.DataFrame
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def build_pool(samples: pl.DataFrame, keys: list[str], cfg: TripletsConfig) -> pl.DataFrame:
+    """Samples that have features, with their split and their feature row."""
+    ratios = parse_splits(cfg.splits)
+    pool = samples.join(pl.DataFrame({"key": keys, "row": np.arange(len(keys), dtype=np.int64)}), on="key")
+    if ratios is None:
+        bad = pool.filter(~pl.col("split_hint").is_in(list(SPLITS)) | pl.col("split_hint").is_null())
+        if bad.height:
+            raise CurateError(f"--splits manifest, but {bad.height} sample(s) have no train/val/test split "
+                              f"(e.g. {bad['key'][0]})", fix="pass ratios instead, e.g. --splits train=0.8,val=0.1,test=0.1")
+        pool = pool.with_columns(pl.col("split_hint").alias("split"))
+    else:
+        pool = pool.with_columns(pl.Series("split", [assign_split(k, ratios, cfg.seed) for k in pool["key"]]))
+    return pool.sort("key")
+
+
+def mine(pool: pl.DataFrame, feats: np.ndarray, cfg: TripletsConfig) -> MiningResult:
+    combos: list[Combo] = []
+    stats: dict[str, Any] = {"pool": pool.height}
+    for mode in cfg.modes:
+        if mode == "caption":
+            found, cstats = _caption_combos(pool, cfg)
+            stats["caption_pairs"] = cstats.__dict__
+        else:
+            found = _compositional_combos(pool, mode)
+        stats[f"combos_{mode}"] = len(found)
+        combos.extend(found)
+    if not combos:
+        raise CurateError(_nothing_to_mine(pool, cfg), where=cfg.dataset,
+                          fix="use a dataset where some object appears with two attributes (or some "
+                              "attribute with two objects), or add --mode caption for captioned images")
+    keys = pool["key"].to_list()
+    split_rows = {s: g["row"].to_numpy() for (s,), g in pool.group_by(["split"])}
+    rows = [t for c in combos for t in _triplets_of(c, feats, keys, split_rows[c.split], cfg)]
+    df = _finalise(rows, cfg)
+    stats["triplets"] = df.height
+    stats["by_mode"] = dict(Counter(df["mode"].to_list()))
+    stats["by_split"] = dict(Counter(df["split"].to_list()))
+    return MiningResult(df, stats)
+
+
+def _nothing_to_mine(pool: pl.DataFrame, cfg: TripletsConfig) -> str:
+    comp = pool.drop_nulls(["attr", "obj"]).select("attr", "obj").unique()
+    per_obj = comp.group_by("obj").len()
+    per_attr = comp.group_by("attr").len()
+    max_a = int(per_obj["len"].max() or 0) if per_obj.height else 0
+    max_o = int(per_attr["len"].max() or 0) if per_attr.height else 0
+    return (f"no triplets can be mined with --mode {','.join(cfg.modes)}: no object has images with two "
+            f"different attributes and no attribute two objects within one split ({pool.height} usable images, "
+            f"{comp.height} compositions, {per_obj.height} objects with at most {max_a} attribute(s) each, "
+            f"{per_attr.height} attributes with at most {max_o} object(s) each)")
+
+
+def _groups(pool: pl.DataFrame, by: list[str]) -> dict[tuple, np.ndarray]:
+    out: dict[tuple, np.ndarray] = {}
+    for name, g in pool.group_by(by, maintain_order=True):
+        out[tuple(name)] = g["row"].to_numpy()
+    return out
+
+
+def _compositional_combos(pool: pl.DataFrame, mode: str) -> list[Combo]:
+    keep, change = ("obj", "attr") if mode == "attribute" else ("attr", "obj")
+    p = pool.drop_nulls(["attr", "obj"])
+    comp = _groups(p, ["split", "attr", "obj"])
+    by_change = _groups(p, ["split", change])
+    keep_of_row = dict(zip(p["row"].to_list(), p[keep].to_list(), strict=True))
+    combos = []
+    for split in SPLITS:
+        values: dict[str, list[str]] = {}
+        for (s, a, o) in comp:
+            if s == split:
+                kv, cv = (o, a) if mode == "attribute" else (a, o)
+                values.setdefault(kv, []).append(cv)
+        for kv in sorted(values):
+            for old in sorted(values[kv]):
+                for new in sorted(values[kv]):
+                    if old == new:
+                        continue
+                    ref_c = (split, old, kv) if mode == "attribute" else (split, kv, old)
+                    tgt_c = (split, new, kv) if mode == "attribute" else (split, kv, new)
+                    distract = np.array([r for r in by_change.get((split, new), []) if keep_of_row[r] != kv],
+                                        dtype=np.int64)
+                    ref_attr, ref_obj = (old, kv) if mode == "attribute" else (kv, old)
+                    tgt_attr, tgt_obj = (new, kv) if mode == "attribute" else (kv, new)
+                    combos.append(Combo(mode, split, comp[ref_c], comp[tgt_c], distract, {
+                        "ref_attr": ref_attr, "ref_obj": ref_obj, "tgt_attr": tgt_attr, "tgt_obj": tgt_obj,
+                        "old_word": old, "new_word": new, "shared": kv}))
+    return combos
+
+
+def _caption_combos(pool: pl.DataFrame, cfg: TripletsConfig) -> tuple[list[Combo], CaptionPairStats]:
+    uniq, pairs, st = find_caption_pairs(pool, "caption", cfg.max_tokens, cfg.max_group)
+    logger.info("caption mode: %d captions, %d unique, %d empty, %d one-word pairs",
+                st.captions, st.unique, st.empty, st.pairs)
+    texts = dict(zip(uniq["cid"].to_list(), uniq["text"].to_list(), strict=True))
+    norm = pool.with_columns(normalize_expr("caption").alias("text")).join(uniq.select("cid", "text"), on="text")
+    groups = _groups(norm, ["split", "cid"])
+    first = {r: (a, o) for r, a, o in zip(norm["row"].to_list(), norm["attr"].to_list(), norm["obj"].to_list(),
+                                          strict=True)}
+    combos = []
+    for ca, cb, pos, wa, wb in pairs.iter_rows():
+        for (c_ref, c_tgt, old, new) in ((ca, cb, wa, wb), (cb, ca, wb, wa)):
+            toks = texts[c_ref].split(" ")
+            shared = " ".join(toks[:pos] + toks[pos + 1:])
+            for split in SPLITS:
+                refs, tgts = groups.get((split, c_ref)), groups.get((split, c_tgt))
+                if refs is None or tgts is None:
+                    continue
+                ra, ro = first[int(refs[0])]
+                ta, to = first[int(tgts[0])]
+                combos.append(Combo("caption", split, refs, tgts, np.zeros(0, np.int64), {
+                    "ref_attr": ra, "ref_obj": ro, "tgt_attr": ta, "tgt_obj": to, "old_word": old,
+                    "new_word": new, "shared": shared, "ref_caption": texts[c_ref],
+                    "tgt_caption": texts[c_tgt]}))
+    return combos, st
+
+
+def _triplets_of(c: Combo, feats: np.ndarray, keys: list[str], split_rows: np.ndarray,
+                 cfg: TripletsConfig) -> list[dict[str, Any]]:
+    """Up to ``max_per_pair`` triplets of one combo: nearest (preferably unused) target per reference."""
+    order = sorted(c.refs.tolist(), key=lambda r: unit_hash(cfg.seed, f"{c.mode}:{keys[r]}:{c.info['new_word']}"))
+    refs = order[: cfg.max_per_pair]
+    tgt_f = feats[c.tgts]
+    used: set[int] = set()
+    out = []
+    for rank, r in enumerate(refs):
+        sims = tgt_f @ feats[r]
+        by_sim = np.argsort(-sims, kind="stable")
+        pick = next((int(i) for i in by_sim if int(c.tgts[i]) not in used), int(by_sim[0]))
+        t = int(c.tgts[pick])
+        used.add(t)
+        gt = [t] + [int(c.tgts[i]) for i in by_sim if int(c.tgts[i]) != t]
+        negs = _negatives(c, r, t, feats, split_rows, cfg.negatives)
+        out.append({"reference": keys[r], "target": keys[t], "mode": c.mode, "split": c.split,
+                    **{k: c.info[k] for k in ("ref_attr", "ref_obj", "tgt_attr", "tgt_obj", "old_word",
+                                              "new_word", "shared")},
+                    "ref_caption": c.info.get("ref_caption"), "tgt_caption": c.info.get("tgt_caption"),
+                    "target_sim": float(sims[pick]), "gt": [keys[g] for g in gt],
+                    "negatives": [keys[n] for n in negs], "_rank": rank,
+                    "_combo": unit_hash(cfg.seed, f"{c.mode}:{c.split}:{keys[int(c.refs[0])]}:{keys[int(c.tgts[0])]}")})
+    return out
+
+
+def _negatives(c: Combo, r: int, t: int, feats: np.ndarray, split_rows: np.ndarray, n: int) -> list[int]:
+    """Closest invalid images to the query (reference + target direction).
+
+    First the hard ones (same composition as the reference, the edit's distractors); when
+    there are fewer than ``n``, the nearest other images of the split that are not valid targets.
+    """
+    if n == 0:
+        return []
+    q = feats[r] + feats[t]
+    out: list[int] = []
+    hard = np.concatenate([c.refs[c.refs != r], c.distractors]).astype(np.int64)
+    rest = np.setdiff1d(split_rows, np.concatenate([hard, c.tgts, [r]]).astype(np.int64))
+    for cand in (hard, rest):
+        if len(out) >= n or cand.size == 0:
+            continue
+        sims = feats[cand] @ q
+        out.extend(int(cand[i]) for i in np.argsort(-sims, kind="stable")[: n - len(out)])
+    return out
+
+
+def _finalise(rows: list[dict[str, Any]], cfg: TripletsConfig) -> pl.DataFrame:
+    """Cap to ``max_triplets`` round-robin over combos, then give stable ids in a fixed order."""
+    if cfg.max_triplets is not None and len(rows) > cfg.max_triplets:
+        rows = sorted(rows, key=lambda t: (t["_rank"], t["_combo"]))[: cfg.max_triplets]
+    split_order = {s: i for i, s in enumerate(SPLITS)}
+    rows.sort(key=lambda t: (split_order[t["split"]], t["mode"], t["reference"], t["target"]))
+    for i, t in enumerate(rows):
+        t["pair_id"] = i
+        t["id"] = f"{t['split']}-{t['mode'][:3]}-{i:07d}"
+        del t["_rank"], t["_combo"]
+    schema = {"id": pl.String, "pair_id": pl.Int64, "reference": pl.String, "target": pl.String,
+              "mode": pl.String, "split": pl.String, "ref_attr": pl.String, "ref_obj": pl.String,
+              "tgt_attr": pl.String, "tgt_obj": pl.String, "old_word": pl.String, "new_word": pl.String,
+              "shared": pl.String, "ref_caption": pl.String, "tgt_caption": pl.String,
+              "target_sim": pl.Float64, "gt": pl.List(pl.String), "negatives": pl.List(pl.String)}
+    return pl.DataFrame(rows, schema=schema)

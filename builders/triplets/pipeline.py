@@ -1,0 +1,144 @@
+"""``build_triplets``: source -> features -> mining -> edit texts -> exports, each stage resumable.
+
+Stages leave done markers (curate.ledger.Ledger) next to their outputs; the output folder is
+guarded by curate.outdir.OutputDir, so rerunning the same command resumes (done stages are
+skipped, LLM answers come from the cache) and a different config is refused unless
+``--overwrite``. Everything is deterministic for a given dataset and ``--seed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.config import to_dict
+from curate.errors import CurateError
+from curate.fsutil import read_json, write_json, write_text
+from curate.ledger import Ledger
+from curate.log import StageSummary
+from curate.outdir import OutputDir
+
+from . import exports
+from .config import TripletsConfig
+from .edits import add_edit_texts
+from .mining import build_pool, mine
+from .source import image_features, load_source
+
+logger = logging.getLogger(__name__)
+
+PARQUET = "triplets.parquet"
+CONTRACT_COLUMNS = ["id", "reference", "target", "edit_text", "mode", "split", "ref_attr", "ref_obj",
+                    "tgt_attr", "tgt_obj", "negatives"]
+
+
+def default_dataset() -> Path:
+    from curate.paths import default_demo_dir
+
+    p = default_demo_dir() / "imagenet-ao"
+    if not (p / "manifest.parquet").exists():
+        raise CurateError(f"no demo dataset at {p}", fix="run `curate build imagenet-ao` first, or pass DATASET")
+    return p
+
+
+def build_triplets(cfg: TripletsConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Run every stage not yet done; returns the summary written to ``triplets.json``."""
+    cfg.validate()
+    out = Path(cfg.out)
+    with OutputDir(out, "triplets", to_dict(cfg), overwrite=overwrite):
+        return _run(cfg, out)
+
+
+def _stage(ledger_out: Path, name: str, outputs: list[str], fn: Callable[[], dict[str, Any]],
+           summaries: list[StageSummary]) -> dict[str, Any]:
+    ledger = Ledger(ledger_out, "triplets")
+    st = StageSummary(name)
+    if ledger.is_done(name):
+        st.skipped = 1
+        summaries.append(st)
+        logger.info("%s: already done, skipped", name)
+        return (ledger.record(name) or {}).get("stats", {})
+    t0 = time.perf_counter()
+    stats = fn()
+    ledger.mark_done(name, outputs, stats)
+    st.done, st.seconds, st.items = 1, time.perf_counter() - t0, int(stats.get("items", 0))
+    summaries.append(st)
+    return stats
+
+
+def _run(cfg: TripletsConfig, out: Path) -> dict[str, Any]:
+    meta = out / ".curate"
+    summaries: list[StageSummary] = []
+    source = load_source(cfg.dataset, cfg.include_rejected)
+    info: dict[str, Any] = {"source_dataset": str(Path(cfg.dataset).resolve()), "source_kind": source.kind,
+                            "samples": source.samples.height, "rejected_excluded": source.rejected,
+                            "missing_images": len(source.missing)}
+    write_text(out / "missing_images.txt", "".join(f"{k}\t{why}\n" for k, why in source.missing))
+
+    def do_mine() -> dict[str, Any]:
+        feats = image_features(source, cfg.model, cfg.device, meta)
+        pool = build_pool(source.samples, feats.keys, cfg)
+        res = mine(pool, feats.matrix, cfg)
+        _write_parquet(res.triplets, meta / "mined.parquet")
+        return {**res.stats, "similarity": feats.how, "items": res.triplets.height}
+
+    info["mining"] = _stage(out, "mine", [".curate/mined.parquet"], do_mine, summaries)
+
+    def do_texts() -> dict[str, Any]:
+        df, st = add_edit_texts(pl.read_parquet(meta / "mined.parquet"), cfg.edit_text, cfg.seed, cfg.llm,
+                                meta / "llm-cache.sqlite")
+        _write_parquet(df, out / PARQUET)
+        return {**st.__dict__, "items": df.height}
+
+    info["edit_texts"] = _stage(out, "texts", [PARQUET], do_texts, summaries)
+    df = pl.read_parquet(out / PARQUET)
+    staged = meta / "images"
+    needed = exports.images_of(df.to_dicts())
+    info["images"] = _stage(out, "images", [], lambda: {"items": exports.stage_images(
+        source.shard_of(), needed, staged)}, summaries)
+    writers = {
+        "shards": lambda: exports.export_shards(df, out, staged),
+        "cirr": lambda: exports.export_cirr(df, out, staged),
+        "fashioniq": lambda: exports.export_fashioniq(df, out, staged),
+        "circo": lambda: exports.export_circo(df, out, staged, cfg.circo_max_gts),
+    }
+    info["exports"] = {f: _stage(out, f"export-{f}", [f], writers[f], summaries) for f in cfg.formats}
+    info["config"] = to_dict(cfg)
+    info["counts"] = {"triplets": df.height, "by_mode": _count(df, "mode"), "by_split": _count(df, "split")}
+    write_json(out / "triplets.json", info)
+    _print_summary(summaries)
+    return info
+
+
+def _count(df: pl.DataFrame, col: str) -> dict[str, int]:
+    return {k: int(v) for k, v in df.group_by(col).len().sort(col).iter_rows()}
+
+
+def _write_parquet(df: pl.DataFrame, path: Path) -> None:
+    from curate.fsutil import atomic_open
+
+    cols = [c for c in CONTRACT_COLUMNS if c in df.columns] + [c for c in df.columns if c not in CONTRACT_COLUMNS]
+    with atomic_open(path, "wb") as f:
+        df.select(cols).write_parquet(f, statistics=False)
+
+
+def _print_summary(summaries: list[StageSummary]) -> None:
+    from curate.log import print_table, summary_table
+
+    print_table(summary_table(summaries, title="curate triplets"))
+
+
+def read_triplets(folder: str | Path) -> pl.DataFrame:
+    """The triplets table of a folder made by ``curate triplets`` (for trainers and tests)."""
+    p = Path(folder) / PARQUET
+    if not p.exists():
+        raise CurateError("no triplets.parquet", where=str(folder), fix="run `curate triplets` first")
+    return pl.read_parquet(p)
+
+
+def triplets_info(folder: str | Path) -> dict[str, Any]:
+    return read_json(Path(folder) / "triplets.json")
