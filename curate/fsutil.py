@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 TMP_MARK = ".tmp-"
+# mkstemp creates 0600 files; outputs get the mode a plain open() would give (0666 & ~umask)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -23,6 +26,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
         with os.fdopen(fd, mode) as f:
             yield f  # type: ignore[misc]
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -255,6 +255,7 @@ def reshard(
                                    "ids": str(ids_path) if ids_path else None})
                  for i, p in enumerate(shards)]
         ex = get_executor(cfg.executor, workers=cfg.workers, address=cfg.address)
+        logger.debug("%d input shard(s) -> %s; executor %s with %d worker(s)", len(tasks), out, ex.name, ex.workers)
         try:
             result = run_stage(STAGE, reshard_task, tasks, out, executor=ex, unit="shards")
         finally:

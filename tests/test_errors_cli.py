@@ -97,9 +97,6 @@ def test_different_config_is_refused_then_overwrite_replaces(inputs, tmp_path):
     assert_one_line_error(curate("shards", "reshard", inputs, "--out", out, "--maxcount", "3"),
                           "different config", "maxcount", "--overwrite")
     assert sorted(p.name for p in (out / "shards").iterdir()) == before  # nothing lost
-    # where tasks run is not part of the config: another --workers resumes
-    r = curate("shards", "reshard", inputs, "--out", out, "--maxcount", "2", "--workers", "2")
-    assert r.returncode == 0 and "3 task(s) already done" in r.stderr
     r = curate("shards", "reshard", inputs, "--out", out, "--maxcount", "3", "--overwrite")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (out / "shards").glob("*.tar")) == [
@@ -168,3 +165,13 @@ def test_help_teaches_with_an_example():
     for flag in ("--out", "--maxcount", "--maxsize", "--ids", "--workers", "--executor", "--address",
                  "--overwrite", "--config", "Example"):
         assert flag in r.stdout
+
+
+def test_quiet_and_verbose(inputs, tmp_path):
+    quiet = curate("--quiet", "shards", "reshard", inputs, "--out", tmp_path / "q")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
+    loud = curate("--verbose", "shards", "reshard", inputs, "--out", tmp_path / "q")
+    assert loud.returncode == 0
+    assert "3 task(s) already done" in loud.stderr and "tasks done" in loud.stderr
+    assert "executor local with" in loud.stderr  # debug lines only with --verbose
+    assert "executor local with" not in curate("shards", "reshard", inputs, "--out", tmp_path / "q").stderr

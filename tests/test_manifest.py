@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 import polars as pl
 import pytest
 
@@ -34,6 +36,9 @@ def test_write_read_round_trip_sorted_and_byte_stable(tmp_path):
     first = p.read_bytes()
     write_manifest(df.sample(fraction=1.0, shuffle=True, seed=3), tmp_path / "manifest.parquet")
     assert p.read_bytes() == first  # row order in, same bytes out
+    # written via a temp file, yet readable like any other file (not mkstemp's 0600)
+    (tmp_path / "plain").write_bytes(b"")
+    assert stat.S_IMODE(p.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
 
 
 def test_missing_columns_and_duplicates_are_errors(tmp_path):

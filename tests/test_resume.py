@@ -93,16 +93,17 @@ def tree(folder: Path) -> dict[str, str]:
 def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     n = 40
     make_inputs(tmp_path / "in", n_shards=n, per_shard=3, size=300_000)
-    args = [str(tmp_path / "in"), "--maxcount", "2", "--workers", "1"]
+    args = [str(tmp_path / "in"), "--maxcount", "2"]
+    one = ["--workers", "1"]  # tasks run one after another in the CLI process: the kill lands mid-run
     env = {**os.environ, "CURATE_NO_PROGRESS": "1"}
 
-    ref = subprocess.run([CURATE, "shards", "reshard", *args, "--out", str(tmp_path / "ref")],
+    ref = subprocess.run([CURATE, "shards", "reshard", *args, *one, "--out", str(tmp_path / "ref")],
                          capture_output=True, text=True, env=env)
     assert ref.returncode == 0, ref.stderr
 
     out = tmp_path / "killed"
     markers = out / ".curate" / "ledger" / "reshard"
-    proc = subprocess.Popen([CURATE, "shards", "reshard", *args, "--out", str(out)],
+    proc = subprocess.Popen([CURATE, "shards", "reshard", *args, *one, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 60
     while not any(markers.glob("*.json")):  # finished markers only, not their temp files
@@ -115,7 +116,8 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     assert 1 <= done_at_kill < n, "the kill must land mid-run"
     assert not (out / "manifest.parquet").exists()
 
-    rerun = subprocess.run([CURATE, "shards", "reshard", *args, "--out", str(out)],
+    # where tasks run is not part of the output's config: resume with a pool of two workers
+    rerun = subprocess.run([CURATE, "shards", "reshard", *args, "--out", str(out), "--workers", "2"],
                            capture_output=True, text=True, env=env)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{done_at_kill} task(s) already done" in rerun.stderr
