@@ -325,3 +325,35 @@ def test_manifest_splits(cir_ds, tmp_path):
     split = dict(pl.read_parquet(cir_ds / "manifest.parquet").select("key", "split").iter_rows())
     assert all(split[r] == s for r, s in zip(df["reference"], df["split"], strict=True))
     assert all(split[t] == s for t, s in zip(df["target"], df["split"], strict=True))
+
+
+@pytest.mark.slow
+def test_model_spec_computes_features_when_dataset_has_no_embeddings(tmp_path):
+    from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
+
+    ds = make_cir_dataset(tmp_path / "ds", per_pair=3, embeddings=False)
+    spec = save_random_open_clip(tmp_path / "clip", arch="triplets-tiny", config=TINY_OPEN_CLIP)
+    info = build_triplets(config(ds, tmp_path / "o", formats=["shards"], model=spec, device="cpu"))
+    assert info["mining"]["similarity"] == f"model:{spec}"
+    feats = json.loads((tmp_path / "o" / ".curate" / "features" / "features.json").read_text())
+    assert len(feats["keys"]) == 36 and info["counts"]["triplets"] > 0
+
+
+def test_max_triplets_takes_round_robin_over_compositions(cir_ds, tmp_path):
+    full = build_triplets(config(cir_ds, tmp_path / "a", formats=[], max_per_pair=3))
+    combos = full["mining"]["combos_attribute"] + full["mining"]["combos_object"]
+    build_triplets(config(cir_ds, tmp_path / "b", formats=[], max_per_pair=3, max_triplets=combos))
+    df = read_triplets(tmp_path / "b")
+    assert df.height == combos
+    # one triplet per (reference composition -> target composition) before any combo gets a second
+    assert df.group_by("mode", "split", "ref_attr", "ref_obj", "tgt_attr", "tgt_obj").len()["len"].max() == 1
+
+
+def test_caption_mode_without_usable_captions_says_why(tmp_path):
+    ds = make_tiny_dataset(tmp_path / "ds", per_pair=2)
+    man = pl.read_parquet(ds / "manifest.parquet")
+    man.with_columns(pl.when(pl.col("attr") == "red").then(pl.lit("")).otherwise(pl.lit("same caption"))
+                     .alias("caption")).write_parquet(ds / "manifest.parquet")
+    with pytest.raises(CurateError) as e:
+        build_triplets(config(ds, tmp_path / "o", modes=["caption"]))
+    assert "6 empty" in str(e.value) and "1 unique" in str(e.value) and "0 pairs differing" in str(e.value)

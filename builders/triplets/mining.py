@@ -77,7 +77,12 @@ def mine(pool: pl.DataFrame, feats: np.ndarray, cfg: TripletsConfig) -> MiningRe
         stats[f"combos_{mode}"] = len(found)
         combos.extend(found)
     if not combos:
-        raise CurateError(_nothing_to_mine(pool, cfg), where=cfg.dataset,
+        msg = _nothing_to_mine(pool, cfg)
+        if "caption_pairs" in stats:
+            cp = stats["caption_pairs"]
+            msg += (f"; caption mode: {cp['captions']} captions, {cp['unique']} unique, {cp['empty']} empty, "
+                    f"{cp['pairs']} pairs differing in one word")
+        raise CurateError(msg, where=cfg.dataset,
                           fix="use a dataset where some object appears with two attributes (or some "
                               "attribute with two objects), or add --mode caption for captioned images")
     keys = pool["key"].to_list()
