@@ -1,0 +1,431 @@
+"""The demo mini-CLIP: a small CLIP trained on the demo world's common pairs in minutes on CPU.
+
+Why it exists: with no network there are no pretrained CLIP weights, yet the toolkit's point
+(models fail on *rare* attribute-object compositions) should be reproducible offline. This
+model is trained only on captioned images of the world's common pairs (``WORLD/train``) and
+then evaluated zero-shot on held-out common-pair images and on rare-pair images; the gap
+between the two is the phenomenon the ImageNet-AO paper measures on real CLIPs.
+
+- Image tower: a 4-stage CNN (conv-BN-ReLU, max-pooling) over 64 px inputs, average- and
+  max-pooled, projected to the joint space. No augmentation: the world's images already vary.
+- Text tower: a word-vocabulary bag of embeddings (mean) + MLP. Words never seen in the
+  training captions are dropped, so the 80 ImageNet templates still work.
+- Loss: symmetric InfoNCE with a learnable temperature and in-batch negatives; images of
+  the same attribute-object pair in one batch are not pushed apart (multi-positive targets).
+
+Saved as ``model.safetensors`` + ``config.json`` + ``vocab.json`` (+ ``report.json``), cached
+under ``curate.paths.mini_clip_cache_dir()/<fingerprint of world.json + config>/`` so the
+demo trains it once. Load it anywhere with the spec ``mini:FOLDER``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CurateError
+from ..fsutil import TMP_MARK, read_json, write_json
+from ..log import console, progress_bar
+from ..paths import mini_clip_cache_dir
+from .backends import Encoder
+
+logger = logging.getLogger(__name__)
+WORD = re.compile(r"[a-z]+")
+MODEL_FILES = ("model.safetensors", "config.json", "vocab.json", "report.json")
+MEAN, STD = 0.5, 0.25
+
+
+@dataclass
+class MiniClipConfig:
+    image_size: int = 64
+    width: int = 32          # channels of the first CNN stage (doubles per stage)
+    word_dim: int = 128
+    embed_dim: int = 128
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    max_seconds: float = 200.0   # training stops (with the LR fully annealed) by then
+    threads: int = 2
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MiniClipConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def tokenize(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+# ------------------------------------------------------------------------------------------
+# the model
+# ------------------------------------------------------------------------------------------
+def build_model(cfg: MiniClipConfig, vocab_size: int):
+    import torch
+    from torch import nn
+
+    def stage(cin: int, cout: int, pool: bool) -> list[nn.Module]:
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                                   nn.ReLU(inplace=True)]
+        return layers + ([nn.MaxPool2d(2)] if pool else [])
+
+    class ImageTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            w = cfg.width
+            self.stem = nn.Sequential(nn.Conv2d(3, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w),
+                                      nn.ReLU(inplace=True))
+            self.body = nn.Sequential(*stage(w, 2 * w, True), *stage(2 * w, 4 * w, True), *stage(4 * w, 8 * w, False))
+            self.proj = nn.Linear(16 * w, cfg.embed_dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.body(self.stem(x))
+            return self.proj(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
+
+    class TextTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.EmbeddingBag(vocab_size, cfg.word_dim, mode="mean", padding_idx=0)
+            self.mlp = nn.Sequential(nn.LayerNorm(cfg.word_dim), nn.Linear(cfg.word_dim, 2 * cfg.word_dim),
+                                     nn.GELU(), nn.Linear(2 * cfg.word_dim, cfg.embed_dim))
+
+        def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+            return self.mlp(self.emb(ids, offsets))
+
+    class MiniClip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.visual = ImageTower()
+            self.text = TextTower()
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    return MiniClip()
+
+
+class Vocab:
+    def __init__(self, words: list[str]):
+        self.words = ["<pad>"] + [w for w in words if w != "<pad>"]
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def from_texts(cls, texts: list[str]) -> Vocab:
+        return cls(sorted({w for t in texts for w in tokenize(t)}))
+
+    def encode(self, texts: list[str]):
+        """EmbeddingBag inputs: flat ids + offsets; unknown words dropped (empty -> <pad>)."""
+        import torch
+
+        ids, offsets = [], []
+        for t in texts:
+            offsets.append(len(ids))
+            toks = [self.index[w] for w in tokenize(t) if w in self.index]
+            ids.extend(toks or [0])
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
+
+
+def to_tensor(image: Any, size: int):
+    """PIL image -> normalised float CHW tensor at ``size`` px (the tower's only preprocessing)."""
+    import torch
+    from PIL import Image
+
+    im = image.convert("RGB").resize((size, size), Image.BILINEAR)
+    arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return (arr.float() / 255.0 - MEAN) / STD
+
+
+class MiniClipEncoder(Encoder):
+    def __init__(self, spec: str, folder: Path, device: str):
+        import torch
+        from safetensors.torch import load_file
+
+        from .backends import apply_state
+
+        for name in MODEL_FILES[:3]:
+            if not (folder / name).is_file():
+                raise CurateError(f"not a mini-CLIP folder (no {name})", where=str(folder),
+                                  fix="train one with `curate model train-mini --world DIR`")
+        self.cfg = MiniClipConfig.from_dict(read_json(folder / "config.json"))
+        self.vocab = Vocab(read_json(folder / "vocab.json"))
+        self.model = build_model(self.cfg, len(self.vocab.words))
+        try:
+            state = load_file(str(folder / "model.safetensors"))
+        except Exception as e:  # noqa: BLE001 - truncated or foreign file
+            raise CurateError(f"not a readable model file ({e})", where=str(folder / "model.safetensors"),
+                              fix="retrain with `curate model train-mini --overwrite`") from e
+        apply_state(self.model, state, folder / "model.safetensors", "the mini-CLIP config")
+        self.model.eval().to(device)
+        self.spec, self.device, self.dim = spec, device, self.cfg.embed_dim
+        self._torch = torch
+
+    def preprocess(self, image: Any) -> Any:
+        return to_tensor(image, self.cfg.image_size)
+
+    def _forward_images(self, batch: Any) -> Any:
+        return self.model.visual(batch)
+
+    def _forward_texts(self, texts: list[str]) -> Any:
+        ids, offsets = self.vocab.encode(texts)
+        return self.model.text(ids.to(self.device), offsets.to(self.device))
+
+
+def load_mini(spec: str, folder: Path, device: str) -> MiniClipEncoder:
+    if not folder.is_dir():
+        raise CurateError("mini-CLIP folder not found", where=str(folder),
+                          fix="train one with `curate model train-mini --world DIR` (it prints the folder)")
+    return MiniClipEncoder(spec, folder, device)
+
+
+# ------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Split:
+    images: Any            # uint8 tensor [N, 3, S, S]
+    captions: list[str]
+    attrs: list[str]
+    objs: list[str]
+    bad: int = 0
+
+
+def load_split(folder: Path, size: int, desc: str) -> Split:
+    """Decode every KEY.jpg of a world split once, resized to ``size`` (tiny: fits in RAM)."""
+    import torch
+    from PIL import Image
+
+    from ..shards import iter_shard, list_shards
+
+    imgs, caps, attrs, objs, bad = [], [], [], [], 0
+    shards = list_shards(folder)
+    with progress_bar(desc, total=len(shards), unit="shards") as advance:
+        for shard in shards:
+            for s in iter_shard(shard):
+                meta = json.loads(s["json"]) if "json" in s else {}
+                try:
+                    with Image.open(io.BytesIO(s["jpg"])) as im:
+                        arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+                except Exception:  # noqa: BLE001 - an undecodable sample is skipped, counted
+                    bad += 1
+                    continue
+                imgs.append(arr)
+                caption = s["txt"].decode("utf-8") if "txt" in s else meta.get("caption", "")
+                caps.append(caption)
+                attrs.append(meta.get("attr", ""))
+                objs.append(meta.get("obj", ""))
+            advance(1)
+    if not imgs:
+        raise CurateError("no decodable images", where=str(folder))
+    tensor = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    return Split(tensor, caps, attrs, objs, bad)
+
+
+# ------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------
+def train(world: Path, cfg: MiniClipConfig, out: Path) -> dict[str, Any]:
+    """Train on ``world/train`` and save the model files into ``out``; returns training stats."""
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(max(1, cfg.threads))
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    data = load_split(world / "train", cfg.image_size, "mini-clip: load train")
+    vocab = Vocab.from_texts(data.captions + _class_words(world))
+    model = build_model(cfg, len(vocab.words))
+    # group id per sample: same attribute-object pair = positive (captions as fallback)
+    labels = [f"{a}|{o}" if a or o else c for a, o, c in zip(data.attrs, data.objs, data.captions, strict=True)]
+    group = torch.tensor([{g: i for i, g in enumerate(sorted(set(labels)))}[g] for g in labels])
+    n = data.images.shape[0]
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = max(1, n // bs)
+    total = steps_per_epoch * cfg.epochs
+    decay = [p for name, p in model.named_parameters() if p.ndim > 1 and "emb" not in name]
+    no_decay = [p for name, p in model.named_parameters() if not (p.ndim > 1 and "emb" not in name)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    load_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, losses, stopped_early = 0, [], False
+    model.train()
+    with progress_bar("mini-clip: train", total=total, unit="steps") as advance:
+        for _epoch in range(cfg.epochs):
+            perm = torch.randperm(n, generator=gen)
+            for b in range(steps_per_epoch):
+                idx = perm[b * bs:(b + 1) * bs]
+                progress = max(step / total, (time.perf_counter() - t1) / cfg.max_seconds)
+                if progress >= 1.0:
+                    stopped_early = True
+                    break
+                lr = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * progress))
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                x = (data.images[idx].float() / 255.0 - MEAN) / STD
+                ids, offsets = vocab.encode([data.captions[i] for i in idx.tolist()])
+                img = F.normalize(model.visual(x), dim=-1)
+                txt = F.normalize(model.text(ids, offsets), dim=-1)
+                logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+                same = (group[idx][:, None] == group[idx][None, :]).float()
+                target = same / same.sum(1, keepdim=True)
+                loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+                              + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                step += 1
+                advance(1)
+            if stopped_early:
+                break
+    train_s = time.perf_counter() - t1
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    write_json(out / "config.json", {**asdict(cfg), "vocab_size": len(vocab.words), "kind": "curate-mini-clip"})
+    write_json(out / "vocab.json", vocab.words)
+    return {"train_images": n, "undecodable": data.bad, "steps": step, "epochs_done": round(step / steps_per_epoch, 2),
+            "stopped_by_time_limit": stopped_early, "load_seconds": round(load_s, 1),
+            "train_seconds": round(train_s, 1), "first_loss": round(float(np.mean(losses[:10])), 4) if losses else None,
+            "final_loss": round(float(np.mean(losses[-10:])), 4) if losses else None,
+            "images_per_second": round(step * bs / max(train_s, 1e-9), 1)}
+
+
+def _class_words(world: Path) -> list[str]:
+    """Object and attribute names from world.json, so every class name has a vocabulary entry."""
+    info = read_json(world / "world.json")
+    return [o["name"].replace("-", " ") for o in info.get("objects", [])] + [a["name"] for a in info.get("attributes", [])]
+
+
+# ------------------------------------------------------------------------------------------
+# zero-shot evaluation on held-out common vs rare pairs
+# ------------------------------------------------------------------------------------------
+def evaluate_world(spec: str, world: str | os.PathLike, batch_size: int = 256) -> dict[str, Any]:
+    """Zero-shot object and attribute top-1/top-5 on WORLD/heldout (common) and WORLD/rare."""
+    from .backends import load_model
+    from .zeroshot import OPENAI_IMAGENET_TEMPLATES, SIMPLE_TEMPLATES, class_text_embeddings, topk_accuracy
+
+    world = Path(world)
+    if not (world / "world.json").exists():
+        raise CurateError("not a demo world folder (no world.json)", where=str(world),
+                          fix="make one with `curate demo world --out DIR`")
+    info = read_json(world / "world.json")
+    objects = [o["name"] for o in info["objects"]]
+    attributes = [a["name"] for a in info["attributes"]]
+    enc = load_model(spec, "auto")
+    size = getattr(getattr(enc, "cfg", None), "image_size", None)
+    templates = {"simple": SIMPLE_TEMPLATES, "openai80": OPENAI_IMAGENET_TEMPLATES}
+    class_emb = {(name, kind): class_text_embeddings(enc, [c.replace("-", " ") for c in classes], tpl)
+                 for name, tpl in templates.items()
+                 for kind, classes in (("obj", objects), ("attr", attributes))}
+    report: dict[str, Any] = {"model": spec, "world": str(world.resolve()), "sets": {}}
+    for split in ("heldout", "rare"):
+        if not (world / split).is_dir():
+            continue
+        if size:  # mini-CLIP: decode straight to its input size
+            data = load_split(world / split, size, f"eval {split}")
+            x = (data.images.float() / 255.0 - MEAN) / STD
+            emb = np.concatenate([enc.encode_image_tensors(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        else:
+            data = load_split(world / split, 224, f"eval {split}")
+            from PIL import Image
+
+            pil = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in data.images]
+            emb = enc.encode_images(pil, batch_size=batch_size)
+        row: dict[str, Any] = {"images": len(data.attrs)}
+        for tname in templates:
+            for kind, classes, truth in (("obj", objects, data.objs), ("attr", attributes, data.attrs)):
+                labels = [classes.index(t) for t in truth]
+                acc = topk_accuracy(emb, class_emb[(tname, kind)], labels, ks=(1, 5))
+                row[f"{kind}_top1_{tname}"] = round(acc[1], 4)
+                row[f"{kind}_top5_{tname}"] = round(acc[5], 4)
+        report["sets"]["common (heldout)" if split == "heldout" else "rare"] = row
+    report["chance"] = {"obj_top1": round(1 / len(objects), 4), "attr_top1": round(1 / len(attributes), 4)}
+    return report
+
+
+def read_report(folder: str | os.PathLike) -> dict[str, Any]:
+    return read_json(Path(folder) / "report.json")
+
+
+def print_report(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"zero-shot accuracy of {report.get('model', '?')}")
+    cols = ["set", "images"] + [f"{k}_{t}_{tpl}" for tpl in ("simple", "openai80") for k in ("obj", "attr")
+                                for t in ("top1", "top5")]
+    for c in cols:
+        table.add_column(c.replace("_", " "), justify="left" if c == "set" else "right")
+    for name, row in report.get("sets", {}).items():
+        table.add_row(name, str(row["images"]), *[f"{row[c]:.3f}" for c in cols[2:]])
+    console.print(table)
+    ch = report.get("chance", {})
+    if ch:
+        console.print(f"chance: object top-1 {ch['obj_top1']:.3f}, attribute top-1 {ch['attr_top1']:.3f}")
+
+
+# ------------------------------------------------------------------------------------------
+# the cache
+# ------------------------------------------------------------------------------------------
+def fingerprint(world: Path, cfg: MiniClipConfig) -> str:
+    h = hashlib.sha256((world / "world.json").read_bytes())
+    h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def is_complete(folder: Path) -> bool:
+    return all((folder / n).is_file() for n in MODEL_FILES)
+
+
+def ensure_mini_clip(world_dir: str | os.PathLike, config: MiniClipConfig | None = None,
+                     out: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """The trained mini-CLIP folder for this world (training and evaluating it first if needed)."""
+    world = Path(world_dir)
+    if not (world / "world.json").is_file():
+        raise CurateError("not a demo world folder (no world.json)", where=str(world),
+                          fix="make one with `curate demo world --out DIR`")
+    if not (world / "train").is_dir():
+        raise CurateError("the world has no train/ shards", where=str(world))
+    cfg = config or MiniClipConfig()
+    folder = Path(out) if out else mini_clip_cache_dir() / fingerprint(world, cfg)
+    if is_complete(folder) and not overwrite:
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second `make demo` waits instead of training twice
+        if is_complete(folder) and not overwrite:
+            return folder
+        if folder.exists() and any(folder.iterdir()) and not is_complete(folder) and not overwrite:
+            if not (folder / "config.json").exists():
+                raise CurateError("exists and is not a mini-CLIP folder", where=str(folder),
+                                  fix="choose another --out or pass --overwrite")
+        tmp = folder.with_name(f"{folder.name}{TMP_MARK}{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            logger.info("training the mini-CLIP on %s (at most %.0f s)", world / "train", cfg.max_seconds)
+            stats = train(world, cfg, tmp)
+            report = evaluate_world(f"mini:{tmp}", world)
+            report["model"] = f"mini:{folder.resolve()}"
+            report["training"] = stats
+            write_json(tmp / "report.json", report)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("mini-CLIP ready: %s", folder)
+    return folder
