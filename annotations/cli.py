@@ -1,0 +1,139 @@
+"""``curate review``: push a dataset into FiftyOne, launch the App, pull verdicts back.
+
+``curate review DATASET`` is short for ``curate review open DATASET`` (a group whose default
+command is ``open``), so ``curate review pull DATASET`` can live beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMMAND = "open"
+
+
+class DefaultCommandGroup(TyperGroup):
+    """Runs ``open`` when the first argument is not a subcommand (``curate review DATASET``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [DEFAULT_COMMAND, *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=DefaultCommandGroup,
+    add_completion=False,
+    no_args_is_help=True,
+    help="""Review samples in FiftyOne and pull verdicts back into the manifest.
+
+\b
+  curate review demo-out/imagenet-ao              # push (incremental) + open the App on 127.0.0.1:5151
+  curate review demo-out/imagenet-ao --no-launch  # push only
+  curate review pull demo-out/imagenet-ao         # tags accept/reject + label edits -> manifest.parquet
+\b
+Reviewers tag samples `accept` / `reject` or edit the `attr` / `obj` labels in the App.
+After a pull, exports, triplet mining and training loaders skip rejected samples.""",
+)
+
+Dataset_ = Annotated[Path, typer.Argument(help="Dataset folder (holds manifest.parquet and shards/).")]
+Name = Annotated[str | None, typer.Option("--name", help="FiftyOne dataset name (default: the folder's name).")]
+DatabaseUri = Annotated[str | None, typer.Option(
+    "--database-uri", help="Use this MongoDB (mongodb://...) instead of FiftyOne's embedded database.")]
+
+
+@app.command("open")
+def open_cmd(
+    dataset: Dataset_,
+    port: Annotated[int, typer.Option("--port", help="App port on 127.0.0.1.")] = 5151,
+    no_launch: Annotated[bool, typer.Option("--no-launch", help="Only create/update the FiftyOne dataset.")] = False,
+    triplets: Annotated[Path | None, typer.Option(
+        "--triplets", help="Triplets folder (default: DATASET/triplets if it holds triplets.parquet).")] = None,
+    name: Name = None,
+    media_dir: Annotated[Path | None, typer.Option(
+        "--media-dir", help="Where images are extracted (default: CACHE/review/NAME/media).")] = None,
+    database_uri: DatabaseUri = None,
+    max_pair_views: Annotated[int, typer.Option("--max-pair-views", help="Save at most this many per-pair views.")] = 1000,
+) -> None:
+    """Create or update the FiftyOne dataset for DATASET, then launch the App (Ctrl-C stops it).
+
+    \b
+    Example:
+      curate review open demo-out/imagenet-ao --port 5152
+    Re-running after the dataset grew adds only the new samples; tags and edits are kept.
+    """
+    from .app import check_port_free
+
+    if not no_launch:
+        check_port_free(port)  # fail before minutes of work, not after
+    report = push(dataset, name=name, media_dir=media_dir, database_uri=database_uri, triplets=triplets,
+                  max_pair_views=max_pair_views)
+    if no_launch:
+        return
+    from .app import serve_until_interrupted, start_app
+
+    server = start_app(port)
+    serve_until_interrupted(server, report)
+
+
+def push(dataset: Path, name: str | None, media_dir: Path | None, database_uri: str | None,
+         triplets: Path | None, max_pair_views: int) -> str:
+    """Sync the dataset (and its triplets); print the summary; return the FiftyOne dataset name."""
+
+    from rich.table import Table
+
+    from curate.log import print_table
+
+    from .media import default_media_dir
+    from .sync import SyncConfig, sync_dataset
+    from .triplets import sync_triplets
+
+    cfg = SyncConfig(dataset=dataset, name=name, media_dir=media_dir, database_uri=database_uri,
+                     max_pair_views=max_pair_views)
+    rep = sync_dataset(cfg)
+    table = Table(title=f"curate review: FiftyOne dataset {rep.name!r}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for what, value in [("samples added", rep.added), ("already there", rep.existing), ("total", rep.total),
+                        ("skipped (image missing)", len(rep.missing)), ("with aux attributes", rep.aux_matched),
+                        ("embeddings", "yes" if rep.embeddings else "no"), ("near-duplicate groups", rep.dup_groups),
+                        ("saved views", len(rep.views)), ("samples/s", f"{rep.rate:.0f}")]:
+        table.add_row(what, str(value))
+    tdir = triplets or (dataset / "triplets")
+    if triplets is not None or (tdir / "triplets.parquet").exists():
+        import fiftyone as fo
+
+        from curate.dataset import Dataset
+
+        folder = Dataset(dataset)
+        trep = sync_triplets(fo, tdir, rep.name, folder.manifest(include_rejected=True), folder.shard_dir,
+                             media_dir or default_media_dir(rep.name))
+        table.add_row(f"triplets added ({trep.name})", str(trep.added))
+        table.add_row("triplets skipped", str(len(trep.skipped)))
+    print_table(table)
+    return rep.name
+
+
+@app.command("pull")
+def pull_cmd(dataset: Dataset_, name: Name = None, database_uri: DatabaseUri = None) -> None:
+    """Write reviewers' verdicts (accept/reject tags, label edits) into DATASET/manifest.parquet.
+
+    \b
+    Example:
+      curate review pull demo-out/imagenet-ao
+    Idempotent: pulling again changes nothing. Rejected samples are then left out by
+    exports, triplet mining and training (pass --include-rejected there to keep them).
+    """
+    from .verdicts import pull_verdicts
+
+    rep = pull_verdicts(dataset, name=name, database_uri=database_uri)
+    log.info("%s: %d sample(s) seen, %d row(s) changed; accepted %d, rejected %d, corrected %d, "
+             "orphan verdicts %d%s", rep.name, rep.seen, rep.changed, rep.accepted, rep.rejected, rep.corrected,
+             len(rep.orphans), "" if rep.written else " (manifest unchanged)")
