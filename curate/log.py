@@ -132,6 +132,16 @@ def print_table(table: Table) -> None:
         console.print(table)
 
 
+def print_summary(stages: list[StageSummary], title: str = "Run summary") -> None:
+    """The summary table, then each stage's notes (e.g. corrupt inputs and why) one per line, unwrapped."""
+    print_table(summary_table(stages, title))
+    if _state["quiet"]:
+        return
+    for s in stages:
+        for note in s.notes:
+            console.print(f"{s.name}: {note}", soft_wrap=True, markup=False, highlight=False)
+
+
 class Timer:
     def __init__(self) -> None:
         self.start = time.perf_counter()

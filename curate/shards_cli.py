@@ -191,19 +191,6 @@ def _write_results(out: Path, n_tasks: int, records: dict[str, dict], ids: Path 
     return summary
 
 
-def _print_corrupt(corrupt: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    from .log import print_table
-
-    table = Table(title=f"{len(corrupt)} corrupt or truncated input shard(s) (samples before the damage were kept)")
-    for col in ("shard", "samples read", "reason"):
-        table.add_column(col)
-    for c in corrupt:
-        table.add_row(c["shard"], str(c["samples_read"]), c["reason"])
-    print_table(table)
-
-
 @app.command("reshard")
 def reshard(
     inputs: Annotated[list[str], typer.Argument(help="Input shards: files, folders, globs or brace patterns.")],
@@ -234,7 +221,7 @@ def reshard(
     from .errors import CurateError
     from .executor import get_executor
     from .ledger import Task, run_stage
-    from .log import print_table, summary_table
+    from .log import print_summary
     from .outdir import OutputDir
     from .shards import list_shards
 
@@ -260,7 +247,11 @@ def reshard(
             result = run_stage(STAGE, reshard_task, tasks, out, executor=ex, unit="shards")
         finally:
             ex.close()
-        print_table(summary_table([result.summary], title=f"curate shards reshard -> {out}"))
+        for rec in sorted(result.records.values(), key=lambda r: r["task"]):
+            if rec["stats"].get("corrupt"):
+                result.summary.notes.append(f"corrupt input {rec['stats']['input']}: {rec['stats']['corrupt']} "
+                                            f"(kept {rec['stats']['read']} sample(s) read before it)")
+        print_summary([result.summary], title=f"curate shards reshard -> {out}")
         if result.errors:
             first_id, first = sorted(result.errors.items())[0]
             raise CurateError(
@@ -269,8 +260,6 @@ def reshard(
                 where=str(out), fix="fix that input and rerun the same command (finished tasks are skipped)")
         stats = _write_results(out, len(tasks), result.records, ids_path)
     if stats["corrupt_inputs"]:
-        for c in stats["corrupt_inputs"]:
-            logger.warning("corrupt input %s: %s (kept %d sample(s) read before it)",
-                           c["shard"], c["reason"], c["samples_read"])
-        _print_corrupt(stats["corrupt_inputs"])
+        logger.warning("%d corrupt or truncated input shard(s), listed in %s", len(stats["corrupt_inputs"]),
+                       out / "stats.json")
     logger.info("wrote %d sample(s) in %d shard(s) to %s", stats["samples_written"], stats["shards_written"], out)

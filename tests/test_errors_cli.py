@@ -49,6 +49,7 @@ def test_reshard_writes_shards_manifest_and_stats(inputs, tmp_path):
                tmp_path / "ids.txt", "--workers", "2")
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "tasks done" in r.stderr  # the summary table
+    assert "executor local with" not in r.stderr  # debug lines need --verbose
     m = pl.read_parquet(tmp_path / "o" / "manifest.parquet")
     assert m["key"].to_list() == ["k001", "k002", "k009"]
     assert m["shard"].to_list() == ["shard-000000-000000.tar", "shard-000000-000001.tar", "shard-000002-000000.tar"]
@@ -138,9 +139,10 @@ def test_corrupt_and_truncated_inputs_are_counted_and_run_continues(inputs, tmp_
     assert 0 < kept_from_truncated < 4
     assert stats["samples_written"] == 4 + kept_from_truncated + 2
     assert pl.read_parquet(tmp_path / "o" / "manifest.parquet").height == stats["samples_written"]
-    for name in bad:  # reported on the console with the reason, beside the summary table
-        assert name in r.stderr
-    assert "corrupt or truncated input shard" in r.stderr and "tasks done" in r.stderr
+    table = r.stderr[r.stderr.index("tasks done"):]
+    for name, c in bad.items():  # listed with the reason under the summary table
+        assert f"corrupt input {inputs / name}: {c['reason']}" in table
+    assert "2 corrupt or truncated input shard(s)" in r.stderr
 
 
 def test_debug_shows_the_traceback(inputs, tmp_path):
@@ -174,4 +176,28 @@ def test_quiet_and_verbose(inputs, tmp_path):
     assert loud.returncode == 0
     assert "3 task(s) already done" in loud.stderr and "tasks done" in loud.stderr
     assert "executor local with" in loud.stderr  # debug lines only with --verbose
-    assert "executor local with" not in curate("shards", "reshard", inputs, "--out", tmp_path / "q").stderr
+
+
+def test_failed_task_is_reported_and_retried(inputs, tmp_path):
+    import io
+    import tarfile
+
+    bad = inputs / "src-000009.tar"
+    with tarfile.open(bad, "w") as tar:  # a key with a folder in it cannot be re-written
+        info = tarfile.TarInfo("sub/k1.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    out = tmp_path / "o"
+    r = curate("shards", "reshard", inputs, "--out", out)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "1 of 4 task(s) failed" in last and "invalid sample key 'sub/k1'" in last
+    assert "Traceback" not in r.stderr and "tasks done" in r.stderr
+    assert not (out / "manifest.parquet").exists()
+    from curate.shards import write_shard
+
+    write_shard(bad, [{"__key__": "k1", "txt": "hi"}])  # fix the input: only its task runs again
+    r = curate("shards", "reshard", inputs, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "3 task(s) already done, 1 to run" in r.stderr
+    assert pl.read_parquet(out / "manifest.parquet").height == 11
