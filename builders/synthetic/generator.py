@@ -7,10 +7,9 @@ striped heart. Builders call it where a real pipeline would prompt a diffusion m
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from .render import DEFAULT_SIZE, render_sample, to_jpeg
 from .vocab import FAMILY_OF, check_attr, check_obj, slug
@@ -20,8 +19,8 @@ GENERATOR_STREAM = 0x6E6
 
 def image_seed(*parts: int) -> int:
     """A 63-bit seed from integer parts (world seed, stream, indices): stable and well mixed."""
-    a, b = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2)
-    return (int(a) << 31 ^ int(b)) & ((1 << 63) - 1)
+    digest = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 
 from curate.errors import CurateError
 from curate.executor import Executor, LocalExecutor
-from curate.fsutil import atomic_open, read_json, write_bytes, write_json
+from curate.fsutil import atomic_open, read_json, write_json
 from curate.ledger import Task, run_stage
 from curate.log import StageSummary
 from curate.outdir import OutputDir
@@ -187,6 +187,8 @@ def _pool_task(args: dict) -> dict:
                                             args["seed"]), rng)
     rows: dict[str, list] = {k: [] for k in ("key", "path", "url", "caption", "attr", "obj", "rare",
                                              "colour", "pattern", "state", "width", "height")}
+    img_dir = out / "pool" / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
     for i in range(args["start"], args["stop"]):
         is_rare = bool(args["rare"]) and rng.random() < POOL_RARE_FRACTION
         attr, obj = rng.choice(args["rare"]) if is_rare else rng.choice(args["common"])
@@ -194,7 +196,9 @@ def _pool_task(args: dict) -> dict:
         img, vis = render_sample(attr, obj, s, size)
         key = f"pool_{i:07d}"
         rel = f"images/{key}.jpg"
-        write_bytes(out / "pool" / rel, to_jpeg(img))
+        # plain writes: the chunk, not the image, is the unit of resumption (its parquet and
+        # ledger marker come after every image), and an fsync per file would cost 10x the render
+        (img_dir / f"{key}.jpg").write_bytes(to_jpeg(img))
         # a rare pair's own caption must not name it (the corpus never pairs those words)
         caption = maker.object_caption(obj) if is_rare else maker.pair_caption(attr, obj)
         for k, v in (("key", key), ("path", rel), ("url", f"https://pool.demo-world.example/{rel}"),
@@ -247,9 +251,9 @@ def plan_tasks(out: Path, scale: Scale, seed: int, size: int, common: list, rare
         stop = min(scale.pool_images, start + scale.pool_chunk)
         tasks.append(Task(f"pool-{c:05d}", {**base, "kind": "pool", "index": c, "start": start, "stop": stop,
                                            "common": common, "rare": rare}))
-    splits = (("train", common, 0, scale.train_per_pair), ("heldout", common, 0, scale.heldout_per_pair),
-              ("rare", rare, 0, scale.rare_per_pair))
-    for split, pairs, _, per_pair in splits:
+    splits = (("train", common, scale.train_per_pair), ("heldout", common, scale.heldout_per_pair),
+              ("rare", rare, scale.rare_per_pair))
+    for split, pairs, per_pair in splits:
         specs = [(a, o, j) for a, o in pairs for j in range(per_pair)]
         random.Random(f"order/{split}/{seed}").shuffle(specs)
         for k, start in enumerate(range(0, len(specs), scale.shard_size)):
@@ -313,14 +317,18 @@ def build_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, siz
 
 
 def ensure_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, workers: int | None = None) -> World:
-    """The world at ``out``: loaded if complete with this scale and seed, else built (or resumed) first."""
+    """The world at ``out``: loaded if complete with this scale and seed, else built (or resumed) first.
+
+    ``workers`` processes render images (default: all cores). A folder holding a world of
+    another scale or seed is refused (``CurateError``), never silently replaced.
+    """
     out = Path(out)
     meta = out / "world.json"
     if meta.exists():
         d = read_json(meta)
         if d.get("scale") == scale and int(d.get("seed", -1)) == seed:
             return World.load(out)
-    world, _ = build_world(out, scale, seed, executor=LocalExecutor(workers or 1))
+    world, _ = build_world(out, scale, seed, executor=LocalExecutor(workers))
     return world
 
 
