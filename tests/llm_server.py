@@ -43,7 +43,7 @@ def good_answer(prompt: str) -> str:
 
 class FakeChatServer:
     def __init__(self, default: str = "good", script: list[str] | None = None, retry_after: str = "1",
-                 hang_s: float = 5.0):
+                 hang_s: float = 5.0, port: int = 0):
         self.default = default
         self.script: deque[str] = deque(script or [])
         self.retry_after = retry_after
@@ -53,7 +53,7 @@ class FakeChatServer:
         self._lock = threading.Lock()
         self._release = threading.Event()
         self.stopped = False
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -1,0 +1,118 @@
+"""``curate attributes``: TRIDENT auxiliary attributes (``aux_label.jsonl``) from an LLM."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curate.options import Overwrite
+
+app = typer.Typer(add_completion=False, rich_markup_mode=None)
+log = logging.getLogger(__name__)
+
+
+def _file_digest(path: Path | None) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path is not None and path.is_file() else None
+
+
+@app.command()
+def attributes(
+    source: Annotated[Path | None, typer.Argument(
+        help="A dataset folder (its manifest's pairs, rejected rows left out) or a demo world folder "
+             "(world.json: every attribute x object). Or give --pairs instead.")] = None,
+    pairs: Annotated[Path | None, typer.Option(
+        "--pairs", help="Pairs file: text lines 'attr obj' (use a comma or tab for multi-word objects: "
+                        "'small,paper plane'), a CSV or a parquet with attr,obj columns (e.g. pairs.parquet).")]
+    = None,
+    llm: Annotated[str, typer.Option("--llm", help="local (bundled SmolLM2 GGUF), local:PATH.gguf, or "
+                                                    "openai:MODEL@BASE_URL (any OpenAI-compatible server).")]
+    = "local",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: the dataset folder "
+                                                                  "itself, when SOURCE is a dataset).")] = None,
+    vocab: Annotated[Path | None, typer.Option("--vocab", help="Only accept adjectives from this file "
+                                                               "(one per line); the fallback uses it too.")] = None,
+    retries: Annotated[int, typer.Option("--retries", help="Re-asks with a stricter prompt after an invalid "
+                                                           "answer, before the embedding fallback.")] = 2,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight (HTTP backends).")] = 8,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for one HTTP answer.")] = 60.0,
+    http_retries: Annotated[int, typer.Option("--http-retries", help="Retries of one request on 429/5xx/"
+                                                                     "timeouts/dropped connections.")] = 4,
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Name of the environment variable "
+                                                                          "holding the API key.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (first ask is greedy, retries sample).")] = 0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest answer, in tokens.")] = 32,
+    cache: Annotated[Path | None, typer.Option("--cache", help="sqlite answer cache to use (default: "
+                                                               "OUT/.curate/.../llm_answers.sqlite).")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Ask an LLM for three auxiliary adjectives per attribute-object pair (TRIDENT's attribute smoothing).
+
+    Each pair gets TRIDENT's question ("three adjectives that can describe the visual feature
+    of a photo of a/an ATTR OBJ") after a few worked examples. Answers are parsed and must be
+    three distinct single-word lowercase adjectives, none the pair's own attribute; invalid
+    ones are re-asked with a stricter prompt (--retries), then replaced by the nearest bundled
+    visual adjectives by MiniLM embedding (marked source=fallback).
+
+    Writes OUT/aux_label.jsonl (the file TRIDENT reads: {"attr obj": [a, b, c]} per line),
+    OUT/aux_attributes.parquet (raw answers, tries, source) and OUT/aux_summary.json.
+    Every answer is cached in sqlite as it arrives: rerun the same command to resume.
+
+    \b
+    Examples:
+      curate attributes demo-out/imagenet-ao                  # writes into the dataset folder
+      curate attributes --pairs pairs.txt --out aux/          # lines like "striped lemon"
+      curate attributes WORLD --out aux/ --llm openai:qwen2.5@http://127.0.0.1:8000/v1 --concurrency 32
+      curate attributes DATASET --llm openai:gpt-4o-mini@https://api.example.com/v1 --api-key-env MY_KEY
+    """
+    from curate.errors import CurateError
+    from curate.llm import load_llm, parse_spec
+    from curate.log import console, print_table
+    from curate.outdir import OutputDir
+
+    from .generate import AuxConfig, generate_aux
+    from .outputs import write_outputs
+    from .pairs import load_pairs, read_vocab
+
+    pair_list, kind = load_pairs(source, pairs)
+    if out is None:
+        if kind != "dataset":
+            raise CurateError("--out is required unless SOURCE is a dataset folder", fix="pass --out DIR")
+        out = source
+    assert out is not None
+    parse_spec(llm)  # a bad --llm fails before anything is written
+    words = read_vocab(vocab) if vocab is not None else None
+    cfg = AuxConfig(retries=max(0, retries), seed=seed, max_tokens=max_tokens, vocab=words)
+    config = {"source": str(source.resolve()) if source else None, "pairs": str(pairs.resolve()) if pairs else None,
+              "pairs_digest": _file_digest(pairs), "llm": llm, "vocab_digest": _file_digest(vocab),
+              "retries": cfg.retries, "seed": seed, "max_tokens": max_tokens,
+              "retry_temperature": cfg.retry_temperature}
+    # Writing into a dataset folder: guard (lock, config, cache) a private subfolder of it.
+    in_dataset = kind == "dataset" and out.resolve() == source.resolve()  # type: ignore[union-attr]
+    guard_dir = out / ".curate" / "attributes" if in_dataset else out
+    with OutputDir(guard_dir, "attributes", config, overwrite=overwrite) as guard:
+        client = load_llm(llm, cache_path=cache or guard.meta / "llm_answers.sqlite", concurrency=concurrency,
+                          timeout=timeout, retries=http_retries, api_key_env=api_key_env)
+        with client:
+            log.info("%d pair(s) from %s; LLM %s", len(pair_list), kind, client.name)
+            results, stats = generate_aux(pair_list, client, cfg)
+        summary = {**stats.summary(), "llm": llm, "source": kind, "retries": cfg.retries}
+        files = write_outputs(out, results, summary)
+    print_table(_summary_table(summary))
+    console.print(f"wrote {', '.join(str(f) for f in files)}")
+
+
+def _summary_table(s: dict):
+    from rich.table import Table
+
+    t = Table(title="curate attributes")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for k in ("pairs", "valid_first_try_rate", "valid_after_retry", "fallback_rate", "requests_sent",
+              "seconds", "pairs_per_s"):
+        v = s.get(k)
+        t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    return t
