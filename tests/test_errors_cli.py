@@ -201,3 +201,27 @@ def test_failed_task_is_reported_and_retried(inputs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "3 task(s) already done, 1 to run" in r.stderr
     assert pl.read_parquet(out / "manifest.parquet").height == 11
+
+
+def test_info_and_verify_report_truncated_shards(inputs, capsys):
+    from typer.testing import CliRunner
+
+    from curate.shards_cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["verify", str(inputs)])
+    assert ok.exit_code == 0, ok.output
+    import tarfile
+
+    shard = inputs / "src-000002.tar"
+    with tarfile.open(shard) as tar:
+        last = tar.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512
+    shard.write_bytes(shard.read_bytes()[:end])  # every member intact, end-of-archive blocks gone
+    bad = runner.invoke(app, ["verify", str(inputs)], env={"COLUMNS": "250"})
+    out = bad.output + capsys.readouterr().err
+    assert bad.exit_code == 1
+    assert "src-000002.tar" in out and "src-000000.tar" not in out
+    info = runner.invoke(app, ["info", str(inputs)], env={"COLUMNS": "250"})
+    out = info.output + capsys.readouterr().err
+    assert info.exit_code == 0 and "no end-of-archive block" in out and "9 samples" in out  # 4 + 4 + the 1 before the cut
