@@ -15,6 +15,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 log = logging.getLogger(__name__)
 
 
+@app.callback()
+def _group() -> None:
+    """Build a dataset. `curate build imagenet-ao` with no options builds the offline demo."""
+
+
 @app.command("imagenet-ao")
 def imagenet_ao(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Dataset folder to write.")] = None,

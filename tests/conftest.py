@@ -72,3 +72,19 @@ def make_tiny_dataset(root: Path, objects=("circle", "square", "star"), attrs=tu
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return make_tiny_dataset(tmp_path / "tiny-ds")
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """The demo world at scale ``small`` (about 15 s to materialise; shared by the session)."""
+    from builders.synthetic.world import ensure_world
+
+    return ensure_world(tmp_path_factory.mktemp("world") / "small", scale="small", seed=0, workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_spec(tmp_path_factory) -> str:
+    """A randomly initialised tiny open_clip model saved as a real checkpoint; returns its spec."""
+    from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
+
+    return save_random_open_clip(tmp_path_factory.mktemp("tinyclip"), arch="tiny-test-clip", config=TINY_OPEN_CLIP)

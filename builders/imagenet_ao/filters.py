@@ -95,9 +95,11 @@ def dedup(emb: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def cap_and_minimum(df: pl.DataFrame, images_per_pair: int, min_images_per_pair: int) -> tuple[pl.DataFrame, list[str]]:
-    """Keep the best ``images_per_pair`` per pair; drop pairs with fewer than the minimum."""
-    df = df.sort(["pair", "score_comp", "key"], descending=[False, True, False])
-    df = df.with_columns(pl.int_range(pl.len()).over("pair").alias("_rank")).filter(pl.col("_rank") < images_per_pair)
-    counts = df.group_by("pair").len()
-    small = counts.filter(pl.col("len") < min_images_per_pair)["pair"].sort().to_list()
-    return df.filter(~pl.col("pair").is_in(small)).drop("_rank"), small
+    """Keep the best ``images_per_pair`` per (attr, obj); drop pairs with fewer than the minimum."""
+    df = df.sort(["attr", "obj", "score_comp", "source", "src_key"], descending=[False, False, True, False, False])
+    df = (df.with_columns(pl.int_range(pl.len()).over(["attr", "obj"]).alias("_rank"))
+          .filter(pl.col("_rank") < images_per_pair).drop("_rank"))
+    counts = df.group_by(["attr", "obj"]).len()
+    small = counts.filter(pl.col("len") < min_images_per_pair).select("attr", "obj")
+    dropped = sorted(f"{a} {o}" for a, o in small.iter_rows())
+    return df.join(small, on=["attr", "obj"], how="anti"), dropped

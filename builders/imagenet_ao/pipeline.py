@@ -8,7 +8,9 @@ what is done and, with the same inputs and seed, writes a byte-identical manifes
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import random
 import re
@@ -57,6 +59,12 @@ class BuildResult:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]+", "_", text).strip("_") or "x"
+
+
+def sample_key(source: str, src_key: str, attr: str, obj: str) -> str:
+    """Stable, unique per (image, pair): an image mined for two pairs gets two keys."""
+    h = hashlib.sha1(f"{attr}|{obj}".encode()).hexdigest()[:6]
+    return f"{source[:1]}-{_slug(src_key)}-{h}"
 
 
 def _write_parquet(df: pl.DataFrame, path: Path) -> None:
@@ -124,7 +132,7 @@ def pool_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, encoder,
 
     from .pool import ingest_pool
 
-    shards, stats = ingest_pool(cfg.pool, out / "pool" / "shards", ex, cfg.image_size, workers)
+    shards, stats = ingest_pool(cfg.pool, out / "pool" / "shards", ex, cfg.image_size, workers, cfg.min_resolution)
     emb_dir = out / "pool" / "embeddings"
     _embed(shards, emb_dir, cfg, workers, executor, address)
     idx_dir = out / "pool" / "index"
@@ -168,7 +176,7 @@ def generator_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, ex)
     rows = []
     for shard in sorted(gen_dir.glob("gen-*.tar")):
         for s in iter_shard(shard):
-            meta = __import__("json").loads(s["json"])
+            meta = json.loads(s["json"])
             rows.append({"src_key": s["__key__"], "attr": meta["attr"], "obj": meta["obj"], "source": "generator",
                          "score_retrieval": float("nan"), "src_shard": str(shard)})
     return pl.DataFrame(rows, schema={"src_key": pl.String, "attr": pl.String, "obj": pl.String, "source": pl.String,
@@ -303,7 +311,7 @@ def assign_splits(df: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
             continue
         i = seen_counter.get(pair, 0)
         seen_counter[pair] = i + 1
-        h = int(__import__("hashlib").sha1(f"{cfg.seed}|{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        h = int(hashlib.sha1(f"{cfg.seed}|{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         s = "val" if h < cfg.seen_val_fraction else "test" if h < 2 * cfg.seen_val_fraction else "train"
         splits.append((key, s))
     sp = pl.DataFrame(splits, schema={"key": pl.String, "split": pl.String}, orient="row")
@@ -430,7 +438,14 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
         dec = decode_check(cands, out, ex, cfg.min_resolution)
         cands = cands.join(dec.select("src_key", "src_shard", "ok", "reason", "width", "height"),
                            on=["src_key", "src_shard"], how="left").with_columns(pl.col("ok").fill_null(False))
-        bad = dec.filter(~pl.col("ok"))
+        bad = dec.filter(~pl.col("ok")).select("src_key", "reason", "src_shard")
+        pool_rejected = source_stats.get("pool", {}).pop("rejected", [])
+        if pool_rejected:
+            bad = pl.concat([pl.DataFrame(pool_rejected, schema={"src_key": pl.String, "reason": pl.String},
+                                          orient="row").with_columns(pl.lit(None, pl.String).alias("src_shard")), bad])
+            source_stats["pool"]["rejected_at_ingest"] = len(pool_rejected)
+            funnel.append(FunnelRow("pool images refused at ingest", 0, len(pool_rejected),
+                                    "undecodable, empty, too small or too large (bomb guard)"))
         if bad.height:
             _write_parquet(bad, out / "filters" / "rejected_images.parquet")
             log.warning("%d candidate image(s) failed the decode/resolution check (see filters/rejected_images.parquet)",
@@ -448,8 +463,8 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
         t = Timer()
         kept = kept.with_columns(
             pl.format("{} {}", "attr", "obj").alias("pair"),
-            (pl.col("source").str.slice(0, 1) + pl.lit("-") +
-             pl.col("src_key").map_elements(_slug, return_dtype=pl.String)).alias("key"),
+            pl.struct("source", "src_key", "attr", "obj").map_elements(
+                lambda r: sample_key(r["source"], r["src_key"], r["attr"], r["obj"]), return_dtype=pl.String).alias("key"),
         )
         kept = assign_splits(kept.with_row_index("_i"), cfg).sort("key")
         kept_img = kept_img[kept["_i"].to_numpy()]

@@ -19,7 +19,7 @@ from curate.errors import CurateError
 from curate.ledger import Task, run_stage
 from curate.shards import list_shards, shard_name, write_shard
 
-from .filters import MAX_PIXELS
+from .filters import MAX_PIXELS, check_image
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -49,36 +49,45 @@ def _slug(text: str) -> str:
 
 
 def _pack_chunk(task: Task) -> dict[str, Any]:
+    """Pack one chunk of files; files that do not decode (or are too small/large) are listed, not packed."""
     a = task.args
     out = Path(a["out"])
+    rejected: list[list[str]] = []
 
     def samples():
         for rel in a["files"]:
             path = Path(a["root"]) / rel
             key = _slug(str(Path(rel).with_suffix("")))
             data = path.read_bytes()
+            ok, reason, _, _ = check_image(data, a["min_resolution"])
+            if not ok:
+                rejected.append([key, reason])
+                continue
             ext = path.suffix.lower().lstrip(".")
             ext = "jpg" if ext == "jpeg" else ext
             yield {"__key__": key, ext: data, "json": {"key": key, "path": rel, "url": rel}}
 
-    st = write_shard(out / a["name"], samples())
-    return {"outputs": [a["name"]], "stats": {"items": st.count}}
+    st = write_shard(out / a["name"], samples(), extra_stats={"rejected": rejected})
+    return {"outputs": [a["name"]], "stats": {"items": st.count, "rejected": rejected}}
 
 
-def pack_folder(folder: Path, out: Path, executor=None) -> list[Path]:
-    """Pack a folder of image files into shards of ``CHUNK`` images (sorted, deterministic)."""
+def pack_folder(folder: Path, out: Path, executor=None, min_resolution: int = 0) -> tuple[list[Path], list[list[str]]]:
+    """Pack a folder of image files into shards of ``CHUNK`` images (sorted, deterministic).
+
+    Returns the shards and ``[key, reason]`` of every file refused by the decode check."""
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise CurateError("no image files in the pool folder", where=str(folder),
                           fix=f"the folder should hold {', '.join(IMAGE_SUFFIXES)} files")
     tasks = [Task(f"pack-{i:06d}", {"root": str(folder), "files": files[i * CHUNK:(i + 1) * CHUNK],
-                                    "out": str(out), "name": shard_name("pool", i)})
+                                    "out": str(out), "name": shard_name("pool", i), "min_resolution": min_resolution})
              for i in range((len(files) + CHUNK - 1) // CHUNK)]
     res = run_stage("pack pool", _pack_chunk, tasks, out, executor, unit="shards")
     if res.errors:
         raise CurateError(f"{len(res.errors)} pool chunk(s) failed to pack", where=str(folder))
-    return sorted(out.glob("pool-*.tar"))
+    rejected = [r for t in tasks for r in res.records[t.id].get("stats", {}).get("rejected", [])]
+    return sorted(out.glob("pool-*.tar")), rejected
 
 
 def url_list_table(path: Path) -> tuple[Path, str, str | None]:
@@ -145,15 +154,16 @@ def download_stats(out: Path) -> dict[str, int]:
     return total
 
 
-def ingest_pool(spec: str, out: Path, executor=None, image_size: int = 256, workers: int = 1) -> tuple[list[Path], dict]:
-    """Turn any --pool into shards; returns (shard paths, ingest stats)."""
+def ingest_pool(spec: str, out: Path, executor=None, image_size: int = 256, workers: int = 1,
+                min_resolution: int = 0) -> tuple[list[Path], dict]:
+    """Turn any --pool into shards; returns (shard paths, ingest stats incl. ``rejected`` [key, reason])."""
     kind = pool_kind(spec)
     if kind == "shards":
         shards = list_shards(spec)
         return shards, {"kind": kind, "shards": len(shards)}
     if kind == "folder":
-        shards = pack_folder(Path(spec), out, executor)
-        return shards, {"kind": kind, "shards": len(shards)}
+        shards, rejected = pack_folder(Path(spec), out, executor, min_resolution)
+        return shards, {"kind": kind, "shards": len(shards), "rejected": rejected}
     shards = download_urls(Path(spec), out, image_size=image_size, processes=max(1, workers))
     stats = download_stats(out)
     if not shards or stats["successes"] == 0:

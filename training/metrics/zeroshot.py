@@ -95,13 +95,8 @@ def _embed(encoder, s: EvalSet, batch_size: int = 64) -> np.ndarray:
     return encoder.encode_images(images, batch_size=batch_size)
 
 
-def topk(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[int, float]:
-    order = np.argsort(-scores, axis=1)
-    return {k: float((order[:, :k] == labels[:, None]).any(1).mean()) for k in ks}
-
-
 def evaluate_sets(encoder, sets: list[EvalSet], objects: list[str]) -> dict[str, Any]:
-    from curate.embed.zeroshot import OPENAI_IMAGENET_TEMPLATES, class_text_embeddings
+    from curate.embed.zeroshot import OPENAI_IMAGENET_TEMPLATES, class_text_embeddings, topk_accuracy
 
     obj_text = class_text_embeddings(encoder, objects, OPENAI_IMAGENET_TEMPLATES)
     oi = {o: i for i, o in enumerate(objects)}
@@ -111,8 +106,8 @@ def evaluate_sets(encoder, sets: list[EvalSet], objects: list[str]) -> dict[str,
         pairs = sorted(set(zip(s.attrs, s.objs, strict=True)))
         pi = {p: i for i, p in enumerate(pairs)}
         pair_text = class_text_embeddings(encoder, [f"{a} {o}" for a, o in pairs], OPENAI_IMAGENET_TEMPLATES)
-        obj_acc = topk(img @ obj_text.T, np.array([oi[o] for o in s.objs]))
-        comp_acc = topk(img @ pair_text.T, np.array([pi[p] for p in zip(s.attrs, s.objs, strict=True)]))
+        obj_acc = topk_accuracy(img, obj_text, [oi[o] for o in s.objs])
+        comp_acc = topk_accuracy(img, pair_text, [pi[p] for p in zip(s.attrs, s.objs, strict=True)])
         out[s.name] = {"images": len(s.keys), "pairs": len(pairs), "objects": len(set(s.objs)),
                        "object_top1": obj_acc[1], "object_top5": obj_acc[5],
                        "composition_top1": comp_acc[1], "composition_top5": comp_acc[5]}

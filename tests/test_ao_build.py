@@ -1,0 +1,247 @@
+"""`curate build imagenet-ao` end to end on real inputs: captions, an HTTP image pool downloaded
+with img2dataset, a folder pool with broken files, a tiny random open_clip model."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+CURATE = str(Path(sys.executable).with_name("curate"))
+
+# With a random model every image looks alike: keep the filters' plumbing, not their verdicts.
+RELAXED = """
+object_topk = 1000
+attribute_check = false
+comp_threshold = -1.0
+dedup_threshold = 1.01
+min_resolution = 32
+max_pairs = 8
+common_pairs = 4
+generator_images = 3
+images_per_pair = 3
+min_images_per_pair = 1
+retrieve_k = 6
+export = ["czsl", "imagefolder"]
+"""
+
+
+def curate(*args, env=None, check=True, timeout=600):
+    r = subprocess.run([CURATE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    if check and r.returncode != 0:
+        raise AssertionError(f"curate {' '.join(map(str, args))} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def world_args(world):
+    wj = world.path / "world.json"
+    return ["--objects", wj, "--attributes", wj, "--captions", world.path / "captions"]
+
+
+def check_dataset(out: Path) -> pl.DataFrame:
+    from curate.shards import iter_shard
+
+    m = pl.read_parquet(out / "manifest.parquet")
+    assert m["key"].n_unique() == m.height > 0
+    for col in ("key", "shard", "attr", "obj", "pair", "split", "rare", "source", "score_comp"):
+        assert col in m.columns
+    keys_in_shards = {}
+    for shard in sorted((out / "shards").glob("*.tar")):
+        for s in iter_shard(shard):
+            meta = json.loads(s["json"])
+            keys_in_shards[s["__key__"]] = (shard.name, meta)
+            assert s["jpg"][:3] == b"\xff\xd8\xff"
+    assert set(keys_in_shards) == set(m["key"])
+    for key, shard, attr, obj in m.select("key", "shard", "attr", "obj").iter_rows():
+        assert keys_in_shards[key][0] == shard
+        assert (keys_in_shards[key][1]["attr"], keys_in_shards[key][1]["obj"]) == (attr, obj)
+    # no image in two splits, unseen pairs only in val/test
+    assert m.group_by("key").agg(pl.col("split").n_unique()).filter(pl.col("split") > 1).height == 0
+    assert set(m.filter(pl.col("rare"))["split"].unique()) <= {"val", "test"}
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["counts"]["samples"] == m.height and info["funnel"]
+    assert (out / "README.md").read_text().count("| stage |") == 1
+    assert (out / "hist_attributes.png").stat().st_size > 0 and (out / "hist_objects.png").stat().st_size > 0
+    return m
+
+
+def check_czsl(out: Path, m: pl.DataFrame) -> None:
+    """Read the export the way ExplainableML/czsl's CompositionDataset does."""
+    import torch
+
+    root = out / "exports" / "czsl"
+    pairs = {}
+    for split in ("train", "val", "test"):
+        lines = (root / "compositional-split-natural" / f"{split}_pairs.txt").read_text().strip().split("\n")
+        pairs[split] = [tuple(t.split()) for t in lines if t]
+        assert all(len(p) == 2 for p in pairs[split])
+    all_pairs = set(pairs["train"]) | set(pairs["val"]) | set(pairs["test"])
+    data = torch.load(root / "metadata_compositional-split-natural.t7", weights_only=True)
+    assert len(data) == m.height
+    for inst in data:
+        assert (inst["attr"], inst["obj"]) in all_pairs
+        assert inst["set"] in ("train", "val", "test")
+        assert (root / "images" / inst["image"]).exists()
+    unseen = {(a.replace(" ", "_"), o.replace(" ", "_")) for a, o in m.filter(pl.col("rare")).select("attr", "obj").rows()}
+    assert not unseen & set(pairs["train"])
+
+
+@pytest.mark.slow
+def test_build_from_http_url_list(tmp_path, small_world, tiny_clip_spec):
+    """img2dataset downloads the pool from a local server; dead URLs and HTTP 500s are counted."""
+    from builders.synthetic.httpserver import serve_folder, write_url_list
+
+    pool = small_world.path / "pool"
+    paths = pl.read_parquet(pool / "pool.parquet")["path"].to_list()
+    faults = {paths[0]: 500, paths[1]: 404, paths[2]: 500}
+    cfg = tmp_path / "build.toml"
+    cfg.write_text(RELAXED)
+    out = tmp_path / "ao"
+    with serve_folder(pool, faults=faults) as base:
+        urls, _ = write_url_list(pool, base, tmp_path)
+        curate("build", "imagenet-ao", *world_args(small_world), "--pool", urls, "--model", tiny_clip_spec,
+               "--config", cfg, "--out", out, "--workers", "1")
+    m = check_dataset(out)
+    check_czsl(out, m)
+    info = json.loads((out / "dataset.json").read_text())
+    pool_stats = info["sources"]["pool"]
+    assert pool_stats["kind"] == "urls"
+    assert pool_stats["failed_to_download"] == 3
+    assert pool_stats["successes"] == len(paths) - 3
+    assert set(m["source"]) == {"pool"}
+    # the rarity stage found exactly the world's rare pairs
+    gt = json.loads((small_world.path / "captions_ground_truth.json").read_text())
+    pairs = pl.read_parquet(out / "pairs.parquet")
+    assert set(pairs.filter(pl.col("rare")).select("attr", "obj").rows()) == {tuple(p) for p in gt["rare_pairs"]}
+    assert (out / "exports" / "imagefolder").is_dir()
+
+
+def _png_with_size(w: int, h: int) -> bytes:
+    """A valid 1x1 PNG whose header claims w x h: a decompression bomb without the memory."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 4 + 4  # signature, length, type
+    data[ihdr:ihdr + 8] = struct.pack(">II", w, h)
+    crc = zlib.crc32(bytes(data[12:12 + 4 + 13])) & 0xFFFFFFFF
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+@pytest.mark.slow
+def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_clip_spec):
+    """Corrupt JPEGs, zero-byte files, PNG with alpha, a 20000x20000 bomb: counted, never fatal."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "pool"
+    shutil.copytree(small_world.path / "pool" / "images", folder)
+    good = sorted(folder.glob("*.jpg"))
+    good[0].write_bytes(good[0].read_bytes()[:200])  # truncated JPEG
+    good[1].write_bytes(b"")  # zero bytes
+    good[2].write_bytes(b"not an image at all")
+    (folder / "bomb.png").write_bytes(_png_with_size(20000, 20000))
+    rgba = Image.new("RGBA", (96, 96), (255, 0, 0, 0))
+    rgba.save(folder / "alpha.png")
+    cfg = tmp_path / "build.toml"
+    cfg.write_text(RELAXED.replace("retrieve_k = 6", "retrieve_k = 500").replace("images_per_pair = 3", "images_per_pair = 500"))
+    out = tmp_path / "ao"
+    curate("build", "imagenet-ao", *world_args(small_world), "--pool", folder, "--model", tiny_clip_spec,
+           "--config", cfg, "--out", out, "--workers", "1")
+    rej = pl.read_parquet(out / "filters" / "rejected_images.parquet")
+    reasons = dict(rej.select("src_key", "reason").rows())
+    assert "bomb" in reasons and "bomb" in reasons["bomb"]
+    assert reasons[good[1].stem].startswith("empty")
+    assert reasons[good[2].stem].startswith("undecodable")
+    assert good[0].stem in reasons
+    m = check_dataset(out)
+    assert not set(m["src_key"]) & set(reasons)
+    # the PNG with alpha made it through, as a JPEG
+    if "alpha" in set(m["src_key"]):
+        assert m.filter(pl.col("src_key") == "alpha").height >= 1
+
+
+def test_build_drops_pairs_with_too_few_candidates(tmp_path, small_world, tiny_clip_spec):
+    cfg = tmp_path / "build.toml"
+    cfg.write_text(RELAXED.replace("min_images_per_pair = 1", "min_images_per_pair = 3")
+                   .replace("generator_images = 3", "generator_images = 2"))
+    out = tmp_path / "ao"
+    r = curate("build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model", tiny_clip_spec,
+               "--config", cfg, "--out", out, "--workers", "1", check=False)
+    # 2 generated images per pair < minimum 3: every pair is dropped, which is a clear error
+    assert r.returncode == 2, r.stderr
+    assert "filtered out" in r.stderr and "Traceback" not in r.stderr
+    cfg.write_text(RELAXED.replace("generator_images = 3", "generator_images = 2").replace("max_pairs = 8", "max_pairs = 3")
+                   .replace("min_images_per_pair = 1", "min_images_per_pair = 2"))
+    out2 = tmp_path / "ao2"
+    curate("build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model", tiny_clip_spec,
+           "--config", cfg, "--out", out2, "--workers", "1")
+    info = json.loads((out2 / "dataset.json").read_text())
+    assert info["counts"]["dropped_pairs"] == []
+    assert info["counts"]["rare_pairs_kept"] == 3
+
+
+def test_build_bad_config_and_captions(tmp_path, small_world, tiny_clip_spec):
+    cfg = tmp_path / "build.toml"
+    cfg.write_text("images_per_pari = 3\n")
+    r = curate("build", "imagenet-ao", "--config", cfg, "--out", tmp_path / "x", check=False)
+    assert r.returncode == 2 and "images_per_pari" in r.stderr and "images_per_pair" in r.stderr
+    cfg.write_text("images_per_pair = 'ten'\n")
+    r = curate("build", "imagenet-ao", "--config", cfg, "--out", tmp_path / "x", check=False)
+    assert r.returncode == 2 and "images_per_pair" in r.stderr and "int" in r.stderr
+    caps = tmp_path / "caps.csv"
+    caps.write_text("url,alt\nhttp://x,a red heart\n")
+    wj = small_world.path / "world.json"
+    r = curate("build", "imagenet-ao", "--objects", wj, "--attributes", wj, "--captions", caps, "--generator", "demo",
+               "--model", tiny_clip_spec, "--out", tmp_path / "y", check=False)
+    assert r.returncode == 2 and "alt" in r.stderr and "caption column" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+STAGE_MARKERS = ["rarity_scan", "generate", "pool", "decode_check"]
+
+
+@pytest.mark.slow
+def test_kill_9_in_each_stage_then_rerun_gives_identical_manifest(tmp_path, small_world, tiny_clip_spec):
+    cfg = tmp_path / "build.toml"
+    cfg.write_text(RELAXED)
+    args = ["build", "imagenet-ao", *world_args(small_world), "--pool", small_world.path / "pool" / "images",
+            "--generator", "demo", "--model", tiny_clip_spec, "--config", cfg, "--workers", "1"]
+    ref = tmp_path / "ref"
+    curate(*args, "--out", ref)
+    out = tmp_path / "killed"
+    ledger = out / ".curate" / "ledger"
+    kills = 0
+    for _ in range(len(STAGE_MARKERS)):
+        before = {p.parent.name for p in ledger.rglob("*.json")} if ledger.exists() else set()
+        p = subprocess.Popen([CURATE, *map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        t0 = time.time()
+        while p.poll() is None and time.time() - t0 < 120:
+            now = {q.parent.name for q in ledger.rglob("*.json")} if ledger.exists() else set()
+            if now - before:
+                p.kill()
+                kills += 1
+                break
+            time.sleep(0.05)
+        p.wait()
+        if p.returncode == 0:
+            break
+    assert kills >= 2
+    curate(*args, "--out", out)
+    assert (out / "manifest.parquet").read_bytes() == (ref / "manifest.parquet").read_bytes()
+    for shard in sorted((ref / "shards").glob("*.tar")):
+        assert (out / "shards" / shard.name).read_bytes() == shard.read_bytes()
