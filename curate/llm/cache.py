@@ -2,8 +2,9 @@
 
 Why sqlite: many threads write answers as they arrive, a kill -9 must lose at most the
 requests in flight, and a rerun must find every earlier answer without re-reading a big
-file. Each answer is committed on arrival (WAL mode), so an interrupted run resumes where
-it stopped and a repeated run costs no requests at all.
+file. Answers are committed as they arrive (WAL mode; commits grouped at most 0.1 s apart so
+many threads do not queue on them), so an interrupted run resumes where it stopped and a
+repeated run costs no requests at all.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class AnswerCache:
             raise CurateError(f"cannot open the LLM answer cache ({e})", where=str(self.path),
                               fix="pass another cache path, or delete the file if it is corrupt") from e
         self._lock = threading.Lock()
+        self.commit_every = 0.1  # seconds; a kill -9 loses at most this much of the answers
+        self._last_commit = 0.0
 
     def get(self, key: str) -> str | None:
         with self._lock:
@@ -72,11 +75,21 @@ class AnswerCache:
         return found
 
     def put(self, key: str, backend: str, model: str, request: dict[str, Any], answer: str) -> None:
+        """Store an answer; commits are grouped (at most ``commit_every`` s apart) so 32 threads do not queue on them."""
         blob = json.dumps(request, sort_keys=True, ensure_ascii=False)
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?)",
                              (key, backend, model, blob, answer, time.time()))
+            now = time.monotonic()
+            if now - self._last_commit >= self.commit_every:
+                self._db.commit()
+                self._last_commit = now
+
+    def flush(self) -> None:
+        """Commit what ``put`` has not committed yet."""
+        with self._lock:
             self._db.commit()
+            self._last_commit = time.monotonic()
 
     def __len__(self) -> int:
         with self._lock:
@@ -84,4 +97,5 @@ class AnswerCache:
 
     def close(self) -> None:
         with self._lock:
+            self._db.commit()
             self._db.close()

@@ -99,7 +99,9 @@ class LLMClient:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        return self._fetch(key, messages, params)
+        answer = self._fetch(key, messages, params)
+        self.cache.flush()
+        return answer
 
     def _fetch(self, key: str, messages: list[dict], params: dict) -> str:
         for attempt in range(self.retries + 1):
@@ -183,6 +185,8 @@ class LLMClient:
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+        finally:
+            self.cache.flush()
         pool.shutdown(wait=True)
 
     def close(self) -> None:
