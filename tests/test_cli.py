@@ -19,6 +19,7 @@ def test_help_lists_every_group_fast():
     assert r.returncode == 0, r.stderr
     for name, (_, helptext) in COMMANDS.items():
         assert name in r.stdout
+        assert " ".join(helptext.split()[:3]) in " ".join(r.stdout.split())
     assert elapsed < 1.0, f"curate --help took {elapsed:.2f}s"
 
 
