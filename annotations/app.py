@@ -29,8 +29,13 @@ HOST = "127.0.0.1"
 
 
 def check_port_free(port: int, host: str = HOST) -> None:
-    """Fail early, before any work, when ``port`` cannot be bound."""
+    """Fail early, before any work, when ``port`` cannot be bound.
+
+    SO_REUSEADDR as the App server sets it: connections of a just-stopped App lingering in
+    TIME_WAIT do not count, a socket listening on the port does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
