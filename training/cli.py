@@ -12,6 +12,11 @@ from curate.options import Device
 eval_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evaluate models on a dataset.")
 
 
+@eval_app.callback()
+def _group() -> None:
+    """Evaluate models on a dataset: `curate eval zeroshot DATASET`."""
+
+
 @eval_app.command("zeroshot")
 def zeroshot(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder built by `curate build imagenet-ao`.")],
