@@ -156,3 +156,14 @@ def test_local_gguf_is_deterministic_and_cached(tmp_path):
         assert llm.requests_sent == 2
     with load_llm("local", cache_path=tmp_path / "other.sqlite") as llm:
         assert llm.chat(msgs, max_tokens=16) == a  # greedy decoding repeats itself
+
+
+def test_local_thread_count_follows_idle_cores(monkeypatch):
+    from curate.llm.local_backend import default_threads
+
+    monkeypatch.setenv("CURATE_LLM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("CURATE_LLM_THREADS")
+    import os
+
+    assert 1 <= default_threads() <= min(4, os.cpu_count() or 1)

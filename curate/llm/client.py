@@ -202,14 +202,14 @@ class LLMClient:
 
 def load_llm(spec: str = DEFAULT_SPEC, cache_path: Path | None = None, concurrency: int = 8, timeout: float = 60,
              retries: int = 4, api_key_env: str | None = None, *, backoff: float = 0.5,
-             max_wait: float = 60.0) -> LLMClient:
+             max_wait: float = 60.0, threads: int | None = None) -> LLMClient:
     """Build a client from a spec string (see ``VALID_FORMS``); the cache defaults to ``$CURATE_CACHE/llm``."""
     parsed = parse_spec(spec)
     backend: Backend
     if parsed.kind == "local":
         from .local_backend import LocalBackend
 
-        backend = LocalBackend(parsed.model)
+        backend = LocalBackend(parsed.model, threads=threads)
     else:
         from .http_backend import OpenAIBackend
 

@@ -4,6 +4,12 @@ The model loads on the first request that is not already cached, so a fully cach
 never touches it. llama.cpp logs to stderr; verbosity is turned down so progress bars stay
 readable. One request runs at a time (the 2-core machines this targets gain nothing from
 parallel slots), so ``max_parallel`` is 1.
+
+Thread count: llama.cpp's workers spin at their barriers, so on a busy machine more threads
+is far slower, not faster (measured on a shared 2-core box at load 14: 25-60 s per few-shot
+request with 2 threads, 1.1 s with 1). The default is therefore the number of *idle* cores
+(cores minus the 1-minute load average, at least 1, at most 4); ``$CURATE_LLM_THREADS``
+overrides it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,18 @@ from .base import LLMError
 log = logging.getLogger(__name__)
 
 
+def default_threads() -> int:
+    env = os.environ.get("CURATE_LLM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = os.cpu_count() or 1
+    try:
+        idle = cores - os.getloadavg()[0]
+    except OSError:
+        idle = cores
+    return max(1, min(4, cores, int(idle)))
+
+
 class LocalBackend:
     kind = "local"
     max_parallel = 1
@@ -32,7 +50,7 @@ class LocalBackend:
         # The cache key: file name and size identify the weights without hashing 100 MB.
         self.model = f"{self.path.name}:{self.path.stat().st_size}"
         self.n_ctx = n_ctx
-        self.threads = threads or max(1, min(4, os.cpu_count() or 1))
+        self.threads = threads or default_threads()
         self._server = None
         self._lock = threading.Lock()
 
