@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from curate.errors import CurateError
@@ -38,6 +39,24 @@ def describe_database(database_uri: str | None = None) -> str:
     return "embedded database at " + os.environ.get("FIFTYONE_DATABASE_DIR", "~/.fiftyone/var/lib/mongo")
 
 
+def check_database_dir() -> None:
+    """The embedded database's folder must be creatable and writable; checked before fiftyone starts.
+
+    (FiftyOne checks this too, but only when it starts a new mongod: while another FiftyOne
+    process on the machine runs one, it attaches to that one whatever the folder says.)
+    """
+    folder = Path(os.environ.get("FIFTYONE_DATABASE_DIR") or Path.home() / ".fiftyone" / "var" / "lib" / "mongo")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        ok = folder.is_dir() and os.access(folder, os.W_OK)
+        reason = "is not a writable folder"
+    except OSError as e:
+        ok, reason = False, f"cannot be created ({e.strerror or e})"
+    if not ok:
+        raise CurateError(f"the FiftyOne database cannot start: its folder {reason}", where=str(folder),
+                          fix="run `curate doctor`; set FIFTYONE_DATABASE_DIR to a writable folder or pass --database-uri")
+
+
 def connect(database_uri: str | None = None) -> ModuleType:
     """Import fiftyone and open its database; returns the ``fiftyone`` module.
 
@@ -45,6 +64,8 @@ def connect(database_uri: str | None = None) -> ModuleType:
     """
     prepare_env(database_uri)
     where = describe_database(database_uri)
+    if not os.environ.get("FIFTYONE_DATABASE_URI"):
+        check_database_dir()
     try:
         import fiftyone as fo
         import fiftyone.core.odm.database as fodb

@@ -8,9 +8,11 @@ folders, busy port, aux labels, the fast tar reader) never import fiftyone.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +30,28 @@ def run_cli(*args, **kw):
     return subprocess.run([CURATE, *args], capture_output=True, text=True, timeout=180, **kw)
 
 
+RUN = uuid.uuid4().hex[:8]  # FiftyOne may attach to another process's database: keep names unique
+
+
 @pytest.fixture(scope="module")
 def fo():
     from annotations.database import connect
 
-    return connect()
+    fo = connect()
+    yield fo
+    for name in fo.list_datasets():
+        if name.endswith(RUN) or name.endswith(f"{RUN}-triplets"):
+            fo.delete_dataset(name)
 
 
 def sync(folder: Path, name: str, **kw):
     from annotations.sync import SyncConfig, sync_dataset
 
     return sync_dataset(SyncConfig(dataset=folder, name=name, media_dir=folder.parent / f"media-{name}", **kw))
+
+
+def uniq(name: str) -> str:
+    return f"{name}-{RUN}"
 
 
 # -- no database needed --------------------------------------------------------------------
@@ -72,6 +85,16 @@ def test_unreachable_database_uri_points_at_doctor(tiny_dataset):
     r = run_cli("review", str(tiny_dataset), "--no-launch", "--database-uri", uri)
     assert r.returncode == 2, r.stderr
     assert "curate doctor" in r.stderr and f"127.0.0.1:{port}" in r.stderr
+
+
+def test_embedded_database_that_cannot_start_points_at_doctor(tiny_dataset, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_PRIVATE_DATABASE_PORT"}  # no shared mongod
+    env["FIFTYONE_DATABASE_DIR"] = str(blocker)
+    r = run_cli("review", str(tiny_dataset), "--no-launch", env=env)
+    assert r.returncode == 2, r.stderr
+    assert "cannot start" in r.stderr and "curate doctor" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_aux_labels_read_tolerantly(tmp_path):
@@ -114,9 +137,9 @@ def test_fast_tar_reader_matches_shard_reader(tiny_dataset, tmp_path):
 def test_sync_creates_dataset_with_fields_views_and_aux(fo, tmp_path):
     folder = make_tiny_dataset(tmp_path / "ds-a")
     (folder / "aux_label.jsonl").write_text(json.dumps({"red circle": ["round", "bright", "smooth"]}) + "\n")
-    rep = sync(folder, "t-sync")
+    rep = sync(folder, uniq("t-sync"))
     df = read_manifest(folder)
-    ds = fo.load_dataset("t-sync")
+    ds = fo.load_dataset(uniq("t-sync"))
     assert rep.added == len(ds) == df.height and ds.persistent
     s = ds.match(fo.ViewField("key") == "red_circle_001").first()
     row = df.filter(pl.col("key") == "red_circle_001").row(0, named=True)
@@ -137,9 +160,9 @@ def test_missing_image_row_is_skipped_and_listed(fo, tmp_path):
     df = read_manifest(folder)
     ghost = df.head(1).with_columns(pl.lit("red_circle_ghost").alias("key"))
     write_manifest(pl.concat([df, ghost]), folder)
-    rep = sync(folder, "t-missing")
+    rep = sync(folder, uniq("t-missing"))
     assert rep.missing == ["red_circle_ghost"]
-    assert rep.added == df.height and "red_circle_ghost" not in fo.load_dataset("t-missing").distinct("key")
+    assert rep.added == df.height and "red_circle_ghost" not in fo.load_dataset(uniq("t-missing")).distinct("key")
 
 
 def test_near_duplicates_from_identical_images_and_embeddings(fo, tmp_path):
@@ -159,8 +182,8 @@ def test_near_duplicates_from_identical_images_and_embeddings(fo, tmp_path):
     with ShardWriter(folder / "shards", prefix="tiny") as w:
         for s in samples:
             w.write({"__key__": s["__key__"], "jpg": s["jpg"], "json": s["json"]})
-    rep = sync(folder, "t-dup")
-    ds = fo.load_dataset("t-dup")
+    rep = sync(folder, uniq("t-dup"))
+    ds = fo.load_dataset(uniq("t-dup"))
     assert rep.dup_groups == 1
     assert sorted(ds.load_saved_view("near-duplicates").values("key")) == sorted(
         [samples[0]["__key__"], samples[2]["__key__"]])
@@ -171,21 +194,21 @@ def test_resync_adds_only_new_and_keeps_tags_and_edits(fo, tmp_path):
     small = read_manifest(folder)
     full = small
     write_manifest(small.filter(pl.col("obj") == "circle"), folder)  # the dataset before it grew
-    first = sync(folder, "t-grow")
-    ds = fo.load_dataset("t-grow")
+    first = sync(folder, uniq("t-grow"))
+    ds = fo.load_dataset(uniq("t-grow"))
     s = ds.match(fo.ViewField("key") == "red_circle_000").first()
     s.tags.append("reject")
     s.attr.label = "crimson"
     s.save()
     write_manifest(full, folder)  # the dataset grew
-    second = sync(folder, "t-grow")
+    second = sync(folder, uniq("t-grow"))
     ds.reload()
     assert first.added == full.filter(pl.col("obj") == "circle").height
     assert second.added == full.height - first.added and second.existing == first.added
     assert len(ds) == full.height == len(set(ds.values("key")))
     s = ds.match(fo.ViewField("key") == "red_circle_000").first()
     assert s.tags == ["reject"] and s.attr.label == "crimson"
-    assert sync(folder, "t-grow").added == 0
+    assert sync(folder, uniq("t-grow")).added == 0
 
 
 def test_pull_writes_verdicts_idempotently_and_rejected_are_excluded(fo, tmp_path):
@@ -193,8 +216,8 @@ def test_pull_writes_verdicts_idempotently_and_rejected_are_excluded(fo, tmp_pat
     from curate.dataset import Dataset
 
     folder = make_tiny_dataset(tmp_path / "ds-d")
-    sync(folder, "t-pull")
-    ds = fo.load_dataset("t-pull")
+    sync(folder, uniq("t-pull"))
+    ds = fo.load_dataset(uniq("t-pull"))
     F = fo.ViewField
     rej = ds.match(F("key") == "blue_star_002").first()
     rej.tags.append("reject")
@@ -206,7 +229,7 @@ def test_pull_writes_verdicts_idempotently_and_rejected_are_excluded(fo, tmp_pat
     fix.attr.label = "golden"
     fix.obj.label = "disc"
     fix.save()
-    rep = pull_verdicts(folder, name="t-pull")
+    rep = pull_verdicts(folder, name=uniq("t-pull"))
     assert (rep.changed, rep.rejected, rep.accepted, rep.corrected) == (3, 1, 2, 1)
     df = read_manifest(folder, include_rejected=True)
     row = {r["key"]: r for r in df.iter_rows(named=True)}
@@ -216,7 +239,7 @@ def test_pull_writes_verdicts_idempotently_and_rejected_are_excluded(fo, tmp_pat
         "golden", "disc", "golden disc", "yellow", "circle", "accept")
     assert y["review_time"] and row["red_circle_000"]["review_status"] is None
     before = (folder / "manifest.parquet").read_bytes()
-    again = pull_verdicts(folder, name="t-pull")
+    again = pull_verdicts(folder, name=uniq("t-pull"))
     assert again.changed == 0 and not again.written and (folder / "manifest.parquet").read_bytes() == before
     # rejected rows are gone by default everywhere the manifest is read, kept on request
     assert "blue_star_002" not in read_manifest(folder, include_rejected=False)["key"].to_list()
@@ -225,7 +248,7 @@ def test_pull_writes_verdicts_idempotently_and_rejected_are_excluded(fo, tmp_pat
     # un-rejecting in the App clears the verdict on the next pull
     rej.tags.remove("reject")
     rej.save()
-    assert pull_verdicts(folder, name="t-pull").changed == 1
+    assert pull_verdicts(folder, name=uniq("t-pull")).changed == 1
     assert read_manifest(folder).filter(pl.col("key") == "blue_star_002")["review_status"].to_list() == [None]
 
 
@@ -233,14 +256,14 @@ def test_pull_reports_keys_no_longer_in_manifest(fo, tmp_path):
     from annotations.verdicts import ORPHANS_FILE, pull_verdicts
 
     folder = make_tiny_dataset(tmp_path / "ds-e", objects=("circle",))
-    sync(folder, "t-orphan")
-    ds = fo.load_dataset("t-orphan")
+    sync(folder, uniq("t-orphan"))
+    ds = fo.load_dataset(uniq("t-orphan"))
     s = ds.match(fo.ViewField("key") == "red_circle_000").first()
     s.tags.append("reject")
     s.save()
     df = read_manifest(folder)
     write_manifest(df.filter(pl.col("key") != "red_circle_000"), folder)  # the row left the manifest
-    rep = pull_verdicts(folder, name="t-orphan")
+    rep = pull_verdicts(folder, name=uniq("t-orphan"))
     assert rep.orphans == ["red_circle_000"]
     kept = [json.loads(line) for line in (folder / ORPHANS_FILE).read_text().splitlines()]
     assert kept == [{"key": "red_circle_000", "status": "reject", "attr": "red", "obj": "circle"}]
@@ -253,7 +276,7 @@ def test_triplets_become_a_grouped_dataset(fo, tmp_path):
     from curate.dataset import Dataset
 
     folder = make_tiny_dataset(tmp_path / "ds-f", objects=("circle", "star"), attrs=("red", "blue"))
-    sync(folder, "t-trip")
+    sync(folder, uniq("t-trip"))
     tdir = folder / "triplets"
     tdir.mkdir()
     pl.DataFrame({
@@ -265,10 +288,10 @@ def test_triplets_become_a_grouped_dataset(fo, tmp_path):
         "negatives": [["red_star_001"], [], []],
     }).write_parquet(tdir / "triplets.parquet")
     d = Dataset(folder)
-    args = (fo, tdir, "t-trip", d.manifest(include_rejected=True), d.shard_dir, folder.parent / "media-t-trip")
+    args = (fo, tdir, uniq("t-trip"), d.manifest(include_rejected=True), d.shard_dir, folder.parent / "media-t-trip")
     rep = sync_triplets(*args)
     assert rep.added == 2 and rep.skipped == ["t2"]
-    ds = fo.load_dataset("t-trip-triplets")
+    ds = fo.load_dataset(uniq("t-trip") + "-triplets")
     assert ds.media_type == "group" and set(ds.group_slices) == {"reference", "target"}
     ref = ds.select_group_slices("reference").match(fo.ViewField("triplet_id") == "t0").first()
     tgt = ds.select_group_slices("target").match(fo.ViewField("triplet_id") == "t0").first()

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import polars as pl
@@ -86,7 +87,7 @@ def test_review_in_browser_then_pull(tmp_path):
     folder = make_tiny_dataset(tmp_path / "ds-browser")
     n = read_manifest(folder).height
     port = free_port()
-    name = "t-browser"
+    name = f"t-browser-{uuid.uuid4().hex[:8]}"  # FiftyOne may attach to another process's database
     proc = subprocess.Popen([CURATE, "review", str(folder), "--port", str(port), "--name", name,
                              "--media-dir", str(tmp_path / "media")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -109,6 +110,9 @@ def test_review_in_browser_then_pull(tmp_path):
             deadline = time.monotonic() + 30
             while not ds.match_tags("reject").count() and time.monotonic() < deadline:
                 time.sleep(0.5)
+            page.reload()  # the grid shows the new tag after a refresh
+            page.wait_for_selector("[data-cy=looker]", timeout=120_000)
+            time.sleep(1)
             page.screenshot(path=str(ARTIFACTS / "review-app.png"))
             browser.close()
         rejected = ds.match_tags("reject").values("key")
@@ -134,3 +138,4 @@ def test_review_in_browser_then_pull(tmp_path):
                                                                                "accept")
     assert rejected[0] not in read_manifest(folder, include_rejected=False)["key"].to_list()
     assert (ARTIFACTS / "review-app.png").stat().st_size > 10_000
+    fo.delete_dataset(name)
