@@ -262,6 +262,11 @@ def test_llm_text_validation():
     assert check_llm_text("", "dotted", "striped", "a dotted heart") is not None
     assert check_llm_text("keep it dotted, not striped", "dotted", "striped", "a dotted heart") is not None
     assert check_llm_text("stripedness " * 30, "dotted", "striped", "a dotted heart") is not None
+    assert check_llm_text("make the heart striped instead of dotted", "dotted", "striped", "a dotted heart") is None
+    # SmolLM2's favourite failures on the demo: contrasting with the wrong word
+    assert check_llm_text("make the heart red instead of red", "house", "heart", "a red house") is not None
+    assert check_llm_text("make the umbrella pink instead of red", "large", "pink", "a large umbrella") is not None
+    assert check_llm_text("make it a heart instead of a house", "house", "heart", "a red house") is None
 
 
 # -- bad input (issue #7) ------------------------------------------------------------------

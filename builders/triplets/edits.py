@@ -105,6 +105,9 @@ def check_llm_text(text: str, old: str, new: str, reference: str) -> str | None:
         return "restates the reference"
     if re.search(rf"\b(not|no|never)\s+(an?\s+)?{re.escape(new.lower())}\b", t.lower()):
         return "negates the new word"
+    for w in re.findall(r"\b(?:instead of|rather than|in place of)\s+(?:an?\s+|the\s+)?([a-z0-9']+)", t.lower()):
+        if not mentions(w, old):
+            return "contrasts with the wrong word"
     return None
 
 
@@ -114,12 +117,22 @@ def describe(row: dict[str, Any], side: str) -> str:
     return f"{article(row[f'{side}_attr'])} {row[f'{side}_obj']}"
 
 
+# one worked example per mode: SmolLM-size models copy the example's shape closely
+EXAMPLES = {
+    "attribute": ("a red car", "a blue car", "make the car blue instead of red"),
+    "object": ("a striped cat", "a striped dog", "replace the cat with a dog, keep it striped"),
+    "caption": ("a man riding a horse on the beach", "a man riding a camel on the beach",
+                "swap the horse for a camel"),
+}
+
+
 def llm_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     ref, tgt = describe(row, "ref"), describe(row, "tgt")
+    ex_ref, ex_tgt, ex_answer = EXAMPLES[row["mode"]]
     return [
         {"role": "system", "content": "You write short image edit instructions. Answer with the instruction only."},
-        {"role": "user", "content": "Reference image: a red car. Target image: a blue car. Instruction:"},
-        {"role": "assistant", "content": "make the car blue instead of red"},
+        {"role": "user", "content": f"Reference image: {ex_ref}. Target image: {ex_tgt}. Instruction:"},
+        {"role": "assistant", "content": ex_answer},
         {"role": "user", "content": f"Reference image: {ref}. Target image: {tgt}. Instruction:"},
     ]
 

@@ -35,6 +35,14 @@ PARQUET = "triplets.parquet"
 CONTRACT_COLUMNS = ["id", "reference", "target", "edit_text", "mode", "split", "ref_attr", "ref_obj",
                     "tgt_attr", "tgt_obj", "negatives"]
 
+# where each benchmark loader's data root points, relative to the triplets folder
+EXPORT_ROOTS = {
+    "cirr": ".  (CLIP4Cir CIRRDataset: cirr_dataset = this folder; files under cirr/)",
+    "fashioniq": "fashioniq  (CLIP4Cir FashionIQDataset: fashionIQ_dataset = fashioniq/)",
+    "circo": "circo  (CIRCODataset data_path = circo/)",
+    "shards": "shards  (WebDataset: shards/{train,val,test}-NNNNNN.tar with ref.jpg, tgt.jpg, json)",
+}
+
 
 def default_dataset() -> Path:
     from curate.paths import default_demo_dir
@@ -107,6 +115,7 @@ def _run(cfg: TripletsConfig, out: Path) -> dict[str, Any]:
         "circo": lambda: exports.export_circo(df, out, staged, cfg.circo_max_gts),
     }
     info["exports"] = {f: _stage(out, f"export-{f}", [f], writers[f], summaries) for f in cfg.formats}
+    info["export_roots"] = {f: EXPORT_ROOTS[f] for f in cfg.formats}
     info["config"] = to_dict(cfg)
     info["counts"] = {"triplets": df.height, "by_mode": _count(df, "mode"), "by_split": _count(df, "split")}
     write_json(out / "triplets.json", info)
