@@ -61,6 +61,7 @@ class SyncReport:
     dup_groups: int = 0
     views: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for benchmarks
 
     @property
     def rate(self) -> float:
@@ -209,6 +210,7 @@ def sync_dataset(cfg: SyncConfig) -> SyncReport:
     scalars = _scalar_columns(df)
     _declare_schema(ds, scalars, with_embedding=emb is not None)
 
+    report.phases["prepare"] = time.perf_counter() - t0
     with progress_bar("extract images", total=new.height, unit="images") as advance:
         media = extract_images(folder.shard_dir, dict(new.select("key", "shard").iter_rows()), media_dir, advance)
     for shard, err in media.shard_errors.items():
@@ -218,6 +220,7 @@ def sync_dataset(cfg: SyncConfig) -> SyncReport:
         log.warning("%d manifest row(s) have no image in their shard and were skipped: %s", len(media.missing),
                     ", ".join(media.missing[:20]) + (" ..." if len(media.missing) > 20 else ""))
 
+    report.phases["extract"] = time.perf_counter() - t0 - sum(report.phases.values())
     aux = read_aux_labels(folder.path / "aux_label.jsonl")
     emb_index = {k: i for i, k in enumerate(emb[0])} if emb else {}
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
@@ -236,12 +239,16 @@ def sync_dataset(cfg: SyncConfig) -> SyncReport:
 
             doc["embedding"] = serialize_numpy_array(emb[1][emb_index[key]])
         docs.append(doc)
+    report.phases["documents"] = time.perf_counter() - t0 - sum(report.phases.values())
     with progress_bar("add to FiftyOne", total=len(docs), unit="samples") as advance:
         insert_documents(ds, docs, advance)
     report.added = len(docs)
     ds.reload()
+    report.phases["insert"] = time.perf_counter() - t0 - sum(report.phases.values())
     report.dup_groups = mark_near_duplicates(ds, emb, cfg.dup_threshold)
+    report.phases["near-duplicates"] = time.perf_counter() - t0 - sum(report.phases.values())
     report.views = save_views(ds, cfg.max_pair_views)
+    report.phases["views"] = time.perf_counter() - t0 - sum(report.phases.values())
     report.total = len(ds)
     report.seconds = time.perf_counter() - t0
     return report

@@ -7,9 +7,10 @@ Same input for both: one dataset folder (N unique 48x48 JPEGs in shards + manife
 * peer: the same extraction (``annotations.media.extract_images``, timed separately) then the
   plain loop ``dataset.add_sample(fo.Sample(...))`` with the same fields.
 
-Prints samples/s and the ratios (end to end, and insert step only), writes
+Prints samples/s and the ratios (end to end, and against the peer's loop alone), writes
 bench/results/review_ingest.{json,md}. Uses a temporary FiftyOne database unless
-FIFTYONE_DATABASE_DIR is set. Run: ``.venv/bin/python bench/bench_review.py [--n 20000]``.
+FIFTYONE_DATABASE_DIR is set (FiftyOne attaches to a database service already running on the
+machine, whatever the folder: the dataset names are unique and deleted afterwards). Run: ``.venv/bin/python bench/bench_review.py [--n 20000]``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def run_ours(folder: Path, name: str, media: Path) -> dict:
     t0 = time.perf_counter()
     rep = sync_dataset(SyncConfig(dataset=folder, name=name, media_dir=media))
     total = time.perf_counter() - t0
-    return {"seconds": total, "samples": rep.added, "samples_per_s": rep.added / total}
+    return {"seconds": total, "samples": rep.added, "samples_per_s": rep.added / total,
+            "phases": {k: round(v, 3) for k, v in rep.phases.items()}}
 
 
 def run_peer(folder: Path, name: str, media: Path) -> dict:
@@ -97,8 +99,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-review-"))
-    os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(tmp / "db"))
+    from curate.paths import cache_dir
+
+    # images go where `curate review` puts them by default (the cache folder); on the measuring
+    # machine /tmp created files ~14x slower than the home and work folders, so it is avoided
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-review-", dir=cache_dir()))
+    load0 = f"{os.getloadavg()[0]:.1f}"
+    os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="bench-review-db-"))
     os.environ.setdefault("CURATE_NO_PROGRESS", "1")
     for k, v in {"FIFTYONE_DO_NOT_TRACK": "true", "FIFTYONE_DATABASE_VALIDATION": "false"}.items():
         os.environ.setdefault(k, v)
@@ -116,8 +124,7 @@ def main() -> None:
             if fo.dataset_exists(name):
                 fo.load_dataset(name).delete()
     finally:  # the database folder stays: its mongod stops only after this process exits
-        for sub in ("bench-ds", "media-ours", "media-peer"):
-            shutil.rmtree(tmp / sub, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "benchmark": "review ingest into FiftyOne", "n": args.n, "fiftyone": fo.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -135,7 +142,9 @@ def main() -> None:
           f"| peer: extract + `add_sample` loop | {peer['seconds']:.2f} | {peer['samples_per_s']:,.0f} |\n"
           f"| peer: `add_sample` loop alone | {peer['loop_seconds']:.2f} | {peer['loop_samples_per_s']:,.0f} |\n\n"
           f"Ratio end to end: **{result['ratio_end_to_end']:.1f}x**; ours end to end vs the peer's loop alone: "
-          f"**{result['ratio_vs_loop_only']:.1f}x**.\n")
+          f"**{result['ratio_vs_loop_only']:.1f}x**.\n\n"
+          f"Our phases (s): {', '.join(f'{k} {v:.2f}' for k, v in ours['phases'].items())}. "
+          f"Load average at start/end: {load0} / {os.getloadavg()[0]:.1f} (shared machine).\n")
     write_text(args.out / "review_ingest.md", md)
     print(md)
 
