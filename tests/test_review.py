@@ -189,6 +189,27 @@ def test_near_duplicates_from_identical_images_and_embeddings(fo, tmp_path):
         [samples[0]["__key__"], samples[2]["__key__"]])
 
 
+def test_embeddings_are_pushed_and_find_near_duplicates(fo, tmp_path):
+    folder = make_tiny_dataset(tmp_path / "ds-emb", objects=("circle",), attrs=("red", "blue"))
+    keys = read_manifest(folder)["key"].to_list()
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(len(keys), 8)).astype(np.float32)
+    m[1] = m[0] + 0.01  # a near-duplicate of the first sample
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    emb = folder / "embeddings"
+    (emb / "img_emb").mkdir(parents=True)
+    (emb / "metadata").mkdir()
+    np.save(emb / "img_emb" / "img_emb_0.npy", m)
+    pl.DataFrame({"key": keys}).write_parquet(emb / "metadata" / "metadata_0.parquet")
+    (emb / "embeddings.json").write_text(json.dumps({"model": "test", "dim": 8}))
+    rep = sync(folder, uniq("t-emb"))
+    ds = fo.load_dataset(uniq("t-emb"))
+    assert rep.embeddings and rep.dup_groups == 1
+    got = dict(zip(ds.values("key"), ds.values("embedding"), strict=True))
+    assert np.allclose(got[keys[2]], m[2])
+    assert sorted(ds.load_saved_view("near-duplicates").values("key")) == sorted(keys[:2])
+
+
 def test_resync_adds_only_new_and_keeps_tags_and_edits(fo, tmp_path):
     folder = make_tiny_dataset(tmp_path / "ds-c", objects=("circle", "square"))
     small = read_manifest(folder)
