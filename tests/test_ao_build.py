@@ -192,6 +192,26 @@ def test_build_drops_pairs_with_too_few_candidates(tmp_path, small_world, tiny_c
     info = json.loads((out2 / "dataset.json").read_text())
     assert info["counts"]["dropped_pairs"] == []
     assert info["counts"]["rare_pairs_kept"] == 3
+    # zero-shot table: rare set vs reference (ordinary images), one composition label space
+    r = curate("eval", "zeroshot", out2, "--reference", small_world.path / "heldout")
+    rep = json.loads((out2 / "eval" / "zeroshot.json").read_text())
+    assert set(rep["results"]) == {"rare", "reference"}
+    rare, ref = rep["results"]["rare"], rep["results"]["reference"]
+    assert rare["images"] == 3 * 2 and rare["pairs"] == 3
+    assert ref["images"] == len(list(_iter_keys(small_world.path / "heldout")))
+    assert rare["composition_classes"] == ref["composition_classes"] == 3 + ref["pairs"]
+    assert rep["object_classes"] == len(small_world.objects)
+    for x in (rare, ref):
+        assert 0.0 <= x["object_top1"] <= x["object_top5"] <= 1.0
+    assert "| rare |" in r.stdout + r.stderr and (out2 / "eval" / "zeroshot.md").exists()
+
+
+def _iter_keys(folder):
+    from curate.shards import iter_shard, list_shards
+
+    for shard in list_shards(folder):
+        for s in iter_shard(shard):
+            yield s["__key__"]
 
 
 def test_build_bad_config_and_captions(tmp_path, small_world, tiny_clip_spec):

@@ -3,7 +3,8 @@
 Class text embeddings are the mean of the normalised embeddings of the 80 OpenAI ImageNet
 templates (renormalised). Reported, for the rare set and for a reference set of ordinary
 (common-pair) images: object top-1/top-5 (classes = every object of the vocabulary) and
-composition top-1/top-5 (classes = every pair in that set, prompts ``"{attr} {obj}"``).
+composition top-1/top-5 (classes = every pair present in the evaluated sets, one label
+space for all rows so they compare; prompts ``"{attr} {obj}"``).
 The drop from the reference to the rare set is the papers' finding
 (e.g. ViT-B/32 OpenAI: object top-1 0.540 on rare vs 0.794 on ordinary images).
 """
@@ -100,15 +101,17 @@ def evaluate_sets(encoder, sets: list[EvalSet], objects: list[str]) -> dict[str,
 
     obj_text = class_text_embeddings(encoder, objects, OPENAI_IMAGENET_TEMPLATES)
     oi = {o: i for i, o in enumerate(objects)}
+    # one composition label space for every set (all pairs of all sets), so rows compare
+    pairs = sorted({p for s in sets for p in zip(s.attrs, s.objs, strict=True)})
+    pi = {p: i for i, p in enumerate(pairs)}
+    pair_text = class_text_embeddings(encoder, [f"{a} {o}" for a, o in pairs], OPENAI_IMAGENET_TEMPLATES)
     out: dict[str, Any] = {}
     for s in sets:
         img = _embed(encoder, s)
-        pairs = sorted(set(zip(s.attrs, s.objs, strict=True)))
-        pi = {p: i for i, p in enumerate(pairs)}
-        pair_text = class_text_embeddings(encoder, [f"{a} {o}" for a, o in pairs], OPENAI_IMAGENET_TEMPLATES)
         obj_acc = topk_accuracy(img, obj_text, [oi[o] for o in s.objs])
         comp_acc = topk_accuracy(img, pair_text, [pi[p] for p in zip(s.attrs, s.objs, strict=True)])
-        out[s.name] = {"images": len(s.keys), "pairs": len(pairs), "objects": len(set(s.objs)),
+        out[s.name] = {"images": len(s.keys), "pairs": len(set(zip(s.attrs, s.objs, strict=True))),
+                       "composition_classes": len(pairs), "objects": len(set(s.objs)),
                        "object_top1": obj_acc[1], "object_top5": obj_acc[5],
                        "composition_top1": comp_acc[1], "composition_top5": comp_acc[5]}
     return out
@@ -130,7 +133,9 @@ def _objects_for(dataset: Path, sets: list[EvalSet]) -> list[str]:
 
 
 def evaluate_dataset(dataset: str | Path, model: str, reference: str | Path | None = None, device: str = "auto",
-                     out: Path | None = None, include_rejected: bool = False) -> dict[str, Any]:
+                     out: Path | None = None, include_rejected: bool = False,
+                     extra: dict[str, str | Path] | None = None) -> dict[str, Any]:
+    """Evaluate the dataset's rare set, the ``reference`` set and any ``extra`` named sets."""
     from curate.embed.backends import cached_model
 
     dataset = Path(dataset)
@@ -139,6 +144,8 @@ def evaluate_dataset(dataset: str | Path, model: str, reference: str | Path | No
     if reference:
         sets.append(load_eval_set(reference, "reference", rare_only=False, model=model,
                                   include_rejected=include_rejected))
+    for name, path in (extra or {}).items():
+        sets.append(load_eval_set(path, name, model=model, include_rejected=include_rejected))
     objects = _objects_for(dataset, sets)
     missing = sorted({o for s in sets for o in s.objs} - set(objects))
     objects = objects + missing
@@ -152,16 +159,13 @@ def evaluate_dataset(dataset: str | Path, model: str, reference: str | Path | No
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    r = report["results"]
-    cols = ["rare"] + (["reference"] if "reference" in r else [])
-    head = "| model | " + " | ".join(
-        f"{c} obj top-1 | {c} obj top-5 | {c} comp top-1 | {c} comp top-5" for c in cols) + " |"
-    sep = "|---|" + "---:|" * (4 * len(cols))
-    cells = []
-    for c in cols:
-        x = r[c]
-        cells += [f"{x['object_top1']:.3f}", f"{x['object_top5']:.3f}", f"{x['composition_top1']:.3f}",
-                  f"{x['composition_top5']:.3f}"]
-    sizes = "; ".join(f"{c}: {r[c]['images']} images, {r[c]['pairs']} pairs" for c in cols)
-    return "\n".join([head, sep, f"| `{report['model']}` | " + " | ".join(cells) + " |", "",
-                      f"({sizes}; {report['object_classes']} object classes, 80 OpenAI ImageNet templates)"])
+    """One row per evaluated set, the columns of the papers' zero-shot tables."""
+    n_comp = next(iter(report["results"].values()))["composition_classes"] if report["results"] else 0
+    lines = [f"Zero-shot, `{report['model']}`: {report['object_classes']} object classes, {n_comp} composition "
+             "classes, 80 OpenAI ImageNet templates",
+             "", "| set | images | pairs | object top-1 | object top-5 | composition top-1 | composition top-5 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, x in report["results"].items():
+        lines.append(f"| {name} | {x['images']} | {x['pairs']} | {x['object_top1']:.3f} | {x['object_top5']:.3f} | "
+                     f"{x['composition_top1']:.3f} | {x['composition_top5']:.3f} |")
+    return "\n".join(lines)
