@@ -3,7 +3,7 @@
 It speaks ``POST /v1/chat/completions`` like vLLM or llama.cpp's server, on a free port, in a
 thread of the test process. Each request takes the next behaviour from ``script`` (then
 ``default``): ``good`` (three adjectives for the pair in the prompt), ``prose`` (the same,
-wrapped in chatter), ``garbage``, ``429`` (with ``Retry-After``), ``400``, ``500``, ``hang`` (answers
+wrapped in chatter), ``garbage``, ``copy`` (parrots a few-shot example), ``429`` (with ``Retry-After``), ``400``, ``500``, ``hang`` (answers
 only after ``hang_s``), ``close`` (drops the connection without answering) and ``die``
 (drops it and stops listening, so later connects are refused).
 """
@@ -146,6 +146,7 @@ def _make_handler(fake: FakeChatServer) -> type[BaseHTTPRequestHandler]:
             if b == "hang":
                 fake._release.wait(fake.hang_s)
             text = {"garbage": "I am not sure what you mean by that, sorry!",
+                    "copy": "yellow, curved, smooth",  # a worked example's answer, parroted
                     "prose": "Sure! Here are three adjectives:\n" + "".join(
                         f"{i}. {w.title()}\n" for i, w in enumerate(good_answer(prompt).split(", "), 1))
                     + "Hope this helps."}

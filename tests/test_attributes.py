@@ -71,16 +71,17 @@ def test_good_answers_write_trident_format_and_rerun_is_free(tmp_path, pairs_txt
 
 def test_prose_is_parsed_and_bad_answers_are_retried(tmp_path, pairs_txt):
     out = tmp_path / "out"
-    with FakeChatServer(script=["prose", "garbage", "good", "good", "good"]) as srv:
+    with FakeChatServer(script=["prose", "garbage", "copy", "good", "good", "good"]) as srv:
         assert run("--pairs", str(pairs_txt), "--out", str(out), "--llm", srv.spec(), "--concurrency", "1") == 0
-        assert srv.count() == 5
+        assert srv.count() == 6
         retried = srv.log[4][2]
         assert retried["temperature"] > 0 and retried["seed"] == 1
         assert "rejected" in retried["messages"][-1]["content"]
     t = pl.read_parquet(out / AUX_TABLE)
-    assert sorted(t["tries"].to_list()) == [1, 1, 1, 2]
+    assert sorted(t["tries"].to_list()) == [1, 1, 2, 2]
+    assert any("copies a worked example" in p for ps in t["problems"].to_list() for p in ps)
     s = json.loads((out / AUX_SUMMARY).read_text())
-    assert (s["valid_first_try"], s["valid_after_retry"], s["fallback"]) == (3, 1, 0)
+    assert (s["valid_first_try"], s["valid_after_retry"], s["fallback"]) == (2, 2, 0)
 
 
 @pytest.mark.slow  # loads the real MiniLM (about 10 s on an idle 2-core machine)

@@ -20,7 +20,7 @@ from curate.llm import LLMClient, LLMUnreachable
 from curate.log import progress_bar
 
 from . import prompt
-from .answers import parse_answer, validate
+from .answers import Verdict, parse_answer, validate
 from .fallback import NearestAdjectives
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ def generate_aux(pairs: list[tuple[str, str]], llm: LLMClient, cfg: AuxConfig,
                 r.tries += 1
                 r.raw_answers.append(ans)
                 verdict = validate(parse_answer(ans), r.attr, r.obj, cfg.vocab)
+                if verdict.adjectives and prompt.copies_example(verdict.adjectives):
+                    verdict = Verdict(None, "it copies a worked example instead of describing the pair")
                 if verdict.adjectives:
                     r.aux, r.source = verdict.adjectives, "llm"
                     stats.valid_first_try += first

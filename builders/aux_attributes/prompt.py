@@ -52,3 +52,15 @@ def retry_prompt(attr: str, obj: str, problem: str) -> list[dict]:
              f" (the last answer was rejected: {problem}).")
     return [{"role": "system", "content": STRICT_SYSTEM}, *_shots(),
             {"role": "user", "content": question(attr, obj) + rules}]
+
+
+_SHOT_ANSWERS = frozenset(frozenset(ans.split(", ")) for _, _, ans in FEW_SHOT)
+
+
+def copies_example(words: list[str]) -> bool:
+    """True when an answer is a worked example's answer: form-valid, but says nothing about the pair.
+
+    Small models do this (SmolLM2 with the examples in one user turn answered "golden,
+    crumbly, soft" for 44 of 45 pairs), so it counts as invalid and is retried.
+    """
+    return frozenset(words) in _SHOT_ANSWERS
