@@ -253,6 +253,13 @@ def test_clip_retrieval_interop_both_directions(tmp_path, tiny_open_clip):
                               for x in k])
     np.testing.assert_allclose(ours, m, atol=2e-3)  # clip-retrieval stores float16
     np.testing.assert_allclose(enc.encode_texts([f"a photo of a {x.rsplit('_', 1)[1]} square" for x in k]), tm, atol=2e-3)
+    # our index builds from clip-retrieval's folder (no embeddings.json: the model is given at search time)
+    from curate.index import SearchIndex, build_index
+
+    idx_ours = SearchIndex.load(build_index(cr_out, tmp_path / "idx-from-cr"))
+    assert idx_ours.model is None
+    found, _ = idx_ours.search(ours[:2], k=1)
+    assert [f[0] for f in found] == k[:2]
     # and `clip-retrieval index` builds an index from our folder
     out = tmp_path / "ours"
     embed_shards(tmp_path / "shards", out, EmbedConfig(model=tiny_open_clip), workers=1)
@@ -265,3 +272,20 @@ def test_clip_retrieval_interop_both_directions(tmp_path, tiny_open_clip):
 
     index = faiss.read_index(str(idx / "image.index"))
     assert index.ntotal == 6 and (idx / "text.index").exists() and (idx / "metadata" / "metadata_0.parquet").exists()
+
+
+def test_keys_from_url_or_image_path_when_no_key_column(tmp_path):
+    import polars as pl
+
+    from curate.embed.store import part_paths, read_embeddings, save_npy, save_parquet
+
+    emb, meta = part_paths(tmp_path, "0")
+    save_npy(emb, np.eye(3, 4, dtype=np.float32))
+    save_parquet(meta, pl.DataFrame({"url": ["http://x.org/a/cat01.jpg?s=1", "http://x.org/dog.png", "http://x.org/e"]}))
+    emb1, meta1 = part_paths(tmp_path, "1")
+    save_npy(emb1, 2 * np.eye(2, 4, dtype=np.float32))  # not normalised: read back normalised
+    save_parquet(meta1, pl.DataFrame({"image_path": ["/data/imgs/000123.jpg", "relative/b.webp"],
+                                      "caption": ["a", "b"]}))
+    keys, m = read_embeddings(tmp_path)
+    assert keys == ["cat01", "dog", "e", "000123", "b"]
+    np.testing.assert_allclose(np.linalg.norm(m, axis=1), 1.0)

@@ -187,8 +187,8 @@ def embed_shards(
         config.threads = max(1, default_workers() // n_workers)
     if n_workers == 1 and executor == "local":
         cached_model(config.model, config.device)  # fail fast, in-process, before any task
-    run_cfg = {"shards": [str(p.resolve()) for p in paths], **asdict(config)}
-    run_cfg.pop("threads")
+    # batch size, device and threads do not change the vectors: a rerun with other values resumes
+    run_cfg = {"shards": [str(p.resolve()) for p in paths], "model": config.model, "captions": config.captions}
     with OutputDir(out, "embed", run_cfg, overwrite=overwrite):
         tasks = [Task(id=f"{suffix}-{p.name}", args={"shard": str(p), "out": str(out), "suffix": suffix,
                                                       "config": asdict(config)})
