@@ -24,7 +24,7 @@ from PIL import Image
 
 from builders.synthetic.generator import DemoGenerator
 from builders.synthetic.httpserver import serve_folder, write_url_list
-from builders.synthetic.render import render, render_sample, to_jpeg
+from builders.synthetic.render import TYPICAL_COLOUR_P, render, render_sample, sample_visible, to_jpeg
 from builders.synthetic.vocab import (
     ATTRIBUTE_NAMES,
     FAMILIES,
@@ -33,9 +33,11 @@ from builders.synthetic.vocab import (
     OBJECTS,
     PALETTE,
     PLURALS,
+    TYPICAL,
     choose_rare_pairs,
+    typical_pairs,
 )
-from builders.synthetic.world import World, ensure_world
+from builders.synthetic.world import SCALES, World, ensure_world
 from curate.errors import CurateError
 from curate.shards import iter_shard
 
@@ -128,12 +130,45 @@ def test_rare_pairs_by_seed():
     n_pairs = len(OBJECT_NAMES) * len(ATTRIBUTE_NAMES)
     assert a == choose_rare_pairs(0) and a != b
     assert 0.15 <= len(a) / n_pairs <= 0.25
+    typical = set(typical_pairs())
     for rare in (a, b):
         rare = set(rare)
+        assert not rare & typical
         for attr in ATTRIBUTE_NAMES:
             assert sum((attr, o) not in rare for o in OBJECT_NAMES) >= 4
         for obj in OBJECT_NAMES:
             assert sum((x, obj) not in rare for x in ATTRIBUTE_NAMES) >= 4
+    # atypical colours are preferred: over ten seeds, colour pairs are a larger share of the
+    # rare pairs than of the pairs that may be rare (the non-typical ones)
+    candidates = [p for p in (set((x, o) for x in ATTRIBUTE_NAMES for o in OBJECT_NAMES) - typical)]
+    base = sum(FAMILY_OF[x] == "colour" for x, _ in candidates) / len(candidates)
+    rare_all = [p for seed in range(10) for p in choose_rare_pairs(seed)]
+    assert sum(FAMILY_OF[x] == "colour" for x, _ in rare_all) / len(rare_all) > base + 0.05
+
+
+def test_every_object_has_typical_attributes():
+    assert set(TYPICAL) == set(OBJECT_NAMES)
+    for obj, by_family in TYPICAL.items():
+        assert set(by_family) == set(FAMILIES)
+        assert all(FAMILY_OF[a] == fam for fam, a in by_family.items()), obj
+    # typical colours are as distinct as 7 colours allow for the objects: none shared by more than 2
+    colours = Counter(t["colour"] for t in TYPICAL.values())
+    assert max(colours.values()) <= -(-len(OBJECT_NAMES) // len(FAMILIES["colour"]))
+    assert len(typical_pairs()) == len(OBJECT_NAMES) * len(FAMILIES)
+
+
+def test_colour_follows_the_object_when_it_is_not_the_target():
+    rng = np.random.default_rng(0)
+    for attr in ("striped", "broken"):
+        shown = [sample_visible(attr, rng, "lemon")["colour"] for _ in range(2000)]
+        frac = shown.count("yellow") / len(shown)
+        # typical with TYPICAL_COLOUR_P, plus 1/7 of the uniform rest
+        expected = TYPICAL_COLOUR_P + (1 - TYPICAL_COLOUR_P) / len(PALETTE)
+        assert abs(frac - expected) < 0.03, (attr, frac)
+        assert set(shown) == set(PALETTE)  # every colour still occurs
+    # a colour target always wins, and without an object the colour is uniform
+    assert {sample_visible("blue", rng, "lemon")["colour"] for _ in range(50)} == {"blue"}
+    assert len({sample_visible("striped", rng)["colour"] for _ in range(200)}) == len(PALETTE)
 
 
 # --- the world on disk ------------------------------------------------------------------------
@@ -176,6 +211,11 @@ def test_caption_ground_truth_is_exact(world_dir):
         else:
             assert row["count"] >= 3
     assert sorted(map(tuple, gt["rare_pairs"])) == sorted(rare)
+    # typical pairs are the corpus's popular ones ("yellow lemon" is everywhere on the web)
+    typical = set(world.typical_pairs)
+    typ_counts = [pair_n[p] for p in typical]
+    other_counts = [pair_n[p] for p in world.common_pairs if p not in typical]
+    assert min(typ_counts) > np.median(other_counts)
 
 
 def test_corpus_has_the_hard_cases(world_dir):
@@ -200,7 +240,13 @@ def test_world_json_and_shards(world_dir):
     assert len(world.objects) == len(OBJECT_NAMES) and set(world.families) == {"colour", "pattern", "state"}
     common, rare = set(world.common_pairs), set(world.rare_pairs)
     assert not common & rare and len(common | rare) == len(world.objects) * len(world.attributes)
+    assert world.typical == TYPICAL and set(world.typical_pairs) == set(typical_pairs()) <= common
+    scale = SCALES[world.scale]
+    per_pair = {"train": (scale.train_typical, scale.train_per_pair),
+                "heldout": (scale.heldout_typical, scale.heldout_per_pair),
+                "rare": (scale.rare_per_pair, scale.rare_per_pair)}
     keys: dict[str, set[str]] = {}
+    off_target_colours: Counter = Counter()
     for split, allowed in (("train", common), ("heldout", common), ("rare", rare)):
         seen = set()
         pairs = Counter()
@@ -214,27 +260,40 @@ def test_world_json_and_shards(world_dir):
                 assert Image.open(io.BytesIO(s["jpg"])).size == (world.image_size,) * 2
                 seen.add(s["__key__"])
                 pairs[(meta["attr"], meta["obj"])] += 1
+                if split == "train" and FAMILY_OF[meta["attr"]] != "colour":
+                    off_target_colours[meta["colour"] == TYPICAL[meta["obj"]]["colour"]] += 1
         assert len(seen) == world.counts[split]
         assert set(pairs) == allowed
+        # the skew: an object's typical pairs get many images, every other pair a few
+        many, few = per_pair[split]
+        assert many > few or split == "rare"
+        for pair, n in pairs.items():
+            assert n == (many if pair in world.typical_pairs else few), (split, pair, n)
         keys[split] = seen
     assert not keys["train"] & keys["heldout"]
+    # where the target is not a colour, the colour shown is mostly the object's typical one
+    typical_share = off_target_colours[True] / sum(off_target_colours.values())
+    assert 0.75 < typical_share < 0.95, typical_share
 
 
 def test_pool_and_url_list(world_dir, tmp_path):
     world = World.load(world_dir)
     t = pq.read_table(world.pool_dir / "pool.parquet").to_pylist()
     assert len(t) == world.counts["pool"] and len({r["key"] for r in t}) == len(t)
-    rare = set(world.rare_pairs)
-    n_rare = 0
+    rare, typical = set(world.rare_pairs), set(world.typical_pairs)
+    n_rare = n_typical = 0
     for r in t:
         assert r["path"] == f"images/{r['key']}.jpg"
         assert Image.open(world.pool_dir / r["path"]).size == (world.image_size,) * 2
         is_rare = (r["attr"], r["obj"]) in rare
         assert r["rare"] == is_rare
         n_rare += is_rare
+        n_typical += (r["attr"], r["obj"]) in typical
         if is_rare:  # a rare pair's caption never names its attribute
             assert not re.search(_word(r["attr"]), r["caption"], re.I)
     assert 0 < n_rare < 0.15 * len(t)
+    # the pool follows the world's skew: typical pairs (<20 % of all pairs) are most of it
+    assert n_typical > 0.5 * len(t)
     assert len(list((world.pool_dir / "images").glob("*.jpg"))) == len(t)
     pq_path, txt_path = write_url_list(world.pool_dir, "http://127.0.0.1:9999/", tmp_path)
     urls = pq.read_table(pq_path)

@@ -4,7 +4,8 @@ Each part is a parquet file (``url``, ``caption``, ``width``, ``height``) of at 
 ``PART_ROWS`` rows, generated and written on its own, so a million captions never sit in
 memory at once. Captions are of several kinds, drawn by seed:
 
-- one common pair (popular pairs far more often: Zipf weights), in varied templates, with
+- one common pair (popular pairs far more often: Zipf weights, objects' typical pairs the
+  most popular, as "yellow lemon" is on the web), in varied templates, with
   plurals, casing, punctuation and distractor words;
 - two objects sharing one attribute, or two attributes on one object (only when every
   attribute x object combination in the caption is a common pair);
@@ -85,12 +86,18 @@ class CorpusSpec:
     rare_pairs: list[tuple[str, str]]
     seed: int
     popularity: list[float] = field(default_factory=list)
+    typical: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.popularity:
             rng = random.Random(self.seed * 1_000_003 + 17)
             ranks = list(range(len(self.common_pairs)))
             rng.shuffle(ranks)
+            # typical pairs take the top ranks (in the same seeded order among themselves)
+            typ = set(self.typical)
+            by_rank = sorted(range(len(ranks)), key=lambda i: (self.common_pairs[i] not in typ, ranks[i]))
+            for r, i in enumerate(by_rank):
+                ranks[i] = r
             self.popularity = [1.0 / (r + 4) ** 0.9 for r in ranks]
 
 

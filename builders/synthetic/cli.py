@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.command("world")
 def world_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="World folder (default: ./demo-out/world).")] = None,
-    scale: Annotated[str, typer.Option("--scale", help="small (seconds, tests), medium (~8k train images, "
+    scale: Annotated[str, typer.Option("--scale", help="small (seconds, tests), medium (~3k train images, "
                                                         "200k captions), large (100k pool images, 1M captions).")] = "small",
     seed: Annotated[int, typer.Option("--seed", help="Seed for rare pairs, captions and every image.")] = 0,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels (96-128 recommended).")] = 112,

@@ -4,7 +4,9 @@ An image of the pair ``(attr, obj)`` shows the *target* attribute clearly; the o
 families are sampled, and every value shown is returned in the metadata
 (``{"attr", "obj", "colour", "pattern", "state"}``). The sampling rule:
 
-- **colour** — the target when it is a colour, otherwise uniform over the 7 colours;
+- **colour** — the target when it is a colour, otherwise the object's typical colour
+  (``vocab.TYPICAL``) with probability ``TYPICAL_COLOUR_P`` and uniform over the 7 colours
+  otherwise, so colour correlates with object identity as in real photos (lemons are yellow);
 - **pattern** — the target when it is a pattern; otherwise ``plain`` with probability 0.8
   and a uniform pattern with 0.2, except that an ``outlined`` object is always ``plain``
   (an outline has no fill to carry a pattern);
@@ -32,18 +34,24 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from .shapes import canonical_mask
-from .vocab import DEFAULT_VISIBLE, FAMILY_OF, PALETTE, PATTERNS, STATES, check_attr, check_obj
+from .vocab import DEFAULT_VISIBLE, FAMILY_OF, PALETTE, PATTERNS, STATES, TYPICAL, check_attr, check_obj
 
 DEFAULT_SIZE = 112
 NOISE_TILE = 384
 SCALE_RANGE = {"small": (0.26, 0.36), "normal": (0.48, 0.64), "large": (0.78, 0.92)}
 COLOURS = tuple(PALETTE)
+TYPICAL_COLOUR_P = 0.85
 
 
-def sample_visible(attr: str, rng: np.random.Generator) -> dict[str, str]:
-    """The value of every family in an image whose target is ``attr`` (rule in the module docstring)."""
+def sample_visible(attr: str, rng: np.random.Generator, obj: str | None = None) -> dict[str, str]:
+    """The value of every family in an image of ``attr`` (``obj``) (rule in the module docstring)."""
     family = FAMILY_OF[check_attr(attr)]
-    colour = attr if family == "colour" else COLOURS[int(rng.integers(len(COLOURS)))]
+    if family == "colour":
+        colour = attr
+    elif obj is not None and rng.random() < TYPICAL_COLOUR_P:
+        colour = TYPICAL[obj]["colour"]
+    else:
+        colour = COLOURS[int(rng.integers(len(COLOURS)))]
     if family == "state":
         state = attr
     elif rng.random() < 0.8:
@@ -161,7 +169,7 @@ def render_sample(attr: str, obj: str, seed: int, size: int = DEFAULT_SIZE) -> t
     """Render ``(attr, obj)`` from ``seed``; returns the RGB image and every visible attribute."""
     check_obj(obj)
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, 0xC0FFEE])
-    vis = sample_visible(attr, rng)
+    vis = sample_visible(attr, rng, obj)
     bg = _background(size, rng)
     state = vis["state"]
     lo, hi = SCALE_RANGE.get(state, SCALE_RANGE["normal"])

@@ -16,6 +16,12 @@ a rarity scan must follow to reproduce it exactly):
 
 A pair *co-occurs* in a caption when the caption mentions both its attribute and its object,
 anywhere, in any order. The rare pairs never co-occur in any caption of the corpus.
+
+Like real objects (lemons are yellow), every object has one *typical* value per family
+(``TYPICAL``): the world shows it far more often than any other (most training images of
+an object carry its typical colour, and its typical pairs get most of the training images),
+so a model trained on the world can learn the shortcut "yellow means lemon" that real
+CLIPs learn. Typical pairs are never rare; rare pairs are atypical by construction.
 """
 
 from __future__ import annotations
@@ -85,9 +91,29 @@ ATTRIBUTE_NAMES = tuple(a.name for a in ATTRIBUTES)
 PLURALS = {o.name: o.plural for o in OBJECTS}
 FAMILY_OF = {a.name: a.family for a in ATTRIBUTES}
 
+# Every object's typical colour, pattern and state (fixed, like "lemons are yellow"): colours
+# as distinct as 7 colours allow for 13 objects (at most two objects share one, with
+# dissimilar shapes), patterns and states spread evenly.
+TYPICAL: dict[str, dict[str, str]] = {
+    "heart": {"colour": "red", "pattern": "dotted", "state": "glowing"},
+    "star": {"colour": "yellow", "pattern": "checkered", "state": "glowing"},
+    "lemon": {"colour": "yellow", "pattern": "dotted", "state": "small"},
+    "fish": {"colour": "orange", "pattern": "wavy", "state": "small"},
+    "house": {"colour": "red", "pattern": "checkered", "state": "large"},
+    "tree": {"colour": "green", "pattern": "zigzag", "state": "large"},
+    "key": {"colour": "orange", "pattern": "striped", "state": "broken"},
+    "umbrella": {"colour": "blue", "pattern": "striped", "state": "large"},
+    "crescent moon": {"colour": "purple", "pattern": "wavy", "state": "glowing"},
+    "cup": {"colour": "blue", "pattern": "dotted", "state": "broken"},
+    "bell": {"colour": "purple", "pattern": "zigzag", "state": "outlined"},
+    "paper plane": {"colour": "green", "pattern": "striped", "state": "outlined"},
+    "arrow": {"colour": "pink", "pattern": "zigzag", "state": "small"},
+}
+
 # How many attributes (objects) every object (attribute) keeps as common pairs at least.
 MIN_COMMON_PER_ATTR = 4
 MIN_COMMON_PER_OBJ = 4
+RARE_COLOUR_WEIGHT = 2.0
 
 
 def slug(name: str) -> str:
@@ -115,17 +141,28 @@ def all_pairs() -> list[tuple[str, str]]:
     return [(a, o) for a in ATTRIBUTE_NAMES for o in OBJECT_NAMES]
 
 
+def typical_pairs() -> list[tuple[str, str]]:
+    """Every object's typical (colour, pattern, state) pairs, in vocabulary order."""
+    return [(a, o) for a in ATTRIBUTE_NAMES for o in OBJECT_NAMES if TYPICAL[o][FAMILY_OF[a]] == a]
+
+
 def choose_rare_pairs(seed: int, fraction: float = 0.2) -> list[tuple[str, str]]:
     """Pick ``fraction`` of all pairs as rare, by seed, keeping every attribute and object common somewhere.
 
     Pairs are visited in a seeded random order and made rare unless that would leave their
     attribute with fewer than ``MIN_COMMON_PER_ATTR`` common objects (or the object with fewer
-    than ``MIN_COMMON_PER_OBJ`` common attributes).
+    than ``MIN_COMMON_PER_OBJ`` common attributes). A typical pair is never rare, and colour
+    pairs come first ``RARE_COLOUR_WEIGHT`` times as often (a weighted random order): an
+    object in an atypical colour is the composition a colour-shortcut model gets wrong.
     """
     pairs = all_pairs()
     target = round(fraction * len(pairs))
     rng = np.random.default_rng([seed, 0x5A1E])
-    order = rng.permutation(len(pairs))
+    typical = set(typical_pairs())
+    weight = np.array([RARE_COLOUR_WEIGHT if FAMILY_OF[a] == "colour" else 1.0 for a, _ in pairs])
+    # Efraimidis-Spirakis: sorting u ** (1 / w) descending is a weighted random permutation
+    order = [int(i) for i in np.argsort(-(rng.random(len(pairs)) ** (1.0 / weight)), kind="stable")
+             if pairs[int(i)] not in typical]
     common_per_attr = {a: len(OBJECT_NAMES) for a in ATTRIBUTE_NAMES}
     common_per_obj = {o: len(ATTRIBUTE_NAMES) for o in OBJECT_NAMES}
     rare: list[tuple[str, str]] = []

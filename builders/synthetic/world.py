@@ -2,14 +2,22 @@
 
 Layout (``WORLD/``)::
 
-    world.json                   vocabulary, rare/common pairs, scale, seed, image size, counts
+    world.json                   vocabulary, typical/rare/common pairs, scale, seed, image size, counts
     captions/part-NNNNN.parquet  url, caption, width, height (<= 100k rows a part)
     captions_ground_truth.json   exact co-occurrence and marginal counts (see .captions)
-    pool/images/KEY.jpg          the image pool (95 % common pairs, 5 % rare pairs)
+    pool/images/KEY.jpg          the image pool (95 % common pairs, typical ones first; 5 % rare pairs)
     pool/pool.parquet            key, path (relative to pool/), url, caption, attr, obj, ...
     train/train-NNNNNN.tar       common pairs only: KEY.jpg, KEY.txt (caption), KEY.json
     heldout/heldout-NNNNNN.tar   more common-pair images, none of them in train
     rare/rare-NNNNNN.tar         a few images of every rare pair
+
+The distribution is skewed like real photos: every object has typical attributes
+(``vocab.TYPICAL``: lemons are yellow), its typical pairs get most of the train and heldout
+images (``Scale.train_typical`` vs ``train_per_pair`` per pair), and an image whose target
+is not a colour mostly shows the object's typical colour (``render``). A model trained on
+``train/`` can thus lean on colour to tell objects apart, and fails on ``rare/``, whose
+pairs are never typical and are mostly objects in an atypical colour: the drop from
+heldout (ordinary images) to rare is the ImageNet-AO phenomenon.
 
 Every caption part, shard and pool chunk is one ledger task (``curate.ledger.run_stage``)
 run by the executor, so a killed run resumes where it stopped and a rerun with the same
@@ -43,14 +51,16 @@ from .vocab import (
     OBJECT_NAMES,
     OBJECTS,
     PLURALS,
+    TYPICAL,
     all_pairs,
     choose_rare_pairs,
     slug,
+    typical_pairs,
 )
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 RARE_FRACTION = 0.2
 POOL_RARE_FRACTION = 0.05
 SPLIT_CODES = {"train": 1, "heldout": 2, "rare": 3, "pool": 4}
@@ -64,10 +74,13 @@ TRAIN_TEMPLATES = (
 
 @dataclass(frozen=True)
 class Scale:
-    """Sizes of one world scale. Train counts are per common pair, chosen so a small CNN
-    CLIP learns objects and attributes in a few CPU minutes (medium: 45 per pair, ~8k)."""
+    """Sizes of one world scale. Train and heldout counts are per common pair: ``*_typical``
+    for an object's typical pairs, ``*_per_pair`` for the other common pairs (the skew that
+    makes colour a shortcut to the object); sized so a small CNN CLIP trains in CPU minutes."""
 
+    train_typical: int
     train_per_pair: int
+    heldout_typical: int
     heldout_per_pair: int
     rare_per_pair: int
     pool_images: int
@@ -77,11 +90,12 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
-    "small": Scale(train_per_pair=8, heldout_per_pair=2, rare_per_pair=3, pool_images=400, captions=20_000,
-                   shard_size=500, pool_chunk=200),
-    "medium": Scale(train_per_pair=45, heldout_per_pair=5, rare_per_pair=6, pool_images=5_000, captions=200_000),
-    "large": Scale(train_per_pair=45, heldout_per_pair=5, rare_per_pair=6, pool_images=100_000,
-                   captions=1_000_000, pool_chunk=2000),
+    "small": Scale(train_typical=24, train_per_pair=2, heldout_typical=12, heldout_per_pair=1, rare_per_pair=3,
+                   pool_images=400, captions=20_000, shard_size=500, pool_chunk=200),
+    "medium": Scale(train_typical=60, train_per_pair=5, heldout_typical=24, heldout_per_pair=2, rare_per_pair=6,
+                    pool_images=5_000, captions=200_000),
+    "large": Scale(train_typical=60, train_per_pair=5, heldout_typical=24, heldout_per_pair=2, rare_per_pair=6,
+                   pool_images=100_000, captions=1_000_000, pool_chunk=2000),
 }
 
 
@@ -106,6 +120,12 @@ class World:
     seed: int
     image_size: int
     counts: dict[str, Any] = field(default_factory=dict)
+    typical: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def typical_pairs(self) -> list[tuple[str, str]]:
+        """Every object's typical (attribute, object) pairs (all common)."""
+        return [(a, o) for o, by_family in self.typical.items() for a in by_family.values()]
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> World:
@@ -127,6 +147,7 @@ class World:
             seed=int(d["seed"]),
             image_size=int(d["image_size"]),
             counts=d.get("counts", {}),
+            typical={o["name"]: dict(o.get("typical", {})) for o in d["objects"]},
         )
 
     @property
@@ -183,15 +204,19 @@ def _pool_task(args: dict) -> dict:
     out = Path(args["out"])
     size, chunk = args["size"], args["index"]
     rng = random.Random(f"pool/{args['seed']}/{chunk}")
-    maker = cap.CaptionMaker(cap.CorpusSpec([tuple(p) for p in args["common"]], [tuple(p) for p in args["rare"]],
-                                            args["seed"]), rng)
+    common = [tuple(p) for p in args["common"]]
+    typical = {tuple(p) for p in args["typical"]}
+    maker = cap.CaptionMaker(cap.CorpusSpec(common, [tuple(p) for p in args["rare"]], args["seed"],
+                                            typical=sorted(typical)), rng)
+    # common pairs as often as in train/: typical ones first
+    weights = [args["typical_weight"] if p in typical else 1.0 for p in common]
     rows: dict[str, list] = {k: [] for k in ("key", "path", "url", "caption", "attr", "obj", "rare",
                                              "colour", "pattern", "state", "width", "height")}
     img_dir = out / "pool" / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     for i in range(args["start"], args["stop"]):
         is_rare = bool(args["rare"]) and rng.random() < POOL_RARE_FRACTION
-        attr, obj = rng.choice(args["rare"]) if is_rare else rng.choice(args["common"])
+        attr, obj = rng.choice(args["rare"]) if is_rare else rng.choices(common, weights)[0]
         s = image_seed(args["seed"], SPLIT_CODES["pool"], i)
         img, vis = render_sample(attr, obj, s, size)
         key = f"pool_{i:07d}"
@@ -216,7 +241,8 @@ def _captions_task(args: dict) -> dict:
     import pyarrow.parquet as pq
 
     out = Path(args["out"])
-    spec = cap.CorpusSpec([tuple(p) for p in args["common"]], [tuple(p) for p in args["rare"]], args["seed"])
+    spec = cap.CorpusSpec([tuple(p) for p in args["common"]], [tuple(p) for p in args["rare"]], args["seed"],
+                          typical=[tuple(p) for p in args["typical"]])
     cols, counts = cap.part_rows(spec, args["index"], args["rows"])
     rel = f"captions/part-{args['index']:05d}.parquet"
     table = pa.table({"url": pa.array(cols["url"], pa.string()), "caption": pa.array(cols["caption"], pa.string()),
@@ -238,9 +264,25 @@ def run_world_task(task: Task) -> dict:
 
 # --- planning -----------------------------------------------------------------------------------
 
-def plan_tasks(out: Path, scale: Scale, seed: int, size: int, common: list, rare: list) -> list[Task]:
+def split_specs(split: str, scale: Scale, seed: int, common: list, rare: list,
+                typical: list) -> list[tuple[str, str, int]]:
+    """``(attr, obj, j)`` of every image of ``split``, in a seeded shuffled order."""
+    typ = {tuple(p) for p in typical}
+    if split == "rare":
+        counts = [(a, o, scale.rare_per_pair) for a, o in rare]
+    else:
+        many, few = ((scale.train_typical, scale.train_per_pair) if split == "train"
+                     else (scale.heldout_typical, scale.heldout_per_pair))
+        counts = [(a, o, many if (a, o) in typ else few) for a, o in common]
+    specs = [(a, o, j) for a, o, n in counts for j in range(n)]
+    random.Random(f"order/{split}/{seed}").shuffle(specs)
+    return specs
+
+
+def plan_tasks(out: Path, scale: Scale, seed: int, size: int, common: list, rare: list,
+               typical: list) -> list[Task]:
     """Every task of a world; the slowest (caption parts, pool chunks) first for load balance."""
-    base = {"out": str(out), "seed": seed, "size": size}
+    base = {"out": str(out), "seed": seed, "size": size, "typical": typical}
     tasks: list[Task] = []
     n_parts = -(-scale.captions // cap.PART_ROWS)
     for p in range(n_parts):
@@ -250,12 +292,10 @@ def plan_tasks(out: Path, scale: Scale, seed: int, size: int, common: list, rare
     for c, start in enumerate(range(0, scale.pool_images, scale.pool_chunk)):
         stop = min(scale.pool_images, start + scale.pool_chunk)
         tasks.append(Task(f"pool-{c:05d}", {**base, "kind": "pool", "index": c, "start": start, "stop": stop,
-                                           "common": common, "rare": rare}))
-    splits = (("train", common, scale.train_per_pair), ("heldout", common, scale.heldout_per_pair),
-              ("rare", rare, scale.rare_per_pair))
-    for split, pairs, per_pair in splits:
-        specs = [(a, o, j) for a, o in pairs for j in range(per_pair)]
-        random.Random(f"order/{split}/{seed}").shuffle(specs)
+                                           "common": common, "rare": rare,
+                                           "typical_weight": scale.train_typical / max(1, scale.train_per_pair)}))
+    for split in ("train", "heldout", "rare"):
+        specs = split_specs(split, scale, seed, common, rare, typical)
         for k, start in enumerate(range(0, len(specs), scale.shard_size)):
             tasks.append(Task(f"{split}-{k:06d}", {**base, "kind": "shard", "split": split, "index": k,
                                                    "specs": specs[start:start + scale.shard_size]}))
@@ -290,7 +330,8 @@ def build_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, siz
         rare = [list(p) for p in choose_rare_pairs(seed, RARE_FRACTION)]
         rare_set = {tuple(p) for p in rare}
         common = [[a, o] for a, o in all_pairs() if (a, o) not in rare_set]
-        tasks = plan_tasks(out, spec, seed, size, common, rare)
+        typical = [list(p) for p in typical_pairs()]
+        tasks = plan_tasks(out, spec, seed, size, common, rare, typical)
         result = run_stage("demo-world", run_world_task, tasks, out, executor or LocalExecutor(1), unit="tasks")
         if result.errors:
             first = next(iter(result.errors.items()))
@@ -301,16 +342,15 @@ def build_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, siz
         n_chunks = sum(1 for t in tasks if t.args["kind"] == "pool")
         _merge_pool(out, n_chunks)
         counts: dict[str, int] = {"captions": spec.captions, "pool": spec.pool_images,
-                                  "train": len(common) * spec.train_per_pair,
-                                  "heldout": len(common) * spec.heldout_per_pair,
-                                  "rare": len(rare) * spec.rare_per_pair,
+                                  **{split: len(split_specs(split, spec, seed, common, rare, typical))
+                                     for split in ("train", "heldout", "rare")},
                                   "caption_parts": sum(1 for t in tasks if t.args["kind"] == "captions")}
         write_json(out / "world.json", {
             "version": WORLD_VERSION, "scale": scale, "seed": seed, "image_size": size, "counts": counts,
-            "objects": [{"name": o.name, "plural": o.plural} for o in OBJECTS],
+            "objects": [{"name": o.name, "plural": o.plural, "typical": TYPICAL[o.name]} for o in OBJECTS],
             "attributes": [{"name": a.name, "family": a.family} for a in ATTRIBUTES],
             "families": {k: list(v) for k, v in FAMILIES.items()},
-            "rare_pairs": rare, "common_pairs": common,
+            "rare_pairs": rare, "common_pairs": common, "typical_pairs": typical,
             "rare_fraction": len(rare) / len(all_pairs()),
         })
         return World.load(out), [result.summary]
