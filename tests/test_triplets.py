@@ -245,6 +245,9 @@ def test_at_least_ten_templates_per_mode_that_name_the_new_word():
             row = {"mode": mode, "id": f"x{i}", "old_word": "dotted", "new_word": "striped", "shared": "heart"}
             t1, t2 = template_texts(row, seed=i)
             assert t1 != t2 and mentions(t1, "striped") and mentions(t2, "striped")
+            # the templates pass the same checks LLM answers must pass
+            keep = None if mode == "caption" else "heart"
+            assert check_llm_text(t1, "dotted", "striped", "a dotted heart", keep) is None, t1
 
 
 def test_templates_vary_across_triplets(built):
@@ -267,6 +270,18 @@ def test_llm_text_validation():
     assert check_llm_text("make the heart red instead of red", "house", "heart", "a red house") is not None
     assert check_llm_text("make the umbrella pink instead of red", "large", "pink", "a large umbrella") is not None
     assert check_llm_text("make it a heart instead of a house", "house", "heart", "a red house") is None
+    assert check_llm_text("replace the heart with a heart, keep it a heart", "cup", "heart", "a wavy cup",
+                          "wavy") is not None
+    assert check_llm_text("replace the fish with a fish, keep it striped", "heart", "fish", "a wavy heart",
+                          "wavy") is not None
+    assert check_llm_text("replace the arrow with a pen, keep it red", "paper plane", "arrow",
+                          "a red paper plane", "red") is not None
+    assert check_llm_text("replace the paper plane with an arrow, keep it red", "paper plane", "arrow",
+                          "a red paper plane", "red") is None
+    assert check_llm_text("an arrow rather than a paper plane", "paper plane", "arrow", "a red paper plane",
+                          "red") is None
+    assert check_llm_text("change the umbrella from large to pink", "large", "pink", "a large umbrella",
+                          "umbrella") is None
 
 
 # -- bad input (issue #7) ------------------------------------------------------------------

@@ -92,22 +92,47 @@ def mentions(text: str, word: str) -> bool:
     return re.search(rf"(?<![a-z0-9]){w}(s|es)?(?![a-z0-9])", text.lower()) is not None
 
 
-def check_llm_text(text: str, old: str, new: str, reference: str) -> str | None:
-    """Why an LLM edit text is unusable, or None when it is fine."""
-    t = " ".join(text.strip().strip('"').split())
+_ARTICLE = r"(?:(?:an?|the|this|that)\s+)?"
+# words that may follow "replace/change/turn" besides the old or the kept word
+_NEUTRAL = {"it", "this", "image", "picture", "photo", "color", "colour", "object", "one", "look", "style"}
+
+
+def _after(t: str, phrase: str) -> list[str]:
+    """What follows each occurrence of ``phrase`` (a leading article dropped)."""
+    return [m.group(1) for m in re.finditer(rf"\b(?:{phrase})\s+{_ARTICLE}(.*)", t)]
+
+
+def check_llm_text(text: str, old: str, new: str, reference: str, keep: str | None = None) -> str | None:
+    """Why an LLM edit text is unusable, or None when it is fine.
+
+    Beyond naming the new word: what is contrasted ("instead of X") or replaced ("replace the
+    X") must be the old word, and what is kept ("keep it X") the kept one; small LLMs copy
+    the few-shot pattern with the wrong words ("make the heart red instead of red").
+    """
+    t = " ".join(text.strip().strip('"').split()).lower()
+    old, new = old.lower(), new.lower()
     if not t:
         return "empty"
     if len(t.split()) > 25:
         return "too long"
     if not mentions(t, new):
         return "does not name the new word"
-    if t.lower().rstrip(".") in {reference.lower(), f"a photo of {reference.lower()}"}:
+    if t.rstrip(".") in {reference.lower(), f"a photo of {reference.lower()}"}:
         return "restates the reference"
-    if re.search(rf"\b(not|no|never)\s+(an?\s+)?{re.escape(new.lower())}\b", t.lower()):
+    if re.search(rf"\b(not|no|never)\s+(an?\s+)?{re.escape(new)}\b", t):
         return "negates the new word"
-    for w in re.findall(r"\b(?:instead of|rather than|in place of)\s+(?:an?\s+|the\s+)?([a-z0-9']+)", t.lower()):
-        if not mentions(w, old):
-            return "contrasts with the wrong word"
+    if any(not mentions(rest.split(",")[0], old) or not rest.startswith(old.split()[0])
+           for rest in _after(t, "instead of|rather than|in place of")):
+        return "contrasts with the wrong word"
+    allowed = [old] + ([keep.lower()] if keep else [])
+    for rest in _after(t, "replace|swap|change|turn"):
+        first = rest.split(" ")[0].strip(",.")
+        if first not in _NEUTRAL and not any(rest.startswith(w.split()[0]) for w in allowed):
+            return "replaces the wrong word"
+    if keep:
+        for rest in _after(t, "keep it|keeping it|keep the"):
+            if not rest.startswith(keep.lower().split()[0]) and rest.split(" ")[0].strip(",.") not in _NEUTRAL:
+                return "keeps the wrong word"
     return None
 
 
@@ -157,7 +182,8 @@ def add_edit_texts(df: pl.DataFrame, how: str, seed: int, llm_spec: str | None =
         reasons: Counter[str] = Counter()
         for i, (r, ans) in enumerate(zip(rows, answers, strict=True)):
             why = f"error: {type(ans).__name__}" if isinstance(ans, Exception) else \
-                check_llm_text(ans, r["old_word"], r["new_word"], describe(r, "ref"))
+                check_llm_text(ans, r["old_word"], r["new_word"], describe(r, "ref"),
+                               None if r["mode"] == "caption" else r["shared"])
             if why is None:
                 first[i] = " ".join(str(ans).strip().strip('"').split())
                 source[i] = "llm"

@@ -30,7 +30,7 @@ from typing import Any
 
 import polars as pl
 
-from curate.fsutil import write_bytes, write_json
+from curate.fsutil import TMP_MARK, write_json
 from curate.log import track
 from curate.shards import ShardWriter
 
@@ -47,11 +47,21 @@ CIRR_SET_SIZE = 6
 def stage_images(shard_of: dict[str, str], keys: Iterable[str], staged: Path) -> int:
     """Extract the images the exports need, once, as JPEG; returns how many were written now."""
     todo = sorted(k for k in set(keys) if not (staged / f"{k}.jpg").exists())
+    staged.mkdir(parents=True, exist_ok=True)
     n = 0
     for key, data in track(iter_images(shard_of, todo), "stage images", total=len(todo), unit="img"):
-        write_bytes(staged / f"{key}.jpg", _as_jpeg(data))
+        _write_cache_file(staged / f"{key}.jpg", _as_jpeg(data))
         n += 1
     return n
+
+
+def _write_cache_file(path: Path, data: bytes) -> None:
+    """Temp name + rename (a kill leaves no half file under the real name), without the fsync that
+    curate.fsutil pays per file: staged images are a cache re-made from the shards, and an fsync
+    per image cost more than the whole rest of the export on the demo world."""
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _as_jpeg(data: bytes) -> bytes:

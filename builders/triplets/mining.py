@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from curate.errors import CurateError
+from curate.log import track
 
 from .captions import CaptionPairStats, find_caption_pairs, normalize_expr
 from .config import SPLITS, TripletsConfig, assign_split, parse_splits, unit_hash
@@ -86,8 +87,9 @@ def mine(pool: pl.DataFrame, feats: np.ndarray, cfg: TripletsConfig) -> MiningRe
                           fix="use a dataset where some object appears with two attributes (or some "
                               "attribute with two objects), or add --mode caption for captioned images")
     keys = pool["key"].to_list()
-    split_rows = {s: g["row"].to_numpy() for (s,), g in pool.group_by(["split"])}
-    rows = [t for c in combos for t in _triplets_of(c, feats, keys, split_rows[c.split], cfg)]
+    views = {s: SplitView.of(g["row"].to_numpy(), feats) for (s,), g in pool.group_by(["split"])}
+    rows = [t for c in track(combos, "mine triplets", unit="combos")
+            for t in _triplets_of(c, feats, keys, views[c.split], cfg)]
     df = _finalise(rows, cfg)
     stats["triplets"] = df.height
     stats["by_mode"] = dict(Counter(df["mode"].to_list()))
@@ -171,49 +173,77 @@ def _caption_combos(pool: pl.DataFrame, cfg: TripletsConfig) -> tuple[list[Combo
     return combos, st
 
 
-def _triplets_of(c: Combo, feats: np.ndarray, keys: list[str], split_rows: np.ndarray,
+@dataclass
+class SplitView:
+    """One split's feature rows, kept once so negatives are a matrix product, not a copy per triplet."""
+
+    rows: np.ndarray
+    feats: np.ndarray
+    pos: dict[int, int]  # feature row -> position in ``rows``
+
+    @classmethod
+    def of(cls, rows: np.ndarray, feats: np.ndarray) -> SplitView:
+        rows = np.sort(rows)
+        return cls(rows, np.ascontiguousarray(feats[rows]), {int(r): i for i, r in enumerate(rows)})
+
+
+def _triplets_of(c: Combo, feats: np.ndarray, keys: list[str], split: SplitView,
                  cfg: TripletsConfig) -> list[dict[str, Any]]:
     """Up to ``max_per_pair`` triplets of one combo: nearest (preferably unused) target per reference."""
     order = sorted(c.refs.tolist(), key=lambda r: unit_hash(cfg.seed, f"{c.mode}:{keys[r]}:{c.info['new_word']}"))
     refs = order[: cfg.max_per_pair]
-    tgt_f = feats[c.tgts]
+    sims = feats[c.tgts] @ feats[refs].T  # [targets, refs]
     used: set[int] = set()
-    out = []
-    for rank, r in enumerate(refs):
-        sims = tgt_f @ feats[r]
-        by_sim = np.argsort(-sims, kind="stable")
+    picks: list[tuple[int, int, np.ndarray]] = []
+    for j, r in enumerate(refs):
+        by_sim = np.argsort(-sims[:, j], kind="stable")
         pick = next((int(i) for i in by_sim if int(c.tgts[i]) not in used), int(by_sim[0]))
+        used.add(int(c.tgts[pick]))
+        picks.append((r, pick, by_sim))
+    negs = _negatives(c, [(r, int(c.tgts[p])) for r, p, _ in picks], feats, split, cfg.negatives)
+    combo_rank = unit_hash(cfg.seed, f"{c.mode}:{c.split}:{keys[int(c.refs[0])]}:{keys[int(c.tgts[0])]}")
+    out = []
+    for rank, ((r, pick, by_sim), neg) in enumerate(zip(picks, negs, strict=True)):
         t = int(c.tgts[pick])
-        used.add(t)
         gt = [t] + [int(c.tgts[i]) for i in by_sim if int(c.tgts[i]) != t]
-        negs = _negatives(c, r, t, feats, split_rows, cfg.negatives)
         out.append({"reference": keys[r], "target": keys[t], "mode": c.mode, "split": c.split,
                     **{k: c.info[k] for k in ("ref_attr", "ref_obj", "tgt_attr", "tgt_obj", "old_word",
                                               "new_word", "shared")},
                     "ref_caption": c.info.get("ref_caption"), "tgt_caption": c.info.get("tgt_caption"),
-                    "target_sim": float(sims[pick]), "gt": [keys[g] for g in gt],
-                    "negatives": [keys[n] for n in negs], "_rank": rank,
-                    "_combo": unit_hash(cfg.seed, f"{c.mode}:{c.split}:{keys[int(c.refs[0])]}:{keys[int(c.tgts[0])]}")})
+                    "target_sim": float(sims[pick, rank]), "gt": [keys[g] for g in gt],
+                    "negatives": [keys[n] for n in neg], "_rank": rank, "_combo": combo_rank})
     return out
 
 
-def _negatives(c: Combo, r: int, t: int, feats: np.ndarray, split_rows: np.ndarray, n: int) -> list[int]:
-    """Closest invalid images to the query (reference + target direction).
+def _negatives(c: Combo, pairs: list[tuple[int, int]], feats: np.ndarray, split: SplitView,
+               n: int) -> list[list[int]]:
+    """Closest invalid images to each query (reference + target direction).
 
     First the hard ones (same composition as the reference, the edit's distractors); when
     there are fewer than ``n``, the nearest other images of the split that are not valid targets.
     """
-    if n == 0:
-        return []
-    q = feats[r] + feats[t]
-    out: list[int] = []
-    hard = np.concatenate([c.refs[c.refs != r], c.distractors]).astype(np.int64)
-    rest = np.setdiff1d(split_rows, np.concatenate([hard, c.tgts, [r]]).astype(np.int64))
-    for cand in (hard, rest):
-        if len(out) >= n or cand.size == 0:
-            continue
-        sims = feats[cand] @ q
-        out.extend(int(cand[i]) for i in np.argsort(-sims, kind="stable")[: n - len(out)])
+    if n == 0 or not pairs:
+        return [[] for _ in pairs]
+    q = np.stack([feats[r] + feats[t] for r, t in pairs])  # [m, D]
+    hard = np.unique(np.concatenate([c.refs, c.distractors]).astype(np.int64))
+    hard_sims = feats[hard] @ q.T if hard.size else np.zeros((0, len(pairs)), np.float32)
+    out: list[list[int]] = []
+    rest_sims = None
+    for j, (r, _) in enumerate(pairs):
+        order = [int(hard[i]) for i in np.argsort(-hard_sims[:, j], kind="stable") if int(hard[i]) != r]
+        chosen = order[:n]
+        if len(chosen) < n:
+            if rest_sims is None:
+                rest_sims = split.feats @ q.T  # [split rows, m]
+                excluded = [split.pos[int(x)] for x in np.concatenate([hard, c.tgts]) if int(x) in split.pos]
+                rest_sims[excluded, :] = -np.inf
+            col = rest_sims[:, j]
+            k = min(n - len(chosen), int(np.isfinite(col).sum()))
+            if k > 0:
+                top = np.argpartition(-col, k - 1)[:k]
+                top = top[np.lexsort((top, -col[top]))]
+                chosen += [int(split.rows[i]) for i in top]
+        out.append(chosen)
     return out
 
 

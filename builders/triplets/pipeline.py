@@ -72,6 +72,7 @@ def _stage(ledger_out: Path, name: str, outputs: list[str], fn: Callable[[], dic
         return (ledger.record(name) or {}).get("stats", {})
     t0 = time.perf_counter()
     stats = fn()
+    stats["seconds"] = round(time.perf_counter() - t0, 2)
     ledger.mark_done(name, outputs, stats)
     st.done, st.seconds, st.items = 1, time.perf_counter() - t0, int(stats.get("items", 0))
     summaries.append(st)
