@@ -258,8 +258,9 @@ def test_clip_retrieval_interop_both_directions(tmp_path, tiny_open_clip):
 
     idx_ours = SearchIndex.load(build_index(cr_out, tmp_path / "idx-from-cr"))
     assert idx_ours.model is None
-    found, _ = idx_ours.search(ours[:2], k=1)
-    assert [f[0] for f in found] == k[:2]
+    found, scores = idx_ours.search(np.asarray(m[:2]), k=3)  # same-colour images are near-duplicates here
+    assert all(key in f for key, f in zip(k[:2], found, strict=True))
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-3)
     # and `clip-retrieval index` builds an index from our folder
     out = tmp_path / "ours"
     embed_shards(tmp_path / "shards", out, EmbedConfig(model=tiny_open_clip), workers=1)

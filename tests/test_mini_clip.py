@@ -95,6 +95,7 @@ def test_trains_learns_and_reports_common_vs_rare(trained):
     assert rep["training"]["final_loss"] < rep["training"]["first_loss"]
     common, rare = rep["sets"]["common (heldout)"], rep["sets"]["rare"]
     assert common["images"] == 36 and rare["images"] == 18
+    assert rep["gap_common_minus_rare"]["obj_top1_simple"] == round(common["obj_top1_simple"] - rare["obj_top1_simple"], 4)
     # colour and shape are easy: the model must do far better than chance (1/3) on common pairs
     assert common["attr_top1_simple"] >= 0.8, rep
     assert common["obj_top1_simple"] >= 0.6, rep

@@ -293,6 +293,9 @@ def train(world: Path, cfg: MiniClipConfig, out: Path) -> dict[str, Any]:
                 losses.append(loss.item())
                 step += 1
                 advance(1)
+                if step % 50 == 0:
+                    logger.info("mini-clip step %d/%d loss %.3f (%.0f s)", step, total, np.mean(losses[-50:]),
+                                time.perf_counter() - t1)
             if stopped_early:
                 break
     train_s = time.perf_counter() - t1
@@ -357,6 +360,10 @@ def evaluate_world(spec: str, world: str | os.PathLike, batch_size: int = 256) -
                 row[f"{kind}_top5_{tname}"] = round(acc[5], 4)
         report["sets"]["common (heldout)" if split == "heldout" else "rare"] = row
     report["chance"] = {"obj_top1": round(1 / len(objects), 4), "attr_top1": round(1 / len(attributes), 4)}
+    sets = report["sets"]
+    if "common (heldout)" in sets and "rare" in sets:  # the paper's phenomenon: common minus rare
+        report["gap_common_minus_rare"] = {k: round(sets["common (heldout)"][k] - sets["rare"][k], 4)
+                                           for k in sets["rare"] if k != "images"}
     return report
 
 
@@ -365,16 +372,21 @@ def read_report(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def print_report(report: dict[str, Any]) -> None:
+    """One row per (image set, template set): object and attribute top-1/top-5."""
     from rich.table import Table
 
     table = Table(title=f"zero-shot accuracy of {report.get('model', '?')}")
-    cols = ["set", "images"] + [f"{k}_{t}_{tpl}" for tpl in ("simple", "openai80") for k in ("obj", "attr")
-                                for t in ("top1", "top5")]
-    for c in cols:
-        table.add_column(c.replace("_", " "), justify="left" if c == "set" else "right")
+    for c in ("images", "templates", "n", "obj top-1", "obj top-5", "attr top-1", "attr top-5"):
+        table.add_column(c, justify="left" if c in ("images", "templates") else "right")
     for name, row in report.get("sets", {}).items():
-        table.add_row(name, str(row["images"]), *[f"{row[c]:.3f}" for c in cols[2:]])
+        for tpl in ("simple", "openai80"):
+            table.add_row(name, tpl, str(row["images"]),
+                          *[f"{row[f'{k}_top{t}_{tpl}']:.3f}" for k in ("obj", "attr") for t in (1, 5)])
     console.print(table)
+    gap = report.get("gap_common_minus_rare")
+    if gap:
+        console.print("gap common - rare (openai80): object top-1 "
+                      f"{gap['obj_top1_openai80']:+.3f}, attribute top-1 {gap['attr_top1_openai80']:+.3f}")
     ch = report.get("chance", {})
     if ch:
         console.print(f"chance: object top-1 {ch['obj_top1']:.3f}, attribute top-1 {ch['attr_top1']:.3f}")
