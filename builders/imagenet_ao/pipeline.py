@@ -336,29 +336,31 @@ def _to_jpeg(data: bytes) -> bytes:
 
 
 def write_dataset_shards(kept: pl.DataFrame, out: Path, maxcount: int = 1000) -> pl.DataFrame:
-    """Write kept images + json into ``shards/`` (sorted by key, deterministic); returns key -> shard."""
-    kept = kept.sort("key")
-    wanted: dict[str, dict[str, str]] = {}
-    for src_shard, src_key, key in kept.select("src_shard", "src_key", "key").iter_rows():
-        wanted.setdefault(src_shard, {})[src_key] = key
-    images: dict[str, bytes] = {}
-    for shard, keys in sorted(wanted.items()):
-        for s in iter_shard(shard):
-            if s["__key__"] in keys:
-                images[keys[s["__key__"]]] = next(s[e] for e in ("jpg", "jpeg", "png", "webp") if e in s)
+    """Write kept images + json into ``shards/``; returns key -> shard.
+
+    Streams: source shards in sorted order, samples in source order, one image in memory at a
+    time (deterministic, so reruns give identical shards). An image kept for two pairs is
+    written once per pair, under each pair's key.
+    """
+    meta_cols = [c for c in kept.columns if not c.startswith("_") and c not in ("src_shard", "ok", "reason")]
+    by_src: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for rec in kept.sort("key").iter_rows(named=True):
+        meta = {k: (None if isinstance(rec[k], float) and not np.isfinite(rec[k]) else rec[k]) for k in meta_cols}
+        by_src.setdefault(rec["src_shard"], {}).setdefault(rec["src_key"], []).append(meta)
     shard_dir = out / "shards"
     for old in shard_dir.glob("imagenet-ao-*"):
         old.unlink()
     rows = []
-    meta_cols = [c for c in kept.columns if not c.startswith("_") and c not in ("src_shard", "ok", "reason")]
     with ShardWriter(shard_dir, prefix="imagenet-ao", maxcount=maxcount) as w:
-        for rec in kept.select(meta_cols).iter_rows(named=True):
-            data = images.get(rec["key"])
-            if data is None:
-                continue
-            meta = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in rec.items()}
-            shard = w.write({"__key__": rec["key"], "jpg": _to_jpeg(data), "json": meta})
-            rows.append((rec["key"], shard))
+        for src in sorted(by_src):
+            wanted = by_src[src]
+            for s in iter_shard(src):
+                metas = wanted.get(s["__key__"])
+                if not metas:
+                    continue
+                data = _to_jpeg(next(s[e] for e in ("jpg", "jpeg", "png", "webp") if e in s))
+                for meta in metas:
+                    rows.append((meta["key"], w.write({"__key__": meta["key"], "jpg": data, "json": meta})))
     return pl.DataFrame(rows, schema={"key": pl.String, "shard": pl.String}, orient="row")
 
 
