@@ -24,7 +24,7 @@ import polars as pl
 from curate.config import to_dict
 from curate.errors import CurateError
 from curate.executor import get_executor
-from curate.fsutil import atomic_open, read_json, write_json
+from curate.fsutil import atomic_open, write_json
 from curate.ledger import Ledger, Task, run_stage
 from curate.log import StageSummary, Timer, print_table, summary_table
 from curate.manifest import write_manifest
@@ -70,18 +70,6 @@ def sample_key(source: str, src_key: str, attr: str, obj: str) -> str:
 def _write_parquet(df: pl.DataFrame, path: Path) -> None:
     with atomic_open(path, "wb") as f:
         df.write_parquet(f, statistics=False)
-
-
-def _cached_parquet(out: Path, stage: str, rel: str, compute) -> pl.DataFrame:
-    """Run ``compute()`` once; its parquet output and ledger marker make the stage resumable."""
-    ledger = Ledger(out, stage)
-    path = out / rel
-    if ledger.is_done("all") and path.exists():
-        return pl.read_parquet(path)
-    df = compute()
-    _write_parquet(df, path)
-    ledger.mark_done("all", [rel])
-    return df
 
 
 def _cached_npy(out: Path, rel: str, compute) -> np.ndarray:
@@ -525,8 +513,3 @@ def _versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def read_build_info(out: Path) -> dict:
-    p = out / "dataset.json"
-    return read_json(p) if p.exists() else {}
