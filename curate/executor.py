@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import time
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -53,15 +54,16 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-class Executor:
+class Executor(ABC):
     name = "base"
     workers = 1
 
+    @abstractmethod
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[TaskResult]:
-        raise NotImplementedError
+        """Run ``fn`` on every task; yield results as they complete."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional hook; most executors hold nothing to release
+        """Release what the executor holds (nothing by default)."""
 
 
 class LocalExecutor(Executor):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from curate.embed.store import l2_normalise
 from curate.errors import CurateError
 from curate.log import track
 from curate.shards import ReadReport, iter_shard
@@ -219,7 +220,7 @@ def _stored_features(emb_dir: Path, keys: list[str]) -> Features:
     rows = np.asarray(mat[np.array([pos[k] for k in have], dtype=np.int64)], dtype=np.float32) if have \
         else np.zeros((0, mat.shape[1]), np.float32)
     model = _stored_model(emb_dir)
-    return Features(have, _l2(rows), f"embeddings:{model}" if model else "embeddings")
+    return Features(have, l2_normalise(rows), f"embeddings:{model}" if model else "embeddings")
 
 
 def _stored_model(emb_dir: Path) -> str | None:
@@ -255,7 +256,7 @@ def _model_features(source: Source, keys: list[str], spec: str, device: str) -> 
     if batch:
         flush()
     have = [k for k in keys if k in out]
-    return Features(have, _l2(np.stack([out[k] for k in have]).astype(np.float32)), f"model:{spec}")
+    return Features(have, l2_normalise(np.stack([out[k] for k in have]).astype(np.float32)), f"model:{spec}")
 
 
 def _thumbnail_features(source: Source, keys: list[str]) -> Features:
@@ -272,12 +273,7 @@ def _thumbnail_features(source: Source, keys: list[str]) -> Features:
         out[key] = v - v.mean()
     have = [k for k in keys if k in out]
     mat = np.stack([out[k] for k in have]) if have else np.zeros((0, 192), np.float32)
-    return Features(have, _l2(mat.astype(np.float32)), "thumbnail")
-
-
-def _l2(m: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(m, axis=1, keepdims=True)
-    return m / np.maximum(n, 1e-12)
+    return Features(have, l2_normalise(mat.astype(np.float32)), "thumbnail")
 
 
 def _read_cache(cache: Path, tag: str, keys: list[str]) -> Features | None:

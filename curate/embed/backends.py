@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def spec_forms_text() -> str:
     return "; ".join(form for form, _ in SPEC_FORMS)
 
 
-class Encoder:
+class Encoder(ABC):
     """Base class: subclasses provide preprocessing and the two forward passes."""
 
     spec: str = ""
@@ -55,11 +56,13 @@ class Encoder:
         """One PIL image -> a CHW float tensor ready for the image tower."""
         raise NotImplementedError
 
+    @abstractmethod
     def _forward_images(self, batch: Any) -> Any:
-        raise NotImplementedError
+        """[B, C, H, W] tensor on the device -> unnormalised [B, D] image features."""
 
+    @abstractmethod
     def _forward_texts(self, texts: list[str]) -> Any:
-        raise NotImplementedError
+        """Texts -> unnormalised [B, D] text features."""
 
     # -- shared ----------------------------------------------------------------------------
     def encode_image_tensors(self, batch: Any) -> np.ndarray:
@@ -107,9 +110,9 @@ class Encoder:
 
 
 def _normalise(t: Any) -> np.ndarray:
-    arr = t.detach().float().cpu().numpy()
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    return (arr / np.maximum(norms, 1e-12)).astype(np.float32)
+    from .store import l2_normalise
+
+    return l2_normalise(t.detach().float().cpu().numpy())
 
 
 # ------------------------------------------------------------------------------------------

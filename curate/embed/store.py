@@ -164,11 +164,17 @@ def count_rows(folder: str | os.PathLike, kind: str = "img") -> tuple[int, int]:
     return n, dim
 
 
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def _normalised(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if x.size and np.allclose(norms[norms > 0], 1.0, atol=1e-3):
         return x
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return l2_normalise(x)
 
 
 def read_embeddings(folder: str | os.PathLike, kind: str = "img", mmap: bool = True) -> tuple[list[str], np.ndarray]:

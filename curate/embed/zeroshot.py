@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .store import l2_normalise
+
 OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
     'a bad photo of a {}.',
     'a photo of many {}.',
@@ -106,7 +108,7 @@ def class_text_embeddings(encoder, classnames: Sequence[str], templates: Sequenc
     texts = [t.format(c) for c in classnames for t in templates]
     emb = np.asarray(encoder.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
     emb = emb.reshape(len(classnames), len(templates), -1).mean(1)
-    return (emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+    return l2_normalise(emb)
 
 
 def topk_accuracy(image_emb: np.ndarray, class_emb: np.ndarray, labels: Sequence[int],
