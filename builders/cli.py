@@ -78,10 +78,10 @@ def imagenet_ao(
     from .imagenet_ao.pipeline import build
 
     res = build(cfg, workers=workers, executor=executor, address=address, overwrite=overwrite)
-    _report(res, cfg, demo)
+    _report(res, cfg)
 
 
-def _report(res, cfg, demo: bool = False) -> None:
+def _report(res, cfg) -> None:
     from rich.table import Table
 
     from curate.log import console
@@ -92,14 +92,7 @@ def _report(res, cfg, demo: bool = False) -> None:
     for f in res.funnel:
         table.add_row(f.stage, f"{f.count:,}", f"{f.removed:,}", f.note)
     console.print(table)
-    if cfg.reference:
-        from training.metrics.zeroshot import evaluate_dataset, markdown_table
-
-        extra = {}
-        world_rare = Path(cfg.reference).parent / "rare"
-        if demo and world_rare.is_dir():
-            extra["world rare pairs (unfiltered)"] = world_rare
-        report = evaluate_dataset(res.out, cfg.model, reference=cfg.reference, device=cfg.device, extra=extra)
-        console.print(markdown_table(report))
     console.print(f"[bold green]dataset ready:[/] {res.out}  ({res.counts['samples']} images, "
                   f"{res.counts['pairs']} pairs; card: {res.out / 'README.md'})")
+    if cfg.reference:
+        console.print(f"next: `curate eval zeroshot {res.out}` (rare pairs vs {cfg.reference})")

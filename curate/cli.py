@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attributes": ("builders.aux_attributes.cli:app", "Ask an LLM for TRIDENT auxiliary attributes (aux_label.jsonl)."),
     "review": ("annotations.cli:app", "Review samples in FiftyOne and pull verdicts back into the manifest."),
     "demo": ("builders.synthetic.cli:app", "The offline demo world: procedural images, captions, image pool."),
-    "model": ("curate.embed.cli:model_app", "Models: train the demo mini-CLIP, list backends."),
+    "model": ("training.cli:model_app", "Models: train the demo mini-CLIP, list backends."),
     "embed": ("curate.embed.cli:embed_app", "Compute CLIP embeddings over shards (clip-retrieval layout)."),
     "index": ("curate.index:index_app", "Build a faiss index over an embeddings folder."),
     "search": ("curate.index:search_app", "Search an index with a text prompt."),

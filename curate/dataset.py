@@ -1,4 +1,4 @@
-"""A dataset folder as every command sees it (layout in README / DESIGN.md)::
+"""A dataset folder as every command sees it (layout in README.md, "The dataset folder")::
 
     DATASET/
       shards/*.tar           KEY.jpg, KEY.json (attr, obj, pair, scores, source, ...), opt. KEY.npy
@@ -25,7 +25,7 @@ import polars as pl
 from .errors import CurateError
 from .fsutil import read_json
 from .manifest import read_manifest
-from .shards import ReadReport, iter_shard
+from .shards import ReadReport, image_of, iter_keys
 
 
 class Dataset:
@@ -58,28 +58,15 @@ class Dataset:
         df = self.manifest(include_rejected=True)
         if keys is not None:
             df = df.filter(pl.col("key").is_in(list(keys)))
-        by_shard: dict[str, set[str]] = {}
-        for key, shard in df.select("key", "shard").iter_rows():
-            by_shard.setdefault(shard, set()).add(key)
-        for shard in sorted(by_shard):
-            wanted = by_shard[shard]
-            path = self.shard_dir / shard
-            rep = ReadReport(shard=shard)
-            if not path.exists():
-                rep.error = "shard file missing"
-            else:
-                for s in iter_shard(path, rep):
-                    if s["__key__"] in wanted:
-                        yield s
-            if report is not None:
-                report.append(rep)
+        wanted = {key: self.shard_dir / shard for key, shard in df.select("key", "shard").iter_rows()}
+        yield from iter_keys(wanted, report)
 
     def images(self, keys: Iterable[str] | None = None) -> Iterator[tuple[str, bytes]]:
-        """``(key, jpeg bytes)`` for samples that have an image; missing ones are simply absent."""
+        """``(key, image bytes)`` for samples that have an image; missing ones are simply absent."""
         for s in self.iter_samples(keys):
-            img = s.get("jpg") or s.get("jpeg") or s.get("png") or s.get("webp")
+            img = image_of(s)
             if img:
-                yield s["__key__"], img
+                yield s["__key__"], img[1]
 
     def embeddings(self, kind: str = "img") -> tuple[list[str], np.ndarray] | None:
         """(keys, L2-normalised float32 matrix) from ``embeddings/`` if present."""

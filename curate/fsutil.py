@@ -55,6 +55,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, dump_json(obj))
 
 
+def write_parquet(table: Any, path: str | os.PathLike, statistics: bool = False) -> Path:
+    """Write a polars DataFrame or a pyarrow Table as parquet, atomically.
+
+    Column statistics are off by default: they make no difference to readers here, and
+    without them the bytes depend only on the data (reruns are byte-identical).
+    """
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        if hasattr(table, "write_parquet"):
+            table.write_parquet(f, statistics=statistics)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, f, write_statistics=statistics)
+    return path
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

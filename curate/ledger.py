@@ -1,9 +1,14 @@
-"""The task ledger: done markers next to outputs, so every stage resumes.
+"""The task ledger and the one stage runner: done markers next to outputs, so every stage resumes.
 
 A task is *done* when its marker ``OUT/.curate/ledger/STAGE/TASK_ID.json`` exists and every
 output it lists exists. The marker is written (atomically) only after the outputs, so a
-kill -9 at any moment loses at most the tasks in flight. ``run_stage`` maps a task function
-over the not-yet-done tasks with an executor, shows a progress bar and returns a summary.
+kill -9 at any moment loses at most the tasks in flight.
+
+- ``run_stage`` maps a task function over the not-yet-done tasks with an executor, shows a
+  progress bar and returns a summary whose ``stats`` are the tasks' :class:`Stats` summed.
+- ``run_global`` is its one extension, for a stage that is a single step over everything (a
+  join, a filter over all candidates, writing the dataset): the same marker, summary and
+  stats, run in this process (so the step may be a closure) with exceptions propagating.
 """
 
 from __future__ import annotations
@@ -21,6 +26,36 @@ from .fsutil import clean_temp_files, read_json, write_json
 from .log import StageSummary, logger, progress_bar
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+class Stats(dict):
+    """A stage's counters, merged with ``+`` (as datatrove's ``PipelineStats``).
+
+    Numbers (and numpy arrays) add, lists concatenate, dicts merge key by key, anything else
+    (a reason string, a flag) keeps the last value that is not None. ``sum(stats, Stats())``
+    merges many.
+    """
+
+    def __add__(self, other: dict[str, Any] | None) -> Stats:
+        out = Stats(self)
+        for k, v in (other or {}).items():
+            out[k] = _merge(out[k], v) if k in out else v
+        return out
+
+    __radd__ = __add__
+
+
+def _merge(a: Any, b: Any) -> Any:
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a if b is None else b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return Stats(a) + b
+    if isinstance(a, list) and isinstance(b, list):
+        return a + b
+    try:
+        return a + b
+    except TypeError:
+        return b
 
 
 @dataclass
@@ -63,6 +98,7 @@ class Ledger:
         return [read_json(p) for p in sorted(self.dir.glob("*.json"))]
 
     def reset(self) -> None:
+        """Forget every task of this stage (the next run redoes them all)."""
         if self.dir.exists():
             for p in self.dir.glob("*.json"):
                 p.unlink()
@@ -73,6 +109,11 @@ class StageResult:
     summary: StageSummary
     records: dict[str, dict[str, Any]]
     errors: dict[str, str]
+
+    @property
+    def stats(self) -> Stats:
+        """Every finished task's stats (this run's and earlier runs'), merged with ``+``."""
+        return sum((Stats(self.records[k].get("stats", {})) for k in sorted(self.records)), Stats())
 
 
 def run_stage(
@@ -123,3 +164,32 @@ def run_stage(
             advance(1)
     summary.seconds = time.perf_counter() - t0
     return StageResult(summary, records, errors)
+
+
+def run_global(
+    stage: str,
+    fn: Callable[[], dict[str, Any]],
+    out_dir: str | os.PathLike,
+    outputs: Iterable[str] = (),
+) -> StageResult:
+    """Run the one-step stage ``fn`` unless its marker and ``outputs`` exist; ``fn`` returns its stats.
+
+    The marker lives where ``run_stage`` puts them (task id = the stage name), so a rerun
+    after kill -9 skips finished global stages too. A failure raises (nothing is marked).
+    """
+    out_dir = Path(out_dir)
+    ledger = Ledger(out_dir, stage)
+    summary = StageSummary(stage)
+    if ledger.is_done(stage):
+        summary.skipped = 1
+        rec = ledger.record(stage) or {}
+        logger.info("%s: already done, skipped", stage)
+        return StageResult(summary, {stage: rec}, {})
+    t0 = time.perf_counter()
+    stats = Stats(fn() or {})
+    summary.seconds = time.perf_counter() - t0
+    stats.setdefault("seconds", round(summary.seconds, 2))
+    outputs = sorted(outputs)
+    ledger.mark_done(stage, outputs, stats)
+    summary.done, summary.items = 1, int(stats.get("items", 0))
+    return StageResult(summary, {stage: {"task": stage, "outputs": outputs, "stats": stats}}, {})

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -140,16 +138,3 @@ def print_summary(stages: list[StageSummary], title: str = "Run summary") -> Non
     for s in stages:
         for note in s.notes:
             console.print(f"{s.name}: {note}", soft_wrap=True, markup=False, highlight=False)
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

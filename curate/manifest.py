@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from .errors import CurateError
-from .fsutil import atomic_open, write_text
+from .fsutil import write_parquet, write_text
 
 REQUIRED = ("key", "shard")
 MANIFEST_NAME = "manifest.parquet"
@@ -41,8 +41,7 @@ def write_manifest(df: pl.DataFrame, path: str | os.PathLike) -> Path:
     """Write atomically, rows sorted by key so reruns give byte-identical files."""
     path = manifest_path(path)
     df = validate(df, str(path)).sort("key")
-    with atomic_open(path, "wb") as f:
-        df.write_parquet(f, statistics=False)
+    write_parquet(df, path)
     return path
 
 

@@ -110,7 +110,7 @@ def reshard_task(task: Any) -> dict[str, Any]:
     """
     import polars as pl
 
-    from .fsutil import atomic_open
+    from .fsutil import write_parquet
     from .manifest import read_id_list
     from .shards import ReadReport, ShardWriter, iter_shard, stats_path
 
@@ -132,8 +132,7 @@ def reshard_task(task: Any) -> dict[str, Any]:
     df = pl.DataFrame({"key": [r[0] for r in rows], "shard": [r[1] for r in rows],
                        "source_shard": [a["input"]] * len(rows)},
                       schema={"key": pl.String, "shard": pl.String, "source_shard": pl.String})
-    with atomic_open(part, "wb") as f:
-        df.write_parquet(f, statistics=False)
+    write_parquet(df, part)
     outputs = [str(p.relative_to(out)) for p in w.written] + [str(stats_path(p).relative_to(out)) for p in w.written]
     outputs.append(str(part.relative_to(out)))
     return {"outputs": outputs,

@@ -70,7 +70,7 @@ def make_world(root: Path, per_pair: int = 24, seed: int = 0) -> Path:
 
 
 def fast_config(**kw):
-    from curate.embed.mini_clip import MiniClipConfig
+    from training.models.mini_clip import MiniClipConfig
 
     return MiniClipConfig(**{"image_size": 32, "width": 8, "word_dim": 32, "embed_dim": 32, "epochs": 12,
                              "batch_size": 36, "lr": 5e-3, "max_seconds": 120, **kw})
@@ -78,14 +78,14 @@ def fast_config(**kw):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    from curate.embed.mini_clip import ensure_mini_clip
+    from training.models.mini_clip import ensure_mini_clip
 
     world = make_world(tmp_path_factory.mktemp("world"))
     return world, ensure_mini_clip(world, config=fast_config())
 
 
 def test_trains_learns_and_reports_common_vs_rare(trained):
-    from curate.embed.mini_clip import read_report
+    from training.models.mini_clip import read_report
 
     world, folder = trained
     for name in ("model.safetensors", "config.json", "vocab.json", "report.json"):
@@ -123,8 +123,8 @@ def test_loads_as_mini_spec_and_encodes(trained):
 
 
 def test_cache_is_reused_and_keyed_by_world(trained, tmp_path):
-    from curate.embed.mini_clip import ensure_mini_clip, fingerprint
     from curate.paths import mini_clip_cache_dir
+    from training.models.mini_clip import ensure_mini_clip, fingerprint
 
     world, folder = trained
     assert folder.parent == mini_clip_cache_dir() and folder.name == fingerprint(world, fast_config())
@@ -137,7 +137,7 @@ def test_cache_is_reused_and_keyed_by_world(trained, tmp_path):
 
 def test_bad_inputs(tmp_path, trained):
     from curate.embed.backends import load_model
-    from curate.embed.mini_clip import ensure_mini_clip
+    from training.models.mini_clip import ensure_mini_clip
 
     with pytest.raises(CurateError, match="no world.json"):
         ensure_mini_clip(tmp_path)

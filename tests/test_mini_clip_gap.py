@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from builders.synthetic.world import ensure_world
-from curate.embed.mini_clip import MiniClipConfig, ensure_mini_clip, read_report
+from training.models.mini_clip import MiniClipConfig, ensure_mini_clip, read_report
 
 pytestmark = pytest.mark.slow
 

@@ -113,26 +113,6 @@ def test_aux_labels_read_tolerantly(tmp_path):
     assert aux.bad_lines == [4, 5]
 
 
-def test_fast_tar_reader_matches_shard_reader(tiny_dataset, tmp_path):
-    from annotations.media import iter_images
-    from curate.shards import ReadReport, iter_shard, write_shard
-
-    for shard in sorted((tiny_dataset / "shards").glob("*.tar")):
-        fast = list(iter_images(shard, ReadReport(shard.name)))
-        slow = [(s["__key__"], "jpg", s["jpg"]) for s in iter_shard(shard)]
-        assert fast == slow and fast
-    # a truncated shard yields the complete images before the cut and reports the error
-    shard = sorted((tiny_dataset / "shards").glob("*.tar"))[0]
-    cut = tmp_path / "cut.tar"
-    cut.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    rep = ReadReport("cut.tar")
-    got = list(iter_images(cut, rep))
-    assert 0 < len(got) < len(list(iter_shard(shard))) and rep.error
-    # names with folders are not plain: the reader falls back to tarfile
-    write_shard(tmp_path / "nested.tar", [{"__key__": "k1", "jpg": b"abc"}])
-    assert [k for k, _, _ in iter_images(tmp_path / "nested.tar", ReadReport(""))] == ["k1"]
-
-
 # -- with the database -----------------------------------------------------------------------
 def test_sync_creates_dataset_with_fields_views_and_aux(fo, tmp_path):
     folder = make_tiny_dataset(tmp_path / "ds-a")

@@ -220,3 +220,22 @@ def test_list_shards_patterns(tmp_path):
     assert list_shards([str(w.written[4]), str(w.written[0])]) == [w.written[4], w.written[0]]
     with pytest.raises(CurateError, match="no .tar shards"):
         list_shards(str(tmp_path / "nothing-*.tar"))
+
+
+def test_fast_tar_reader_matches_tarfile(tiny_dataset, tmp_path):
+    """Moved from test_review (the review media code had its own fast reader; it is now iter_shard's)."""
+    for shard in sorted((tiny_dataset / "shards").glob("*.tar")):
+        fast = [(s["__key__"], "jpg", s["jpg"]) for s in iter_shard(shard)]
+        with tarfile.open(shard) as tar:
+            slow = [(m.name.split(".", 1)[0], "jpg", tar.extractfile(m).read()) for m in tar if m.name.endswith(".jpg")]
+        assert fast == slow and fast
+    # a truncated shard yields the complete images before the cut and reports the error
+    shard = sorted((tiny_dataset / "shards").glob("*.tar"))[0]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    rep = ReadReport("cut.tar")
+    got = list(iter_shard(cut, rep))
+    assert 0 < len(got) < len(list(iter_shard(shard))) and rep.error
+    # names with folders: the key keeps the folder (the WebDataset convention)
+    write_shard(tmp_path / "nested.tar", [{"__key__": "k1", "jpg": b"abc"}])
+    assert [s["__key__"] for s in iter_shard(tmp_path / "nested.tar")] == ["k1"]

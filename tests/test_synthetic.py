@@ -24,7 +24,7 @@ from PIL import Image
 
 from builders.synthetic.generator import DemoGenerator
 from builders.synthetic.httpserver import serve_folder, write_url_list
-from builders.synthetic.render import TYPICAL_COLOUR_P, render, render_sample, sample_visible, to_jpeg
+from builders.synthetic.render import TYPICAL_COLOUR_P, render, render_sample, sample_visible
 from builders.synthetic.vocab import (
     ATTRIBUTE_NAMES,
     FAMILIES,
@@ -39,6 +39,7 @@ from builders.synthetic.vocab import (
 )
 from builders.synthetic.world import SCALES, World, ensure_world
 from curate.errors import CurateError
+from curate.images import encode_jpeg as to_jpeg
 from curate.shards import iter_shard
 
 CURATE = str(Path(sys.executable).with_name("curate"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.fsutil import atomic_open, write_json, write_text
+from curate.fsutil import write_json, write_parquet, write_text
 
 from .generate import AuxResult
 
@@ -35,7 +35,6 @@ def write_outputs(out: Path, results: list[AuxResult], summary: dict) -> list[Pa
               "tries": pl.Int32, "raw_answer": pl.Utf8, "raw_answers": pl.List(pl.Utf8),
               "problems": pl.List(pl.Utf8)}
     df = pl.DataFrame(rows, schema=schema)
-    with atomic_open(out / AUX_TABLE, "wb") as f:
-        df.write_parquet(f, statistics=False)
+    write_parquet(df, out / AUX_TABLE)
     write_json(out / AUX_SUMMARY, summary)
     return [out / AUX_LABEL, out / AUX_TABLE, out / AUX_SUMMARY]

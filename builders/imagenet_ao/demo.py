@@ -15,13 +15,13 @@ log = logging.getLogger(__name__)
 def demo_config(scale: str = "medium", workers: int | None = None, seed: int = 0) -> BuildConfig:
     """Materialise the world and the mini-CLIP if needed; return a config that mines them."""
     from builders.synthetic.world import ensure_world
-    from curate.embed.mini_clip import ensure_mini_clip
+    from curate.embed.backends import demo_model_spec
 
     base = default_demo_dir()
     world_dir = base / "world"
     log.info("demo world: %s (scale %s)", world_dir, scale)
     world = ensure_world(world_dir, scale=scale, seed=seed)
-    model_dir = ensure_mini_clip(world.path)
+    model = demo_model_spec(world.path)
     return BuildConfig(
         out=str(base / "imagenet-ao"),
         objects=str(world.path / "world.json"),
@@ -30,7 +30,7 @@ def demo_config(scale: str = "medium", workers: int | None = None, seed: int = 0
         pool=str(world.path / "pool" / "images"),
         generator="demo",
         generator_images=12,
-        model=f"mini:{model_dir}",
+        model=model,
         images_per_pair=8,
         min_images_per_pair=2,
         retrieve_k=30,

@@ -20,7 +20,7 @@ import polars as pl
 
 from curate.errors import CurateError
 from curate.fsutil import atomic_open, write_bytes, write_text
-from curate.shards import iter_shard
+from curate.shards import iter_keys
 
 FORMATS = ("czsl", "imagefolder")
 SPLIT_NAME = "compositional-split-natural"
@@ -33,18 +33,12 @@ def czsl_name(text: str) -> str:
 def _extract(out: Path, manifest: pl.DataFrame, dest_of) -> int:
     """Write every manifest image to ``dest_of(row)`` (skipping files already there)."""
     n = 0
-    by_shard: dict[str, dict[str, dict]] = {}
-    for row in manifest.iter_rows(named=True):
-        by_shard.setdefault(row["shard"], {})[row["key"]] = row
-    for shard, rows in sorted(by_shard.items()):
-        for s in iter_shard(out / "shards" / shard):
-            row = rows.get(s["__key__"])
-            if row is None:
-                continue
-            dest = dest_of(row)
-            if not dest.exists():
-                write_bytes(dest, s["jpg"])
-            n += 1
+    rows = {row["key"]: row for row in manifest.iter_rows(named=True)}
+    for s in iter_keys({k: out / "shards" / r["shard"] for k, r in rows.items()}, exts=("jpg",)):
+        dest = dest_of(rows[s["__key__"]])
+        if not dest.exists():
+            write_bytes(dest, s["jpg"])
+        n += 1
     return n
 
 

@@ -9,12 +9,12 @@ Each backend returns ``(key, jpeg bytes, meta)`` tuples, deterministic by seed.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from pathlib import Path
 from typing import Any, Protocol
 
 from curate.errors import CurateError
+from curate.images import encode_jpeg
 from curate.ledger import Task
 from curate.shards import write_shard
 
@@ -55,10 +55,8 @@ class DiffusersGenerator:
         for i in range(n):
             g = torch.Generator(device="cpu").manual_seed(seed + i)
             img = self.pipe(prompt=prompt, num_inference_steps=self.steps, guidance_scale=0.0, generator=g).images[0]
-            buf = io.BytesIO()
-            img.convert("RGB").save(buf, format="JPEG", quality=90)
             key = re.sub(r"[^A-Za-z0-9]+", "_", f"{attr}_{obj}_{seed + i}")
-            out.append((key, buf.getvalue(), {"prompt": prompt, "seed": seed + i, "generator": "diffusers"}))
+            out.append((key, encode_jpeg(img), {"prompt": prompt, "seed": seed + i, "generator": "diffusers"}))
         return out
 
 

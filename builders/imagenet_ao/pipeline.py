@@ -9,7 +9,6 @@ what is done and, with the same inputs and seed, writes a byte-identical manifes
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import random
@@ -24,12 +23,13 @@ import polars as pl
 from curate.config import to_dict
 from curate.errors import CurateError
 from curate.executor import get_executor
-from curate.fsutil import atomic_open, write_json
-from curate.ledger import Ledger, Task, run_stage
-from curate.log import StageSummary, Timer, print_table, summary_table
+from curate.fsutil import atomic_open, write_json, write_parquet
+from curate.images import to_jpeg
+from curate.ledger import Task, run_global, run_stage
+from curate.log import StageSummary, print_table, summary_table
 from curate.manifest import write_manifest
 from curate.outdir import OutputDir
-from curate.shards import ReadReport, ShardWriter, iter_shard, shard_name
+from curate.shards import IMAGE_EXTS, ReadReport, ShardWriter, image_of, iter_shard, shard_name
 
 from .config import BuildConfig
 from .filters import FilterConfig, attribute_wins, cap_and_minimum, check_image, dedup, object_rank
@@ -65,11 +65,6 @@ def sample_key(source: str, src_key: str, attr: str, obj: str) -> str:
     """Stable, unique per (image, pair): an image mined for two pairs gets two keys."""
     h = hashlib.sha1(f"{attr}|{obj}".encode()).hexdigest()[:6]
     return f"{source[:1]}-{_slug(src_key)}-{h}"
-
-
-def _write_parquet(df: pl.DataFrame, path: Path) -> None:
-    with atomic_open(path, "wb") as f:
-        df.write_parquet(f, statistics=False)
 
 
 def _cached_npy(out: Path, rel: str, compute) -> np.ndarray:
@@ -124,9 +119,12 @@ def pool_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, encoder,
     emb_dir = out / "pool" / "embeddings"
     _embed(shards, emb_dir, cfg, workers, executor, address)
     idx_dir = out / "pool" / "index"
-    if not Ledger(out, "pool index").is_done("all"):
+
+    def index_stage() -> dict[str, Any]:
         build_index(emb_dir, idx_dir)
-        Ledger(out, "pool index").mark_done("all", ["pool/index"])
+        return {}
+
+    run_global("pool index", index_stage, out, ["pool/index"])
     index = SearchIndex.load(idx_dir)
     names = [f"{a} {o}" for a, o in targets.select("attr", "obj").iter_rows()]
     q = _cached_npy(out, "text/retrieval_queries.npy",
@@ -177,18 +175,16 @@ def _decode_task(task: Task) -> dict[str, Any]:
     wanted = set(a["keys"])
     rows = []
     rep = ReadReport(shard=Path(a["shard"]).name)
-    for s in iter_shard(a["shard"], rep):
-        if s["__key__"] not in wanted:
-            continue
-        data = next((s[e] for e in ("jpg", "jpeg", "png", "webp") if e in s), b"")
-        ok, reason, w, h = check_image(data, a["min_resolution"])
+    for s in iter_shard(a["shard"], rep, keys=wanted, exts=IMAGE_EXTS):
+        img = image_of(s)
+        ok, reason, w, h = check_image(img[1] if img else b"", a["min_resolution"])
         rows.append((s["__key__"], ok, reason, w, h))
         wanted.discard(s["__key__"])
     for k in sorted(wanted):
         rows.append((k, False, "missing from shard" + (f" ({rep.error})" if rep.error else ""), 0, 0))
     df = pl.DataFrame(rows, schema={"src_key": pl.String, "ok": pl.Boolean, "reason": pl.String,
                                     "width": pl.Int64, "height": pl.Int64}, orient="row")
-    _write_parquet(df.with_columns(pl.lit(a["shard"]).alias("src_shard")), Path(a["out"]) / a["rel"])
+    write_parquet(df.with_columns(pl.lit(a["shard"]).alias("src_shard")), Path(a["out"]) / a["rel"])
     return {"outputs": [a["rel"]], "stats": {"items": len(rows), "read_error": rep.error}}
 
 
@@ -306,23 +302,6 @@ def assign_splits(df: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
     return df.join(sp, on="key", how="left")
 
 
-def _to_jpeg(data: bytes) -> bytes:
-    """JPEG bytes pass through; anything else (PNG with alpha ...) is flattened on white and encoded."""
-    if data[:3] == b"\xff\xd8\xff":
-        return data
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            bg = Image.new("RGB", im.size, (255, 255, 255))
-            bg.paste(im, mask=im.split()[-1])
-            im = bg
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="JPEG", quality=90)
-        return buf.getvalue()
-
-
 def write_dataset_shards(kept: pl.DataFrame, out: Path, maxcount: int = 1000) -> pl.DataFrame:
     """Write kept images + json into ``shards/``; returns key -> shard.
 
@@ -342,12 +321,12 @@ def write_dataset_shards(kept: pl.DataFrame, out: Path, maxcount: int = 1000) ->
     with ShardWriter(shard_dir, prefix="imagenet-ao", maxcount=maxcount) as w:
         for src in sorted(by_src):
             wanted = by_src[src]
-            for s in iter_shard(src):
-                metas = wanted.get(s["__key__"])
-                if not metas:
+            for s in iter_shard(src, keys=wanted, exts=IMAGE_EXTS):
+                img = image_of(s)
+                if img is None:
                     continue
-                data = _to_jpeg(next(s[e] for e in ("jpg", "jpeg", "png", "webp") if e in s))
-                for meta in metas:
+                data = to_jpeg(img[1])
+                for meta in wanted[s["__key__"]]:
                     rows.append((meta["key"], w.write({"__key__": meta["key"], "jpg": data, "json": meta})))
     return pl.DataFrame(rows, schema={"key": pl.String, "shard": pl.String}, orient="row")
 
@@ -364,10 +343,13 @@ def write_embeddings(keys: list[str], emb: np.ndarray, out: Path, model: str) ->
 
 
 # --- the whole build --------------------------------------------------------------------------
+KEPT, KEPT_EMB = "filters/kept.parquet", "filters/kept_emb.npy"
+
+
 def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local", address: str | None = None,
           overwrite: bool = False) -> BuildResult:
-    from curate.embed.backends import cached_model
-
+    """Every stage through the ledger (``run_stage`` per task, ``run_global`` per global step), so a
+    rerun after kill -9 skips what is done and ends with byte-identical outputs."""
     if not cfg.out:
         raise CurateError("no --out folder given")
     if not cfg.captions:
@@ -377,112 +359,141 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
     if not cfg.model:
         raise CurateError("no embedding model", fix="pass --model SPEC (see `curate model list`)")
     out = Path(cfg.out)
-    stages: list[StageSummary] = []
-    funnel: list[FunnelRow] = []
     run_cfg = to_dict(cfg)
     with OutputDir(out, "build imagenet-ao", run_cfg, overwrite=overwrite):
         ex = get_executor(executor, workers, address)
-        nworkers = ex.workers
-        # 1. vocabulary
-        t = Timer()
         vocab = load_vocabulary(cfg.objects, cfg.attributes)
-        stages.append(StageSummary("vocabulary", done=1, items=len(vocab.objects) + len(vocab.attributes), seconds=t.elapsed))
-        funnel.append(FunnelRow("vocabulary", len(vocab.attributes) * len(vocab.objects), 0,
-                                f"{len(vocab.attributes)} attributes x {len(vocab.objects)} objects"))
-        # 2. rarity scan
-        files = list_caption_files(cfg.captions)
-        rr = scan_corpus(files, vocab, out, ex, cfg.caption_column, cfg.max_cooccurrence)
-        stages.append(rr.summary)
-        _write_parquet(rr.pairs, out / "pairs.parquet")
-        n_rare = int(rr.pairs["rare"].sum())
-        funnel.append(FunnelRow(f"rare pairs (co-occurrence <= {cfg.max_cooccurrence})", n_rare,
-                                rr.pairs.height - n_rare, f"{rr.captions:,} captions in {rr.files} file(s), NMI {rr.nmi:.4f}"))
-        if n_rare == 0:
-            raise CurateError(f"no rare pair: every pair co-occurs more than {cfg.max_cooccurrence} times "
-                              f"in {rr.captions} captions", fix="raise --max-cooccurrence or use a larger vocabulary")
-        targets = choose_pairs(rr.pairs, cfg.max_pairs, cfg.common_pairs, cfg.seed)
-        _write_parquet(targets, out / "targets.parquet")
-        # 3. candidates
-        encoder = cached_model(cfg.model, cfg.device)
-        t = Timer()
-        frames = []
-        emb_dirs: list[Path | None] = [None, None]
-        source_stats: dict[str, Any] = {}
-        if cfg.pool:
-            df, source_stats["pool"] = pool_candidates(cfg, out, targets, encoder, ex, nworkers, executor, address)
-            frames.append(df)
-            emb_dirs[0] = out / "pool" / "embeddings"
-        if cfg.generator:
-            df, gen_dir = generator_candidates(cfg, out, targets, ex)
-            _embed(sorted(gen_dir.glob("gen-*.tar")), out / "generated" / "embeddings", cfg, nworkers, executor, address)
-            emb_dirs[1] = out / "generated" / "embeddings"
-            frames.append(df)
-        cands = pl.concat(frames).join(targets.select("attr", "obj", "rare", "family"), on=["attr", "obj"], how="left")
-        cands = cands.sort("source", "src_key", "attr", "obj")
-        _write_parquet(cands, out / "candidates.parquet")
-        stages.append(StageSummary("candidates", done=1, items=cands.height, seconds=t.elapsed))
-        funnel.append(FunnelRow("candidates", cands.height, 0,
-                                ", ".join(f"{k}: {v}" for k, v in cands.group_by("source").len().sort("source").iter_rows())))
-        # 4. filters
-        t = Timer()
-        dec = decode_check(cands, out, ex, cfg.min_resolution)
-        cands = cands.join(dec.select("src_key", "src_shard", "ok", "reason", "width", "height"),
-                           on=["src_key", "src_shard"], how="left").with_columns(pl.col("ok").fill_null(False))
-        bad = dec.filter(~pl.col("ok")).select("src_key", "reason", "src_shard")
-        pool_rejected = source_stats.get("pool", {}).pop("rejected", [])
-        if pool_rejected:
-            bad = pl.concat([pl.DataFrame(pool_rejected, schema={"src_key": pl.String, "reason": pl.String},
-                                          orient="row").with_columns(pl.lit(None, pl.String).alias("src_shard")), bad])
-            source_stats["pool"]["rejected_at_ingest"] = len(pool_rejected)
-            funnel.append(FunnelRow("pool images refused at ingest", 0, len(pool_rejected),
-                                    "undecodable, empty, too small or too large (bomb guard)"))
-        if bad.height:
-            _write_parquet(bad, out / "filters" / "rejected_images.parquet")
-            log.warning("%d candidate image(s) failed the decode/resolution check (see filters/rejected_images.parquet)",
-                        bad.height)
-        img = _embeddings_for(cands, emb_dirs)
-        fc = FilterConfig(cfg.min_resolution, cfg.object_topk, cfg.attribute_check, cfg.comp_threshold,
-                          cfg.dedup_threshold, cfg.images_per_pair, cfg.min_images_per_pair)
-        kept, kept_img, ffunnel, dropped = apply_filters(cands, img, vocab, encoder, fc, out)
-        funnel += ffunnel
-        stages.append(StageSummary("filters", done=1, items=cands.height, seconds=t.elapsed))
-        if kept.height == 0:
-            raise CurateError("every candidate was filtered out", where=str(out),
-                              fix="lower --min-images-per-pair or --comp-threshold, raise --retrieve-k, or add a generator")
-        # 5. output
-        t = Timer()
-        kept = kept.with_columns(
-            pl.format("{} {}", "attr", "obj").alias("pair"),
-            pl.struct("source", "src_key", "attr", "obj").map_elements(
-                lambda r: sample_key(r["source"], r["src_key"], r["attr"], r["obj"]), return_dtype=pl.String).alias("key"),
-        )
-        kept = assign_splits(kept.with_row_index("_i"), cfg).sort("key")
-        kept_img = kept_img[kept["_i"].to_numpy()]
-        key_shard = write_dataset_shards(kept, out)
-        cols = ["key", "attr", "obj", "pair", "family", "rare", "split", "source", "score_comp", "score_retrieval",
-                "obj_rank", "width", "height", "src_key"]
-        manifest = kept.select([c for c in cols if c in kept.columns]).join(key_shard, on="key", how="inner")
-        manifest = manifest.with_columns(pl.lit(None, dtype=pl.String).alias("review_status"))
-        write_manifest(manifest, out)
-        write_embeddings(manifest.sort("key")["key"].to_list(), kept_img, out, cfg.model)
-        funnel.append(FunnelRow("written", manifest.height, 0,
-                                f"{manifest['pair'].n_unique()} pairs, {manifest.filter(pl.col('rare')).height} rare-pair images"))
-        exports = {}
-        for fmt in cfg.export:
+        stages: list[StageSummary] = []
+
+        def stage(res):
+            stages.append(res.summary)
+            return res.stats
+
+        # 1-2. vocabulary and rarity scan -> pairs.parquet, targets.parquet
+        def pairs_stage() -> dict[str, Any]:
+            files = list_caption_files(cfg.captions)
+            rr = scan_corpus(files, vocab, out, ex, cfg.caption_column, cfg.max_cooccurrence)
+            stages.append(rr.summary)
+            write_parquet(rr.pairs, out / "pairs.parquet")
+            n_rare = int(rr.pairs["rare"].sum())
+            if n_rare == 0:
+                raise CurateError(f"no rare pair: every pair co-occurs more than {cfg.max_cooccurrence} times "
+                                  f"in {rr.captions} captions", fix="raise --max-cooccurrence or use a larger vocabulary")
+            write_parquet(choose_pairs(rr.pairs, cfg.max_pairs, cfg.common_pairs, cfg.seed), out / "targets.parquet")
+            return {"items": rr.pairs.height, "rare": n_rare, "captions": rr.captions, "files": rr.files,
+                    "failed_files": rr.failed, "nmi": rr.nmi}
+
+        rarity = stage(run_global("pairs", pairs_stage, out, ["pairs.parquet", "targets.parquet"]))
+        targets = pl.read_parquet(out / "targets.parquet")
+        encoder = _LazyEncoder(cfg.model, cfg.device)
+        emb_dirs: list[Path | None] = [out / "pool" / "embeddings" if cfg.pool else None,
+                                       out / "generated" / "embeddings" if cfg.generator else None]
+
+        # 3. candidates -> candidates.parquet
+        def candidates_stage() -> dict[str, Any]:
+            frames, sources = [], {}
+            if cfg.pool:
+                df, sources["pool"] = pool_candidates(cfg, out, targets, encoder, ex, ex.workers, executor, address)
+                frames.append(df)
+            if cfg.generator:
+                df, gen_dir = generator_candidates(cfg, out, targets, ex)
+                _embed(sorted(gen_dir.glob("gen-*.tar")), out / "generated" / "embeddings", cfg, ex.workers,
+                       executor, address)
+                frames.append(df)
+            cands = pl.concat(frames).join(targets.select("attr", "obj", "rare", "family"), on=["attr", "obj"],
+                                           how="left").sort("source", "src_key", "attr", "obj")
+            write_parquet(cands, out / "candidates.parquet")
+            by_source = dict(cands.group_by("source").len().sort("source").iter_rows())
+            return {"items": cands.height, "sources": sources, "by_source": by_source}
+
+        cand_stats = stage(run_global("candidates", candidates_stage, out, ["candidates.parquet"]))
+
+        # 4. filters -> filters/kept.parquet + their embeddings
+        def filters_stage() -> dict[str, Any]:
+            cands = pl.read_parquet(out / "candidates.parquet")
+            dec = decode_check(cands, out, ex, cfg.min_resolution)
+            cands = cands.join(dec.select("src_key", "src_shard", "ok", "reason", "width", "height"),
+                               on=["src_key", "src_shard"], how="left").with_columns(pl.col("ok").fill_null(False))
+            bad = dec.filter(~pl.col("ok")).select("src_key", "reason", "src_shard")
+            pool_rejected = cand_stats.get("sources", {}).get("pool", {}).get("rejected", [])
+            if pool_rejected:
+                bad = pl.concat([pl.DataFrame(pool_rejected, schema={"src_key": pl.String, "reason": pl.String},
+                                              orient="row").with_columns(pl.lit(None, pl.String).alias("src_shard")),
+                                 bad])
+            if bad.height:
+                write_parquet(bad, out / "filters" / "rejected_images.parquet")
+                log.warning("%d candidate image(s) failed the decode/resolution check "
+                            "(see filters/rejected_images.parquet)", bad.height)
+            img = _embeddings_for(cands, emb_dirs)
+            fc = FilterConfig(cfg.min_resolution, cfg.object_topk, cfg.attribute_check, cfg.comp_threshold,
+                              cfg.dedup_threshold, cfg.images_per_pair, cfg.min_images_per_pair)
+            kept, kept_img, funnel, dropped = apply_filters(cands, img, vocab, encoder, fc, out)
+            if kept.height == 0:
+                raise CurateError("every candidate was filtered out", where=str(out),
+                                  fix="lower --min-images-per-pair or --comp-threshold, raise --retrieve-k, "
+                                      "or add a generator")
+            write_parquet(kept, out / KEPT)
+            with atomic_open(out / KEPT_EMB, "wb") as f:
+                np.save(f, kept_img.astype(np.float32), allow_pickle=False)
+            return {"items": cands.height, "funnel": [f.__dict__ for f in funnel], "dropped_pairs": dropped,
+                    "rejected_at_ingest": len(pool_rejected)}
+
+        filt = stage(run_global("filters", filters_stage, out, [KEPT, KEPT_EMB]))
+
+        # 5. output: shards, manifest, embeddings, exports
+        def output_stage() -> dict[str, Any]:
+            kept = pl.read_parquet(out / KEPT)
+            kept_img = np.load(out / KEPT_EMB)
+            kept = kept.with_columns(
+                pl.format("{} {}", "attr", "obj").alias("pair"),
+                pl.struct("source", "src_key", "attr", "obj").map_elements(
+                    lambda r: sample_key(r["source"], r["src_key"], r["attr"], r["obj"]),
+                    return_dtype=pl.String).alias("key"),
+            )
+            kept = assign_splits(kept.with_row_index("_i"), cfg).sort("key")
+            kept_img = kept_img[kept["_i"].to_numpy()]
+            key_shard = write_dataset_shards(kept, out)
+            cols = ["key", "attr", "obj", "pair", "family", "rare", "split", "source", "score_comp",
+                    "score_retrieval", "obj_rank", "width", "height", "src_key"]
+            manifest = kept.select([c for c in cols if c in kept.columns]).join(key_shard, on="key", how="inner")
+            manifest = manifest.with_columns(pl.lit(None, dtype=pl.String).alias("review_status"))
+            write_manifest(manifest, out)
+            write_embeddings(manifest.sort("key")["key"].to_list(), kept_img, out, cfg.model)
             from .exports import export
 
-            exports[fmt] = str(export(fmt, out, manifest))
-        stages.append(StageSummary("output", done=1, items=manifest.height, seconds=t.elapsed))
+            exports = {fmt: str(export(fmt, out, manifest)) for fmt in cfg.export}
+            return {"items": manifest.height, "exports": exports}
+
+        output = stage(run_global("output", output_stage, out, ["manifest.parquet", "shards"]))
+        manifest = pl.read_parquet(out / "manifest.parquet")
+
+        funnel = [FunnelRow("vocabulary", len(vocab.attributes) * len(vocab.objects), 0,
+                            f"{len(vocab.attributes)} attributes x {len(vocab.objects)} objects"),
+                  FunnelRow(f"rare pairs (co-occurrence <= {cfg.max_cooccurrence})", rarity["rare"],
+                            len(vocab.attributes) * len(vocab.objects) - rarity["rare"],
+                            f"{rarity['captions']:,} captions in {rarity['files']} file(s), NMI {rarity['nmi']:.4f}"),
+                  FunnelRow("candidates", cand_stats["items"], 0,
+                            ", ".join(f"{k}: {v}" for k, v in sorted(cand_stats["by_source"].items())))]
+        source_stats = {k: {n: v for n, v in st.items() if n != "rejected"}
+                        for k, st in cand_stats.get("sources", {}).items()}
+        if filt["rejected_at_ingest"]:
+            source_stats["pool"]["rejected_at_ingest"] = filt["rejected_at_ingest"]
+            funnel.append(FunnelRow("pool images refused at ingest", 0, filt["rejected_at_ingest"],
+                                    "undecodable, empty, too small or too large (bomb guard)"))
+        funnel += [FunnelRow(**row) for row in filt["funnel"]]
+        funnel.append(FunnelRow("written", manifest.height, 0,
+                                f"{manifest['pair'].n_unique()} pairs, "
+                                f"{manifest.filter(pl.col('rare')).height} rare-pair images"))
         counts = {
             "samples": manifest.height,
             "pairs": manifest["pair"].n_unique(),
-            "rare_pairs_found": n_rare,
+            "rare_pairs_found": rarity["rare"],
             "rare_pairs_kept": manifest.filter(pl.col("rare"))["pair"].n_unique(),
             "seen_pairs_kept": manifest.filter(~pl.col("rare"))["pair"].n_unique(),
             "splits": dict(manifest.group_by("split").len().sort("split").iter_rows()),
-            "dropped_pairs": dropped,
-            "captions_scanned": rr.captions,
-            "nmi": rr.nmi,
+            "dropped_pairs": filt["dropped_pairs"],
+            "captions_scanned": rarity["captions"],
+            "nmi": rarity["nmi"],
         }
         info = {
             "name": out.resolve().name,
@@ -490,10 +501,12 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
             "config": run_cfg,
             "versions": _versions(),
             "counts": counts,
+            "vocabulary": {"objects": vocab.object_names, "attributes": vocab.attribute_names},
             "funnel": [f.__dict__ for f in funnel],
             "sources": source_stats,
-            "exports": exports,
-            "rarity": {"nmi": rr.nmi, "captions": rr.captions, "files": rr.files, "failed_files": rr.failed},
+            "exports": output["exports"],
+            "rarity": {"nmi": rarity["nmi"], "captions": rarity["captions"], "files": rarity["files"],
+                       "failed_files": rarity["failed_files"]},
         }
         write_json(out / "dataset.json", info)
         from .card import write_card
@@ -501,6 +514,20 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
         write_card(out, info, manifest)
         print_table(summary_table(stages, title="curate build imagenet-ao"))
         return BuildResult(out, funnel, counts, stages)
+
+
+class _LazyEncoder:
+    """The embedding model, loaded on first use: a rerun whose model stages are done never loads it."""
+
+    def __init__(self, spec: str, device: str):
+        self.spec, self.device, self._enc = spec, device, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._enc is None:
+            from curate.embed.backends import cached_model
+
+            self._enc = cached_model(self.spec, self.device)
+        return getattr(self._enc, name)
 
 
 def _versions() -> dict[str, str]:

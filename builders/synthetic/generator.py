@@ -1,3 +1,4 @@
+
 """The demo's stand-in for a text-to-image model (DALL-E, SDXL-Turbo): the procedural renderer.
 
 ``DemoGenerator().generate("striped", "heart", n=8, seed=0)`` renders eight images of a
@@ -11,7 +12,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from .render import DEFAULT_SIZE, render_sample, to_jpeg
+from curate.images import encode_jpeg
+
+from .render import DEFAULT_SIZE, render_sample
 from .vocab import FAMILY_OF, check_attr, check_obj, slug
 
 GENERATOR_STREAM = 0x6E6
@@ -46,5 +49,5 @@ class DemoGenerator:
             meta = {**vis, "key": key, "pair": f"{attr} {obj}", "family": FAMILY_OF[attr], "seed": s,
                     "prompt": f"a photo of a {attr} {obj}", "source": self.name, "width": self.size,
                     "height": self.size}
-            out.append((key, to_jpeg(img, self.quality), meta))
+            out.append((key, encode_jpeg(img, self.quality), meta))
         return out

@@ -122,7 +122,7 @@ def write_url_list(pool_dir: str | os.PathLike, base_url: str, out_dir: str | os
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from curate.fsutil import atomic_open, write_text
+    from curate.fsutil import write_parquet, write_text
 
     pool_dir = Path(pool_dir)
     src = pool_dir / "pool.parquet"
@@ -135,7 +135,6 @@ def write_url_list(pool_dir: str | os.PathLike, base_url: str, out_dir: str | os
                     "attr": table.column("attr"), "obj": table.column("obj")})
     out_dir = Path(out_dir) if out_dir is not None else pool_dir
     pq_path, txt_path = out_dir / "urls.parquet", out_dir / "urls.txt"
-    with atomic_open(pq_path, "wb") as f:
-        pq.write_table(out, f)
+    write_parquet(out, pq_path, statistics=True)
     write_text(txt_path, "".join(u + "\n" for u in urls))
     return pq_path, txt_path

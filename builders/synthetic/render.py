@@ -26,7 +26,6 @@ with a gradient, grey low-contrast clutter (lines, rings, boxes), and Gaussian n
 
 from __future__ import annotations
 
-import io
 import math
 from functools import lru_cache
 
@@ -214,9 +213,3 @@ def render_sample(attr: str, obj: str, seed: int, size: int = DEFAULT_SIZE) -> t
 def render(attr: str, obj: str, seed: int, size: int = DEFAULT_SIZE) -> Image.Image:
     """The image of ``attr obj`` for ``seed`` (deterministic; see the module docstring)."""
     return render_sample(attr, obj, seed, size)[0]
-
-
-def to_jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()

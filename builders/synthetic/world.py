@@ -35,14 +35,15 @@ from typing import Any
 
 from curate.errors import CurateError
 from curate.executor import Executor, LocalExecutor
-from curate.fsutil import atomic_open, read_json, write_json
+from curate.fsutil import read_json, write_json, write_parquet
+from curate.images import encode_jpeg
 from curate.ledger import Task, run_stage
 from curate.log import StageSummary
 from curate.outdir import OutputDir
 
 from . import captions as cap
 from .generator import image_seed
-from .render import DEFAULT_SIZE, render_sample, to_jpeg
+from .render import DEFAULT_SIZE, render_sample
 from .vocab import (
     ATTRIBUTE_NAMES,
     ATTRIBUTES,
@@ -190,7 +191,7 @@ def _shard_task(args: dict) -> dict:
             caption = _train_caption(attr, obj, rng)
             meta = {**vis, "key": key, "pair": f"{attr} {obj}", "family": FAMILY_OF[attr], "caption": caption,
                     "seed": s, "split": split, "source": "demo-world", "width": size, "height": size}
-            yield {"__key__": key, "jpg": to_jpeg(img), "txt": caption, "json": meta}
+            yield {"__key__": key, "jpg": encode_jpeg(img), "txt": caption, "json": meta}
 
     rel = f"{split}/{split}-{args['index']:06d}.tar"
     st = write_shard(out / rel, samples())
@@ -199,7 +200,6 @@ def _shard_task(args: dict) -> dict:
 
 def _pool_task(args: dict) -> dict:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out = Path(args["out"])
     size, chunk = args["size"], args["index"]
@@ -223,7 +223,7 @@ def _pool_task(args: dict) -> dict:
         rel = f"images/{key}.jpg"
         # plain writes: the chunk, not the image, is the unit of resumption (its parquet and
         # ledger marker come after every image), and an fsync per file would cost 10x the render
-        (img_dir / f"{key}.jpg").write_bytes(to_jpeg(img))
+        (img_dir / f"{key}.jpg").write_bytes(encode_jpeg(img))
         # a rare pair's own caption must not name it (the corpus never pairs those words)
         caption = maker.object_caption(obj) if is_rare else maker.pair_caption(attr, obj)
         for k, v in (("key", key), ("path", rel), ("url", f"https://pool.demo-world.example/{rel}"),
@@ -231,14 +231,12 @@ def _pool_task(args: dict) -> dict:
                      ("pattern", vis["pattern"]), ("state", vis["state"]), ("width", size), ("height", size)):
             rows[k].append(v)
     rel_part = f".curate/parts/pool-{chunk:05d}.parquet"
-    with atomic_open(out / rel_part, "wb") as f:
-        pq.write_table(pa.table(rows), f)
+    write_parquet(pa.table(rows), out / rel_part, statistics=True)
     return {"outputs": [rel_part], "stats": {"items": len(rows["key"]), "images": len(rows["key"])}}
 
 
 def _captions_task(args: dict) -> dict:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out = Path(args["out"])
     spec = cap.CorpusSpec([tuple(p) for p in args["common"]], [tuple(p) for p in args["rare"]], args["seed"],
@@ -247,8 +245,7 @@ def _captions_task(args: dict) -> dict:
     rel = f"captions/part-{args['index']:05d}.parquet"
     table = pa.table({"url": pa.array(cols["url"], pa.string()), "caption": pa.array(cols["caption"], pa.string()),
                       "width": pa.array(cols["width"], pa.int32()), "height": pa.array(cols["height"], pa.int32())})
-    with atomic_open(out / rel, "wb") as f:
-        pq.write_table(table, f)
+    write_parquet(table, out / rel, statistics=True)
     return {"outputs": [rel], "stats": {"items": counts.rows, "captions": counts.to_dict()}}
 
 
@@ -308,8 +305,7 @@ def _merge_pool(out: Path, n_chunks: int) -> None:
 
     parts = [pq.read_table(out / ".curate" / "parts" / f"pool-{c:05d}.parquet") for c in range(n_chunks)]
     table = pa.concat_tables(parts) if parts else pa.table({})
-    with atomic_open(out / "pool" / "pool.parquet", "wb") as f:
-        pq.write_table(table, f)
+    write_parquet(table, out / "pool" / "pool.parquet", statistics=True)
 
 
 def world_config(scale: str, seed: int, size: int) -> dict[str, Any]:

@@ -19,7 +19,6 @@ Images are staged once (``.curate/images/KEY.jpg``, JPEG) and hard-linked into e
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -31,6 +30,7 @@ from typing import Any
 import polars as pl
 
 from curate.fsutil import TMP_MARK, write_json
+from curate.images import to_jpeg
 from curate.log import track
 from curate.shards import ShardWriter
 
@@ -50,7 +50,7 @@ def stage_images(shard_of: dict[str, str], keys: Iterable[str], staged: Path) ->
     staged.mkdir(parents=True, exist_ok=True)
     n = 0
     for key, data in track(iter_images(shard_of, todo), "stage images", total=len(todo), unit="img"):
-        _write_cache_file(staged / f"{key}.jpg", _as_jpeg(data))
+        _write_cache_file(staged / f"{key}.jpg", to_jpeg(data))
         n += 1
     return n
 
@@ -62,16 +62,6 @@ def _write_cache_file(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def _as_jpeg(data: bytes) -> bytes:
-    if data[:3] == b"\xff\xd8\xff":
-        return data
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
 
 
 def place(staged: Path, key: str, dest: Path) -> None:

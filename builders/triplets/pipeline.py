@@ -9,7 +9,6 @@ skipped, LLM answers come from the cache) and a different config is refused unle
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ import polars as pl
 
 from curate.config import to_dict
 from curate.errors import CurateError
-from curate.fsutil import read_json, write_json, write_text
-from curate.ledger import Ledger
+from curate.fsutil import read_json, write_json, write_parquet, write_text
+from curate.ledger import run_global
 from curate.log import StageSummary
 from curate.outdir import OutputDir
 
@@ -61,22 +60,11 @@ def build_triplets(cfg: TripletsConfig, overwrite: bool = False) -> dict[str, An
         return _run(cfg, out)
 
 
-def _stage(ledger_out: Path, name: str, outputs: list[str], fn: Callable[[], dict[str, Any]],
+def _stage(out: Path, name: str, outputs: list[str], fn: Callable[[], dict[str, Any]],
            summaries: list[StageSummary]) -> dict[str, Any]:
-    ledger = Ledger(ledger_out, "triplets")
-    st = StageSummary(name)
-    if ledger.is_done(name):
-        st.skipped = 1
-        summaries.append(st)
-        logger.info("%s: already done, skipped", name)
-        return (ledger.record(name) or {}).get("stats", {})
-    t0 = time.perf_counter()
-    stats = fn()
-    stats["seconds"] = round(time.perf_counter() - t0, 2)
-    ledger.mark_done(name, outputs, stats)
-    st.done, st.seconds, st.items = 1, time.perf_counter() - t0, int(stats.get("items", 0))
-    summaries.append(st)
-    return stats
+    res = run_global(f"triplets {name}", fn, out, outputs)
+    summaries.append(res.summary)
+    return dict(res.stats)
 
 
 def _run(cfg: TripletsConfig, out: Path) -> dict[str, Any]:
@@ -129,11 +117,8 @@ def _count(df: pl.DataFrame, col: str) -> dict[str, int]:
 
 
 def _write_parquet(df: pl.DataFrame, path: Path) -> None:
-    from curate.fsutil import atomic_open
-
     cols = [c for c in CONTRACT_COLUMNS if c in df.columns] + [c for c in df.columns if c not in CONTRACT_COLUMNS]
-    with atomic_open(path, "wb") as f:
-        df.select(cols).write_parquet(f, statistics=False)
+    write_parquet(df.select(cols), path)
 
 
 def _print_summary(summaries: list[StageSummary]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +22,10 @@ import polars as pl
 from curate.embed.store import l2_normalise
 from curate.errors import CurateError
 from curate.log import track
-from curate.shards import ReadReport, iter_shard
+from curate.shards import IMAGE_EXTS, ReadReport, image_of, iter_keys, iter_shard, list_shards
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 COLUMNS = ("key", "shard_path", "attr", "obj", "caption", "split_hint")
 
 
@@ -59,11 +57,10 @@ def load_source(path: str | Path, include_rejected: bool = False) -> Source:
 
 
 def _shard_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        hits = sorted(path.glob("*.tar")) or sorted((path / "shards").glob("*.tar"))
-        return [p for p in hits if ".tmp-" not in p.name]
-    if path.suffix == ".tar" and path.exists():
-        return [path]
+    """Shards in ``path`` (or in ``path/shards``), or ``path`` itself: none when there are none."""
+    for spec in (path, path / "shards"):
+        if spec.is_dir() and any(spec.glob("*.tar")) or spec.suffix == ".tar" and spec.is_file():
+            return list_shards(spec)
     return []
 
 
@@ -112,16 +109,9 @@ def _scan_images(df: pl.DataFrame) -> tuple[set[str], list[tuple[str, str]]]:
 
 
 def _image_members(shard: Path) -> tuple[set[str], str | None]:
-    seen: set[str] = set()
-    try:
-        with tarfile.open(shard, "r:*") as tar:
-            for m in tar:
-                base = m.name.rsplit("/", 1)[-1]
-                if m.isfile() and "." in base and base.split(".", 1)[1].lower() in IMAGE_EXTS:
-                    seen.add(base.split(".", 1)[0])
-    except (tarfile.TarError, OSError, EOFError) as e:
-        return seen, f"{type(e).__name__}: {e}"
-    return seen, None
+    rep = ReadReport(shard=shard.name)
+    seen = {s["__key__"] for s in iter_shard(shard, rep, exts=IMAGE_EXTS) if image_of(s)}
+    return seen, rep.error
 
 
 def _from_shards(path: Path, shards: list[Path]) -> Source:
@@ -133,7 +123,7 @@ def _from_shards(path: Path, shards: list[Path]) -> Source:
         for s in iter_shard(shard, rep):
             meta = _json_field(s.get("json"))
             caption = s["txt"].decode("utf-8", "replace") if "txt" in s else meta.get("caption")
-            if not any(e in s for e in IMAGE_EXTS):
+            if image_of(s) is None:
                 missing.append((s["__key__"], f"no image in {shard.name}"))
                 continue
             rows.append({"key": s["__key__"], "shard_path": str(shard), "attr": meta.get("attr"),
@@ -163,16 +153,10 @@ def _json_field(raw: bytes | None) -> dict:
 
 def iter_images(shard_of: dict[str, str], keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
     """``(key, image bytes)`` for ``keys``, streaming each shard that holds them once."""
-    by_shard: dict[str, set[str]] = {}
-    for k in keys:
-        by_shard.setdefault(shard_of[k], set()).add(k)
-    for shard in sorted(by_shard):
-        wanted = by_shard[shard]
-        for s in iter_shard(shard):
-            if s["__key__"] in wanted:
-                img = next((s[e] for e in IMAGE_EXTS if e in s), None)
-                if img:
-                    yield s["__key__"], img
+    for s in iter_keys({k: shard_of[k] for k in keys}, exts=IMAGE_EXTS):
+        img = image_of(s)
+        if img:
+            yield s["__key__"], img[1]
 
 
 # -- image features ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,32 @@ def load_hf(spec: str, rest: str, device: str) -> HFClipEncoder:
 # ------------------------------------------------------------------------------------------
 # entry points
 # ------------------------------------------------------------------------------------------
+# scheme -> "module:function(spec, rest, device) -> Encoder", imported on use (like the CLI's
+# command table): `curate` never imports the packages above it, and the demo mini-CLIP is a
+# model of `training`.
+LOADERS: dict[str, str] = {
+    "open_clip": "curate.embed.backends:load_open_clip",
+    "hf": "curate.embed.backends:load_hf",
+    "mini": "training.models.mini_clip:load_mini",
+}
+# the offline demo's model: ``function(world_dir) -> model folder`` (trained once, then cached)
+DEMO_MODEL = ("mini", "training.models.mini_clip:ensure_mini_clip")
+
+
+def resolve(target: str) -> Callable[..., Any]:
+    """The function named by a ``"module:function"`` string."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def demo_model_spec(world_dir: str | os.PathLike) -> str:
+    """The spec of the demo world's model, training it first if it is not cached."""
+    scheme, target = DEMO_MODEL
+    return f"{scheme}:{resolve(target)(world_dir)}"
+
+
 def bad_spec(spec: str) -> CurateError:
     return CurateError(f"unknown model spec {spec!r}", fix=f"use one of: {spec_forms_text()}")
 
@@ -324,17 +350,10 @@ def load_model(spec: str, device: str = "auto") -> Encoder:
     scheme, sep, rest = (spec or "").partition(":")
     if not sep or not rest:
         raise bad_spec(spec)
-    dev = resolve_device(device)
-    if scheme == "open_clip":
-        enc: Encoder = load_open_clip(spec, rest, dev)
-    elif scheme == "hf":
-        enc = load_hf(spec, rest, dev)
-    elif scheme == "mini":
-        from .mini_clip import load_mini
-
-        enc = load_mini(spec, Path(rest).expanduser(), dev)
-    else:
+    if scheme not in LOADERS:
         raise bad_spec(spec)
+    dev = resolve_device(device)
+    enc: Encoder = resolve(LOADERS[scheme])(spec, rest, dev)
     logger.debug("loaded %s on %s (dim %d)", spec, dev, enc.dim)
     return enc
 
@@ -353,16 +372,5 @@ def cached_model(spec: str, device: str = "auto") -> Encoder:
 def check_spec_syntax(spec: str) -> None:
     """Fail fast (before any worker starts) on a spec that cannot be right."""
     scheme, sep, rest = (spec or "").partition(":")
-    if not sep or not rest or scheme not in ("open_clip", "hf", "mini"):
+    if not sep or not rest or scheme not in LOADERS:
         raise bad_spec(spec)
-
-
-def iter_batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    batch: list[Any] = []
-    for it in items:
-        batch.append(it)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -28,12 +28,11 @@ from ..fsutil import write_json
 from ..ledger import Task, run_stage
 from ..log import print_table, summary_table
 from ..outdir import OutputDir
-from ..shards import ReadReport, iter_shard, list_shards
+from ..shards import ReadReport, image_of, iter_shard, list_shards
 from .backends import Encoder, cached_model, check_spec_syntax
 from .store import INFO_NAME, part_paths, save_npy, save_parquet
 
 logger = logging.getLogger(__name__)
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 MAX_LISTED_BAD = 200
 
 
@@ -66,10 +65,11 @@ def _decoded(shard: Path, encoder: Encoder, report: ReadReport, bad: list[str]) 
 
     for s in iter_shard(shard, report):
         key = s["__key__"]
-        data = next((s[e] for e in IMAGE_EXTS if e in s), None)
-        if data is None:
+        img = image_of(s)
+        if img is None:
             bad.append(key)
             continue
+        data = img[1]
         try:
             with Image.open(io.BytesIO(data)) as im:
                 tensor = encoder.preprocess(im.convert("RGB"))

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CurateError
-from ..fsutil import atomic_open, read_json
+from ..fsutil import atomic_open, read_json, write_parquet
 
 KINDS = ("img", "text")
 _PART = re.compile(r"^(?:img_emb|text_emb|metadata)_(\d+)\.(?:npy|parquet)$")
@@ -51,8 +51,7 @@ def save_npy(path: Path, matrix: np.ndarray) -> None:
 
 
 def save_parquet(path: Path, df) -> None:
-    with atomic_open(path, "wb") as f:
-        df.write_parquet(f)
+    write_parquet(df, path, statistics=True)
 
 
 def list_parts(folder: str | os.PathLike, kind: str = "img") -> list[Part]:

@@ -23,7 +23,7 @@ import polars as pl
 
 from curate.errors import CurateError
 from curate.fsutil import write_json, write_text
-from curate.shards import iter_shard, list_shards
+from curate.shards import image_of, iter_shard, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def _from_shards(spec: str | Path, name: str, include_rejected: bool = False) ->
             if "json" not in s:
                 continue
             meta = json.loads(s["json"])
-            data = next((s[e] for e in ("jpg", "jpeg", "png", "webp") if e in s), None)
+            img = image_of(s)
+            data = img[1] if img else None
             if data is None or "attr" not in meta or "obj" not in meta:
                 continue
             if not include_rejected and meta.get("review_status") == "reject":
@@ -118,17 +119,13 @@ def evaluate_sets(encoder, sets: list[EvalSet], objects: list[str]) -> dict[str,
 
 
 def _objects_for(dataset: Path, sets: list[EvalSet]) -> list[str]:
-    """Every object of the dataset's vocabulary (from dataset.json's config), else those seen."""
+    """Every object of the dataset's vocabulary (``dataset.json``: ``vocabulary.objects``), else those seen."""
     info = dataset / "dataset.json"
-    if info.exists():
-        cfg = json.loads(info.read_text()).get("config", {})
-        if cfg.get("objects"):
-            try:
-                from builders.imagenet_ao.vocab import load_vocabulary
-
-                return load_vocabulary(cfg["objects"], cfg.get("attributes", "vaw")).object_names
-            except CurateError as e:
-                log.warning("vocabulary of %s unavailable (%s); using the objects present", dataset, e.message)
+    objects = json.loads(info.read_text()).get("vocabulary", {}).get("objects") if info.exists() else None
+    if objects:
+        return list(objects)
+    log.warning("%s does not list its vocabulary (dataset.json: vocabulary.objects); object classes are the "
+                "objects present", dataset)
     return sorted({o for s in sets for o in s.objs})
 
 
@@ -169,3 +166,95 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {x['images']} | {x['pairs']} | {x['object_top1']:.3f} | {x['object_top5']:.3f} | "
                      f"{x['composition_top1']:.3f} | {x['composition_top5']:.3f} |")
     return "\n".join(lines)
+
+
+# -- the demo world: held-out common pairs vs rare pairs ------------------------------------------
+WORLD_SETS = {"heldout": "common (heldout)", "rare": "rare"}
+
+
+def _split_labels(folder: Path) -> tuple[set[str], set[str]]:
+    objs: set[str] = set()
+    attrs: set[str] = set()
+    for shard in list_shards(folder):
+        for s in iter_shard(shard, exts=("json",)):
+            meta = json.loads(s["json"]) if "json" in s else {}
+            objs.update([meta["obj"]] if meta.get("obj") else [])
+            attrs.update([meta["attr"]] if meta.get("attr") else [])
+    return objs, attrs
+
+
+def evaluate_world(spec: str, world: str | Path, device: str = "auto") -> dict[str, Any]:
+    """Zero-shot object and attribute top-1/top-5 on WORLD/heldout (common pairs) and WORLD/rare.
+
+    Classes are every object and attribute labelled in the world's splits (train, heldout,
+    rare); templates: the 80 OpenAI ImageNet ones and a simple ``"a photo of a {}."``. The gap
+    between the two sets is the phenomenon the ImageNet-AO paper measures on real CLIPs.
+    """
+    from curate.embed.backends import load_model
+    from curate.embed.zeroshot import (
+        OPENAI_IMAGENET_TEMPLATES,
+        SIMPLE_TEMPLATES,
+        class_text_embeddings,
+        topk_accuracy,
+    )
+
+    world = Path(world)
+    splits = [name for name in ("train", *WORLD_SETS) if (world / name).is_dir()]
+    if not any(name in WORLD_SETS for name in splits):
+        raise CurateError("no heldout/ or rare/ shards to evaluate on", where=str(world),
+                          fix="point at a demo world folder (`curate demo world --out DIR`)")
+    objects: set[str] = set()
+    attributes: set[str] = set()
+    for name in splits:
+        o, a = _split_labels(world / name)
+        objects |= o
+        attributes |= a
+    objs, attrs = sorted(objects), sorted(attributes)
+    enc = load_model(spec, device)
+    templates = {"simple": SIMPLE_TEMPLATES, "openai80": OPENAI_IMAGENET_TEMPLATES}
+    class_emb = {(tname, kind): class_text_embeddings(enc, [c.replace("-", " ") for c in classes], tpl)
+                 for tname, tpl in templates.items() for kind, classes in (("obj", objs), ("attr", attrs))}
+    report: dict[str, Any] = {"model": spec, "world": str(world.resolve()), "sets": {}}
+    for split, label in WORLD_SETS.items():
+        if split not in splits:
+            continue
+        data = _from_shards(world / split, label, include_rejected=True)
+        emb = _embed(enc, data, batch_size=256)
+        row: dict[str, Any] = {"images": len(data.keys)}
+        for tname in templates:
+            for kind, classes, truth in (("obj", objs, data.objs), ("attr", attrs, data.attrs)):
+                acc = topk_accuracy(emb, class_emb[(tname, kind)], [classes.index(t) for t in truth], ks=(1, 5))
+                row[f"{kind}_top1_{tname}"] = round(acc[1], 4)
+                row[f"{kind}_top5_{tname}"] = round(acc[5], 4)
+        report["sets"][label] = row
+    report["chance"] = {"obj_top1": round(1 / len(objs), 4), "attr_top1": round(1 / len(attrs), 4)}
+    sets = report["sets"]
+    if len(sets) == 2:  # the paper's phenomenon: common minus rare
+        common, rare = sets[WORLD_SETS["heldout"]], sets[WORLD_SETS["rare"]]
+        report["gap_common_minus_rare"] = {k: round(common[k] - rare[k], 4) for k in rare if k != "images"}
+    return report
+
+
+def print_world_report(report: dict[str, Any]) -> None:
+    """One row per (image set, template set): object and attribute top-1/top-5."""
+    from rich.table import Table
+
+    from curate.log import console
+
+    table = Table(title=f"zero-shot accuracy of {report.get('model', '?')}")
+    for c in ("images", "templates", "n", "obj top-1", "obj top-5", "attr top-1", "attr top-5"):
+        table.add_column(c, justify="left" if c in ("images", "templates") else "right")
+    for name, row in report.get("sets", {}).items():
+        for tpl in ("simple", "openai80"):
+            table.add_row(name, tpl, str(row["images"]),
+                          *[f"{row[f'{k}_top{t}_{tpl}']:.3f}" for k in ("obj", "attr") for t in (1, 5)])
+    console.print(table)
+    gap = report.get("gap_common_minus_rare")
+    if gap:
+        console.print("gap common - rare (openai80): object top-1 "
+                      f"{gap['obj_top1_openai80']:+.3f}, attribute top-1 {gap['attr_top1_openai80']:+.3f}")
+    ch = report.get("chance", {})
+    if ch:
+        console.print(f"chance: object top-1 {ch['obj_top1']:.3f}, attribute top-1 {ch['attr_top1']:.3f}")
+
+

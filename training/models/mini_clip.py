@@ -36,11 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CurateError
-from ..fsutil import TMP_MARK, read_json, write_json
-from ..log import console, progress_bar
-from ..paths import mini_clip_cache_dir
-from .backends import Encoder
+from curate.embed.backends import Encoder, apply_state
+from curate.errors import CurateError
+from curate.fsutil import TMP_MARK, read_json, write_json
+from curate.log import progress_bar
+from curate.paths import mini_clip_cache_dir
+from curate.shards import iter_shard, list_shards
 
 logger = logging.getLogger(__name__)
 WORD = re.compile(r"[a-z]+")
@@ -154,8 +155,6 @@ class MiniClipEncoder(Encoder):
         import torch
         from safetensors.torch import load_file
 
-        from .backends import apply_state
-
         for name in MODEL_FILES[:3]:
             if not (folder / name).is_file():
                 raise CurateError(f"not a mini-CLIP folder (no {name})", where=str(folder),
@@ -184,7 +183,9 @@ class MiniClipEncoder(Encoder):
         return self.model.text(ids.to(self.device), offsets.to(self.device))
 
 
-def load_mini(spec: str, folder: Path, device: str) -> MiniClipEncoder:
+def load_mini(spec: str, folder: str | os.PathLike, device: str) -> MiniClipEncoder:
+    """The ``mini:FOLDER`` backend (registered in ``curate.embed.backends.LOADERS``)."""
+    folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise CurateError("mini-CLIP folder not found", where=str(folder),
                           fix="train one with `curate model train-mini --world DIR` (it prints the folder)")
@@ -207,8 +208,6 @@ def load_split(folder: Path, size: int, desc: str) -> Split:
     """Decode every KEY.jpg of a world split once, resized to ``size`` (tiny: fits in RAM)."""
     import torch
     from PIL import Image
-
-    from ..shards import iter_shard, list_shards
 
     imgs, caps, attrs, objs, bad = [], [], [], [], 0
     shards = list_shards(folder)
@@ -237,17 +236,52 @@ def load_split(folder: Path, size: int, desc: str) -> Split:
 # ------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------
-def train(world: Path, cfg: MiniClipConfig, out: Path) -> dict[str, Any]:
-    """Train on ``world/train`` and save the model files into ``out``; returns training stats."""
+class CosineWarmup:
+    """The mini-CLIP's learning rate: 50 warm-up steps, then a cosine to zero over ``total`` steps.
+
+    A scheduler in ``fit()``'s sense (``step()`` after each optimizer step, ``state_dict()`` for
+    checkpoints); the rate of step ``s`` is set before that step runs.
+    """
+
+    def __init__(self, optimizer: Any, lr: float, total: int):
+        self.optimizer, self.lr, self.total, self.step_count = optimizer, lr, total, 0
+        self._apply()
+
+    def _apply(self) -> None:
+        s = self.step_count
+        lr = self.lr * min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * (s / self.total)))
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step_count": self.step_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step_count"])
+        self._apply()
+
+
+def train(world: Path, cfg: MiniClipConfig, out: Path, run: Path | None = None) -> dict[str, Any]:
+    """Train on ``world/train`` through ``training.loop.fit`` and save the model files into ``out``.
+
+    ``run`` holds the per-epoch checkpoints: a killed training resumes there from the last
+    epoch and ends with the same weights as an uninterrupted one.
+    """
     import torch
     import torch.nn.functional as F
     from safetensors.torch import save_file
 
+    from ..loop import FitConfig, fit, seed_everything
+
     torch.set_num_threads(max(1, cfg.threads))
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     t0 = time.perf_counter()
     data = load_split(world / "train", cfg.image_size, "mini-clip: load train")
-    vocab = Vocab.from_texts(data.captions + _class_words(world))
+    vocab = Vocab.from_texts(data.captions + class_words(world))
     model = build_model(cfg, len(vocab.words))
     # group id per sample: same attribute-object pair = positive (captions as fallback)
     labels = [f"{a}|{o}" if a or o else c for a, o, c in zip(data.attrs, data.objs, data.captions, strict=True)]
@@ -256,140 +290,61 @@ def train(world: Path, cfg: MiniClipConfig, out: Path) -> dict[str, Any]:
     bs = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // bs)
     epochs = cfg.epochs or max(1, math.ceil(cfg.samples / (steps_per_epoch * bs)))
-    total = steps_per_epoch * epochs
     decay = [p for name, p in model.named_parameters() if p.ndim > 1 and "emb" not in name]
     no_decay = [p for name, p in model.named_parameters() if not (p.ndim > 1 and "emb" not in name)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    load_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    schedule = CosineWarmup(opt, cfg.lr, steps_per_epoch * epochs)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, losses, stopped_early = 0, [], False
-    model.train()
-    with progress_bar("mini-clip: train", total=total, unit="steps") as advance:
-        for _epoch in range(epochs):
-            perm = torch.randperm(n, generator=gen)
-            for b in range(steps_per_epoch):
-                idx = perm[b * bs:(b + 1) * bs]
-                if time.perf_counter() - t1 > cfg.max_seconds:  # safety net only: results stay deterministic
-                    stopped_early = True
-                    break
-                progress = step / total
-                lr = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * progress))
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x = (data.images[idx].float() / 255.0 - MEAN) / STD
-                ids, offsets = vocab.encode([data.captions[i] for i in idx.tolist()])
-                img = F.normalize(model.visual(x), dim=-1)
-                txt = F.normalize(model.text(ids, offsets), dim=-1)
-                logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-                same = (group[idx][:, None] == group[idx][None, :]).float()
-                target = same / same.sum(1, keepdim=True)
-                loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
-                              + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-                step += 1
-                advance(1)
-                if step % 50 == 0:
-                    logger.info("mini-clip step %d/%d loss %.3f (%.0f s)", step, total, np.mean(losses[-50:]),
-                                time.perf_counter() - t1)
-            if stopped_early:
-                break
-    train_s = time.perf_counter() - t1
+    load_s = time.perf_counter() - t0
+
+    def batches(epoch: int):
+        perm = torch.randperm(n, generator=gen)
+        for b in range(steps_per_epoch):
+            yield perm[b * bs:(b + 1) * bs]
+
+    def loss(model: Any, idx: Any) -> tuple[Any, int]:
+        x = (data.images[idx].float() / 255.0 - MEAN) / STD
+        ids, offsets = vocab.encode([data.captions[i] for i in idx.tolist()])
+        img = F.normalize(model.visual(x), dim=-1)
+        txt = F.normalize(model.text(ids, offsets), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+        same = (group[idx][:, None] == group[idx][None, :]).float()
+        target = same / same.sum(1, keepdim=True)
+        value = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+                       + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+        return value, len(idx)
+
+    run = run or out.with_name(f".{out.name}.run")
+    res = fit(model, opt, loss, batches, run,
+              FitConfig(epochs=epochs, seed=cfg.seed, device="cpu", resume=True, max_seconds=cfg.max_seconds,
+                        desc="mini-clip: train"),
+              scheduler=schedule, scheduler_per="step", generators={"sampler": gen},
+              steps_per_epoch=steps_per_epoch, what="the mini-CLIP config")
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     write_json(out / "config.json", {**asdict(cfg), "vocab_size": len(vocab.words), "kind": "curate-mini-clip"})
     write_json(out / "vocab.json", vocab.words)
-    return {"train_images": n, "undecodable": data.bad, "steps": step, "epochs_done": round(step / steps_per_epoch, 2),
-            "stopped_by_time_limit": stopped_early, "load_seconds": round(load_s, 1),
-            "train_seconds": round(train_s, 1), "first_loss": round(float(np.mean(losses[:10])), 4) if losses else None,
-            "final_loss": round(float(np.mean(losses[-10:])), 4) if losses else None,
-            "images_per_second": round(step * bs / max(train_s, 1e-9), 1)}
+    return {"train_images": n, "undecodable": data.bad, "steps": res.steps,
+            "epochs_done": round(res.steps / steps_per_epoch, 2), "stopped_by_time_limit": res.stopped_early,
+            "load_seconds": round(load_s, 1), "train_seconds": round(res.seconds, 1),
+            "first_loss": round(float(np.mean(res.first_losses)), 4) if res.first_losses else None,
+            "final_loss": round(float(np.mean(res.last_losses)), 4) if res.last_losses else None,
+            "images_per_second": round(res.steps * bs / max(res.seconds, 1e-9), 1)}
 
 
-def _class_words(world: Path) -> list[str]:
-    """Object and attribute names from world.json, so every class name has a vocabulary entry."""
-    info = read_json(world / "world.json")
-    return [o["name"].replace("-", " ") for o in info.get("objects", [])] + [a["name"] for a in info.get("attributes", [])]
-
-
-# ------------------------------------------------------------------------------------------
-# zero-shot evaluation on held-out common vs rare pairs
-# ------------------------------------------------------------------------------------------
-def evaluate_world(spec: str, world: str | os.PathLike, batch_size: int = 256) -> dict[str, Any]:
-    """Zero-shot object and attribute top-1/top-5 on WORLD/heldout (common) and WORLD/rare."""
-    from .backends import load_model
-    from .zeroshot import OPENAI_IMAGENET_TEMPLATES, SIMPLE_TEMPLATES, class_text_embeddings, topk_accuracy
-
-    world = Path(world)
-    if not (world / "world.json").exists():
-        raise CurateError("not a demo world folder (no world.json)", where=str(world),
-                          fix="make one with `curate demo world --out DIR`")
-    info = read_json(world / "world.json")
-    objects = [o["name"] for o in info["objects"]]
-    attributes = [a["name"] for a in info["attributes"]]
-    enc = load_model(spec, "auto")
-    size = getattr(getattr(enc, "cfg", None), "image_size", None)
-    templates = {"simple": SIMPLE_TEMPLATES, "openai80": OPENAI_IMAGENET_TEMPLATES}
-    class_emb = {(name, kind): class_text_embeddings(enc, [c.replace("-", " ") for c in classes], tpl)
-                 for name, tpl in templates.items()
-                 for kind, classes in (("obj", objects), ("attr", attributes))}
-    report: dict[str, Any] = {"model": spec, "world": str(world.resolve()), "sets": {}}
-    for split in ("heldout", "rare"):
-        if not (world / split).is_dir():
-            continue
-        if size:  # mini-CLIP: decode straight to its input size
-            data = load_split(world / split, size, f"eval {split}")
-            x = (data.images.float() / 255.0 - MEAN) / STD
-            emb = np.concatenate([enc.encode_image_tensors(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-        else:
-            data = load_split(world / split, 224, f"eval {split}")
-            from PIL import Image
-
-            pil = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in data.images]
-            emb = enc.encode_images(pil, batch_size=batch_size)
-        row: dict[str, Any] = {"images": len(data.attrs)}
-        for tname in templates:
-            for kind, classes, truth in (("obj", objects, data.objs), ("attr", attributes, data.attrs)):
-                labels = [classes.index(t) for t in truth]
-                acc = topk_accuracy(emb, class_emb[(tname, kind)], labels, ks=(1, 5))
-                row[f"{kind}_top1_{tname}"] = round(acc[1], 4)
-                row[f"{kind}_top5_{tname}"] = round(acc[5], 4)
-        report["sets"]["common (heldout)" if split == "heldout" else "rare"] = row
-    report["chance"] = {"obj_top1": round(1 / len(objects), 4), "attr_top1": round(1 / len(attributes), 4)}
-    sets = report["sets"]
-    if "common (heldout)" in sets and "rare" in sets:  # the paper's phenomenon: common minus rare
-        report["gap_common_minus_rare"] = {k: round(sets["common (heldout)"][k] - sets["rare"][k], 4)
-                                           for k in sets["rare"] if k != "images"}
-    return report
+def class_words(world: Path) -> list[str]:
+    """Object and attribute names of the world's training images, so every class name has a word."""
+    names: set[str] = set()
+    for shard in list_shards(world / "train"):
+        for s in iter_shard(shard, exts=("json",)):
+            meta = json.loads(s["json"]) if "json" in s else {}
+            names.update(str(meta[k]) for k in ("attr", "obj") if meta.get(k))
+    return sorted(names)
 
 
 def read_report(folder: str | os.PathLike) -> dict[str, Any]:
     return read_json(Path(folder) / "report.json")
-
-
-def print_report(report: dict[str, Any]) -> None:
-    """One row per (image set, template set): object and attribute top-1/top-5."""
-    from rich.table import Table
-
-    table = Table(title=f"zero-shot accuracy of {report.get('model', '?')}")
-    for c in ("images", "templates", "n", "obj top-1", "obj top-5", "attr top-1", "attr top-5"):
-        table.add_column(c, justify="left" if c in ("images", "templates") else "right")
-    for name, row in report.get("sets", {}).items():
-        for tpl in ("simple", "openai80"):
-            table.add_row(name, tpl, str(row["images"]),
-                          *[f"{row[f'{k}_top{t}_{tpl}']:.3f}" for k in ("obj", "attr") for t in (1, 5)])
-    console.print(table)
-    gap = report.get("gap_common_minus_rare")
-    if gap:
-        console.print("gap common - rare (openai80): object top-1 "
-                      f"{gap['obj_top1_openai80']:+.3f}, attribute top-1 {gap['attr_top1_openai80']:+.3f}")
-    ch = report.get("chance", {})
-    if ch:
-        console.print(f"chance: object top-1 {ch['obj_top1']:.3f}, attribute top-1 {ch['attr_top1']:.3f}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -429,9 +384,14 @@ def ensure_mini_clip(world_dir: str | os.PathLike, config: MiniClipConfig | None
                                   fix="choose another --out or pass --overwrite")
         tmp = folder.with_name(f"{folder.name}{TMP_MARK}{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        run = folder.with_name(f".{folder.name}.run")  # per-epoch checkpoints: a killed training resumes
+        if overwrite:
+            shutil.rmtree(run, ignore_errors=True)
         try:
             logger.info("training the mini-CLIP on %s (at most %.0f s)", world / "train", cfg.max_seconds)
-            stats = train(world, cfg, tmp)
+            from ..metrics.zeroshot import evaluate_world
+
+            stats = train(world, cfg, tmp, run)
             report = evaluate_world(f"mini:{tmp}", world)
             report["model"] = f"mini:{folder.resolve()}"
             report["training"] = stats
@@ -439,6 +399,7 @@ def ensure_mini_clip(world_dir: str | os.PathLike, config: MiniClipConfig | None
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
+            shutil.rmtree(run, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info("mini-CLIP ready: %s", folder)

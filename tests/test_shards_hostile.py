@@ -1,0 +1,180 @@
+"""Hostile tar shapes through the one reader (curate.shards.iter_shard): refused or counted,
+never followed, never a hang; PAX / GNU / compressed shards read like plain ustar ones."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from curate.shards import ReadReport, iter_keys, iter_shard, write_shard
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _info(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, **kw) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.type = kind
+    for k, v in kw.items():
+        setattr(ti, k, v)
+    return ti
+
+
+def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes]], fmt=tarfile.USTAR_FORMAT) -> Path:
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for ti, data in members:
+            tar.addfile(ti, io.BytesIO(data) if ti.isfile() else None)
+    return path
+
+
+def _read(path: Path) -> tuple[list[dict], ReadReport]:
+    rep = ReadReport(shard=path.name)
+    return list(iter_shard(path, rep)), rep
+
+
+GOOD = [(_info("good.jpg", b"IMG"), b"IMG"), (_info("good.json", b'{"a": 1}'), b'{"a": 1}')]
+
+
+def test_unsafe_names_are_skipped_and_counted(tmp_path):
+    p = _tar(tmp_path / "s.tar", [
+        (_info("/etc/evil.jpg", b"x"), b"x"),
+        (_info("../../escape.jpg", b"x"), b"x"),
+        (_info("a/../../b.jpg", b"x"), b"x"),
+        *GOOD,
+    ])
+    got, rep = _read(p)
+    assert [s["__key__"] for s in got] == ["good"]
+    assert got[0]["jpg"] == b"IMG"
+    assert rep.error is None
+    assert rep.skipped == {"absolute or odd member path": 1, "member path with '..'": 2}
+
+
+@pytest.mark.parametrize("kind,reason", [
+    (tarfile.SYMTYPE, "symbolic link"), (tarfile.LNKTYPE, "hard link"),
+    (tarfile.CHRTYPE, "character device"), (tarfile.BLKTYPE, "block device"),
+    (tarfile.FIFOTYPE, "FIFO"), (tarfile.DIRTYPE, "directory"),
+])
+def test_links_devices_fifos_are_never_followed(tmp_path, kind, reason):
+    ti = _info("evil.jpg", kind=kind, linkname="/etc/passwd")
+    p = _tar(tmp_path / "s.tar", [(ti, b""), *GOOD])
+    got, rep = _read(p)
+    assert [s["__key__"] for s in got] == ["good"]
+    assert rep.skipped == {reason: 1}
+    assert all(b"root:" not in v for s in got for k, v in s.items() if not k.startswith("__"))
+
+
+def test_gzipped_symlink_is_skipped_too(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(_info("evil.jpg", kind=tarfile.SYMTYPE, linkname="/etc/passwd"))
+        for ti, data in GOOD:
+            tar.addfile(ti, io.BytesIO(data))
+    p = tmp_path / "s.tar"
+    p.write_bytes(gzip.compress(buf.getvalue()))
+    got, rep = _read(p)
+    assert [s["__key__"] for s in got] == ["good"] and rep.skipped == {"symbolic link": 1}
+
+
+def _raw_header(name: str, size: int) -> bytes:
+    ti = _info(name)
+    ti.size = size
+    return ti.tobuf(tarfile.GNU_FORMAT)  # base-256 size field above 8 GiB - 1
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_huge_declared_size_is_never_read(tmp_path, fmt):
+    size = 8 << 30
+    if fmt == "gnu":
+        head = _raw_header("big.jpg", size)
+    else:
+        ti = _info("big.jpg")
+        ti.size = size
+        head = ti.tobuf(tarfile.PAX_FORMAT)
+    p = tmp_path / "s.tar"
+    good = io.BytesIO()
+    with tarfile.open(fileobj=good, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for ti, data in GOOD:
+            tar.addfile(ti, io.BytesIO(data))
+    body = good.getvalue()
+    p.write_bytes(body[: 4 * 512] + head + b"x" * 4096)  # the good sample (2 members), then the liar
+    got, rep = _read(p)
+    assert [s["__key__"] for s in got] == ["good"]
+    assert rep.error and "truncated" in rep.error
+
+
+def test_truncated_member_drops_only_its_sample(tmp_path):
+    p = _tar(tmp_path / "s.tar", [*GOOD, (_info("b.jpg", b"B" * 5000), b"B" * 5000)])
+    data = p.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: 3 * 512 + 1024 + 512 + 100])
+    got, rep = _read(cut)
+    assert [s["__key__"] for s in got] == ["good"] and rep.error
+
+
+def test_duplicate_keys_keep_the_first_copy_whole(tmp_path):
+    p = _tar(tmp_path / "s.tar", [
+        (_info("a.jpg", b"A1"), b"A1"), (_info("a.json", b'{"c": 1}'), b'{"c": 1}'),
+        (_info("b.jpg", b"B"), b"B"),
+        (_info("a.jpg", b"A2"), b"A2"), (_info("a.txt", b"other caption"), b"other caption"),
+    ])
+    got, rep = _read(p)
+    assert [s["__key__"] for s in got] == ["a", "b"]
+    assert got[0]["jpg"] == b"A1" and "txt" not in got[0]  # never one copy's image with another's caption
+    assert rep.skipped == {"duplicate key (a later copy, skipped)": 1}
+
+
+def test_upper_case_extension_beside_lower_case(tmp_path):
+    p = _tar(tmp_path / "s.tar", [(_info("a.jpg", b"lower"), b"lower"), (_info("a.JPG", b"UPPER"), b"UPPER")])
+    got, rep = _read(p)
+    assert len(got) == 1 and got[0]["jpg"] == b"lower"
+    assert rep.skipped == {"duplicate field in one sample (first kept)": 1}
+    p2 = _tar(tmp_path / "u.tar", [(_info("a.JPG", b"UPPER"), b"UPPER")])
+    assert _read(p2)[0][0]["jpg"] == b"UPPER"
+
+
+def test_pax_gnu_and_webdataset_shards_use_the_fast_reader(tmp_path):
+    long = "x" * 120
+    members = [(_info(f"{long}.jpg", b"L"), b"L"), (_info("caf\u00e9.jpg", b"C"), b"C"),
+               (_info("m.jpg", b"M", mtime=1.5), b"M")]
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        p = _tar(tmp_path / f"f{fmt}.tar", members, fmt=fmt)
+        got, rep = _read(p)
+        assert [s["__key__"] for s in got] == [long, "caf\u00e9", "m"], fmt
+        assert rep.error is None
+    import webdataset as wds
+
+    p = tmp_path / "wds.tar"
+    with wds.TarWriter(str(p)) as w:  # what img2dataset writes (PAX headers, float mtimes)
+        for i in range(3):
+            w.write({"__key__": f"k{i}", "jpg": b"J" * (i + 1), "json": {"i": i}})
+    got, rep = _read(p)
+    assert [(s["__key__"], s["jpg"]) for s in got] == [("k0", b"J"), ("k1", b"JJ"), ("k2", b"JJJ")]
+    assert rep.error is None
+
+
+def test_fifo_or_device_in_place_of_a_shard_does_not_hang(tmp_path):
+    fifo = tmp_path / "f.tar"
+    os.mkfifo(fifo)  # open() for reading would block forever without a writer
+    for path in (fifo, Path("/dev/zero")):
+        got, rep = _read(path)
+        assert got == [] and "not a regular file" in rep.error
+    reports = []
+    assert list(iter_keys({"k": tmp_path / "missing.tar"}, reports)) == []
+    assert reports[0].error == "shard file missing"
+
+
+def test_iter_keys_reads_only_wanted_keys(tmp_path):
+    a = tmp_path / "a.tar"
+    b = tmp_path / "b.tar"
+    write_shard(a, [{"__key__": f"a{i}", "jpg": b"A", "json": {"i": i}} for i in range(5)])
+    write_shard(b, [{"__key__": f"b{i}", "jpg": b"B", "json": {"i": i}} for i in range(5)])
+    reports = []
+    got = list(iter_keys({"a1": a, "b3": b, "a4": a, "zz": b}, reports, exts=("jpg",)))
+    assert [s["__key__"] for s in got] == ["a1", "a4", "b3"]
+    assert all(set(s) == {"__key__", "__shard__", "jpg"} for s in got)
+    assert [r.shard for r in reports] == ["a.tar", "b.tar"] and not any(r.error for r in reports)

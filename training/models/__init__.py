@@ -1,0 +1,1 @@
+"""Models the trainers build: the demo mini-CLIP (TRIDENT and the CIR models have their own packages)."""
