@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from curate.dataset import Dataset
+from curate.index import near_duplicate_pairs
 from curate.log import progress_bar
 
 from .aux_labels import pair_key, read_aux_labels
@@ -280,18 +281,6 @@ def _groups(keys: list[str], pairs: list[tuple[int, int]]) -> dict[str, str]:
     return out
 
 
-def near_duplicate_pairs(matrix: np.ndarray, threshold: float, block: int = 2048) -> list[tuple[int, int]]:
-    """Index pairs (i < j) whose cosine similarity is at least ``threshold`` (rows L2-normalised)."""
-    pairs = []
-    for s in range(0, len(matrix), block):
-        sims = matrix[s:s + block] @ matrix.T
-        ii, jj = np.nonzero(sims >= threshold)
-        for i, j in zip(ii + s, jj, strict=True):
-            if i < j:
-                pairs.append((int(i), int(j)))
-    return pairs
-
-
 def mark_near_duplicates(ds: Any, emb: tuple[list[str], np.ndarray] | None, threshold: float) -> int:
     """Set ``dup_group`` on near-duplicates: by embedding cosine when present, else identical bytes."""
     keys, sha = ds.values(["key", "image_sha1"])
@@ -299,7 +288,7 @@ def mark_near_duplicates(ds: Any, emb: tuple[list[str], np.ndarray] | None, thre
         in_ds = set(keys)
         sel = [i for i, k in enumerate(emb[0]) if k in in_ds]
         ekeys = [emb[0][i] for i in sel]
-        groups = _groups(ekeys, near_duplicate_pairs(emb[1][sel], threshold))
+        groups = _groups(ekeys, near_duplicate_pairs(np.asarray(emb[1][sel]), threshold))
     else:
         by_hash: dict[str, list[int]] = {}
         for i, h in enumerate(sha):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import tarfile
@@ -124,8 +125,10 @@ def main() -> None:
                     rows.append(f"| {kind} | {what} | {name} | {rate:,.0f} | {ratio:.2f}x |")
                     result["runs"][f"{kind} / {what} / {name}"] = {"seconds": t, "samples_per_s": rate,
                                                                    "vs_webdataset": ratio}
+    load = os.getloadavg()[0]
+    result["load_average"] = load
     md = "\n".join([f"Reading {args.images} samples ({args.size}px JPEG + json) from {args.shards} shards, "
-                    f"median of {args.repeats}", "",
+                    f"median of {args.repeats}, load average {load:.2f}", "",
                     "| shards | work | reader | samples/s | vs webdataset |", "|---|---|---|---:|---:|", *rows])
     save("bench_read", result, md)
 

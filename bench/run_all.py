@@ -42,7 +42,7 @@ def results_section() -> str:
         when = ""
         if meta.exists():
             m = json.loads(meta.read_text()).get("machine", {})
-            when = f" ({m.get('date', '?')}, {m.get('cores', '?')} cores)"
+            when = f" ({m.get('date', '?')}, {m.get('cores', '?')} cores)" if isinstance(m, dict) else f" ({m})"
         parts += [f"### {md.stem}{when}", "", md.read_text().strip(), ""]
     return "\n".join(parts).rstrip() + "\n"
 

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("curate.index:index_app", "Build a faiss index over an embeddings folder."),
     "search": ("curate.index:search_app", "Search an index with a text prompt."),
     "eval": ("training.cli:eval_app", "Evaluate models on a dataset (zero-shot, CZSL, CIR metrics)."),
+    "train": ("training.cli:train_app", "Train the bundled TRIDENT and CIR models on a dataset."),
     "shards": ("curate.shards_cli:app", "Inspect and verify WebDataset shards."),
     "doctor": ("curate.doctor:app", "Check the environment: packages, FiftyOne database, models."),
 }

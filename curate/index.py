@@ -55,6 +55,51 @@ def choose_kind(n: int, dim: int, budget: int, kind: str = "auto") -> str:
     return "pq"
 
 
+def near_duplicate_pairs(matrix: np.ndarray, threshold: float, block: int = 4096) -> list[tuple[int, int]]:
+    """Row pairs ``(i, j)``, ``i < j``, with inner product >= ``threshold`` (cosine, for L2-normalised rows).
+
+    One exact faiss range search per block of queries: vectorised, no per-pair Python loop, so
+    it scales to the hundreds of thousands of rows a candidate pool holds.
+    """
+    import faiss
+
+    x = np.ascontiguousarray(matrix, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        return []
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    # faiss keeps results with ip > radius; step one float below so ip == threshold is kept too
+    radius = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    found = []
+    for s in range(0, len(x), block):
+        lims, sims, ids = index.range_search(x[s:s + block], radius)
+        rows = np.repeat(np.arange(s, s + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
+        ids = ids.astype(np.int64)
+        keep = (ids > rows) & (sims >= np.float32(threshold))
+        found.append(np.stack([rows[keep], ids[keep]], axis=1))
+    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    return [(int(i), int(j)) for i, j in pairs]
+
+
+def greedy_dedup(matrix: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Keep the best-scoring row of every group of near-duplicates (cos >= ``threshold``).
+
+    Rows are visited best score first (ties: lower index first); a row is dropped when a row
+    already kept is its near-duplicate. Returns a boolean keep mask.
+    """
+    n = len(scores)
+    neighbours: list[list[int]] = [[] for _ in range(n)]
+    for i, j in near_duplicate_pairs(matrix, threshold):
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+    keep = np.zeros(n, dtype=bool)
+    for i in np.argsort(-np.asarray(scores), kind="stable"):
+        if not any(keep[j] for j in neighbours[i]):
+            keep[i] = True
+    return keep
+
+
 def _nlist(n: int) -> int:
     return int(max(1, min(int(4 * math.sqrt(n)), n // 39 or 1)))
 

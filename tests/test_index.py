@@ -125,3 +125,27 @@ def test_cli_embed_index_search_text(tmp_path):
     assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
     r = subprocess.run([CURATE, "search", str(tmp_path / "idx")], capture_output=True, text=True)
     assert r.returncode == 2 and "--text" in r.stderr
+
+
+def test_greedy_dedup_matches_the_numpy_greedy_pass_and_pairs_are_exact():
+    from curate.index import greedy_dedup, near_duplicate_pairs
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(60, 16)).astype(np.float32)
+    x = np.concatenate([base, base[:30] + 0.05 * rng.normal(size=(30, 16)).astype(np.float32)])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    scores = rng.random(len(x))
+    for thr in (0.9, 0.95, 0.99):
+        order = np.argsort(-scores, kind="stable")  # the reference: keep unless a kept row is within thr
+        ref = np.zeros(len(x), bool)
+        kept: list[int] = []
+        for i in order:
+            if kept and float((x[kept] @ x[i]).max()) >= thr:
+                continue
+            kept.append(int(i))
+            ref[i] = True
+        assert np.array_equal(greedy_dedup(x, scores, thr), ref)
+        sims = x @ x.T
+        want = [(i, j) for i in range(len(x)) for j in range(i + 1, len(x)) if sims[i, j] >= thr]
+        assert near_duplicate_pairs(x, thr, block=7) == want
+    assert near_duplicate_pairs(np.zeros((0, 4), np.float32), 0.9) == []

@@ -12,6 +12,13 @@ from curate.options import Device, Overwrite
 model_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Models: list the backend spec forms, train and evaluate the demo mini-CLIP.")
 eval_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evaluate models on a dataset.")
+train_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="Train the bundled models on a dataset to show the data is useful.")
+
+
+@train_app.callback()
+def _train_group() -> None:
+    """Train the bundled models: `curate train trident --data DIR --out RUN`, `curate train cir ...`."""
 
 
 @eval_app.callback()
@@ -111,3 +118,24 @@ def eval_mini_cmd(
     from .metrics.zeroshot import evaluate_world, print_world_report
 
     print_world_report(evaluate_world(f"mini:{model}", world))
+
+
+# Each trainer registers its `curate train NAME` and `curate eval NAME` commands: a module
+# with ``register(train_app, eval_app)``.
+TRAINER_CLIS = ("training.trident.cli", "training.cir.cli")
+
+
+def _register_trainers() -> None:
+    import importlib
+
+    for name in TRAINER_CLIS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and name.startswith(e.name):
+                continue  # that trainer is not in this version
+            raise
+        module.register(train_app, eval_app)
+
+
+_register_trainers()

@@ -82,16 +82,9 @@ def attribute_wins(img: np.ndarray, pair_text: dict[tuple[str, str], np.ndarray]
 
 def dedup(emb: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """Greedy near-duplicate removal: keep the best-scoring image of every cluster of cos >= threshold."""
-    order = np.argsort(-scores, kind="stable")
-    keep = np.zeros(len(scores), dtype=bool)
-    kept: list[int] = []
-    for i in order:
-        if kept:
-            if float((emb[kept] @ emb[i]).max()) >= threshold:
-                continue
-        kept.append(int(i))
-        keep[i] = True
-    return keep
+    from curate.index import greedy_dedup
+
+    return greedy_dedup(emb, scores, threshold)
 
 
 def cap_and_minimum(df: pl.DataFrame, images_per_pair: int, min_images_per_pair: int) -> tuple[pl.DataFrame, list[str]]:

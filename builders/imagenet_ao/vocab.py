@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -166,11 +165,15 @@ def _parse_csv(text: str, where: str, kind: str) -> list[Entry]:
 
 
 def _from_world(path: Path, kind: str) -> list[Entry]:
-    world = json.loads(_read_text(path))
+    """Objects (with plurals) or attributes (with families) of a demo world, read by its own loader."""
+    from builders.synthetic.world import World
+
+    world = World.load(path.parent)
     if kind == "object":
-        return [Entry(normalise(o["name"]), [], "", [normalise(o["plural"])] if o.get("plural") else [])
-                for o in world["objects"]]
-    return [Entry(normalise(a["name"]), [], normalise(a.get("family", ""))) for a in world["attributes"]]
+        return [Entry(normalise(o), [], "", [normalise(world.plurals[o])] if world.plurals.get(o) else [])
+                for o in world.objects]
+    family = world.family_of
+    return [Entry(normalise(a), [], normalise(family.get(a, ""))) for a in world.attributes]
 
 
 def _load(spec: str | Path, kind: str) -> list[Entry]:
