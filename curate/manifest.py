@@ -7,6 +7,7 @@ write an *ID list* (a text file of keys, one per line); images are never re-shar
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +19,12 @@ from .fsutil import write_parquet, write_text
 
 REQUIRED = ("key", "shard")
 MANIFEST_NAME = "manifest.parquet"
+
+
+def unit_hash(seed: int, key: str) -> float:
+    """A stable number in [0, 1) for (seed, key), the same on every machine and Python run: the one
+    hash every split assignment uses (so a key's split never depends on row order or workers)."""
+    return min(int(hashlib.sha1(f"{seed}|{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF, 1.0 - 2.0**-40)
 
 
 def manifest_path(dataset: str | os.PathLike) -> Path:

@@ -27,7 +27,7 @@ from curate.fsutil import atomic_open, write_json, write_parquet
 from curate.images import to_jpeg
 from curate.ledger import Task, run_global, run_stage
 from curate.log import StageSummary, print_table, summary_table
-from curate.manifest import write_manifest
+from curate.manifest import unit_hash, write_manifest
 from curate.outdir import OutputDir
 from curate.shards import IMAGE_EXTS, ReadReport, ShardWriter, image_of, iter_shard, shard_name
 
@@ -295,7 +295,7 @@ def assign_splits(df: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
             continue
         i = seen_counter.get(pair, 0)
         seen_counter[pair] = i + 1
-        h = int(hashlib.sha1(f"{cfg.seed}|{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        h = unit_hash(cfg.seed, key)
         s = "val" if h < cfg.seen_val_fraction else "test" if h < 2 * cfg.seen_val_fraction else "train"
         splits.append((key, s))
     sp = pl.DataFrame(splits, schema={"key": pl.String, "split": pl.String}, orient="row")

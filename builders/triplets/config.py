@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 
 from curate.errors import CurateError
+from curate.manifest import unit_hash
 
 MODES = ("attribute", "object", "caption")
 FORMATS = ("shards", "cirr", "circo", "fashioniq")
@@ -72,12 +72,6 @@ def parse_splits(spec: str) -> dict[str, float] | None:
         raise CurateError(f"--splits ratios sum to {total:g}, not 1 ({spec})",
                           fix="make the ratios add up to 1, e.g. train=0.8,val=0.1,test=0.1")
     return out
-
-
-def unit_hash(seed: int, text: str) -> float:
-    """A stable number in [0, 1) for (seed, text): same on every machine and Python run."""
-    h = hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") / 2**64
 
 
 def assign_split(key: str, ratios: dict[str, float], seed: int) -> str:
