@@ -301,11 +301,11 @@ def search_cmd(
     if text is not None:
         q = enc.encode_texts([text])
     else:
-        from PIL import Image
+
+        from .images import open_rgb
 
         try:
-            with Image.open(image) as im:
-                q = enc.encode_images([im.convert("RGB")])
+            q = enc.encode_images([open_rgb(Path(image).read_bytes())])
         except OSError as e:
             raise CurateError(f"cannot read the image ({e})", where=str(image)) from e
     keys, scores = idx.search(q, k)

@@ -11,6 +11,7 @@ to a ``NAME.stats.json`` with its sample count, size and extensions.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -45,6 +46,19 @@ def encode_value(ext: str, value: Any) -> bytes:
     if isinstance(value, str | int | float):
         return str(value).encode("utf-8")
     raise TypeError(f"cannot encode field .{ext} of type {type(value).__name__}")
+
+
+def safe_key(key: str) -> str:
+    """``key`` when it is a safe file name (letters, digits, ``_``, ``-``), else a safe, stable one.
+
+    A key with spaces, non-ASCII letters or a folder (``dir_a/k``) becomes its characters with
+    every other run replaced by ``_``, plus 8 hex digits of its SHA-1, so ``dir_a/k`` and
+    ``dir_b/k`` stay distinct and the same key always maps to the same name.
+    """
+    if KEY_RE.match(key):
+        return key
+    stem = re.sub(r"[^A-Za-z0-9_\-]+", "_", key).strip("_")[:80] or "key"
+    return f"{stem}-{hashlib.sha1(key.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
 def check_key(key: str) -> str:
@@ -228,7 +242,7 @@ def write_shard(path: str | os.PathLike, samples: Iterable[Sample], extra_stats:
     return w.stats[0]
 
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
 """Image field extensions, in order of preference, for every stage (lower case: the reader
 lower-cases extensions, so ``KEY.JPG`` is an image too)."""
 
@@ -257,6 +271,7 @@ class ReadReport:
     error: str | None = None
     skipped: dict[str, int] = field(default_factory=dict)
     examples: list[tuple[str, str]] = field(default_factory=list)
+    renamed: int = 0  # keys that were not safe file names, yielded under a safe key (see safe_key)
 
     def skip(self, member: str, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -433,7 +448,10 @@ def iter_shard(
     ``exts`` is read (the rest is skipped by seeking), when given.
 
     Never followed or created: links, devices, FIFOs, directories, absolute names and
-    names with ``..`` are skipped and counted in ``report.skipped``. A key that comes back
+    names with ``..`` are skipped and counted in ``report.skipped``. A key that is not a safe
+    file name (spaces, non-ASCII letters, a folder) is yielded under :func:`safe_key` (the
+    original in ``__source_key__``, counted in ``report.renamed``), so no stage ever builds a
+    path from an untrusted name. A key that comes back
     after another key's members (a duplicate) is skipped whole, so one copy's image is never
     paired with another copy's caption; a field repeated within a sample keeps its first
     copy. A corrupt or truncated tar stops the iteration after the last complete sample; the
@@ -470,7 +488,7 @@ def iter_shard(
                         continue
                     stem, ext = base.split(".", 1)
                     key, ext = (f"{prefix}/{stem}" if prefix else stem), ext.lower()
-                    if current is None or current["__key__"] != key:
+                    if current is None or current.get("__source_key__", current["__key__"]) != key:
                         # a new key starts: the previous sample is complete, even if this
                         # member's data turns out to be truncated
                         if current is not None:
@@ -484,10 +502,14 @@ def iter_shard(
                             continue
                         seen.add(key)
                         skip_key = None
-                        if keys is not None and key not in keys:
+                        name = safe_key(key)
+                        if keys is not None and name not in keys:
                             skip_key = key
                             continue
-                        current = {"__key__": key, "__shard__": path.name}
+                        current = {"__key__": name, "__shard__": path.name}
+                        if name != key:
+                            current["__source_key__"] = key
+                            report.renamed += 1
                     if current is None:
                         continue  # members of a skipped key
                     if ext in current:
@@ -520,6 +542,27 @@ def image_of(sample: Sample) -> tuple[str, bytes] | None:
         if data:
             return ext, data
     return None
+
+
+def sample_meta(sample: Sample, report: ReadReport | None = None) -> dict[str, Any] | None:
+    """The sample's JSON sidecar as a dict: ``{}`` when it has none, None when it is not a plain
+    JSON object (invalid UTF-8 or JSON, trailing garbage, nested too deep, an array, a string,
+    a number, null); the reason is counted in ``report``. Every stage reads sidecars this way."""
+    raw = sample.get("json")
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(bytes(raw).decode("utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        why = "nested too deep" if isinstance(e, RecursionError) else type(e).__name__
+        if report is not None:
+            report.skip(f"{sample.get('__key__')}.json", f"invalid JSON sidecar ({why})")
+        return None
+    if not isinstance(value, dict):
+        if report is not None:
+            report.skip(f"{sample.get('__key__')}.json", f"JSON sidecar is not an object ({type(value).__name__})")
+        return None
+    return value
 
 
 def iter_keys(

@@ -27,7 +27,10 @@ PARTS_DIR = ".curate/reshard-parts"
 
 @app.command("info")
 def info(paths: Annotated[list[str], typer.Argument(help="Shard files, folders, globs or brace patterns.")]) -> None:
-    """Per-shard sample counts and field extensions.
+    """Per-shard sample counts, field extensions and skipped members; exit 1 if a shard is corrupt.
+
+    Exit codes (as `verify`): 0 every shard read to its end, 1 a corrupt or truncated shard,
+    2 a usage error (no shards found).
 
     Example: curate shards info demo-out/imagenet-ao/shards
     """
@@ -37,9 +40,9 @@ def info(paths: Annotated[list[str], typer.Argument(help="Shard files, folders, 
     from .shards import ReadReport, iter_shard, list_shards
 
     table = Table(title="shards")
-    for col in ("shard", "samples", "fields", "status"):
+    for col in ("shard", "samples", "fields", "skipped", "status"):
         table.add_column(col)
-    total = 0
+    total = bad = 0
     for p in list_shards(paths):
         rep = ReadReport(shard=p.name)
         exts: dict[str, int] = {}
@@ -48,15 +51,22 @@ def info(paths: Annotated[list[str], typer.Argument(help="Shard files, folders, 
                 if not k.startswith("__"):
                     exts[k] = exts.get(k, 0) + 1
         total += rep.samples
+        bad += bool(rep.error)
+        skipped = ", ".join(f"{why}: {n}" for why, n in sorted(rep.skipped.items()))
+        if rep.renamed:
+            skipped = ", ".join(filter(None, [skipped, f"unsafe keys renamed: {rep.renamed}"]))
         table.add_row(str(p), str(rep.samples), ", ".join(f"{k}:{v}" for k, v in sorted(exts.items())),
-                      "[red]" + rep.error if rep.error else "[green]ok")
+                      skipped or "-", "[red]" + rep.error if rep.error else "[green]ok")
     console.print(table)
     console.print(f"{total} samples")
+    if bad:
+        console.print(f"[red]{bad} corrupt or truncated shard(s)")
+        raise typer.Exit(1)
 
 
 @app.command("verify")
 def verify(paths: Annotated[list[str], typer.Argument(help="Shard files, folders or globs.")]) -> None:
-    """Read every shard to the end; exit 1 if any is corrupt or truncated.
+    """Read every shard to the end; exit 1 if any is corrupt or truncated (2 on a usage error).
 
     Example: curate shards verify 'pool/shards/*.tar'
     """
@@ -112,7 +122,7 @@ def reshard_task(task: Any) -> dict[str, Any]:
 
     from .fsutil import write_parquet
     from .manifest import read_id_list
-    from .shards import ReadReport, ShardWriter, iter_shard, stats_path
+    from .shards import ReadReport, ShardWriter, iter_shard, sample_meta, stats_path
 
     a = task.args
     out = Path(a["out"])
@@ -126,7 +136,9 @@ def reshard_task(task: Any) -> dict[str, Any]:
             read += 1
             if wanted is not None and sample["__key__"] not in wanted:
                 continue
-            sample = {k: v for k, v in sample.items() if k != "__shard__"}
+            if "json" in sample and sample_meta(sample, rep) is None:
+                del sample["json"]  # not a JSON object: dropped, with its reason in the stats
+            sample = {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
             rows.append((sample["__key__"], w.write(sample)))
     part = out / PARTS_DIR / f"{a['index']:06d}.parquet"
     df = pl.DataFrame({"key": [r[0] for r in rows], "shard": [r[1] for r in rows],
@@ -137,7 +149,7 @@ def reshard_task(task: Any) -> dict[str, Any]:
     outputs.append(str(part.relative_to(out)))
     return {"outputs": outputs,
             "stats": {"input": a["input"], "read": read, "items": len(rows), "shards": len(w.written),
-                      "corrupt": rep.error}}
+                      "corrupt": rep.error, "skipped": dict(rep.skipped), "renamed_keys": rep.renamed}}
 
 
 def _fingerprint_file(path: Path | None) -> str | None:
@@ -164,24 +176,32 @@ def _check_config(cfg: ReshardConfig) -> None:
         raise CurateError("ID list not found", where=str(cfg.ids), fix="pass a text file with one key per line")
 
 
-def _write_results(out: Path, n_tasks: int, records: dict[str, dict], ids: Path | None) -> dict[str, Any]:
-    """Merge the per-task parts into ``manifest.parquet`` and write ``stats.json``."""
+def _write_results(out: Path, n_tasks: int, records: dict[str, dict], ids: Path | None,
+                   failed: dict[str, str] | None = None) -> dict[str, Any]:
+    """Merge the finished tasks' parts into ``manifest.parquet`` and write ``stats.json`` (failed
+    tasks listed, so a run with failures still leaves a summary of what it wrote)."""
     import polars as pl
 
     from .fsutil import write_json
+    from .ledger import Stats
     from .manifest import read_id_list, write_manifest
 
-    parts = [pl.read_parquet(out / PARTS_DIR / f"{i:06d}.parquet") for i in range(n_tasks)]
+    done = [i for i in range(n_tasks) if f"{i:06d}" in records]
+    parts = [pl.read_parquet(out / PARTS_DIR / f"{i:06d}.parquet") for i in done]
     manifest = pl.concat(parts) if parts else pl.DataFrame(schema={"key": pl.String, "shard": pl.String})
     write_manifest(manifest, out)
-    stats = [records[f"{i:06d}"]["stats"] for i in range(n_tasks)]
+    stats = [records[f"{i:06d}"]["stats"] for i in done]
+    merged = sum((Stats(s) for s in stats), Stats())
     corrupt = [{"shard": s["input"], "reason": s["corrupt"], "samples_read": s["read"]} for s in stats if s["corrupt"]]
     summary: dict[str, Any] = {
         "inputs": n_tasks,
-        "samples_read": sum(s["read"] for s in stats),
+        "samples_read": int(merged.get("read", 0)),
         "samples_written": manifest.height,
-        "shards_written": sum(s["shards"] for s in stats),
+        "shards_written": int(merged.get("shards", 0)),
         "corrupt_inputs": corrupt,
+        "skipped": dict(sorted(merged.get("skipped", {}).items())),
+        "renamed_keys": int(merged.get("renamed_keys", 0)),
+        "failed_tasks": {k: v.splitlines()[0] for k, v in sorted((failed or {}).items())},
     }
     if ids is not None:
         written = set(manifest["key"].to_list())
@@ -251,13 +271,13 @@ def reshard(
                 result.summary.notes.append(f"corrupt input {rec['stats']['input']}: {rec['stats']['corrupt']} "
                                             f"(kept {rec['stats']['read']} sample(s) read before it)")
         print_summary([result.summary], title=f"curate shards reshard -> {out}")
+        stats = _write_results(out, len(tasks), result.records, ids_path, result.errors)
         if result.errors:
             first_id, first = sorted(result.errors.items())[0]
             raise CurateError(
                 f"{len(result.errors)} of {len(tasks)} task(s) failed, e.g. {tasks[int(first_id)].args['input']}: "
-                + first.splitlines()[0],
+                + first.splitlines()[0] + " (stats.json lists them; manifest.parquet holds what was written)",
                 where=str(out), fix="fix that input and rerun the same command (finished tasks are skipped)")
-        stats = _write_results(out, len(tasks), result.records, ids_path)
     if stats["corrupt_inputs"]:
         logger.warning("%d corrupt or truncated input shard(s), listed in %s", len(stats["corrupt_inputs"]),
                        out / "stats.json")

@@ -56,7 +56,7 @@ def test_reshard_writes_shards_manifest_and_stats(inputs, tmp_path):
     assert m["source_shard"].to_list() == [str(inputs / "src-000000.tar")] * 2 + [str(inputs / "src-000002.tar")]
     stats = json.loads((tmp_path / "o" / "stats.json").read_text())
     assert stats == {"inputs": 3, "samples_read": 10, "samples_written": 3, "shards_written": 3,
-                     "corrupt_inputs": [], "ids_not_found": 1}
+                     "corrupt_inputs": [], "ids_not_found": 1, "skipped": {}, "renamed_keys": 0, "failed_tasks": {}}
     assert sorted(p.name for p in (tmp_path / "o" / "shards").glob("*.tar")) == sorted(set(m["shard"]))
 
 
@@ -178,25 +178,38 @@ def test_quiet_and_verbose(inputs, tmp_path):
     assert "executor local with" in loud.stderr  # debug lines only with --verbose
 
 
-def test_failed_task_is_reported_and_retried(inputs, tmp_path):
+def test_failed_task_is_reported_and_retried(inputs, tmp_path, monkeypatch, capsys):
     import io
     import tarfile
 
+    from curate.cli import main
+    from curate.shards import ShardWriter
+
     bad = inputs / "src-000009.tar"
-    with tarfile.open(bad, "w") as tar:  # a key with a folder in it cannot be re-written
+    with tarfile.open(bad, "w") as tar:  # a key with a folder in it is renamed safely, not a failure
         info = tarfile.TarInfo("sub/k1.txt")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"hi"))
     out = tmp_path / "o"
-    r = curate("shards", "reshard", inputs, "--out", out)
-    assert r.returncode == 2
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "1 of 4 task(s) failed" in last and "invalid sample key 'sub/k1'" in last
-    assert "Traceback" not in r.stderr and "tasks done" in r.stderr
-    assert not (out / "manifest.parquet").exists()
-    from curate.shards import write_shard
+    write = ShardWriter.write
 
-    write_shard(bad, [{"__key__": "k1", "txt": "hi"}])  # fix the input: only its task runs again
+    def full_disk(self, sample):  # the disk fills up while task 3 writes
+        if self.prefix == "shard-000003":
+            raise OSError(28, "No space left on device")
+        return write(self, sample)
+
+    monkeypatch.setattr(ShardWriter, "write", full_disk)
+    with pytest.raises(SystemExit) as stop:  # in-process (one worker), so the fault injection applies
+        main(["shards", "reshard", str(inputs), "--out", str(out), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "1 of 4 task(s) failed" in last and "No space left on device" in last
+    assert "stats.json lists them" in last and "Traceback" not in err
+    # the summary is written anyway: what finished, and what failed
+    assert pl.read_parquet(out / "manifest.parquet").height == 10
+    assert list(json.loads((out / "stats.json").read_text())["failed_tasks"]) == ["000003"]
+    monkeypatch.setattr(ShardWriter, "write", write)  # space freed: only that task runs again
     r = curate("shards", "reshard", inputs, "--out", out)
     assert r.returncode == 0, r.stderr
     assert "3 task(s) already done, 1 to run" in r.stderr
@@ -224,4 +237,5 @@ def test_info_and_verify_report_truncated_shards(inputs, capsys):
     assert "src-000002.tar" in out and "src-000000.tar" not in out
     info = runner.invoke(app, ["info", str(inputs)], env={"COLUMNS": "250"})
     out = info.output + capsys.readouterr().err
-    assert info.exit_code == 0 and "no end-of-archive block" in out and "9 samples" in out  # 4 + 4 + the 1 before the cut
+    # info reads the same shards and exits like verify (1: a corrupt or truncated shard)
+    assert info.exit_code == 1 and "no end-of-archive block" in out and "9 samples" in out  # 4 + 4 + the 1 before the cut

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from curate.shards import ReadReport, iter_keys, iter_shard, write_shard
+from curate.shards import ReadReport, iter_keys, iter_shard, safe_key, sample_meta, write_shard
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -144,7 +144,8 @@ def test_pax_gnu_and_webdataset_shards_use_the_fast_reader(tmp_path):
     for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
         p = _tar(tmp_path / f"f{fmt}.tar", members, fmt=fmt)
         got, rep = _read(p)
-        assert [s["__key__"] for s in got] == [long, "caf\u00e9", "m"], fmt
+        assert [s.get("__source_key__", s["__key__"]) for s in got] == [long, "caf\u00e9", "m"], fmt
+        assert got[1]["__key__"] == safe_key("caf\u00e9") and rep.renamed == 1
         assert rep.error is None
     import webdataset as wds
 
@@ -178,3 +179,34 @@ def test_iter_keys_reads_only_wanted_keys(tmp_path):
     assert [s["__key__"] for s in got] == ["a1", "a4", "b3"]
     assert all(set(s) == {"__key__", "__shard__", "jpg"} for s in got)
     assert [r.shard for r in reports] == ["a.tar", "b.tar"] and not any(r.error for r in reports)
+
+
+def test_unsafe_keys_get_safe_stable_distinct_names(tmp_path):
+    p = _tar(tmp_path / "s.tar", [(_info("dir_a/k.jpg", b"A"), b"A"), (_info("dir_b/k.jpg", b"B"), b"B"),
+                                  (_info("a b.jpg", b"S"), b"S"), (_info("\u00fcber.jpg", b"U"), b"U")])
+    got, rep = _read(p)
+    names = [s["__key__"] for s in got]
+    assert len(set(names)) == 4 and rep.renamed == 4
+    assert all(re_safe(n) for n in names)
+    assert [s["__source_key__"] for s in got] == ["dir_a/k", "dir_b/k", "a b", "\u00fcber"]
+    assert safe_key("dir_a/k") == names[0] and safe_key("plain-key_1") == "plain-key_1"
+    # the keys filter takes the safe names a manifest holds
+    assert [s["jpg"] for s in iter_shard(p, keys={names[1]})] == [b"B"]
+
+
+def re_safe(name: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9_\-]+", name) is not None
+
+
+@pytest.mark.parametrize("raw,why", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deep"), (b'{"a": 1} trailing', "JSONDecodeError"),
+    (b"\xff\xfe", "UnicodeDecodeError"), (b"[1, 2]", "not an object (list)"), (b'"text"', "not an object (str)"),
+    (b"3", "not an object (int)"), (b"null", "not an object (NoneType)"),
+])
+def test_sidecars_that_are_not_json_objects_are_refused_with_a_reason(raw, why):
+    rep = ReadReport("x")
+    assert sample_meta({"__key__": "k", "json": raw}, rep) is None
+    assert len(rep.skipped) == 1 and why in next(iter(rep.skipped))
+    assert sample_meta({"__key__": "k"}, rep) == {} and sample_meta({"json": b'{"a": 1}'}) == {"a": 1}

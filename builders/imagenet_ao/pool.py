@@ -55,9 +55,8 @@ def _pack_chunk(task: Task) -> dict[str, Any]:
     rejected: list[list[str]] = []
 
     def samples():
-        for rel in a["files"]:
+        for rel, key in zip(a["files"], a["keys"], strict=True):
             path = Path(a["root"]) / rel
-            key = _slug(str(Path(rel).with_suffix("")))
             data = path.read_bytes()
             ok, reason, _, _ = check_image(data, a["min_resolution"])
             if not ok:
@@ -71,6 +70,24 @@ def _pack_chunk(task: Task) -> dict[str, Any]:
     return {"outputs": [a["name"]], "stats": {"items": st.count, "rejected": rejected}}
 
 
+def folder_keys(files: list[str]) -> list[str]:
+    """A unique, stable key per file: its path without the extension, made safe; files whose keys
+    would collide (``a.jpg`` beside ``a.png``, ``a b.jpg`` beside ``a_b.jpg``) keep their extension."""
+    base = [_slug(str(Path(rel).with_suffix(""))) for rel in files]
+    seen: dict[str, int] = {}
+    for k in base:
+        seen[k] = seen.get(k, 0) + 1
+    keys = [_slug(rel) if seen[k] > 1 else k for k, rel in zip(base, files, strict=True)]
+    taken: set[str] = set()
+    for i, k in enumerate(keys):  # a collision left after that (a_jpg.png beside a.jpg.png ...): number it
+        n, name = 1, k
+        while name in taken:
+            n, name = n + 1, f"{k}-{n}"
+        keys[i] = name
+        taken.add(name)
+    return keys
+
+
 def pack_folder(folder: Path, out: Path, executor=None, min_resolution: int = 0) -> tuple[list[Path], list[list[str]]]:
     """Pack a folder of image files into shards of ``CHUNK`` images (sorted, deterministic).
 
@@ -80,7 +97,9 @@ def pack_folder(folder: Path, out: Path, executor=None, min_resolution: int = 0)
     if not files:
         raise CurateError("no image files in the pool folder", where=str(folder),
                           fix=f"the folder should hold {', '.join(IMAGE_SUFFIXES)} files")
+    keys = folder_keys(files)
     tasks = [Task(f"pack-{i:06d}", {"root": str(folder), "files": files[i * CHUNK:(i + 1) * CHUNK],
+                                    "keys": keys[i * CHUNK:(i + 1) * CHUNK],
                                     "out": str(out), "name": shard_name("pool", i), "min_resolution": min_resolution})
              for i in range((len(files) + CHUNK - 1) // CHUNK)]
     res = run_stage("pack pool", _pack_chunk, tasks, out, executor, unit="shards")

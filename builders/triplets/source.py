@@ -9,7 +9,6 @@ thumbnails (crude but real visual similarity, recorded as such in triplets.json)
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -21,8 +20,9 @@ import polars as pl
 
 from curate.embed.store import l2_normalise
 from curate.errors import CurateError
+from curate.images import open_rgb
 from curate.log import track
-from curate.shards import IMAGE_EXTS, ReadReport, image_of, iter_keys, iter_shard, list_shards
+from curate.shards import IMAGE_EXTS, ReadReport, image_of, iter_keys, iter_shard, list_shards, sample_meta
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ def _from_shards(path: Path, shards: list[Path]) -> Source:
     for shard in track(shards, "read shards", unit="shards"):
         rep = ReadReport(shard=shard.name)
         for s in iter_shard(shard, rep):
-            meta = _json_field(s.get("json"))
+            meta = sample_meta(s, rep) or {}
+            meta = {k: v for k, v in meta.items() if isinstance(v, str)}  # a list where text belongs: dropped
             caption = s["txt"].decode("utf-8", "replace") if "txt" in s else meta.get("caption")
             if image_of(s) is None:
                 missing.append((s["__key__"], f"no image in {shard.name}"))
@@ -139,16 +140,6 @@ def _from_shards(path: Path, shards: list[Path]) -> Source:
                           f"{dup['key'].unique().sort().head(3).to_list()}", where=str(path),
                           fix="keys must be unique across the shards you pass")
     return Source(path, "shards", df.sort("key"), sorted(missing))
-
-
-def _json_field(raw: bytes | None) -> dict:
-    if not raw:
-        return {}
-    try:
-        v = json.loads(raw)
-    except ValueError:
-        return {}
-    return v if isinstance(v, dict) else {}
 
 
 def iter_images(shard_of: dict[str, str], keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
@@ -216,9 +207,7 @@ def _stored_model(emb_dir: Path) -> str | None:
 
 
 def _decode(data: bytes):
-    from PIL import Image
-
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return open_rgb(data)
 
 
 def _model_features(source: Source, keys: list[str], spec: str, device: str) -> Features:

@@ -9,8 +9,6 @@ are resumable through the ledger; workers keep the model loaded between tasks.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import queue
@@ -25,10 +23,11 @@ import numpy as np
 from ..errors import CurateError
 from ..executor import default_workers, get_executor
 from ..fsutil import write_json
+from ..images import open_rgb
 from ..ledger import Task, run_stage
 from ..log import print_table, summary_table
 from ..outdir import OutputDir
-from ..shards import ReadReport, image_of, iter_shard, list_shards
+from ..shards import ReadReport, image_of, iter_shard, list_shards, sample_meta
 from .backends import Encoder, cached_model, check_spec_syntax
 from .store import INFO_NAME, part_paths, save_npy, save_parquet
 
@@ -45,38 +44,41 @@ class EmbedConfig:
     threads: int = 0  # torch threads per worker; 0 = cores / workers
 
 
-def sample_caption(sample: dict[str, Any]) -> str | None:
-    """Caption from ``txt``/``caption`` members, else the ``caption`` field of ``json``."""
+def sample_caption(sample: dict[str, Any], report: ReadReport | None = None) -> str | None:
+    """Caption from ``txt``/``caption`` members, else the ``caption`` string of the JSON sidecar.
+
+    A sidecar that is not a JSON object, or a caption that is not a string, gives no caption
+    and is counted in ``report`` with its reason.
+    """
     for ext in ("txt", "caption"):
         if ext in sample:
             return bytes(sample[ext]).decode("utf-8", errors="replace").strip()
-    if "json" in sample:
-        try:
-            meta = json.loads(sample["json"])
-        except (ValueError, UnicodeDecodeError):
-            return None
-        if isinstance(meta, dict) and isinstance(meta.get("caption"), str):
-            return meta["caption"]
-    return None
+    meta = sample_meta(sample, report)
+    caption = (meta or {}).get("caption")
+    if caption is not None and not isinstance(caption, str):
+        if report is not None:
+            report.skip(f"{sample.get('__key__')}.json", f"caption is not a string ({type(caption).__name__})")
+        return None
+    return caption
 
 
 def _decoded(shard: Path, encoder: Encoder, report: ReadReport, bad: list[str]) -> Iterator[tuple[str, Any, str | None]]:
-    from PIL import Image
 
     for s in iter_shard(shard, report):
         key = s["__key__"]
         img = image_of(s)
         if img is None:
             bad.append(key)
+            report.skip(key, "no image field")
             continue
         data = img[1]
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                tensor = encoder.preprocess(im.convert("RGB"))
-        except Exception:  # noqa: BLE001 - a broken image is data: count it, skip it
+            tensor = encoder.preprocess(open_rgb(data))
+        except Exception as e:  # noqa: BLE001 - a broken image is data: count it, skip it
             bad.append(key)
+            report.skip(key, f"undecodable image ({type(e).__name__})")
             continue
-        yield key, tensor, sample_caption(s)
+        yield key, tensor, sample_caption(s, report)
 
 
 def _prefetch(it: Iterator[Any], depth: int = 2) -> Iterator[Any]:
@@ -156,7 +158,8 @@ def embed_shard_task(task: Task) -> dict[str, Any]:
     }, schema={"image_path": pl.Utf8, "caption": pl.Utf8, "key": pl.Utf8, "shard": pl.Utf8, "shard_path": pl.Utf8})
     save_parquet(meta_path, meta)
     stats = {"items": len(keys), "texts": n_text, "bad_images": len(bad), "bad_keys": bad[:MAX_LISTED_BAD],
-             "read_error": report.error, "shard": shard.name, "part": suffix, "dim": int(img.shape[1])}
+             "read_error": report.error, "shard": shard.name, "part": suffix, "dim": int(img.shape[1]),
+             "skipped": dict(report.skipped), "renamed_keys": report.renamed}
     return {"outputs": [str(p.relative_to(out)) for p in outputs], "stats": stats}
 
 
@@ -199,27 +202,31 @@ def embed_shards(
         finally:
             ex.close()
         print_table(summary_table([res.summary], title="curate embed"))
-        if res.errors:
-            first_id, first = next(iter(res.errors.items()))
-            raise CurateError(f"{len(res.errors)} of {len(tasks)} shard(s) failed, e.g. {first_id}: "
-                              f"{first.splitlines()[0]}",
-                              where=str(out), fix="fix the cause and rerun the same command; finished shards are kept")
-        stats = [res.records[t.id].get("stats", {}) for t in tasks]
+        stats = [res.records[t.id].get("stats", {}) for t in tasks if t.id in res.records]
+        merged = res.stats
         info = {
             "model": config.model,
-            "dim": next((s["dim"] for s in stats if s.get("dim")), 0),
+            "dim": max((s.get("dim", 0) for s in stats), default=0),
             "counts": {
                 "shards": len(tasks),
-                "images": sum(s.get("items", 0) for s in stats),
-                "texts": sum(s.get("texts", 0) for s in stats),
-                "bad_images": sum(s.get("bad_images", 0) for s in stats),
+                "images": int(merged.get("items", 0)),
+                "texts": int(merged.get("texts", 0)),
+                "bad_images": int(merged.get("bad_images", 0)),
                 "unreadable_shards": sum(1 for s in stats if s.get("read_error")),
             },
             "bad_keys": [k for s in stats for k in s.get("bad_keys", [])][:MAX_LISTED_BAD],
             "read_errors": {s["shard"]: s["read_error"] for s in stats if s.get("read_error")},
+            "skipped": dict(sorted(merged.get("skipped", {}).items())),
+            "renamed_keys": int(merged.get("renamed_keys", 0)),
+            "failed_shards": {tid: err.splitlines()[0] for tid, err in sorted(res.errors.items())},
             "layout": "clip-retrieval",
         }
-        write_json(out / INFO_NAME, info)
+        write_json(out / INFO_NAME, info)  # also when shards failed: the summary lists them
+        if res.errors:
+            first_id, first = next(iter(res.errors.items()))
+            raise CurateError(f"{len(res.errors)} of {len(tasks)} shard(s) failed, e.g. {first_id}: "
+                              f"{first.splitlines()[0]} (listed in {INFO_NAME})",
+                              where=str(out), fix="fix the cause and rerun the same command; finished shards are kept")
         if info["counts"]["bad_images"]:
             logger.warning("%d image(s) failed to decode and were skipped (keys in %s)",
                            info["counts"]["bad_images"], out / INFO_NAME)

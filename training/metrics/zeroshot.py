@@ -11,7 +11,6 @@ The drop from the reference to the rare set is the papers' finding
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import polars as pl
 
 from curate.errors import CurateError
 from curate.fsutil import write_json, write_text
+from curate.images import open_rgb
 from curate.shards import image_of, iter_shard, list_shards
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,10 @@ def load_eval_set(path: str | Path, name: str, rare_only: bool | None = None, mo
 
 
 def _embed(encoder, s: EvalSet, batch_size: int = 64) -> np.ndarray:
-    from PIL import Image
 
     if s.emb is not None:
         return s.emb
-    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in s.images or []]
+    images = [open_rgb(b) for b in s.images or []]
     return encoder.encode_images(images, batch_size=batch_size)
 
 
