@@ -17,12 +17,12 @@ import polars as pl
 
 from curate.errors import CurateError
 from curate.ledger import Task, run_stage
-from curate.shards import list_shards, shard_name, write_shard
+from curate.shards import IMAGE_EXTS, list_shards, shard_name, write_shard
 
 from .filters import MAX_PIXELS, check_image
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTS)
 URL_LIST_SUFFIXES = (".parquet", ".csv", ".tsv", ".txt", ".jsonl")
 CHUNK = 1000
 
@@ -105,7 +105,7 @@ def pack_folder(folder: Path, out: Path, executor=None, min_resolution: int = 0)
     res = run_stage("pack pool", _pack_chunk, tasks, out, executor, unit="shards")
     if res.errors:
         raise CurateError(f"{len(res.errors)} pool chunk(s) failed to pack", where=str(folder))
-    rejected = [r for t in tasks for r in res.records[t.id].get("stats", {}).get("rejected", [])]
+    rejected = list(res.stats.get("rejected", []))  # every chunk's list, in task order
     return sorted(out.glob("pool-*.tar")), rejected
 
 
