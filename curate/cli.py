@@ -8,6 +8,7 @@ module exposes a Typer app (or a click command). Add a command by adding one lin
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -126,6 +127,9 @@ def _typer_exit_code(e: Exception) -> int | None:
     return None
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line and exit 2 for user errors; tracebacks only with --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -154,6 +158,11 @@ def main(argv: list[str] | None = None) -> None:
         code = _typer_exit_code(e)
         if code is not None:
             sys.exit(code)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            where = f" writing {e.filename}" if e.filename else ""
+            click.echo(f"error: the disk is full ({e.strerror}){where} — fix: free space (or raise the file size "
+                       "limit) and rerun the same command; finished work is kept", err=True)
+            sys.exit(2)
         if isinstance(e, CurateError):
             if debug:
                 import traceback

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from curate.errors import CurateError
-from curate.ledger import Task, run_stage
+from curate.ledger import Stats, Task, run_stage
 from curate.shards import IMAGE_EXTS, list_shards, shard_name, write_shard
 
 from .filters import MAX_PIXELS, check_image
@@ -163,14 +163,16 @@ def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: i
     return sorted(out.glob("*.tar"))
 
 
-def download_stats(out: Path) -> dict[str, int]:
-    """Sum img2dataset's per-shard ``*_stats.json`` (successes, failures by reason)."""
-    total: dict[str, int] = {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0}
+def download_stats(out: Path) -> dict[str, Any]:
+    """img2dataset's per-shard ``*_stats.json`` merged: successes, failures, and failures by reason."""
+    total = Stats({"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0})
     for p in sorted(out.glob("*_stats.json")):
         s = json.loads(p.read_text())
-        for k in total:
-            total[k] += int(s.get(k, 0))
-    return total
+        total += {k: int(s.get(k, 0)) for k in ("count", "successes", "failed_to_download", "failed_to_resize")}
+        total += {"failures_by_reason": {why: int(n) for why, n in s.get("status_dict", {}).items() if why != "success"}}
+    total.setdefault("failures_by_reason", {})
+    total["failures_by_reason"] = dict(sorted(total["failures_by_reason"].items()))
+    return dict(total)
 
 
 def ingest_pool(spec: str, out: Path, executor=None, image_size: int = 256, workers: int = 1,

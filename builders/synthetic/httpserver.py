@@ -29,6 +29,7 @@ from curate.errors import CurateError
 log = logging.getLogger(__name__)
 Fault = int | float | str
 SLOW_SECONDS = 2.0
+FAULTS = ("dead", "slow", "truncate", "reset", "redirect-loop", "html")
 
 
 def _norm(path: str) -> str:
@@ -57,6 +58,22 @@ class FaultyHandler(SimpleHTTPRequestHandler):
             return super().do_GET()
         if fault == "truncate":
             return self._truncated()
+        if fault == "reset":
+            return self._reset()
+        if fault == "redirect-loop":
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if fault == "html":
+            body = b"<!doctype html><html><body>404 page served with status 200</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return None
         if isinstance(fault, int):
             self.send_error(fault)
             return None
@@ -79,14 +96,30 @@ class FaultyHandler(SimpleHTTPRequestHandler):
         self.connection.close()
 
 
+    def _reset(self) -> None:
+        """Headers and part of the body, then a TCP reset (SO_LINGER 0) instead of a clean close."""
+        import socket
+        import struct
+
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"\xff\xd8\xff" + b"\0" * 1000)
+        self.wfile.flush()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+
 def check_faults(faults: dict[str, Fault] | None) -> dict[str, Fault]:
     out: dict[str, Fault] = {}
     for k, v in (faults or {}).items():
         ok = (isinstance(v, int) and not isinstance(v, bool) and 400 <= v <= 599) or isinstance(v, float) \
-            or v in ("dead", "slow", "truncate")
+            or v in FAULTS
         if not ok:
             raise CurateError(f"unknown fault {v!r} for path {k!r}",
-                              fix="use an HTTP status 400-599, 'dead', 'slow', 'truncate' or a delay in seconds (float)")
+                              fix=f"use an HTTP status 400-599, one of {', '.join(FAULTS)} or a delay in seconds (float)")
         out[_norm(k)] = v
     return out
 
