@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CurateError
-from .fsutil import dump_json, read_json, write_json
+from .fsutil import clean_temp_files, dump_json, read_json, write_json
 
 META = ".curate"
 
@@ -70,6 +70,7 @@ class OutputDir:
         except BaseException:
             self._unlock()  # a refused or failed open must not keep the folder locked
             raise
+        clean_temp_files(self.path)  # a killed run's half-written files are never outputs
 
     def _check_previous_run(self) -> None:
         run_file = self.meta / "run.json"

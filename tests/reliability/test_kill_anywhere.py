@@ -1,0 +1,154 @@
+"""SIGKILL at random (seeded) moments of whole commands, then rerun: the outputs are byte-identical to
+an uninterrupted run's (paths of the output folder aside), every tar reads to its end, no key is duplicated, no temp file is left.
+
+Each command is first run once uninterrupted (the reference, and its duration T). Then up to 10
+attempts run on a second folder, each killed after a seeded random delay in (0.3 s, T/2): a killed
+attempt is resumed by the next, until one finishes; a last run completes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from curate.shards import ReadReport, iter_shard
+
+CURATE = str(Path(sys.executable).with_name("curate"))
+KILLS = 10
+ENV = {**os.environ, "CURATE_NO_PROGRESS": "1"}
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _run(args: list[str], out: Path) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run([CURATE, *args, "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return time.perf_counter() - t0
+
+
+def _kill_attempts(args: list[str], out: Path, duration: float, seed: int) -> tuple[int, int]:
+    rng = random.Random(seed)
+    kills = attempts = 0
+    while attempts < KILLS:
+        attempts += 1
+        delay = rng.uniform(0.3, max(0.5 * duration, 0.6))
+        p = subprocess.Popen([CURATE, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=ENV)
+        try:
+            p.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            kills += 1
+            continue
+        if p.returncode == 0:
+            break  # this attempt finished the work: nothing left to interrupt
+    return kills, attempts
+
+
+def _digest(p: Path, root: Path) -> str:
+    """A file's content with its own output folder's path written as ROOT (some files record where
+    they were written: shard paths in parquet tables, the output folder in JSON)."""
+    if p.suffix == ".parquet":
+        import polars as pl
+
+        df = pl.read_parquet(p)
+        df = df.with_columns([pl.col(c).str.replace_all(str(root), "ROOT", literal=True)
+                              for c, t in df.schema.items() if t == pl.String])
+        return hashlib.sha256(df.write_ndjson().encode()).hexdigest()
+    data = p.read_bytes()
+    if p.suffix in (".json", ".md", ".txt", ".jsonl"):
+        data = data.replace(str(root).encode(), b"ROOT")
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files(root: Path) -> dict[str, str]:
+    """Every output file but run bookkeeping (``.curate/``: ledger, lock, run.json)."""
+    return {str(p.relative_to(root)): _digest(p, root) for p in sorted(root.rglob("*"))
+            if p.is_file() and ".curate" not in p.relative_to(root).parts}
+
+
+def _check_same(ref: Path, out: Path) -> int:
+    a, b = _files(ref), _files(out)
+    assert sorted(a) == sorted(b)
+    diff = [k for k in a if a[k] != b[k]]
+    assert not diff, f"files differ after kill + rerun: {diff[:10]}"
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name], "orphan temp files"
+    for tar in out.rglob("*.tar"):
+        rep = ReadReport(tar.name)
+        keys = [s["__key__"] for s in iter_shard(tar, rep)]
+        assert rep.error is None and len(keys) == len(set(keys)), tar
+    return len(a)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, small_world, tiny_clip_spec):
+    """The build command on the small world (relaxed filters: a random model judges nothing)."""
+    root = tmp_path_factory.mktemp("kill-build")
+    (root / "build.toml").write_text("object_topk = 1000\nattribute_check = false\ncomp_threshold = -1.0\n"
+                                     "dedup_threshold = 1.01\nmin_resolution = 32\nmax_pairs = 8\ncommon_pairs = 4\n"
+                                     "generator_images = 3\nimages_per_pair = 3\nmin_images_per_pair = 1\n"
+                                     "retrieve_k = 6\nexport = [\"czsl\", \"imagefolder\"]\n")
+    wj = small_world.path / "world.json"
+    args = ["build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
+            str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"),
+            "--generator", "demo", "--model", tiny_clip_spec, "--config", str(root / "build.toml"), "--workers", "1"]
+    duration = _run(args, root / "ref" / "out")
+    return root, args, duration
+
+
+def test_build_killed_anywhere(built):
+    root, args, duration = built
+    kills, attempts = _kill_attempts(args, root / "killed" / "out", duration, seed=1)
+    _run(args, root / "killed" / "out")
+    n = _check_same(root / "ref" / "out", root / "killed" / "out")
+    assert kills >= 3, (kills, attempts)
+    print(f"build: {kills} kills in {attempts} attempts, {n} files identical, 0 lost")
+
+
+def test_embed_killed_anywhere(built, tiny_clip_spec):
+    root, _, _ = built
+    shards = str(root / "ref" / "out" / "pool" / "shards")
+    args = ["embed", shards, "--model", tiny_clip_spec, "--workers", "1"]
+    duration = _run(args, root / "emb-ref" / "out")
+    kills, attempts = _kill_attempts(args, root / "emb-killed" / "out", duration, seed=2)
+    _run(args, root / "emb-killed" / "out")
+    _check_same(root / "emb-ref" / "out", root / "emb-killed" / "out")
+    assert kills >= 1, (kills, attempts)
+
+
+def test_triplets_killed_anywhere(built):
+    root, _, _ = built
+    dataset = root / "ref" / "out"
+    args = ["triplets", str(dataset), "--format", "cirr,circo,fashioniq,shards"]
+    duration = _run(args, root / "trip-ref" / "out")
+    kills, attempts = _kill_attempts(args, root / "trip-killed" / "out", duration, seed=3)
+    _run(args, root / "trip-killed" / "out")
+    _check_same(root / "trip-ref" / "out", root / "trip-killed" / "out")
+    assert kills >= 1, (kills, attempts)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(built):
+    root, args, _ = built
+    out = root / "locked"
+    shutil.rmtree(out, ignore_errors=True)
+    first = subprocess.Popen([CURATE, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        deadline = time.time() + 60
+        while not (out / ".curate").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        r = subprocess.run([CURATE, *args, "--out", str(out)], capture_output=True, text=True, env=ENV)
+        assert r.returncode == 2 and "another curate run" in r.stderr, r.stderr[-2000:]
+    finally:
+        first.kill()
+        first.wait()
