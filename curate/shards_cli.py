@@ -189,6 +189,12 @@ def _write_results(out: Path, n_tasks: int, records: dict[str, dict], ids: Path 
     done = [i for i in range(n_tasks) if f"{i:06d}" in records]
     parts = [pl.read_parquet(out / PARTS_DIR / f"{i:06d}.parquet") for i in done]
     manifest = pl.concat(parts) if parts else pl.DataFrame(schema={"key": pl.String, "shard": pl.String})
+    # a key in two input shards: the first input (in the order given) wins the manifest row; the
+    # later copy stays in its output shard and is listed, so nothing disappears silently
+    dup = manifest.filter(pl.col("key").is_duplicated())
+    duplicates = [{"key": k, "shards": g["shard"].to_list()} for (k,), g in
+                  dup.group_by("key", maintain_order=True)] if dup.height else []
+    manifest = manifest.unique("key", keep="first", maintain_order=True)
     write_manifest(manifest, out)
     stats = [records[f"{i:06d}"]["stats"] for i in done]
     merged = sum((Stats(s) for s in stats), Stats())
@@ -202,6 +208,7 @@ def _write_results(out: Path, n_tasks: int, records: dict[str, dict], ids: Path 
         "skipped": dict(sorted(merged.get("skipped", {}).items())),
         "renamed_keys": int(merged.get("renamed_keys", 0)),
         "failed_tasks": {k: v.splitlines()[0] for k, v in sorted((failed or {}).items())},
+        "duplicate_keys_across_inputs": sorted(duplicates, key=lambda d: d["key"]),
     }
     if ids is not None:
         written = set(manifest["key"].to_list())

@@ -56,7 +56,8 @@ def test_reshard_writes_shards_manifest_and_stats(inputs, tmp_path):
     assert m["source_shard"].to_list() == [str(inputs / "src-000000.tar")] * 2 + [str(inputs / "src-000002.tar")]
     stats = json.loads((tmp_path / "o" / "stats.json").read_text())
     assert stats == {"inputs": 3, "samples_read": 10, "samples_written": 3, "shards_written": 3,
-                     "corrupt_inputs": [], "ids_not_found": 1, "skipped": {}, "renamed_keys": 0, "failed_tasks": {}}
+                     "corrupt_inputs": [], "ids_not_found": 1, "skipped": {}, "renamed_keys": 0, "failed_tasks": {},
+                     "duplicate_keys_across_inputs": []}
     assert sorted(p.name for p in (tmp_path / "o" / "shards").glob("*.tar")) == sorted(set(m["shard"]))
 
 

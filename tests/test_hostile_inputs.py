@@ -123,3 +123,18 @@ def test_folder_pool_keys_are_unique_and_gif_and_16bit_png_decode(tmp_path):
     grey = np.asarray(open_rgb(got["a_png"]["png"]))
     assert 100 < grey.mean() < 155  # scaled from 16 bits, not clipped to white
     assert np.asarray(Image.open(io.BytesIO(got["a_png"]["png"])).convert("RGB")).mean() > 250  # what PIL alone does
+
+
+def test_reshard_reports_a_key_present_in_two_inputs(tmp_path):
+    from curate.shards import write_shard
+
+    write_shard(tmp_path / "in" / "a.tar", [{"__key__": "k1", "txt": "first"}, {"__key__": "k2", "txt": "x"}])
+    write_shard(tmp_path / "in" / "b.tar", [{"__key__": "k1", "txt": "second"}])
+    out = tmp_path / "out"
+    r = subprocess.run([CURATE, "shards", "reshard", str(tmp_path / "in"), "--out", str(out)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    m = pl.read_parquet(out / "manifest.parquet")
+    assert m["key"].to_list() == ["k1", "k2"] and m["source_shard"][0].endswith("a.tar")  # the first input wins
+    dups = json.loads((out / "stats.json").read_text())["duplicate_keys_across_inputs"]
+    assert [d["key"] for d in dups] == ["k1"] and len(dups[0]["shards"]) == 2
