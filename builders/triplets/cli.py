@@ -30,7 +30,8 @@ def triplets(
                                                                "(LLM rewrite, validated, template fallback).")] = "template",
     llm: Annotated[str, typer.Option("--llm", help="LLM spec for --edit-text llm: local, local:PATH.gguf or "
                                                     "openai:MODEL@BASE_URL.")] = "local",
-    formats: Annotated[str, typer.Option("--format", help="Comma list of exports: shards,cirr,circo,fashioniq.")]
+    formats: Annotated[str, typer.Option("--format", help="Comma list of exports: shards,cirr,circo,fashioniq "
+                                                         "(default), and genecis (per-query small galleries).")]
     = "shards,cirr,circo,fashioniq",
     splits: Annotated[str, typer.Option("--splits", help="Image-level split ratios summing to 1, or 'manifest' "
                                                           "to use the manifest's split column.")]
@@ -64,6 +65,7 @@ def triplets(
       curate triplets demo-out/imagenet-ao --mode attribute --mode object --max-per-pair 5
       curate triplets shards/ --mode caption --format shards,circo --out cir-triplets
       curate triplets DATASET --edit-text llm --llm openai:qwen2@http://127.0.0.1:8000/v1
+      curate triplets DATASET --format shards,cirr,circo,fashioniq,genecis
     """
     from curate.log import console
 

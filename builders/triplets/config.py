@@ -9,7 +9,8 @@ from curate.errors import CurateError
 from curate.manifest import unit_hash
 
 MODES = ("attribute", "object", "caption")
-FORMATS = ("shards", "cirr", "circo", "fashioniq")
+FORMATS = ("shards", "cirr", "circo", "fashioniq")  # the default exports
+OPTIONAL_FORMATS = ("genecis",)  # written only when asked (--format ...,genecis)
 SPLITS = ("train", "val", "test")
 CIRCO_MAX_GTS = 23  # CIRCODataset pads gt_img_ids to 23: more would break its collate
 
@@ -38,9 +39,10 @@ class TripletsConfig:
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise CurateError(f"unknown --mode {bad or self.modes}", fix=f"use one or more of {', '.join(MODES)}")
-        badf = [f for f in self.formats if f not in FORMATS]
+        badf = [f for f in self.formats if f not in FORMATS + OPTIONAL_FORMATS]
         if badf:
-            raise CurateError(f"unknown --format {badf}", fix=f"use a comma list of {', '.join(FORMATS)}")
+            raise CurateError(f"unknown --format {badf}",
+                              fix=f"use a comma list of {', '.join(FORMATS + OPTIONAL_FORMATS)}")
         if self.edit_text not in ("template", "llm"):
             raise CurateError(f"unknown --edit-text {self.edit_text!r}", fix="use template or llm")
         if self.max_per_pair < 1 or self.negatives < 0:

@@ -13,6 +13,13 @@
   {id:012d}.jpg``; ROOT = ``circo/``; ``image_ids.json`` maps dataset keys to the integer ids.
 - WebDataset triplet shards: ``shards/{split}-NNNNNN.tar`` with ``ID.ref.jpg``, ``ID.tgt.jpg``,
   ``ID.json``.
+- GeneCIS (the released GeneCIS JSON annotations, COCO-task records; only with ``--format ...,genecis``):
+  ``ROOT/{val,test}/{change_attribute,change_object,change_caption}.json``, lists of
+  ``{"reference", "target", "gallery", "condition"}`` with COCO-style ``{"val_image_id": N}``
+  image records; images ``ROOT/images/{N:012d}.jpg`` (the COCO loaders' image folder); ROOT =
+  ``genecis/``. Each query's small gallery is its hard negatives (never a valid target), the
+  target is not in it (the loader puts it first), the condition is the new word, as GeneCIS's
+  one-word conditions.
 
 Images are staged once (``.curate/images/KEY.jpg``, JPEG) and hard-linked into each export.
 """
@@ -217,4 +224,38 @@ def export_shards(df: pl.DataFrame, out: Path, staged: Path, maxcount: int = 100
                 w.write({"__key__": r["id"], "ref.jpg": (staged / f"{r['reference']}.jpg").read_bytes(),
                          "tgt.jpg": (staged / f"{r['target']}.jpg").read_bytes(), "json": meta})
         counts[split] = len(rows)
+    return counts
+
+
+# -- GeneCIS --------------------------------------------------------------------------------
+
+GENECIS_TASK = {"attribute": "change_attribute", "object": "change_object", "caption": "change_caption"}
+
+
+def export_genecis(df: pl.DataFrame, out: Path, staged: Path) -> dict[str, int]:
+    """val and test only (GeneCIS is an evaluation benchmark); queries without negatives are left out."""
+    root = out / "genecis"
+    by = _by_split(df)
+    rows = {s: [r for r in by[s] if r["negatives"]] for s in ("val", "test")}
+    keys = sorted(images_of(rows["val"] + rows["test"], with_gt=False))
+    ids = {k: i + 1 for i, k in enumerate(keys)}
+    for k in keys:
+        place(staged, k, root / "images" / f"{ids[k]:012d}.jpg")
+    write_json(root / "image_ids.json", ids)
+
+    def record(key: str) -> dict[str, Any]:
+        return {"val_image_id": ids[key], "curate_key": key}
+
+    counts: dict[str, int] = {}
+    for split, srows in rows.items():
+        tasks: dict[str, list[dict[str, Any]]] = {}
+        for r in srows:
+            tasks.setdefault(GENECIS_TASK[r["mode"]], []).append({
+                "reference": record(r["reference"]), "target": record(r["target"]),
+                "gallery": [record(n) for n in r["negatives"]], "condition": r["new_word"],
+                "curate_triplet_id": r["id"], "edit_text": r["edit_text"]})
+        for task, items in sorted(tasks.items()):
+            write_json(root / split / f"{task}.json", items)
+            counts[f"{split}.{task}"] = len(items)
+        counts[f"{split}_without_negatives"] = len(by[split]) - len(srows)
     return counts

@@ -40,6 +40,8 @@ EXPORT_ROOTS = {
     "fashioniq": "fashioniq  (CLIP4Cir FashionIQDataset: fashionIQ_dataset = fashioniq/)",
     "circo": "circo  (CIRCODataset data_path = circo/)",
     "shards": "shards  (WebDataset: shards/{train,val,test}-NNNNNN.tar with ref.jpg, tgt.jpg, json)",
+    "genecis": "genecis/{val,test}  (GeneCIS JSON: genecis/SPLIT/TASK.json, COCO-style val_image_id records, "
+               "coco_root = genecis/images)",
 }
 
 
@@ -102,6 +104,7 @@ def _run(cfg: TripletsConfig, out: Path) -> dict[str, Any]:
         "cirr": lambda: exports.export_cirr(df, out, staged),
         "fashioniq": lambda: exports.export_fashioniq(df, out, staged),
         "circo": lambda: exports.export_circo(df, out, staged, cfg.circo_max_gts),
+        "genecis": lambda: exports.export_genecis(df, out, staged),
     }
     info["exports"] = {f: _stage(out, f"export-{f}", [f], writers[f], summaries) for f in cfg.formats}
     info["export_roots"] = {f: EXPORT_ROOTS[f] for f in cfg.formats}

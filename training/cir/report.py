@@ -1,0 +1,150 @@
+"""``report.md`` (metric tables a person can read) and ``recall_vs_k.png`` for CIR runs and evaluations."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from curate.fsutil import write_text
+
+FAMILIES = (("recall_at", "Recall@K"), ("group_recall_at", "Recall_subset@K"), ("map_at", "mAP@K"),
+            ("hard_recall_at", "hard-negative Recall@K"))
+PLOT = "recall_vs_k.png"
+SHORT = (("group_recall_at", "Rs@"), ("hard_recall_at", "hR@"), ("recall_at", "R@"), ("map_at", "mAP@"))
+LEGEND = ("R@K: Recall@K (CIRR, FashionIQ, GeneCIS; CIRCO: the target in the top K); Rs@K: Recall_subset@K; "
+          "mAP@K: CIRCO's mAP; hR@K: recall among the target and its hard negatives (GeneCIS-style).")
+
+
+def short(key: str) -> str:
+    """``recall_at10`` -> ``R@10`` (tables stay readable in an 80-column terminal)."""
+    for prefix, abbr in SHORT:
+        if key.startswith(prefix) and key[len(prefix):].isdigit():
+            return abbr + key[len(prefix):]
+    return key
+
+
+def fit_summary(res: Any) -> dict[str, Any]:
+    """What a report says about a ``fit()`` result; samples/s is the median over epochs of the
+    training rate (fit measures each epoch before its validation)."""
+    rates = [r["samples_per_s"] for r in res.history if r.get("samples_per_s")]
+    return {"epochs": res.epochs_done, "steps": res.steps, "seconds": round(res.seconds, 2),
+            "samples_per_s": round(float(sorted(rates)[len(rates) // 2]), 1) if rates else None,
+            "best": res.best, "stopped_early": res.stopped_early, "first_loss": res.first_losses[:1],
+            "last_loss": res.last_losses[-1:]}
+
+
+def pct(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{100 * v:.2f}"
+    return str(v)
+
+
+def metric_table(by_method: dict[str, dict[str, Any]], split_name: str) -> str:
+    """One Markdown table: a row per method, a column per scalar metric (percent)."""
+    rows = {m: r[split_name] for m, r in by_method.items() if split_name in r}
+    if not rows:
+        return ""
+    keys = [k for k, v in next(iter(rows.values()))["metrics"].items() if isinstance(v, float)]
+    first = next(iter(rows.values()))
+    gallery = f"per-query gallery of {first['gallery']}" if first.get("format") == "genecis" else \
+        f"gallery {first['gallery']} images"
+    head = f"**{split_name}**: {first['queries']} queries, {gallery}"
+    if not keys:
+        return head + " (no targets: submission files only)\n"
+    lines = [head, "", "| method | " + " | ".join(short(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for method, r in rows.items():
+        lines.append(f"| {method} | " + " | ".join(pct(r["metrics"].get(k)) for k in keys) + " |")
+    skipped = first.get("skipped") or {}
+    if skipped:
+        lines += ["", "Skipped queries: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))]
+    return "\n".join(lines) + "\n"
+
+
+def split_names(by_method: dict[str, dict[str, Any]]) -> list[str]:
+    names: dict[str, None] = {}
+    for r in by_method.values():
+        names.update(dict.fromkeys(r))
+    return list(names)
+
+
+def plot_recall(by_method: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Recall (and mAP) against K, one panel per split and metric family, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for name in split_names(by_method):
+        for prefix, label in FAMILIES:
+            series = {}
+            for method, r in by_method.items():
+                m = r.get(name, {}).get("metrics", {})
+                pts = sorted((int(k[len(prefix):]), v) for k, v in m.items()
+                             if re.fullmatch(re.escape(prefix) + r"\d+", k) and isinstance(v, float))
+                if len(pts) > 1:
+                    series[method] = pts
+            if series:
+                panels.append((f"{name}: {label}", series))
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax, (title, series) in zip(axes.ravel(), panels, strict=False):
+        for method, pts in series.items():
+            ax.plot([k for k, _ in pts], [100 * v for _, v in pts], marker="o", label=method)
+            ax.set_xticks([k for k, _ in pts])
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("K")
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, results: dict[str, Any]) -> Path:
+    """``RUN/report.md`` after training: the run, the training summary, the test tables, the plot."""
+    info, tr, test = results["run"], results["training"], results["test"]
+    lines = [f"# CIR run: {info['model']} on {info.get('backbone') or info.get('mllm')}", "",
+             f"- triplets: `{info['triplets']}` ({info.get('train_triplets', '?')} train triplets"
+             + (f", skipped {info['train_skipped']}" if info.get("train_skipped") else "") + ")",
+             f"- training: {tr['epochs']} epochs, {tr['steps']} steps, {tr['seconds']} s with validation, "
+             f"{tr['samples_per_s']} triplets/s while training" + (" (stopped early by --max-seconds)" if tr.get("stopped_early") else ""),
+             f"- best: {tr['best']}" if tr.get("best") else "- best: last epoch (no validation split)", "",
+             "## Test split (percent)", "",
+             "Metrics are the benchmarks' own (CLIP4Cir / SEARLE / CIRCO / GeneCIS code, see "
+             "training/metrics/cir.py). `ours`: Recall@K with the reference removed, mAP@K over every valid "
+             "target, hR@K among the target and its hard negatives. " + LEGEND, ""]
+    for name in split_names(test):
+        lines += [metric_table(test, name), ""]
+    if plot_recall(test, out / PLOT):
+        lines += [f"![recall vs K]({PLOT})", ""]
+    write_text(out / "report.md", "\n".join(lines))
+    return out / "report.md"
+
+
+def write_eval_report(out: Path, label: str, results: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:
+    """``OUT/report.md`` of ``curate eval cir``: one table per split (category / task)."""
+    by_method = {label: {r["name"]: r for r in results}}
+    lines = [f"# CIR evaluation: {label}", "", LEGEND, ""]
+    for k, v in (extra or {}).items():
+        lines.append(f"- {k}: {v}")
+    lines.append("")
+    for r in results:
+        lines += [metric_table(by_method, r["name"]), ""]
+        for f in r.get("files", []):
+            lines.append(f"- submission file: `{f}`")
+    if plot_recall(by_method, out / PLOT):
+        lines += ["", f"![recall vs K]({PLOT})", ""]
+    write_text(out / "report.md", "\n".join(lines))
+    return out / "report.md"
