@@ -57,13 +57,16 @@ def attributes(
     ones are re-asked with a stricter prompt (--retries), then replaced by the nearest bundled
     visual adjectives by MiniLM embedding (marked source=fallback).
 
-    Writes OUT/aux_label.jsonl (the file TRIDENT reads: {"attr obj": [a, b, c]} per line),
-    OUT/aux_attributes.parquet (raw answers, tries, source) and OUT/aux_summary.json.
+    Writes OUT/aux_label.jsonl ({"attr obj": [a, b, c]} per line), OUT/aux_attributes.parquet
+    (raw answers, tries, source) and OUT/aux_summary.json; and where TRIDENT's loader looks,
+    keyed as it looks: DATASET/exports/czsl/aux_label/aux_label.jsonl for a dataset with a
+    CZSL export, ROOT/aux_label/aux_label.jsonl for a CZSL root (names as in its pair files).
     Every answer is cached in sqlite as it arrives: rerun the same command to resume.
 
     \b
     Examples:
       curate attributes demo-out/imagenet-ao                  # writes into the dataset folder
+      curate attributes mit-states/                           # a CZSL root: mit-states/aux_label/
       curate attributes --pairs pairs.txt --out aux/          # lines like "striped lemon"
       curate attributes WORLD --out aux/ --llm openai:qwen2.5@http://127.0.0.1:8000/v1 --concurrency 32
       curate attributes DATASET --llm openai:gpt-4o-mini@https://api.example.com/v1 --api-key-env MY_KEY
@@ -79,8 +82,8 @@ def attributes(
 
     pair_list, kind = load_pairs(source, pairs)
     if out is None:
-        if kind != "dataset":
-            raise CurateError("--out is required unless SOURCE is a dataset folder", fix="pass --out DIR")
+        if kind not in ("dataset", "czsl"):
+            raise CurateError("--out is required unless SOURCE is a dataset folder or a CZSL root", fix="pass --out DIR")
         out = source
     assert out is not None
     parse_spec(llm)  # a bad --llm fails before anything is written
@@ -91,7 +94,7 @@ def attributes(
               "retries": cfg.retries, "seed": seed, "max_tokens": max_tokens,
               "retry_temperature": cfg.retry_temperature}
     # Writing into a dataset folder: guard (lock, config, cache) a private subfolder of it.
-    in_dataset = kind == "dataset" and out.resolve() == source.resolve()  # type: ignore[union-attr]
+    in_dataset = kind in ("dataset", "czsl") and out.resolve() == source.resolve()  # type: ignore[union-attr]
     guard_dir = out / ".curate" / "attributes" if in_dataset else out
     with OutputDir(guard_dir, "attributes", config, overwrite=overwrite) as guard:
         client = load_llm(llm, cache_path=cache or guard.meta / "llm_answers.sqlite", concurrency=concurrency,
@@ -101,8 +104,22 @@ def attributes(
             results, stats = generate_aux(pair_list, client, cfg)
         summary = {**stats.summary(), "llm": llm, "source": kind, "retries": cfg.retries}
         files = write_outputs(out, results, summary)
+        files += _trident_copies(source, kind, out, results)
     print_table(_summary_table(summary))
     console.print(f"wrote {', '.join(str(f) for f in files)}")
+
+
+def _trident_copies(source: Path | None, kind: str, out: Path, results: list) -> list[Path]:
+    """The file where TRIDENT's loader looks, keyed as it looks (see ``outputs``)."""
+    from .outputs import write_trident_file
+    from .pairs import CZSL_SPLIT
+
+    if kind == "czsl":
+        return [write_trident_file(out, results, rename=False)]
+    export = source / "exports" / "czsl" if source is not None else None
+    if kind == "dataset" and export is not None and (export / CZSL_SPLIT).is_dir() and out.resolve() == source.resolve():
+        return [write_trident_file(export, results, rename=True)]
+    return []
 
 
 def _summary_table(s: dict):

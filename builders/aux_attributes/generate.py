@@ -73,9 +73,10 @@ class AuxStats:
 
 
 def _messages(r: AuxResult) -> list[dict]:
+    attr, obj = r.attr.replace("_", " "), r.obj.replace("_", " ")  # CZSL names: paper_plane -> paper plane
     if not r.problems:
-        return prompt.first_prompt(r.attr, r.obj)
-    return prompt.retry_prompt(r.attr, r.obj, r.problems[-1])
+        return prompt.first_prompt(attr, obj)
+    return prompt.retry_prompt(attr, obj, r.problems[-1])
 
 
 def generate_aux(pairs: list[tuple[str, str]], llm: LLMClient, cfg: AuxConfig,

@@ -3,9 +3,15 @@
 ``aux_label.jsonl`` matches what TRIDENT's ``dataset.py`` (``get_aux_by_pair``) reads: one
 JSON object per line with a single key, the pair ``"attr obj"`` (attribute, one space,
 object), mapping to the list of auxiliary adjectives, written the way its own
-``4_extract_aux_attr_from_sentence.py`` writes it (``json.dump`` defaults). TRIDENT looks
-for ``ROOT/<aux_name>/aux_label.jsonl``; with the file in the dataset root set
-``DATASET.aux_name: ''`` in its config (or copy the file into ``ROOT/aux_label/``).
+``4_extract_aux_attr_from_sentence.py`` writes it (``json.dump`` defaults).
+
+TRIDENT looks for ``ROOT/aux_label/aux_label.jsonl`` under its CZSL root and keys it
+``attr + ' ' + obj`` with the names *as in the pair files* (``paper_plane``, also for VAW-CZSL
+whose pair files write ``attr+obj``). So besides ``OUT/aux_label.jsonl``:
+
+- for a dataset with a CZSL export, ``DATASET/exports/czsl/aux_label/aux_label.jsonl`` is
+  written with the export's names (spaces become ``_``);
+- for a CZSL root, ``ROOT/aux_label/aux_label.jsonl`` with the pair files' names.
 """
 
 from __future__ import annotations
@@ -26,6 +32,25 @@ AUX_SUMMARY = "aux_summary.json"
 
 def aux_label_lines(results: list[AuxResult]) -> str:
     return "".join(json.dumps({r.pair: r.aux}) + "\n" for r in sorted(results, key=lambda r: (r.attr, r.obj)))
+
+
+TRIDENT_DIR = "aux_label"
+
+
+def czsl_name(text: str) -> str:
+    """A name as a CZSL export writes it (``builders.imagenet_ao.exports.czsl_name``)."""
+    return text.strip().replace(" ", "_")
+
+
+def write_trident_file(root: Path, results: list[AuxResult], rename: bool) -> Path:
+    """``ROOT/aux_label/aux_label.jsonl`` keyed as TRIDENT looks (names renamed to CZSL names or kept)."""
+    def key(r: AuxResult) -> str:
+        return f"{czsl_name(r.attr)} {czsl_name(r.obj)}" if rename else f"{r.attr} {r.obj}"
+
+    lines = "".join(json.dumps({key(r): r.aux}) + "\n" for r in sorted(results, key=lambda r: (r.attr, r.obj)))
+    path = root / TRIDENT_DIR / AUX_LABEL
+    write_text(path, lines)
+    return path
 
 
 def write_outputs(out: Path, results: list[AuxResult], summary: dict) -> list[Path]:

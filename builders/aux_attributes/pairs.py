@@ -2,6 +2,9 @@
 
 - a dataset folder (``manifest.parquet``): the unique (attr, obj) pairs of its samples,
   rows a reviewer rejected left out;
+- a CZSL root (``compositional-split-natural/{train,val,test}_pairs.txt``, the layout TRIDENT
+  reads): the pairs of its pair files, names exactly as written there (``paper_plane``;
+  ``attr+obj`` lines as in VAW-CZSL);
 - a demo world folder (``world.json``): every attribute x every object;
 - ``--pairs FILE``: text lines ``attr obj`` (split at the first space, so a multi-word
   *object* needs a comma or a tab: ``small,paper plane`` / ``small<TAB>paper plane``; blank
@@ -38,6 +41,30 @@ def pairs_from_dataset(folder: Path) -> list[Pair]:
     return _norm([(str(a), str(o)) for a, o in rows])
 
 
+CZSL_SPLIT = "compositional-split-natural"
+
+
+def is_czsl_root(folder: Path) -> bool:
+    return (folder / CZSL_SPLIT).is_dir()
+
+
+def pairs_from_czsl(folder: Path) -> list[Pair]:
+    """The pairs of a CZSL root's pair files ('attr obj', or 'attr+obj' when a file's lines all have '+')."""
+    pairs: list[Pair] = []
+    for split in ("train", "val", "test"):
+        path = folder / CZSL_SPLIT / f"{split}_pairs.txt"
+        if not path.is_file():
+            continue
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        plus = bool(lines) and all("+" in ln for ln in lines)
+        for n, line in enumerate(lines, 1):
+            parts = line.split("+") if plus else line.split()
+            if len(parts) != 2:
+                raise CurateError(f"expected 'attr obj' or 'attr+obj', got {line!r}", where=f"{path}:{n}")
+            pairs.append((parts[0], parts[1]))
+    return pairs
+
+
 def pairs_from_world(folder: Path) -> list[Pair]:
     world = read_json(folder / "world.json")
     try:
@@ -50,7 +77,7 @@ def pairs_from_world(folder: Path) -> list[Pair]:
 
 
 def _split_line(line: str, where: str) -> Pair:
-    for sep in ("\t", ","):
+    for sep in ("\t", ",", "+"):  # '+': VAW-CZSL pair files
         if sep in line:
             parts = [p.strip() for p in line.split(sep)]
             if len(parts) == 2 and all(parts):
@@ -102,7 +129,7 @@ def pairs_from_file(path: Path) -> list[Pair]:
 
 
 def load_pairs(source: Path | None, pairs_file: Path | None) -> tuple[list[Pair], str]:
-    """The pairs and what kind of source gave them (``dataset`` / ``world`` / ``file``)."""
+    """The pairs and what kind of source gave them (``dataset`` / ``czsl`` / ``world`` / ``file``)."""
     if pairs_file is not None:
         return pairs_from_file(pairs_file), "file"
     if source is None:
@@ -112,10 +139,13 @@ def load_pairs(source: Path | None, pairs_file: Path | None) -> tuple[list[Pair]
                           fix="pass a dataset folder, a demo world folder, or use --pairs FILE for a file")
     if (source / "manifest.parquet").exists():
         pairs, kind = pairs_from_dataset(source), "dataset"
+    elif is_czsl_root(source):
+        pairs, kind = _norm(pairs_from_czsl(source)), "czsl"
     elif (source / "world.json").exists():
         pairs, kind = pairs_from_world(source), "world"
     else:
-        raise CurateError("neither a dataset (manifest.parquet) nor a demo world (world.json)", where=str(source),
+        raise CurateError("neither a dataset (manifest.parquet), a CZSL root (compositional-split-natural/) nor a "
+                          "demo world (world.json)", where=str(source),
                           fix="pass a folder made by `curate build` or `curate demo world`, or --pairs FILE")
     if not pairs:
         raise CurateError(f"the {kind} has no attribute-object pairs", where=str(source))

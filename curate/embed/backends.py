@@ -64,6 +64,16 @@ class Encoder(ABC):
     def _forward_texts(self, texts: list[str]) -> Any:
         """Texts -> unnormalised [B, D] text features."""
 
+    def tokens(self, batch: Any) -> tuple[Any, Any]:
+        """A preprocessed [B, C, H, W] batch -> ``(global [B, Dg], local [B, T, Dl])`` float tensors.
+
+        The frozen image tower's token features, as LLaVA and TRIDENT read a CLIP ViT: the
+        penultimate layer's hidden states, the CLS token as the global feature and the patch
+        tokens as the local ones. Backends without tokens say so.
+        """
+        raise CurateError(f"{type(self).__name__} ({self.spec}) has no token features",
+                          fix="use a ViT backbone: open_clip:ViT-*, hf:CLIP folder, or mini:PATH")
+
     # -- shared ----------------------------------------------------------------------------
     def encode_image_tensors(self, batch: Any) -> np.ndarray:
         """A stacked [B, C, H, W] batch -> L2-normalised float32 [B, D]."""
@@ -172,6 +182,41 @@ class OpenClipEncoder(Encoder):
 
     def _forward_texts(self, texts: list[str]) -> Any:
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+    def tokens(self, batch: Any) -> tuple[Any, Any]:
+        """Penultimate-layer hidden states: the input of the last residual block, caught by a hook
+        that stops the forward pass there (the last block and the head are never run)."""
+        import torch
+
+        visual = self.model.visual
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if not blocks:
+            raise CurateError(f"{self.spec}: token features need a ViT image tower, this one is "
+                              f"{type(visual).__name__}", fix="use an open_clip ViT architecture")
+        caught: dict[str, Any] = {}
+
+        def stop(_module: Any, args: tuple) -> None:
+            caught["x"] = args[0]
+            raise _Stop
+
+        handle = blocks[-1].register_forward_pre_hook(stop)
+        try:
+            with torch.no_grad():
+                visual(batch.to(self.device))
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        x = caught["x"]
+        if not getattr(visual.transformer, "batch_first", True):
+            x = x.transpose(0, 1)
+        if getattr(visual, "class_embedding", None) is None:  # no CLS token (e.g. SigLIP): mean as global
+            return x.mean(1), x
+        return x[:, 0], x[:, 1:]
+
+
+class _Stop(Exception):
+    """Raised by a forward hook to end a forward pass early."""
 
 
 def _open_clip_dim(model: Any) -> int:
@@ -300,6 +345,12 @@ class HFClipEncoder(Encoder):
         max_len = int(self.model.config.text_config.max_position_embeddings)
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         return self.model.get_text_features(**{k: v.to(self.device) for k, v in tok.items()})
+
+    def tokens(self, batch: Any) -> tuple[Any, Any]:
+        """``hidden_states[-2]`` of the vision tower (what LLaVA-1.5 and TRIDENT select)."""
+        out = self.model.vision_model(pixel_values=batch.to(self.device), output_hidden_states=True)
+        x = out.hidden_states[-2]
+        return x[:, 0], x[:, 1:]
 
 
 def load_hf(spec: str, rest: str, device: str) -> HFClipEncoder:

@@ -182,6 +182,15 @@ class MiniClipEncoder(Encoder):
         ids, offsets = self.vocab.encode(texts)
         return self.model.text(ids.to(self.device), offsets.to(self.device))
 
+    def tokens(self, batch: Any) -> tuple[Any, Any]:
+        """The CNN's last spatial feature map as local tokens [B, H*W, C], its pooled embedding as global."""
+        import torch
+
+        visual = self.model.visual
+        h = visual.body(visual.stem(batch.to(self.device)))
+        pooled = visual.proj(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
+        return pooled, h.flatten(2).transpose(1, 2)
+
 
 def load_mini(spec: str, folder: str | os.PathLike, device: str) -> MiniClipEncoder:
     """The ``mini:FOLDER`` backend (registered in ``curate.embed.backends.LOADERS``)."""

@@ -1,0 +1,145 @@
+"""The frozen image side of TRIDENT: a CLIP tower's token features and LLaVA's projector.
+
+- :class:`Backbone` wraps any ``curate.embed.backends`` encoder (``open_clip:``, ``hf:``,
+  ``mini:`` specs, any size; the paper's is ViT-L/14-336) and returns its token features
+  through ``Encoder.tokens`` (penultimate layer: CLS = global, patches = local). Images are
+  padded to a square with the mean colour first, as TRIDENT does (``image_aspect_ratio:
+  pad``), then go through the encoder's own preprocessing.
+- :func:`load_projector` reads LLaVA-1.5's ``mm_projector`` weights (Linear -> ReLU ->
+  Linear, 1024 -> 4096 -> 4096 for ViT-L), from LLaVA's ``mm_projector.bin`` (keys
+  ``model.mm_projector.0.weight`` ...) or TRIDENT's extracted ``mm_projector.pth`` (keys
+  ``0.weight`` ...), torch files read with ``weights_only=True`` or safetensors.
+- :class:`ImageSource` reads an item's image: a file under ``images/`` or a shard sample.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError
+
+from .data import CZSLData, Item
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+
+
+class Backbone:
+    """A frozen encoder's token features; ``spec`` names it in configs and caches."""
+
+    def __init__(self, spec: str, device: str = "cpu"):
+        from curate.embed.backends import load_model
+
+        self.spec = spec
+        self.encoder = load_model(spec, device)
+        self.device = self.encoder.device
+        for p in getattr(getattr(self.encoder, "model", None), "parameters", lambda: [])():
+            p.requires_grad_(False)
+        fill = CLIP_MEAN if spec.split(":", 1)[0] in ("open_clip", "hf") else (0.5, 0.5, 0.5)
+        self.fill = tuple(int(255 * c) for c in fill)
+
+    def preprocess(self, image: Any) -> Any:
+        return self.encoder.preprocess(pad_square(image.convert("RGB"), self.fill))
+
+    def tokens(self, pixels: Any) -> tuple[Any, Any]:
+        """``(global [B, Dg], local [B, T, Dl])`` float32 tensors on the backbone's device."""
+        import torch
+
+        with torch.no_grad():
+            g, loc = self.encoder.tokens(pixels.to(self.device))
+        return g.float(), loc.float()
+
+    def dims(self) -> dict[str, int]:
+        """Token count and widths, from one dummy image."""
+        from PIL import Image
+
+        x = self.preprocess(Image.new("RGB", (64, 64), self.fill)).unsqueeze(0)
+        g, loc = self.tokens(x)
+        return {"global_dim": int(g.shape[-1]), "tokens": int(loc.shape[1]), "local_dim": int(loc.shape[-1])}
+
+
+def pad_square(image: Any, fill: tuple[int, ...]) -> Any:
+    """TRIDENT's ``expand2square``: the image centred on a square of the mean colour."""
+    from PIL import Image
+
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    out = Image.new(image.mode, (side, side), fill)
+    out.paste(image, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+# -- LLaVA's projector ------------------------------------------------------------------------------
+def load_projector(path: str | Path) -> Any:
+    """A frozen ``nn.Sequential(Linear, ReLU, Linear)`` with LLaVA's ``mm_projector`` weights."""
+    import torch
+    from torch import nn
+
+    from curate.embed.backends import load_state_file
+
+    path = Path(path)
+    state = load_state_file(path)  # weights_only=True / safetensors, clear errors
+    clean = {}
+    for k, v in state.items():
+        m = re.search(r"(?:^|\.)([02])\.(weight|bias)$", k)
+        if m and ("mm_projector" in k or re.fullmatch(r"[02]\.(weight|bias)", k)):
+            clean[f"{m.group(1)}.{m.group(2)}"] = v
+    if set(clean) != {"0.weight", "0.bias", "2.weight", "2.bias"}:
+        raise CurateError(f"not an mm_projector (Linear-ReLU-Linear) state dict; keys: {sorted(state)[:6]}",
+                          where=str(path), fix="pass LLaVA-1.5's mm_projector.bin or TRIDENT's mm_projector.pth")
+    out_dim, in_dim = clean["0.weight"].shape
+    proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, clean["2.weight"].shape[0]))
+    proj.load_state_dict({k: v.float() for k, v in clean.items()})
+    proj.requires_grad_(False)
+    return proj.eval().to(torch.float32)
+
+
+# -- images ------------------------------------------------------------------------------------------
+class ImageSource:
+    """Decoded images of a dataset's items: files (standard layout) or shard samples (curate datasets).
+
+    Shard samples are streamed shard by shard by :meth:`iter_items` (feature extraction) and
+    kept as encoded bytes by :meth:`load_all` (online training: random access for partners).
+    """
+
+    def __init__(self, data: CZSLData):
+        self.data = data
+        self._bytes: dict[str, bytes] = {}
+
+    def open(self, item: Item) -> Any:
+        from PIL import Image
+
+        if self.data.kind == "czsl":
+            assert self.data.images is not None
+            with Image.open(self.data.images / item.ref) as im:
+                return im.convert("RGB")
+        raw = self._bytes.get(item.ref)
+        if raw is None:
+            raise CurateError(f"image {item.ref} not loaded", where=str(self.data.root))
+        with Image.open(io.BytesIO(raw)) as im:
+            return im.convert("RGB")
+
+    def load_all(self, items: Iterable[Item]) -> int:
+        """Keep the encoded bytes of ``items`` (dataset folders); returns how many were missing."""
+        if self.data.kind == "czsl":
+            return 0
+        wanted = [it.ref for it in items if it.ref not in self._bytes]
+        for key, raw in self._iter_shard_bytes(wanted):
+            self._bytes[key] = raw
+        return sum(1 for k in wanted if k not in self._bytes)
+
+    def _iter_shard_bytes(self, keys: list[str]) -> Iterator[tuple[str, bytes]]:
+        from curate.shards import image_of, iter_keys
+
+        for sample in iter_keys({k: self.data.shards[k] for k in keys}):
+            img = image_of(sample)
+            if img is not None:
+                yield sample["__key__"], img[1]

@@ -1,0 +1,137 @@
+"""``curate train trident`` and ``curate eval czsl``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from curate.options import Device, Overwrite
+
+
+def register(train_app: typer.Typer, eval_app: typer.Typer) -> None:
+    train_app.command("trident")(train_cmd)
+    eval_app.command("czsl")(eval_cmd)
+
+
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", help="A CZSL root (images/, compositional-split-natural/, "
+                                                      "metadata .t7), a curate dataset folder, or a demo world.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, metrics.jsonl, report.md.")],
+    preset: Annotated[str, typer.Option("--preset", help="mit-states | cgqa | vaw | demo (official (G, L), "
+                                                         "alpha, top-k; demo: small widths for CPU).")] = "demo",
+    aux: Annotated[Path | None, typer.Option("--aux", help="aux_label.jsonl (default: ROOT/aux_label/, the "
+                                                           "dataset's own, or the dataset above an export).")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", help="Frozen image tower: open_clip:ARCH//ckpt, "
+                                                                    "hf:/path, mini:PATH (default: the model the "
+                                                                    "dataset was built with).")] = None,
+    projector: Annotated[Path | None, typer.Option("--projector", help="LLaVA-1.5 mm_projector weights "
+                                                                       "(frozen); default a learned projection.")]
+    = None,
+    word_embeddings: Annotated[str, typer.Option("--word-embeddings", help="glove:FILE | hf:/path | minilm | "
+                                                                           "gguf[:PATH] | auto (bundled GGUF, "
+                                                                           "else MiniLM).")] = "auto",
+    model: Annotated[str | None, typer.Option("--model", help="trident, or linear (baseline: linear maps of "
+                                                              "frozen features and word vectors).")] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha", help="Attribute smoothing (0: off).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Override the preset's 50.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch (preset: 128).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override the preset's 124.")] = None,
+    cache_features: Annotated[bool, typer.Option("--cache-features/--online", help="Compute the frozen token "
+                                                                                   "features once (fp16 cache) "
+                                                                                   "or run the backbone every "
+                                                                                   "step.")] = True,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Feature cache folder (default: "
+                                                                       "$CURATE_CACHE/trident-features/...).")]
+    = None,
+    feasibility: Annotated[str, typer.Option("--feasibility", help="Open-world feasibility: auto | captions "
+                                                                   "(pairs.parquet) | words | none.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last "
+                                                          "checkpoint.")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="DataLoader workers (default: 4 on CUDA, "
+                                                                      "0 on CPU).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads.")] = None,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop training after this long.")]
+    = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+) -> None:
+    """Train TRIDENT (compositional zero-shot learning) on a dataset and report CZSL metrics.
+
+    Frozen CLIP token features (penultimate layer: CLS global, patches local), feature adaptive
+    aggregation, condition masks, attribute/object disentanglement over same-attribute and
+    same-object image pairs, attribute smoothing with the auxiliary attributes of `curate
+    attributes`. Checkpoints every epoch (--resume), best model by validation AUC, then the
+    best model on val and test, closed and open world: RUN/report.md, RUN/results.json,
+    RUN/curves.png, RUN/metrics.jsonl. Under torchrun every rank trains on its share.
+
+    \b
+    Examples:
+      curate train trident --data demo-out/imagenet-ao --out runs/demo
+      curate train trident --data demo-out/world --out runs/world      # the world, exported to CZSL once
+      curate train trident --data mit-states/ --preset mit-states --word-embeddings glove:llava_mit.txt \\
+          --backbone hf:/models/clip-vit-large-patch14-336 --projector mm_projector.bin --out runs/mit
+      torchrun --nproc-per-node 8 -m curate.cli train trident --data cgqa/ --preset cgqa ... --device cuda
+      curate train trident --data vaw-czsl/ --preset vaw --out runs/vaw --resume
+    """
+    from curate.log import console
+
+    from .report import metrics_table
+    from .train import TrainRequest, train_trident
+
+    overrides: dict[str, Any] = {"model": model, "alpha": alpha, "epochs": epochs, "batch_size": batch_size,
+                                 "seed": seed}
+    req = TrainRequest(data=data, out=out, preset=preset, backbone=backbone, projector=projector, aux=aux,
+                       word_embeddings=word_embeddings, device=device, cache_features=cache_features,
+                       cache_dir=cache_dir, resume=resume, overwrite=overwrite, workers=workers,
+                       overrides=overrides, max_seconds=max_seconds, feasibility=feasibility, threads=threads)
+    results = train_trident(req)
+    if results.get("closed"):
+        console.print(metrics_table(results), markup=False, highlight=False)
+        console.print(f"wrote {out / 'report.md'}")
+
+
+def eval_cmd(
+    data: Annotated[Path, typer.Option("--data", help="The CZSL root, dataset folder or demo world to score.")],
+    run: Annotated[Path | None, typer.Argument(help="Run folder of `curate train trident` (omit with "
+                                                    "--zero-shot).")] = None,
+    split: Annotated[str, typer.Option("--split", help="val or test.")] = "test",
+    open_world: Annotated[bool, typer.Option("--open-world", help="Also score every attribute x object pair "
+                                                                  "(feasibility threshold chosen on val).")]
+    = False,
+    zero_shot: Annotated[str | None, typer.Option("--zero-shot", help="No training: CLIP model spec scored "
+                                                                      "with 'a photo of {attr} {obj}'.")] = None,
+    feasibility: Annotated[str, typer.Option("--feasibility", help="auto | captions | words | none.")] = "auto",
+    feasibility_table: Annotated[Path | None, typer.Option("--feasibility-table", help="pairs.parquet with "
+                                                                                      "caption co-occurrences.")]
+    = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="model.safetensors to score (default "
+                                                                         "RUN/best).")] = None,
+    device: Device = "auto",
+) -> None:
+    """CZSL metrics (ExplainableML/czsl Evaluator): seen, unseen, HM, AUC, attribute/object accuracy.
+
+    Scores a trained run's best model (or --checkpoint) on --split, closed world, and with
+    --open-world every attribute x object pair too. Writes RUN/eval-SPLIT.json.
+
+    \b
+    Examples:
+      curate eval czsl runs/demo --data demo-out/imagenet-ao --split test --open-world
+      curate eval czsl --zero-shot mini:PATH --data demo-out/imagenet-ao/exports/czsl
+    """
+    from curate.errors import CurateError
+    from curate.log import console
+
+    from .report import metrics_table
+    from .results import evaluate_run, evaluate_zero_shot
+
+    if split not in ("val", "test"):
+        raise CurateError(f"--split must be val or test, got {split!r}")
+    if zero_shot:
+        res = evaluate_zero_shot(zero_shot, data, split, open_world, device, feasibility, feasibility_table)
+    elif run is None:
+        raise CurateError("give a RUN folder, or --zero-shot SPEC", fix="curate eval czsl RUN --data DIR")
+    else:
+        res = evaluate_run(run, data, split, open_world, device, feasibility, feasibility_table, checkpoint)
+    console.print(metrics_table(res), markup=False, highlight=False)

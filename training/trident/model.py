@@ -1,0 +1,287 @@
+"""TRIDENT (xud-yan/Trident ``models/trident.py``), vectorised, with its known bugs fixed.
+
+The network, as the official code builds it (names kept where they help a reader compare):
+
+- local tokens -> projector (LLaVA's frozen ``mm_projector``, or a learned Linear) -> FAA:
+  Conv1d(k=1) + BatchNorm + ReLU + Dropout1d -> L sigmoid-weighted poolings (each a
+  Conv1d(dim -> 1) + Sigmoid giving token weights; feature = mean over tokens of weight x
+  token). The official code keeps the L poolings in a plain Python list, so they are never
+  trained nor saved: here they are an ``nn.ModuleList`` (trained, in the checkpoint), and run
+  as one stacked convolution.
+- global (CLS) -> (an MLP when its width is not ``dim``) -> G condition masks:
+  ReLU(mask_g) * CLS.
+- image embedding = Linear([mean of the L local features ; mean of the G global features]).
+- pair embedding = Linear(Dropout([obj word ; attr word])); cosine classifier, logits / 0.05 in
+  training over the seen pairs, raw cosines over the candidate pairs in evaluation.
+- disentanglement over an image and a partner sharing its attribute (resp. object): shared /
+  exclusive token weights from the concatenated token sets, fused shared features, ten
+  cross-entropy terms against all words (attributes, objects, auxiliary attributes), the
+  attribute terms with attribute smoothing.
+- loss = pair CE (anchor, same-attribute and same-object images) + 0.1 orthogonality of the
+  local and of the global templates + 0.25 disentanglement.
+
+Fixed here: the official per-sample Python loops (pair CE, smoothing CE) are single tensor
+expressions; a batch with no valid partner gives 0, not NaN (0/0); invalid partners (none
+shares the attribute or the object) are left out of every term instead of entering the pair
+CE and the orthogonality term as an arbitrary image; the token features of an image that is
+both an anchor and a partner are computed once.
+
+Attribute smoothing (per sample, over the word logits z): ``-(1-a) z[y] + logsumexp(z) -
+(a/|aux|) sum_k z[aux_k]``; a pair without auxiliaries has ``a = 0`` (plain cross-entropy).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TridentConfig
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask``; 0 (with a gradient path) when nothing is selected."""
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp(min=1.0)
+
+
+def smoothed_ce(logits: torch.Tensor, target: torch.Tensor, aux: torch.Tensor, aux_mask: torch.Tensor,
+                alpha: torch.Tensor) -> torch.Tensor:
+    """Per-sample attribute-smoothing loss; ``alpha`` [B] (0 rows are plain cross-entropy)."""
+    z = logits.float()
+    n_aux = aux_mask.sum(1).clamp(min=1).to(z.dtype)
+    aux_sum = (z.gather(1, aux) * aux_mask.to(z.dtype)).sum(1)
+    true = z.gather(1, target[:, None])[:, 0]
+    return -(1 - alpha) * true + torch.logsumexp(z, 1) - alpha / n_aux * aux_sum
+
+
+def cosine_logits(x: torch.Tensor, classes: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    s = F.normalize(x.float(), dim=-1) @ F.normalize(classes.float(), dim=-1).T
+    return s / temperature if temperature else s
+
+
+def orthogonality(templates: torch.Tensor) -> torch.Tensor:
+    """Per-image MSE between the templates' cosine matrix and the identity ([U])."""
+    t = F.normalize(templates.float(), dim=-1)
+    eye = torch.eye(t.shape[1], device=t.device, dtype=t.dtype)
+    return ((t @ t.transpose(1, 2) - eye) ** 2).mean((1, 2))
+
+
+def pool_tokens(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Average-pool a square grid of tokens [U, T, D] to ``n`` tokens (0: unchanged)."""
+    side, out = math.isqrt(x.shape[1]), math.isqrt(n) if n else 0
+    if not n or n >= x.shape[1] or side * side != x.shape[1] or out * out != n:
+        return x
+    grid = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+    return F.adaptive_avg_pool2d(grid, out).flatten(2).transpose(1, 2)
+
+
+class Remain(nn.Module):
+    """Token weights from a concatenated pair of token sets (official ``MLP_For_Remain``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.remain_map = nn.Sequential(nn.Linear(dim * 2, dim), nn.ReLU(), nn.Linear(dim, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.remain_map(x)
+
+
+class Disentangler(nn.Module):
+    """Attribute/object disentanglement over image pairs (official ``AO_DIS_MODULE``)."""
+
+    def __init__(self, dim: int, word_dim: int, dropout: float, temperature: float):
+        super().__init__()
+        self.shared_weights_1 = Remain(dim)
+        self.shared_weights_2 = Remain(dim)
+        self.ao_2_word = nn.Linear(dim * 2, dim)
+        # official MLP(word_dim, word_dim // 2, dim, dropout): Linear, BatchNorm, ReLU, Dropout, Linear
+        self.word_mlp = nn.Sequential(nn.Linear(word_dim, word_dim // 2), nn.BatchNorm1d(word_dim // 2), nn.ReLU(True),
+                                      nn.Dropout(dropout), nn.Linear(word_dim // 2, dim))
+        self.temperature = temperature
+
+    def attend(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        both = torch.cat([a, b], -1)
+        w1, w2 = self.shared_weights_1(both), self.shared_weights_2(both)
+        shared_1, shared_2 = (w1 * a).mean(1), (w2 * b).mean(1)
+        diff_1, diff_2 = ((1 - w1) * a).mean(1), ((1 - w2) * b).mean(1)
+        return self.ao_2_word(torch.cat([shared_1, shared_2], -1)), shared_1, shared_2, diff_1, diff_2
+
+    def forward(self, anchor: torch.Tensor, same_attr: torch.Tensor, same_obj: torch.Tensor,
+                words: torch.Tensor, lab: dict[str, torch.Tensor], smooth: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = self.word_mlp(words)
+        t = self.temperature
+
+        def ce(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(cosine_logits(x, w, t), y, reduction="none")
+
+        def ls(x: torch.Tensor, y: torch.Tensor, who: str) -> torch.Tensor:
+            return smoothed_ce(cosine_logits(x, w, t), y, smooth[f"aux_{who}"], smooth[f"aux_mask_{who}"],
+                               smooth[f"alpha_{who}"])
+
+        attr, obj, am, om = lab["attr"], lab["obj"], lab["attr_mask"], lab["obj_mask"]
+        # pair sharing the attribute: shared part -> attribute, exclusive parts -> objects
+        sh, s1, s2, d1, d2 = self.attend(anchor, same_attr)
+        terms_a = [ce(sh, attr[0]), ls(s1, attr[0], "anchor"), ls(s2, attr[0], "attr"), ce(d1, obj[0]), ce(d2, obj[1])]
+        # pair sharing the object: shared part -> object, exclusive parts -> attributes
+        sh, s1, s2, d1, d2 = self.attend(anchor, same_obj)
+        terms_o = [ce(sh, obj[0]), ce(s1, obj[0]), ce(s2, obj[0]), ls(d1, attr[0], "anchor"), ls(d2, attr[2], "obj")]
+        total = sum(masked_mean(v, am) for v in terms_a) + sum(masked_mean(v, om) for v in terms_o)
+        return total / 10.0
+
+
+class Trident(nn.Module):
+    def __init__(self, cfg: TridentConfig, n_words: int, word_dim: int, token_dim: int, global_dim: int,
+                 projector: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.dim
+        self.word_embedder = nn.Embedding(n_words, word_dim)
+        self.compose = nn.Sequential(nn.Dropout(cfg.compose_dropout), nn.Linear(word_dim * 2, dim))
+        self._frozen = [projector.eval()] if projector is not None else []
+        if projector is not None:
+            proj_dim = projector[-1].out_features
+            if projector[0].in_features != token_dim:
+                from curate.errors import CurateError
+
+                raise CurateError(f"the projector takes {projector[0].in_features}-d tokens, the backbone gives "
+                                  f"{token_dim}-d", fix="use the projector made for this vision tower (LLaVA-1.5: "
+                                                        "ViT-L/14-336), or none")
+            self.project = None
+        else:
+            proj_dim = cfg.proj_dim
+            self.project = nn.Linear(token_dim, proj_dim)
+        self.faa = nn.Sequential(nn.Conv1d(proj_dim, dim, 1), nn.BatchNorm1d(dim), nn.ReLU(),
+                                 *([nn.Dropout1d(cfg.faa_dropout)] if cfg.faa_dropout > 0 else []))
+        self.local_agg = nn.ModuleList(nn.Sequential(nn.Conv1d(dim, 1, 1), nn.Sigmoid())
+                                       for _ in range(cfg.local_poolings))
+        self.global_cond_masks = nn.Embedding(cfg.global_masks, dim)
+        self.global_pre = None
+        if global_dim != dim:  # official: an MLP when the CLS width is not emb_dim
+            self.global_pre = nn.Sequential(nn.Dropout(cfg.compose_dropout), nn.Linear(global_dim, dim), nn.ReLU(True),
+                                            nn.Linear(dim, dim))
+        self.image_embedder = nn.Linear(dim * 2, dim)
+        self.dis = Disentangler(dim, word_dim, cfg.compose_dropout, cfg.temperature)
+        add_vocabulary_buffers(self)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Trident:
+        super()._apply(fn, recurse)
+        for m in self._frozen:  # the frozen projector follows .to(device) but stays out of state_dict
+            m._apply(fn)
+        return self
+
+    # -- features ------------------------------------------------------------------------------
+    def templates(self, g: torch.Tensor, loc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local templates [U, L, dim], global templates [U, G, dim]) of token features."""
+        x = pool_tokens(loc.float(), self.cfg.local_tokens)
+        if self.project is not None:
+            x = self.project(x)
+        else:
+            with torch.no_grad():
+                x = self._frozen[0](x)
+        x = self.faa(x.transpose(1, 2))                                   # [U, dim, T]
+        weight = torch.cat([m[0].weight for m in self.local_agg])         # [L, dim, 1]
+        bias = torch.cat([m[0].bias for m in self.local_agg])
+        w = torch.sigmoid(F.conv1d(x, weight, bias))                      # [U, L, T]
+        local = torch.einsum("bct,blt->blc", x, w) / x.shape[-1]
+        gf = g.float()
+        if self.global_pre is not None:
+            gf = self.global_pre(gf)
+        glob = gf[:, None, :] * F.relu(self.global_cond_masks.weight)[None]
+        return local, glob
+
+    def embed(self, local: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        return self.image_embedder(torch.cat([local.mean(1), glob.mean(1)], -1))
+
+    def embed_images(self, g: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        return self.embed(*self.templates(g, loc))
+
+    def pair_embeddings(self, attr_word: torch.Tensor, obj_word: torch.Tensor) -> torch.Tensor:
+        w = self.word_embedder.weight
+        return self.compose(torch.cat([w[obj_word], w[attr_word]], -1))
+
+    # -- training --------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Training losses of a batch (see ``features.plan_labels`` for its fields)."""
+        local, glob = self.templates(batch["g"], batch["l"])
+        inv = batch["inv"]                                                # [3, B] -> unique images
+        valid = torch.stack([torch.ones_like(batch["attr_mask"]), batch["attr_mask"], batch["obj_mask"]])
+        concept = self.pair_embeddings(self.train_attr_word, self.train_obj_word)
+        logits = cosine_logits(self.embed(local, glob), concept, self.cfg.temperature)   # [U, S]
+        ce = F.cross_entropy(logits[inv.reshape(-1)], batch["pair"].reshape(-1), reduction="none")
+        pair_loss = masked_mean(ce, valid.reshape(-1))
+        ortho_img = orthogonality(local) + orthogonality(glob)            # per unique image
+        ortho = masked_mean(ortho_img[inv.reshape(-1)], valid.reshape(-1)) / 2
+        tokens = torch.cat([local, glob], 1)
+        lab = {k: batch[k] for k in ("attr", "obj", "attr_mask", "obj_mask")}
+        pair = batch["pair"]
+        smooth = {}
+        for who, row in (("anchor", 0), ("attr", 1), ("obj", 2)):
+            smooth[f"aux_{who}"] = self.aux_words[pair[row]]
+            smooth[f"aux_mask_{who}"] = self.aux_mask[pair[row]]
+            smooth[f"alpha_{who}"] = self.aux_alpha[pair[row]]
+        dis = self.dis(tokens[inv[0]], tokens[inv[1]], tokens[inv[2]], self.word_embedder.weight, lab, smooth)
+        loss = pair_loss + self.cfg.w_ortho * ortho + self.cfg.w_dis * dis
+        return {"loss": loss, "pair_loss": pair_loss.detach(), "ortho_loss": ortho.detach(), "dis_loss": dis.detach()}
+
+
+class LinearComposition(nn.Module):
+    """Baseline: a linear map of the frozen features ([CLS ; mean token]) and a linear
+    composition of the two word vectors, cosine classifier over the seen pairs."""
+
+    def __init__(self, cfg: TridentConfig, n_words: int, word_dim: int, token_dim: int, global_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.word_embedder = nn.Embedding(n_words, word_dim)
+        self.compose = nn.Linear(word_dim * 2, cfg.dim)
+        self.image_embedder = nn.Linear(global_dim + token_dim, cfg.dim)
+        add_vocabulary_buffers(self)
+
+    def embed_images(self, g: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        return self.image_embedder(torch.cat([g.float(), loc.float().mean(1)], -1))
+
+    def pair_embeddings(self, attr_word: torch.Tensor, obj_word: torch.Tensor) -> torch.Tensor:
+        w = self.word_embedder.weight
+        return self.compose(torch.cat([w[obj_word], w[attr_word]], -1))
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        inv = batch["inv"][0]
+        concept = self.pair_embeddings(self.train_attr_word, self.train_obj_word)
+        logits = cosine_logits(self.embed_images(batch["g"][inv], batch["l"][inv]), concept, self.cfg.temperature)
+        loss = F.cross_entropy(logits, batch["pair"][0])
+        return {"loss": loss, "pair_loss": loss.detach()}
+
+
+def add_vocabulary_buffers(model: nn.Module) -> None:
+    """Training-pair words and auxiliary attributes: non-persistent buffers (data, not weights),
+    set by :func:`set_vocabulary`; they follow ``.to(device)`` and DDP's buffer broadcast."""
+    for name, dtype in (("train_attr_word", torch.long), ("train_obj_word", torch.long), ("aux_words", torch.long),
+                        ("aux_mask", torch.bool), ("aux_alpha", torch.float32)):
+        model.register_buffer(name, torch.zeros(0, dtype=dtype), persistent=False)
+
+
+def set_vocabulary(model: nn.Module, train_attr_word: Any, train_obj_word: Any, aux: list[list[int]],
+                   alpha: float) -> None:
+    """Word indices of the training pairs and of their auxiliary attributes (``aux[i]`` may be empty:
+    plain cross-entropy for that pair)."""
+    k = max((len(a) for a in aux), default=0) or 1
+    words = torch.zeros(len(aux), k, dtype=torch.long)
+    mask = torch.zeros(len(aux), k, dtype=torch.bool)
+    for i, a in enumerate(aux):
+        words[i, :len(a)] = torch.as_tensor(a, dtype=torch.long)
+        mask[i, :len(a)] = True
+    device = next(model.parameters()).device
+    model.train_attr_word = torch.as_tensor(train_attr_word, dtype=torch.long, device=device)
+    model.train_obj_word = torch.as_tensor(train_obj_word, dtype=torch.long, device=device)
+    model.aux_words, model.aux_mask = words.to(device), mask.to(device)
+    model.aux_alpha = (mask.any(1).float() * alpha).to(device)
+
+
+def build_model(cfg: TridentConfig, n_words: int, word_dim: int, token_dim: int, global_dim: int,
+                projector: nn.Module | None = None) -> nn.Module:
+    if cfg.model == "linear":
+        return LinearComposition(cfg, n_words, word_dim, token_dim, global_dim)
+    return Trident(cfg, n_words, word_dim, token_dim, global_dim, projector)

@@ -1,0 +1,118 @@
+"""``RUN/report.md``, ``RUN/results.json`` and ``RUN/curves.png`` of a TRIDENT run.
+
+The table reports what CZSL papers report, in percent: best seen and unseen accuracy, best
+harmonic mean (HM), AUC of the seen/unseen curve (bias sweep), attribute and object accuracy
+at the "all unseen" operating point; closed and open world, val and test. NaN (a split with
+no seen or no unseen images) is printed as "n/a".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from curate.fsutil import write_text
+
+from .data import CZSLData
+from .results import to_json
+from .session import RunSpec
+
+COLUMNS = (("best_seen", "Seen"), ("best_unseen", "Unseen"), ("best_hm", "HM"), ("auc", "AUC"),
+           ("attr_acc", "Attr"), ("obj_acc", "Obj"))
+
+
+def pct(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{100 * float(v):.2f}"
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    """Markdown: one row per (world, split)."""
+    lines = ["| world | split | " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|---|---|" + "---:|" * len(COLUMNS)]
+    for world in ("closed", "open"):
+        for split, res in results.get(world, {}).items():
+            lines.append(f"| {world} | {split} | " + " | ".join(pct(res.get(k)) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(results: dict[str, Any], path: Path, title: str) -> Path | None:
+    """Seen vs unseen accuracy as the unseen bias grows, one line per (world, split)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    drew = False
+    for world, style in (("closed", "-"), ("open", "--")):
+        for split, res in results.get(world, {}).items():
+            seen, unseen = res.get("seen_curve"), res.get("unseen_curve")
+            if seen is None or unseen is None:
+                continue
+            ax.plot([100 * float(u) for u in unseen], [100 * float(s) for s in seen], style, marker=".",
+                    label=f"{world} {split} (AUC {pct(res.get('auc'))})")
+            drew = True
+    if not drew:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("unseen accuracy (%)")
+    ax.set_ylabel("seen accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(run: Path, spec: RunSpec, data: CZSLData, results: dict[str, Any]) -> Path:
+    from curate.fsutil import write_json
+
+    write_json(run / "results.json", to_json(results))
+    png = plot_curves(results, run / "curves.png", f"TRIDENT {spec.config.preset} ({spec.config.model})")
+    tr = results.get("training", {})
+    feas = results.get("feasibility", {})
+    missing = tr.get("word_embeddings", {}).get("missing")
+    cfg = spec.config
+    lines = [
+        f"# TRIDENT run: {run.name}",
+        "",
+        f"Data: `{data.root}` ({data.kind}): {len(data.attrs)} attributes, {len(data.objs)} objects; "
+        f"pairs train/val/test {len(data.split_pairs['train'])}/{len(data.split_pairs['val'])}/"
+        f"{len(data.split_pairs['test'])}; images {len(data.items['train'])}/{len(data.items['val'])}/"
+        f"{len(data.items['test'])}.",
+        f"Model: {cfg.model}, preset `{cfg.preset}` (G={cfg.global_masks}, L={cfg.local_poolings}, dim {cfg.dim}, "
+        f"alpha {cfg.alpha}, top-{cfg.topk}); backbone `{spec.backbone}`"
+        + (f", projector `{spec.projector}`" if spec.projector else ", learned projection") + ".",
+        f"Word embeddings: `{spec.word_embeddings}` ({spec.dims.get('word_dim')}-d"
+        f"{f', {missing} missing' if missing else ''}"
+        f"). Auxiliary attributes: {len(spec.aux)}/{len(spec.train_pairs)} training pairs"
+        + (f" from `{data.aux_source}`" if data.aux_source else " (none found: no smoothing)") + ".",
+        f"Training: {tr.get('epochs_done')} epochs, {tr.get('steps')} steps, {tr.get('seconds')} s "
+        f"({tr.get('samples_per_s')} samples/s) on {tr.get('device')} x{tr.get('world_size', 1)}; "
+        f"best epoch by val AUC: {(tr.get('best') or {}).get('epoch', 'n/a')}; evaluated: `{results.get('model_file')}`.",
+        "",
+        "## Metrics (%)",
+        "",
+        metrics_table(results),
+        "",
+        f"Closed world: the split's pairs + the training pairs are the candidates. Open world: all "
+        f"{len(data.attrs) * len(data.objs)} attribute x object pairs"
+        + (f", feasibility from {feas.get('kind')} (`{feas.get('source')}`), threshold {feas.get('threshold'):.4f} "
+           f"chosen on val: {feas.get('feasible_pairs')}/{feas.get('pairs')} pairs kept"
+           if feas.get("threshold") is not None else ", no feasibility mask") + ".",
+        "NaN (n/a): a split with no seen (or no unseen) images has no seen (unseen) accuracy, nor HM.",
+        "",
+    ]
+    if png:
+        lines += [f"![seen vs unseen accuracy]({png.name})", ""]
+    if data.notes:
+        lines += ["## Data problems (counted, skipped)", ""] + [f"- {n}" for n in data.notes] + [""]
+    lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True), "```", ""]
+    write_text(run / "report.md", "\n".join(lines))
+    return run / "report.md"
