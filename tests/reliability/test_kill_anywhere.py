@@ -152,3 +152,34 @@ def test_a_second_run_on_the_same_folder_is_refused(built):
     finally:
         first.kill()
         first.wait()
+
+
+def _trained(run: Path) -> dict[str, str]:
+    """What a training run must reproduce exactly: its weights and its test metrics."""
+    import json
+
+    last = (run / "checkpoints" / "latest").read_text().strip()
+    out = {name: hashlib.sha256((run / name).read_bytes()).hexdigest()
+           for name in (f"checkpoints/{last}/model.safetensors", "best/model.safetensors") if (run / name).exists()}
+    results = json.loads((run / "results.json").read_text())
+    out["test metrics"] = json.dumps({k: v for k, v in results.items() if k not in ("training", "run", "model_file")},
+                                     sort_keys=True)
+    return out
+
+
+@pytest.mark.parametrize("trainer", ["cir", "trident"])
+def test_training_killed_anywhere(built, trainer):
+    root, _, _ = built
+    if trainer == "cir":
+        trip = root / "trip-ref" / "out"
+        if not (trip / "triplets.parquet").exists():
+            _run(["triplets", str(root / "ref" / "out")], trip)
+        args = ["train", "cir", "--triplets", str(trip), "--epochs", "8", "--resume"]
+    else:
+        args = ["train", "trident", "--data", str(root / "ref" / "out"), "--epochs", "8", "--resume"]
+    duration = _run(args, root / f"{trainer}-ref" / "out")
+    kills, attempts = _kill_attempts(args, root / f"{trainer}-killed" / "out", duration, seed=4)
+    _run(args, root / f"{trainer}-killed" / "out")
+    assert _trained(root / f"{trainer}-ref" / "out") == _trained(root / f"{trainer}-killed" / "out")
+    assert not [p for p in (root / f"{trainer}-killed").rglob("*") if ".tmp-" in p.name]
+    assert kills >= 1, (kills, attempts)
