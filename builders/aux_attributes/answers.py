@@ -3,14 +3,20 @@
 Parsing is lenient (numbered or bulleted lists, commas, 'and', markdown, a chatty first or
 last line); validation is strict: exactly three distinct lowercase single-word adjectives,
 none equal to the pair's own attribute (nor a word of its object), optionally all from a
-vocabulary. Without a POS tagger "adjective" is approximated: alphabetic, 3-20 letters and
-not one of a short list of words small models often answer with that are not adjectives.
+vocabulary, and, given contradiction rules, none naming another value of the pair's own
+attribute ("red" for a blue heart; see ``contradictions``). Without a POS tagger
+"adjective" is approximated: alphabetic, 3-20 letters and not one of a short list of words
+small models often answer with that are not adjectives.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .contradictions import ContradictionRules
 
 _LIST_ITEM = re.compile(r"^\s*(?:[-*\u2022+]+|\(?\d{1,2}[.):]|\(?[a-c][.)])\s+")
 _INLINE_NUM = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+")
@@ -57,7 +63,8 @@ class Verdict:
     problem: str | None  # why not, when invalid
 
 
-def word_problem(word: str, attr: str, obj: str, vocab: frozenset[str] | None = None) -> str | None:
+def word_problem(word: str, attr: str, obj: str, vocab: frozenset[str] | None = None,
+                 rules: ContradictionRules | None = None) -> str | None:
     """Why one word cannot be an auxiliary attribute of (attr, obj), or None when it can."""
     if not ADJ.match(word):
         return f"'{word}' is not a single lowercase word"
@@ -67,17 +74,20 @@ def word_problem(word: str, attr: str, obj: str, vocab: frozenset[str] | None = 
         return f"'{word}' is not an adjective"
     if vocab is not None and word not in vocab:
         return f"'{word}' is not in the vocabulary"
+    if rules is not None:
+        return rules.clash(word, attr, obj)
     return None
 
 
-def validate(items: list[str], attr: str, obj: str, vocab: frozenset[str] | None = None) -> Verdict:
+def validate(items: list[str], attr: str, obj: str, vocab: frozenset[str] | None = None,
+             rules: ContradictionRules | None = None) -> Verdict:
     """Apply the rules; the first broken rule is the problem reported (and fed to the retry prompt)."""
     if len(items) != 3:
         return Verdict(None, f"expected 3 adjectives, got {len(items)}")
     if len(set(items)) != 3:
         return Verdict(None, "a word is repeated")
     for w in items:
-        problem = word_problem(w, attr, obj, vocab)
+        problem = word_problem(w, attr, obj, vocab, rules)
         if problem:
             return Verdict(None, problem)
     return Verdict(list(items), None)

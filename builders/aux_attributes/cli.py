@@ -47,18 +47,34 @@ def attributes(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest answer, in tokens.")] = 32,
     cache: Annotated[Path | None, typer.Option("--cache", help="sqlite answer cache to use (default: "
                                                                "OUT/.curate/.../llm_answers.sqlite).")] = None,
+    contradiction_check: Annotated[bool, typer.Option(
+        "--contradiction-check/--no-contradiction-check",
+        help="Reject (and re-ask) answers naming another value of the pair's own attribute: 'red' for a blue "
+             "heart, 'tiny' for a large one, 'metal' for a paper plane. Measured either way.")] = True,
+    families: Annotated[Path | None, typer.Option(
+        "--families", help="Attribute families whose values exclude one another, 'family: value' per line "
+                           "(a demo world's, or the world a dataset was built from, are used by default).")] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Ask an LLM for three auxiliary adjectives per attribute-object pair (TRIDENT's attribute smoothing).
 
     Each pair gets TRIDENT's question ("three adjectives that can describe the visual feature
     of a photo of a/an ATTR OBJ") after a few worked examples. Answers are parsed and must be
-    three distinct single-word lowercase adjectives, none the pair's own attribute; invalid
-    ones are re-asked with a stricter prompt (--retries), then replaced by the nearest bundled
-    visual adjectives by MiniLM embedding (marked source=fallback).
+    three distinct single-word lowercase adjectives, none the pair's own attribute, and none
+    contradicting the pair (another colour, pattern, size, material, shape or state than
+    the pair's own: bundled synonym lists, plus a demo world's families or --families);
+    invalid ones are re-asked with a stricter prompt that says what was wrong (--retries),
+    then replaced by the nearest bundled visual adjectives by MiniLM embedding (marked
+    source=fallback), contradicting words skipped.
+
+    Plausibility is measured, not only form: OUT/aux_plausibility.md gives the share of words
+    that contradict their pair and, for a demo world (or a dataset built from one), checks
+    every word naming a colour, pattern or state against what the world's images of that pair
+    really show (implausible: shown in under 10 % of them).
 
     Writes OUT/aux_label.jsonl ({"attr obj": [a, b, c]} per line), OUT/aux_attributes.parquet
-    (raw answers, tries, source) and OUT/aux_summary.json; and where TRIDENT's loader looks,
+    (raw answers, tries, source), OUT/aux_summary.json and OUT/aux_plausibility.{md,json,png};
+    and where TRIDENT's loader looks,
     keyed as it looks: DATASET/exports/czsl/aux_label/aux_label.jsonl for a dataset with a
     CZSL export, ROOT/aux_label/aux_label.jsonl for a CZSL root (names as in its pair files).
     Every answer is cached in sqlite as it arrives: rerun the same command to resume.
@@ -68,6 +84,8 @@ def attributes(
       curate attributes demo-out/imagenet-ao                  # writes into the dataset folder
       curate attributes mit-states/                           # a CZSL root: mit-states/aux_label/
       curate attributes --pairs pairs.txt --out aux/          # lines like "striped lemon"
+      curate attributes demo-out/world --out aux/             # all 221 pairs, checked against the world
+      curate attributes DATASET --families families.txt       # lines like "colour: red"
       curate attributes WORLD --out aux/ --llm openai:qwen2.5@http://127.0.0.1:8000/v1 --concurrency 32
       curate attributes DATASET --llm openai:gpt-4o-mini@https://api.example.com/v1 --api-key-env MY_KEY
     """
@@ -76,6 +94,7 @@ def attributes(
     from curate.log import console, print_table
     from curate.outdir import OutputDir
 
+    from .contradictions import source_world
     from .generate import AuxConfig, generate_aux
     from .outputs import write_outputs
     from .pairs import load_pairs, read_vocab
@@ -88,11 +107,14 @@ def attributes(
     assert out is not None
     parse_spec(llm)  # a bad --llm fails before anything is written
     words = read_vocab(vocab) if vocab is not None else None
-    cfg = AuxConfig(retries=max(0, retries), seed=seed, max_tokens=max_tokens, vocab=words)
+    rules = contradiction_rules(source, kind, families)
+    cfg = AuxConfig(retries=max(0, retries), seed=seed, max_tokens=max_tokens, vocab=words,
+                    rules=rules if contradiction_check else None)
     config = {"source": str(source.resolve()) if source else None, "pairs": str(pairs.resolve()) if pairs else None,
               "pairs_digest": _file_digest(pairs), "llm": llm, "vocab_digest": _file_digest(vocab),
               "retries": cfg.retries, "seed": seed, "max_tokens": max_tokens,
-              "retry_temperature": cfg.retry_temperature}
+              "retry_temperature": cfg.retry_temperature, "contradiction_check": contradiction_check,
+              "contradiction_rules": rules.sources, "families_digest": _file_digest(families)}
     # Writing into a dataset folder: guard (lock, config, cache) a private subfolder of it.
     in_dataset = kind in ("dataset", "czsl") and out.resolve() == source.resolve()  # type: ignore[union-attr]
     guard_dir = out / ".curate" / "attributes" if in_dataset else out
@@ -102,11 +124,48 @@ def attributes(
         with client:
             log.info("%d pair(s) from %s; LLM %s", len(pair_list), kind, client.name)
             results, stats = generate_aux(pair_list, client, cfg)
-        summary = {**stats.summary(), "llm": llm, "source": kind, "retries": cfg.retries}
+        plaus = measure_plausibility(results, rules, source_world(source, kind))
+        summary = {**stats.summary(), "llm": llm, "source": kind, "retries": cfg.retries,
+                   "contradiction_check": contradiction_check, "contradiction_rules": rules.describe(),
+                   "contradiction_share": plaus["all"]["contradiction_share"], "plausibility": plaus}
         files = write_outputs(out, results, summary)
+        files += write_plausibility(out, plaus)
         files += _trident_copies(source, kind, out, results)
     print_table(_summary_table(summary))
     console.print(f"wrote {', '.join(str(f) for f in files)}")
+
+
+def contradiction_rules(source: Path | None, kind: str, families: Path | None):
+    """The bundled exclusive values, plus the families of --families or of a demo world source."""
+    from .contradictions import ContradictionRules, read_families, source_families
+
+    rules = ContradictionRules.bundled()
+    if families is not None:
+        return rules.with_families(read_families(families), f"file:{families}")
+    found = source_families(source, kind)
+    if found is not None:
+        log.info("contradiction check: exclusive families of %s", found[1])
+        return rules.with_families(*found)
+    return rules
+
+
+def measure_plausibility(results: list, rules, world: Path | None) -> dict:
+    """Contradiction shares of the final answers, and against a demo world's images when given."""
+    from .plausibility import WorldTruth, judge, summarise
+
+    truth = WorldTruth.load(world) if world is not None else None
+    rows = [r.row() for r in results]
+    return summarise(judge(rows, rules, truth), with_truth=truth is not None)
+
+
+def write_plausibility(out: Path, plaus: dict) -> list[Path]:
+    from curate.fsutil import write_json, write_text
+
+    from .plausibility import markdown, plot
+
+    write_json(out / "aux_plausibility.json", plaus)
+    write_text(out / "aux_plausibility.md", markdown(plaus) + "\n![plausibility](aux_plausibility.png)\n")
+    return [out / "aux_plausibility.json", out / "aux_plausibility.md", plot(plaus, out / "aux_plausibility.png")]
 
 
 def _trident_copies(source: Path | None, kind: str, out: Path, results: list) -> list[Path]:
@@ -128,8 +187,8 @@ def _summary_table(s: dict):
     t = Table(title="curate attributes")
     t.add_column("measure")
     t.add_column("value", justify="right")
-    for k in ("pairs", "valid_first_try_rate", "valid_after_retry", "fallback_rate", "requests_sent",
-              "seconds", "pairs_per_s"):
+    for k in ("pairs", "valid_first_try_rate", "valid_after_retry", "fallback_rate", "rejected_contradiction",
+              "contradiction_share", "requests_sent", "seconds", "pairs_per_s"):
         v = s.get(k)
         t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     return t

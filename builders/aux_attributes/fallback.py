@@ -18,6 +18,7 @@ from curate.errors import CurateError
 from curate.paths import find_minilm
 
 from .answers import word_problem
+from .contradictions import ContradictionRules
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,11 @@ class NearestAdjectives:
         return np.asarray(self._model.encode(texts, batch_size=64, normalize_embeddings=True,
                                              show_progress_bar=False), dtype=np.float32)
 
-    def nearest(self, pairs: list[tuple[str, str]], k: int = 3) -> list[list[str]]:
-        """For each pair, the ``k`` best candidates that pass the same rules as an LLM answer."""
+    def nearest(self, pairs: list[tuple[str, str]], k: int = 3, rules: ContradictionRules | None = None
+                ) -> list[list[str]]:
+        """For each pair, the ``k`` best candidates that pass the same rules as an LLM answer
+        (with ``rules``, no word that contradicts the pair: the nearest colour to "a blue heart"
+        is often "red")."""
         if not pairs:
             return []
         if self._cand is None:
@@ -67,7 +71,7 @@ class NearestAdjectives:
             picked: list[str] = []
             for j in np.argsort(-row, kind="stable"):
                 w = self.candidates[j]
-                if w not in picked and word_problem(w, attr, obj) is None:
+                if w not in picked and word_problem(w, attr, obj, rules=rules) is None:
                     picked.append(w)
                 if len(picked) == k:
                     break

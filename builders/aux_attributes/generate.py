@@ -4,6 +4,9 @@ Round 0 asks every pair TRIDENT's question (temperature 0, ``seed``); round k as
 pairs still invalid the stricter prompt, sampling at ``retry_temperature`` with seed
 ``seed + k`` (deterministic, but a different answer from round 0). Pairs still invalid after
 ``retries`` rounds get their nearest adjectives by embedding (``source: fallback``).
+With contradiction rules (``AuxConfig.rules``) an answer naming another value of the pair's
+own attribute ("red" for a blue heart) is invalid like a malformed one: re-asked with the
+reason, and the fallback skips such words too.
 All answers live in the client's sqlite cache, so an interrupted run resumes and a repeated
 one sends no request. A pair the LLM never answered (endpoint down, HTTP errors) is not
 guessed: the run stops with a clear error and the answers so far stay cached.
@@ -21,6 +24,7 @@ from curate.log import progress_bar
 
 from . import prompt
 from .answers import Verdict, parse_answer, validate
+from .contradictions import CONTRADICTS, ContradictionRules
 from .fallback import NearestAdjectives
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,7 @@ class AuxConfig:
     max_tokens: int = 32
     retry_temperature: float = 0.7
     vocab: frozenset[str] | None = None
+    rules: ContradictionRules | None = None  # the contradiction check (None: off)
 
 
 @dataclass
@@ -62,6 +67,7 @@ class AuxStats:
     valid_first_try: int = 0
     valid_after_retry: int = 0
     fallback: int = 0
+    rejected_contradiction: int = 0  # answers re-asked because a word contradicted the pair
     requests_sent: int = 0
     seconds: float = 0.0
 
@@ -100,7 +106,7 @@ def generate_aux(pairs: list[tuple[str, str]], llm: LLMClient, cfg: AuxConfig,
                 r = batch[i]
                 r.tries += 1
                 r.raw_answers.append(ans)
-                verdict = validate(parse_answer(ans), r.attr, r.obj, cfg.vocab)
+                verdict = validate(parse_answer(ans), r.attr, r.obj, cfg.vocab, cfg.rules)
                 if verdict.adjectives and prompt.copies_example(verdict.adjectives):
                     verdict = Verdict(None, "it copies a worked example instead of describing the pair")
                 if verdict.adjectives:
@@ -110,6 +116,7 @@ def generate_aux(pairs: list[tuple[str, str]], llm: LLMClient, cfg: AuxConfig,
                     advance(1)
                 else:
                     r.problems.append(verdict.problem or "invalid")
+                    stats.rejected_contradiction += CONTRADICTS in (verdict.problem or "")
                     still.append(r)
 
             answers = llm.chat_many([_messages(r) for r in pending], temperature=temp, max_tokens=cfg.max_tokens,
@@ -121,7 +128,8 @@ def generate_aux(pairs: list[tuple[str, str]], llm: LLMClient, cfg: AuxConfig,
             log.info("%d pair(s) still invalid after %d retries: nearest adjectives by embedding",
                      len(pending), cfg.retries)
             fallback = fallback or NearestAdjectives(sorted(cfg.vocab) if cfg.vocab else None)
-            for r, words in zip(pending, fallback.nearest([(r.attr, r.obj) for r in pending]), strict=True):
+            near = fallback.nearest([(r.attr, r.obj) for r in pending], rules=cfg.rules)
+            for r, words in zip(pending, near, strict=True):
                 r.aux, r.source = words, "fallback"
                 advance(1)
             stats.fallback = len(pending)
