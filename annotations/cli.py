@@ -61,20 +61,26 @@ def open_cmd(
         "--media-dir", help="Where images are extracted (default: CACHE/review/NAME/media).")] = None,
     database_uri: DatabaseUri = None,
     max_pair_views: Annotated[int, typer.Option("--max-pair-views", help="Save at most this many per-pair views.")] = 1000,
+    remove_stale: Annotated[bool, typer.Option(
+        "--remove-stale", help="Delete FiftyOne samples whose key left the manifest (default: tag them 'stale').")]
+    = False,
 ) -> None:
     """Create or update the FiftyOne dataset for DATASET, then launch the App (Ctrl-C stops it).
 
     \b
     Example:
       curate review open demo-out/imagenet-ao --port 5152
-    Re-running after the dataset grew adds only the new samples; tags and edits are kept.
+      curate review demo-out/imagenet-ao --no-launch --remove-stale   # after a rebuild
+    Re-running (after the dataset grew or was rebuilt) adds new samples, brings the fields of
+    existing ones in step with the manifest, re-extracts images whose shard changed, and tags
+    samples that left the manifest 'stale'; reviewers' tags and label edits are kept.
     """
     from .app import check_port_free
 
     if not no_launch:
         check_port_free(port)  # fail before minutes of work, not after
     report = push(dataset, name=name, media_dir=media_dir, database_uri=database_uri, triplets=triplets,
-                  max_pair_views=max_pair_views)
+                  max_pair_views=max_pair_views, remove_stale=remove_stale)
     if no_launch:
         return
     from .app import serve_until_interrupted, start_app
@@ -84,7 +90,7 @@ def open_cmd(
 
 
 def push(dataset: Path, name: str | None, media_dir: Path | None, database_uri: str | None,
-         triplets: Path | None, max_pair_views: int) -> str:
+         triplets: Path | None, max_pair_views: int, remove_stale: bool = False) -> str:
     """Sync the dataset (and its triplets); print the summary; return the FiftyOne dataset name."""
 
     from rich.table import Table
@@ -96,12 +102,15 @@ def push(dataset: Path, name: str | None, media_dir: Path | None, database_uri: 
     from .triplets import sync_triplets
 
     cfg = SyncConfig(dataset=dataset, name=name, media_dir=media_dir, database_uri=database_uri,
-                     max_pair_views=max_pair_views)
+                     max_pair_views=max_pair_views, remove_stale=remove_stale)
     rep = sync_dataset(cfg)
     table = Table(title=f"curate review: FiftyOne dataset {rep.name!r}")
     table.add_column("what")
     table.add_column("value", justify="right")
-    for what, value in [("samples added", rep.added), ("already there", rep.existing), ("total", rep.total),
+    stale = f"{rep.stale} (removed)" if rep.stale_removed else f"{rep.stale} (tagged 'stale')"
+    for what, value in [("samples added", rep.added), ("already there", rep.existing),
+                        ("fields updated", rep.updated), ("images re-extracted", rep.media_refreshed),
+                        ("left the manifest", stale), ("total", rep.total),
                         ("skipped (image missing)", len(rep.missing)), ("with aux attributes", rep.aux_matched),
                         ("embeddings", "yes" if rep.embeddings else "no"), ("near-duplicate groups", rep.dup_groups),
                         ("saved views", len(rep.views)), ("samples/s", f"{rep.rate:.0f}")]:

@@ -1,32 +1,48 @@
-"""Benchmark: ingest of N samples into FiftyOne, `curate review` sync vs a plain add_sample loop.
+"""Benchmark: ingest of N samples into FiftyOne: `curate review` sync vs batched add_samples vs add_sample.
 
-Same input for both: one dataset folder (N unique 48x48 JPEGs in shards + manifest). Timed:
+Same input for all three: one dataset folder (N unique 48x48 JPEGs in shards + manifest), and
+the same output: a FiftyOne dataset whose samples carry the manifest's fields, with the images
+extracted to files (FiftyOne needs one file per image). Timed, each in its own process (the
+database connection is opened before the clock starts; peak RSS of that process reported):
 
-* ours: ``annotations.sync.sync_dataset`` end to end (extract images from the shards, build
-  documents, bulk insert, near-duplicate pass, saved views) into a fresh FiftyOne dataset;
-* peer: the same extraction (``annotations.media.extract_images``, timed separately) then the
-  plain loop ``dataset.add_sample(fo.Sample(...))`` with the same fields.
+* ours: ``annotations.sync.sync_dataset`` end to end (extract images, build documents, bulk
+  insert, near-duplicate pass, saved views: one per pair and five more) into a fresh dataset;
+* peer batched: what a user writes without curate: each shard read with ``tarfile``, each image
+  written with ``open().write()``, then ``dataset.add_samples([fo.Sample(...), ...])``;
+* peer loop: the same extraction, then ``dataset.add_sample(fo.Sample(...))`` per sample.
 
-Prints samples/s and the ratios (end to end, and against the peer's loop alone), writes
-bench/results/review_ingest.{json,md}. Uses a temporary FiftyOne database unless
-FIFTYONE_DATABASE_DIR is set (FiftyOne attaches to a database service already running on the
-machine, whatever the folder: the dataset names are unique and deleted afterwards). Run: ``.venv/bin/python bench/bench_review.py [--n 20000]``.
+Before every run the parent times a plain create-write-close loop of 2,000 files in the media
+folder: on a shared disk, file creation speed swings 30-fold with other processes' fsyncs,
+and every tool here must create one file per image, so that rate is reported beside the time.
+
+Media go to tmpfs (``/dev/shm``) and to disk (the cache folder, where `curate review` puts
+them by default; ``disk:/folder`` for another place): file creation costs differ by an order of
+magnitude between the two, and on a shared disk between folders and moments too. Each
+(media, tool) runs ``--reps`` times in rotating order; the medians are reported with the load
+average before and after every run (the machine is shared). Writes bench/results/
+review_ingest.{json,md}. Run: ``.venv/bin/python bench/bench_review.py [--n 10000] [--reps 3]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import platform
 import shutil
+import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+TOOLS = ("ours", "peer_batched", "peer_loop")
 
 
 def make_dataset(root: Path, n: int) -> Path:
@@ -59,92 +75,230 @@ def make_dataset(root: Path, n: int) -> Path:
     return root
 
 
+# -- the three tools (each runs in a child process) ---------------------------------------------
 def run_ours(folder: Path, name: str, media: Path) -> dict:
     from annotations.sync import SyncConfig, sync_dataset
 
     t0 = time.perf_counter()
     rep = sync_dataset(SyncConfig(dataset=folder, name=name, media_dir=media))
-    total = time.perf_counter() - t0
-    return {"seconds": total, "samples": rep.added, "samples_per_s": rep.added / total,
+    return {"seconds": time.perf_counter() - t0, "samples": rep.added, "views": len(rep.views),
             "phases": {k: round(v, 3) for k, v in rep.phases.items()}}
 
 
-def run_peer(folder: Path, name: str, media: Path) -> dict:
-    import fiftyone as fo
+def extract_plainly(folder: Path, media: Path) -> dict[str, str]:
+    """A user's extraction: tarfile over each shard, one ``open().write()`` per image."""
+    paths = {}
+    for shard in sorted((folder / "shards").glob("*.tar")):
+        out = media / shard.stem
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".jpg"):
+                    path = out / member.name
+                    with open(path, "wb") as f:
+                        f.write(tar.extractfile(member).read())
+                    paths[member.name[:-4]] = str(path)
+    return paths
 
-    from annotations.media import extract_images
+
+def _samples(fo, folder: Path, paths: dict[str, str]):
     from curate.manifest import read_manifest
 
-    t0 = time.perf_counter()
-    df = read_manifest(folder)
-    ex = extract_images(folder / "shards", dict(df.select("key", "shard").iter_rows()), media)
-    t_extract = time.perf_counter() - t0
-    ds = fo.Dataset(name)
-    t1 = time.perf_counter()
-    for r in df.iter_rows(named=True):
-        ds.add_sample(fo.Sample(
-            filepath=str(ex.paths[r["key"]]), key=r["key"], shard=r["shard"], split=r["split"], source=r["source"],
+    for r in read_manifest(folder).iter_rows(named=True):
+        yield fo.Sample(
+            filepath=paths[r["key"]], key=r["key"], shard=r["shard"], split=r["split"], source=r["source"],
             attr=fo.Classification(label=r["attr"]), obj=fo.Classification(label=r["obj"]),
             pair=fo.Classification(label=r["pair"]), score_comp=r["score_comp"], score_obj=r["score_obj"],
             score_attr=r["score_attr"], width=r["width"], height=r["height"], caption=r["caption"], url=r["url"],
-            metadata=fo.ImageMetadata(width=r["width"], height=r["height"])))
-    t_loop = time.perf_counter() - t1
-    n = len(ds)
-    return {"seconds": t_extract + t_loop, "extract_seconds": t_extract, "loop_seconds": t_loop, "samples": n,
-            "samples_per_s": n / (t_extract + t_loop), "loop_samples_per_s": n / t_loop}
+            metadata=fo.ImageMetadata(width=r["width"], height=r["height"]))
+
+
+def run_peer(folder: Path, name: str, media: Path, batched: bool) -> dict:
+    import fiftyone as fo
+
+    t0 = time.perf_counter()
+    paths = extract_plainly(folder, media)
+    t_extract = time.perf_counter() - t0
+    ds = fo.Dataset(name)
+    if batched:
+        ds.add_samples(list(_samples(fo, folder, paths)), progress=False)
+    else:
+        for s in _samples(fo, folder, paths):
+            ds.add_sample(s)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "samples": len(ds), "phases": {"extract": round(t_extract, 3),
+                                                               "add": round(seconds - t_extract, 3)}}
+
+
+def child(tool: str, folder: Path, media: Path, name: str) -> None:
+    from annotations.database import connect
+
+    fo = connect()  # database up before the clock starts
+    try:
+        res = run_ours(folder, name, media) if tool == "ours" else run_peer(folder, name, media,
+                                                                            batched=tool == "peer_batched")
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+    import resource
+
+    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+# -- the parent: rotate, repeat, measure --------------------------------------------------------
+def create_rate(root: Path, n: int = 2000) -> float:
+    """Files/s a plain create-write-close loop gets in ``root`` right now (the disk's state: other
+    processes' fsyncs can slow file creation on a shared disk 30-fold)."""
+    folder = Path(tempfile.mkdtemp(prefix="calibrate-", dir=root))
+    data = os.urandom(2500)
+    t = time.perf_counter()
+    for i in range(n):
+        fd = os.open(folder / f"{i}.jpg", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+    rate = n / (time.perf_counter() - t)
+    shutil.rmtree(folder, ignore_errors=True)
+    return round(rate)
+
+
+def run_child(tool: str, folder: Path, media: Path, name: str) -> dict:
+    media.parent.mkdir(parents=True, exist_ok=True)
+    rate = create_rate(media.parent)
+    load = os.getloadavg()[0]
+    proc = subprocess.Popen([sys.executable, __file__, "--child", tool, "--folder", str(folder), "--media-dir",
+                             str(media), "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"{tool} failed:\n{err[-3000:]}")
+    res = json.loads(line[len("RESULT "):])
+    res["load_before"], res["load_after"] = round(load, 2), round(os.getloadavg()[0], 2)
+    res["file_creates_per_s_before"] = rate
+    return res
+
+
+def media_roots(kinds: list[str], base: Path) -> dict[str, Path]:
+    roots = {}
+    for kind in kinds:
+        if kind == "tmpfs":
+            shm = Path("/dev/shm")
+            if not shm.is_dir():
+                print("no /dev/shm: tmpfs runs skipped", flush=True)
+                continue
+            roots[kind] = Path(tempfile.mkdtemp(prefix="bench-review-media-", dir=shm))
+        elif kind.startswith("disk:"):  # another folder on disk (another region of it, another disk)
+            where = Path(kind.split(":", 1)[1])
+            where.mkdir(parents=True, exist_ok=True)
+            roots[kind] = Path(tempfile.mkdtemp(prefix="bench-review-media-", dir=where))
+        else:  # "disk": the cache folder, where `curate review` puts media by default
+            roots[kind] = Path(tempfile.mkdtemp(prefix="bench-review-media-", dir=base))
+    return roots
+
+
+def summarise(runs: dict[str, dict[str, list[dict]]], n: int) -> dict:
+    out: dict = {}
+    for kind, by_tool in runs.items():
+        med = {t: statistics.median(r["seconds"] for r in rs) for t, rs in by_tool.items()}
+        out[kind] = {
+            t: {"median_seconds": round(med[t], 3), "samples_per_s": round(n / med[t], 1),
+                "runs_seconds": [round(r["seconds"], 3) for r in rs],
+                "peak_rss_mb_median": statistics.median(r["peak_rss_mb"] for r in rs if r["peak_rss_mb"]),
+                "load": [(r["load_before"], r["load_after"]) for r in rs],
+                "file_creates_per_s": [r["file_creates_per_s_before"] for r in rs],
+                "phases_median": {p: round(statistics.median(r["phases"][p] for r in rs), 3)
+                                  for p in rs[0]["phases"]}}
+            for t, rs in by_tool.items()}
+        out[kind]["ratio_vs_batched"] = round(med["peer_batched"] / med["ours"], 2)
+        out[kind]["ratio_vs_loop"] = round(med["peer_loop"] / med["ours"], 2)
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# review ingest into FiftyOne ({result['n']:,} samples, {result['machine']})", "",
+             f"Median of {result['reps']} runs per tool, rotating order, each in its own process. "
+             f"Load average (1 min) before the first run {result['load_start']}, after the last "
+             f"{result['load_end']} (shared machine).", ""]
+    for kind in result["media"]:
+        r = result["results"][kind]
+        lines += [f"## media on {kind} ({result['media'][kind]})", "",
+                  "| tool | median s | samples/s | peak RSS MB | runs (s) | load before/after | file creates/s before |",
+                  "|---|---:|---:|---:|---|---|---|"]
+        for t in TOOLS:
+            x = r[t]
+            lines.append(f"| {t} | {x['median_seconds']:.2f} | {x['samples_per_s']:,.0f} | "
+                         f"{x['peak_rss_mb_median']:.0f} | {', '.join(f'{v:.2f}' for v in x['runs_seconds'])} | "
+                         f"{'; '.join(f'{a}/{b}' for a, b in x['load'])} | "
+                         f"{', '.join(f'{v:,}' for v in x['file_creates_per_s'])} |")
+        lines += ["", f"ours vs batched `add_samples`: **{r['ratio_vs_batched']:.1f}x**; vs the `add_sample` loop: "
+                  f"**{r['ratio_vs_loop']:.1f}x**. Our phases (median s): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in r["ours"]["phases_median"].items())
+                  + ". Peer batched: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                   r["peer_batched"]["phases_median"].items()) + ".", ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=20_000)
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--media", default="tmpfs,disk",
+                    help="comma list: tmpfs (/dev/shm), disk (the cache folder), disk:/some/folder")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--child", choices=TOOLS)
+    ap.add_argument("--folder", type=Path)
+    ap.add_argument("--media-dir", type=Path)
+    ap.add_argument("--name")
     args = ap.parse_args()
-    from curate.paths import cache_dir
-
-    # images go where `curate review` puts them by default (the cache folder); on the measuring
-    # machine /tmp created files ~14x slower than the home and work folders, so it is avoided
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-review-", dir=cache_dir()))
-    load0 = f"{os.getloadavg()[0]:.1f}"
-    os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="bench-review-db-"))
     os.environ.setdefault("CURATE_NO_PROGRESS", "1")
     for k, v in {"FIFTYONE_DO_NOT_TRACK": "true", "FIFTYONE_DATABASE_VALIDATION": "false"}.items():
         os.environ.setdefault(k, v)
+    if args.child:
+        child(args.child, args.folder, args.media_dir, args.name)
+        return
+    from curate.paths import cache_dir
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="bench-review-", dir=cache_dir()))
+    os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="bench-review-db-"))
+    load_start = round(os.getloadavg()[0], 2)
+    roots = media_roots([k.strip() for k in args.media.split(",") if k.strip()], base)
+    runs: dict[str, dict[str, list[dict]]] = {}
     try:
         t = time.perf_counter()
-        folder = make_dataset(tmp / "bench-ds", args.n)
+        folder = make_dataset(base / "bench-ds", args.n)
         print(f"made {args.n} samples in {time.perf_counter() - t:.1f} s", flush=True)
-        from annotations.database import connect
-
-        fo = connect()
         tag = str(int(time.time()))
-        ours = run_ours(folder, f"bench-ours-{tag}", tmp / "media-ours")
-        peer = run_peer(folder, f"bench-peer-{tag}", tmp / "media-peer")
-        for name in (f"bench-ours-{tag}", f"bench-peer-{tag}"):
-            if fo.dataset_exists(name):
-                fo.load_dataset(name).delete()
-    finally:  # the database folder stays: its mongod stops only after this process exits
-        shutil.rmtree(tmp, ignore_errors=True)
+        for kind, root in roots.items():
+            runs[kind] = {t: [] for t in TOOLS}
+            for rep in range(args.reps):
+                order = TOOLS[rep % 3:] + TOOLS[:rep % 3]
+                for tool in order:
+                    media = root / f"{tool}-{rep}"
+                    res = run_child(tool, folder, media, f"bench-{tool}-{kind}-{rep}-{tag}")
+                    shutil.rmtree(media, ignore_errors=True)
+                    runs[kind][tool].append(res)
+                    print(f"{kind} rep {rep} {tool}: {res['seconds']:.2f} s, {res['peak_rss_mb']} MB RSS, "
+                          f"load {res['load_before']}->{res['load_after']}, "
+                          f"{res['file_creates_per_s_before']:,} file creates/s before", flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        for root in roots.values():
+            shutil.rmtree(root, ignore_errors=True)
+    import fiftyone as fo
+
     result = {
-        "benchmark": "review ingest into FiftyOne", "n": args.n, "fiftyone": fo.__version__,
+        "benchmark": "review ingest into FiftyOne", "n": args.n, "reps": args.reps, "fiftyone": fo.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "ours": ours, "peer_add_sample_loop": peer,
-        "ratio_end_to_end": ours["samples_per_s"] / peer["samples_per_s"],
-        "ratio_vs_loop_only": ours["samples_per_s"] / peer["loop_samples_per_s"],
+        "media": {k: str(v.parent) for k, v in roots.items()},
+        "load_start": load_start, "load_end": round(os.getloadavg()[0], 2),
+        "results": summarise(runs, args.n), "runs": runs,
     }
     from curate.fsutil import write_json, write_text
 
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "review_ingest.json", result)
-    md = (f"# review ingest ({args.n} samples, {result['machine']})\n\n"
-          "| run | seconds | samples/s |\n|---|---:|---:|\n"
-          f"| ours: `sync_dataset` (extract + insert + dedup + views) | {ours['seconds']:.2f} | {ours['samples_per_s']:,.0f} |\n"
-          f"| peer: extract + `add_sample` loop | {peer['seconds']:.2f} | {peer['samples_per_s']:,.0f} |\n"
-          f"| peer: `add_sample` loop alone | {peer['loop_seconds']:.2f} | {peer['loop_samples_per_s']:,.0f} |\n\n"
-          f"Ratio end to end: **{result['ratio_end_to_end']:.1f}x**; ours end to end vs the peer's loop alone: "
-          f"**{result['ratio_vs_loop_only']:.1f}x**.\n\n"
-          f"Our phases (s): {', '.join(f'{k} {v:.2f}' for k, v in ours['phases'].items())}. "
-          f"Load average at start/end: {load0} / {os.getloadavg()[0]:.1f} (shared machine).\n")
+    md = markdown(result)
     write_text(args.out / "review_ingest.md", md)
     print(md)
 

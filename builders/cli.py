@@ -38,6 +38,8 @@ def imagenet_ao(
     export: Annotated[list[str] | None, typer.Option("--export", help="Export formats: czsl, imagefolder (repeatable).")] = None,
     reference: Annotated[str | None, typer.Option(help="Shards or dataset of ordinary images for the zero-shot table.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (splits, generator).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Torch device for the embedding model and the "
+                                                                 "generator: auto, cpu, cuda, cuda:1.")] = None,
     config: ConfigFile = None,
     workers: Workers = None,
     executor: ExecutorName = "local",
@@ -66,7 +68,7 @@ def imagenet_ao(
         "caption_column": caption_column, "max_cooccurrence": max_cooccurrence, "pool": pool, "generator": generator,
         "model": model, "images_per_pair": images_per_pair, "min_images_per_pair": min_images_per_pair,
         "max_pairs": max_pairs, "common_pairs": common_pairs, "export": export or None, "reference": reference,
-        "seed": seed,
+        "seed": seed, "device": device,
     }
     cfg = load_toml(config, BuildConfig) if config else None
     demo = cfg is None and not captions and not pool and not generator

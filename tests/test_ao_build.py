@@ -124,6 +124,14 @@ def test_build_from_http_url_list(tmp_path, small_world, tiny_clip_spec):
     pairs = pl.read_parquet(out / "pairs.parquet")
     assert set(pairs.filter(pl.col("rare")).select("attr", "obj").rows()) == {tuple(p) for p in gt["rare_pairs"]}
     assert (out / "exports" / "imagefolder").is_dir()
+    # img2dataset's shards open in `datasets` with no arguments too (the card beside them types the JSON)
+    import datasets
+
+    from curate.hub import scan_shards
+
+    assert scan_shards(sorted((out / "pool" / "shards").glob("*.tar"))).problems == []
+    pool = datasets.load_dataset(str(out / "pool" / "shards"), cache_dir=str(tmp_path / "hf"))
+    assert pool["train"].num_rows == pool_stats["successes"] and pool["train"][0]["json"]["status"] == "success"
 
 
 def _png_with_size(w: int, h: int) -> bytes:

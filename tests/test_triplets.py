@@ -213,6 +213,14 @@ def test_captioned_shards_as_input(tmp_path):
         ("bridge", "road")}
     info = json.loads((out / "triplets.json").read_text())
     assert info["mining"]["caption_pairs"]["empty"] == 6
+    # shards without attr/obj: the triplet JSON still has one type per field ("" for the missing words)
+    from curate.hub import scan_shards
+    from curate.shards import iter_shard
+
+    shards = sorted((out / "shards").glob("*.tar"))
+    assert scan_shards(shards).problems == []
+    metas = [json.loads(s["json"]) for p in shards for s in iter_shard(p)]
+    assert {m["ref_attr"] for m in metas} == {""} and len(metas) == df.height
 
 
 # -- captions ----------------------------------------------------------------------------

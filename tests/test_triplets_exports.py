@@ -1,8 +1,8 @@
 """The four exports, read back with the reading logic of the benchmarks' official loaders.
 
 ``CIRRReader`` and ``FashionIQReader`` follow CLIP4Cir's ``data_utils.CIRRDataset`` /
-``FashionIQDataset`` (paths, JSON fields and what each split/mode returns; the FashionIQ
-dress/shirt/toptee check is dropped since our categories are objects), ``CIRCOReader``
+``FashionIQDataset`` (paths, JSON fields and what each split/mode returns; the loader's
+dress/shirt/toptee check is in tests/test_exports_official.py, which our names now pass), ``CIRCOReader``
 follows miccunifi/CIRCO ``src/dataset.py`` ``CIRCODataset`` (COCO image info, id -> index
 map, 23-way gt padding). Images are opened with PIL exactly where the loaders open them.
 """
@@ -159,7 +159,10 @@ def test_fashioniq_export_loads_with_clip4cir_logic(exported):
     out, df = exported
     root = out / "fashioniq"
     cats = json.loads((root / "categories.json").read_text())
-    assert set(cats) == set(df["ref_obj"])
+    # our objects are mapped onto the three names CLIP4Cir's loader accepts (issue 16), all written
+    assert cats == ["dress", "shirt", "toptee"]
+    mapping = json.loads((root / "category_map.json").read_text())
+    assert set(mapping) == set(df["ref_obj"]) and set(mapping.values()) <= set(cats)
     for split in ("train", "val", "test"):
         present = [c for c in cats if (root / "captions" / f"cap.{c}.{split}.json").exists()]
         rel = FashionIQReader(root, split, present, "relative")

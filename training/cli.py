@@ -30,14 +30,26 @@ def _group() -> None:
 def zeroshot(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder built by `curate build imagenet-ao`.")],
     model: Annotated[str | None, typer.Option(help="Model spec (default: the one the dataset was built with).")] = None,
-    reference: Annotated[str | None, typer.Option(help="Ordinary (common-pair) images: a dataset folder or shards.")] = None,
+    reference: Annotated[str | None, typer.Option(
+        help="Ordinary (common-pair) images: a dataset folder, shards with attr/obj JSON, an image folder "
+             "(CLASS/IMG or SPLIT/CLASS/IMG; class = object, attr_obj, or an ImageNet wnid with "
+             "LOC_synset_mapping.txt beside it) or a CZSL root (its seen pairs).")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write zeroshot.json/.md (default DATASET/eval).")] = None,
     include_rejected: Annotated[bool, typer.Option(help="Also evaluate samples a reviewer rejected.")] = False,
     device: Device = "auto",
 ) -> None:
     """Zero-shot object and composition top-1/top-5 on the rare set vs a reference set.
 
-    Example: curate eval zeroshot demo-out/imagenet-ao --reference demo-out/world/heldout
+    The reference can be any labelled image collection you have: our dataset folders and shards,
+    an ImageNet-style image folder (object columns only when classes are plain objects) or a CZSL
+    root such as MIT-States (images of its seen pairs). Writes DATASET/eval/zeroshot.{json,md}.
+
+    \b
+    Examples:
+      curate eval zeroshot demo-out/imagenet-ao --reference demo-out/world/heldout
+      curate eval zeroshot ao --model open_clip:ViT-B-32/openai --reference imagenet/val
+      curate eval zeroshot ao --reference mit-states/          # a CZSL root: its seen pairs
+      curate eval zeroshot ao --reference other-ao/exports/imagefolder
     """
     import json
 

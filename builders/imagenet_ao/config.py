@@ -34,6 +34,8 @@ class BuildConfig:
     seen_val_fraction: float = 0.15         # share of seen-pair images in val (and again in test)
     seed: int = 0
     export: list[str] = field(default_factory=lambda: ["czsl"])
+    min_shards_per_split: int = 8           # shards per split (fewer only when a split has fewer samples):
+                                            # a DataLoader / clip-retrieval with up to 8 workers gets a shard each
     batch_size: int = 64
     device: str = "auto"
     reference: str | None = None            # reference (ordinary) images for the zero-shot table

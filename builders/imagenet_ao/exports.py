@@ -8,19 +8,26 @@
   reads it). Train = seen pairs' train images; val/test = seen + unseen pairs.
 - ``imagefolder``: ``imagefolder/<split>/<attr>_<obj>/<key>.jpg`` for torchvision ``ImageFolder``.
 
-Images are extracted from the dataset's shards; rejected samples are excluded.
+Images are extracted from the dataset's shards; rejected samples are excluded. A manifest row
+whose image is not in its shard is left out of the export (never listed without an image, which
+would crash the loaders) and reported: a warning, and ``EXPORT/export.json`` (``images``,
+``missing_images``). :func:`consistency` compares the manifest's keys with the shards' keys.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from curate.errors import CurateError
-from curate.fsutil import atomic_open, write_bytes, write_text
-from curate.shards import iter_keys
+from curate.fsutil import atomic_open, write_bytes, write_json, write_text
+from curate.shards import iter_keys, iter_shard
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("czsl", "imagefolder")
 SPLIT_NAME = "compositional-split-natural"
@@ -30,16 +37,50 @@ def czsl_name(text: str) -> str:
     return text.strip().replace(" ", "_")
 
 
-def _extract(out: Path, manifest: pl.DataFrame, dest_of) -> int:
-    """Write every manifest image to ``dest_of(row)`` (skipping files already there)."""
-    n = 0
+@dataclass
+class Consistency:
+    """Keys the manifest lists without a sample in the shards, and samples no manifest row lists."""
+
+    manifest_only: list[str] = field(default_factory=list)
+    shards_only: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.manifest_only and not self.shards_only
+
+
+def consistency(out: Path | str | os.PathLike) -> Consistency:
+    """Compare ``manifest.parquet`` with what ``shards/*.tar`` hold (tar headers only)."""
+    from curate.manifest import read_manifest
+
+    out = Path(out)
+    manifest = set(read_manifest(out)["key"].to_list())
+    in_shards = {s["__key__"] for p in sorted((out / "shards").glob("*.tar")) for s in iter_shard(p, exts=())}
+    return Consistency(sorted(manifest - in_shards), sorted(in_shards - manifest))
+
+
+def _extract(out: Path, manifest: pl.DataFrame, dest_of) -> set[str]:
+    """Write every manifest image to ``dest_of(row)`` (skipping files already there); returns the keys
+    written or present. Keys without an image in their shard are logged."""
+    done = set()
     rows = {row["key"]: row for row in manifest.iter_rows(named=True)}
     for s in iter_keys({k: out / "shards" / r["shard"] for k, r in rows.items()}, exts=("jpg",)):
+        if "jpg" not in s:
+            continue
         dest = dest_of(rows[s["__key__"]])
         if not dest.exists():
             write_bytes(dest, s["jpg"])
-        n += 1
-    return n
+        done.add(s["__key__"])
+    missing = sorted(set(rows) - done)
+    if missing:
+        log.warning("%d manifest row(s) have no image in their shard and are left out of the export: %s", len(missing),
+                    ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    return done
+
+
+def _report(root: Path, manifest: pl.DataFrame, done: set[str]) -> None:
+    write_json(root / "export.json", {"images": len(done),
+                                      "missing_images": sorted(set(manifest["key"].to_list()) - done)})
 
 
 def export_czsl(out: Path, manifest: pl.DataFrame) -> Path:
@@ -51,7 +92,9 @@ def export_czsl(out: Path, manifest: pl.DataFrame) -> Path:
     def rel(row) -> str:
         return f"{czsl_name(row['attr'])}_{czsl_name(row['obj'])}/{row['key']}.jpg"
 
-    _extract(out, manifest, lambda row: img_dir / rel(row))
+    done = _extract(out, manifest, lambda row: img_dir / rel(row))
+    _report(root, manifest, done)
+    manifest = manifest.filter(pl.col("key").is_in(list(done)))
     split_dir = root / SPLIT_NAME
     for split in ("train", "val", "test"):
         pairs = (manifest.filter(pl.col("split") == split).select("attr", "obj").unique().sort("attr", "obj"))
@@ -66,7 +109,9 @@ def export_czsl(out: Path, manifest: pl.DataFrame) -> Path:
 
 def export_imagefolder(out: Path, manifest: pl.DataFrame) -> Path:
     root = out / "exports" / "imagefolder"
-    _extract(out, manifest, lambda r: root / r["split"] / f"{czsl_name(r['attr'])}_{czsl_name(r['obj'])}" / f"{r['key']}.jpg")
+    done = _extract(out, manifest,
+                    lambda r: root / r["split"] / f"{czsl_name(r['attr'])}_{czsl_name(r['obj'])}" / f"{r['key']}.jpg")
+    _report(root, manifest, done)
     return root
 
 

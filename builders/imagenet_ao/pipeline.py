@@ -22,14 +22,15 @@ import polars as pl
 
 from curate.config import to_dict
 from curate.errors import CurateError
-from curate.executor import get_executor
+from curate.executor import LocalExecutor, get_executor
 from curate.fsutil import atomic_open, write_json, write_parquet
+from curate.hub import SplitShardWriter, shard_plan
 from curate.images import to_jpeg
 from curate.ledger import Task, run_global, run_stage
 from curate.log import StageSummary, print_table, summary_table
 from curate.manifest import unit_hash, write_manifest
 from curate.outdir import OutputDir
-from curate.shards import IMAGE_EXTS, ReadReport, ShardWriter, image_of, iter_shard, shard_name
+from curate.shards import IMAGE_EXTS, ReadReport, image_of, iter_shard, shard_name
 
 from .config import BuildConfig
 from .filters import FilterConfig, attribute_wins, cap_and_minimum, check_image, dedup, object_rank
@@ -147,9 +148,11 @@ def pool_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, encoder,
 
 
 def generator_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, ex) -> tuple[pl.DataFrame, Path]:
-    from .generators import generate_task, load_generator
+    from .generators import generate_task, in_process, loaded_generator
 
-    load_generator(cfg.generator, cfg.device)  # fail fast with a clear error
+    loaded_generator(cfg.generator, cfg.device)  # fail fast with a clear error (and keep a model loaded)
+    if in_process(cfg.generator) and isinstance(ex, LocalExecutor):
+        ex = LocalExecutor(1)  # in this process, where the pipeline is loaded
     gen_dir = out / "generated" / "shards"
     pairs = [list(p) for p in targets.select("attr", "obj").iter_rows()]
     tasks = [Task(f"gen-{i:06d}", {"spec": cfg.generator, "pairs": pairs[j:j + GEN_CHUNK], "n": cfg.generator_images,
@@ -159,6 +162,10 @@ def generator_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, ex)
     res = run_stage("generate", generate_task, tasks, out, ex, unit="shards")
     if res.errors:
         raise CurateError(f"{len(res.errors)} generator task(s) failed: {next(iter(res.errors.values())).splitlines()[0]}")
+    from curate.hub import write_shard_card
+
+    write_shard_card(gen_dir, "generated candidates", f"Images from the generator `{cfg.generator}`, "
+                     f"{cfg.generator_images} per pair, before any filter (the `candidates` stage of the build).")
     rows = []
     for shard in sorted(gen_dir.glob("gen-*.tar")):
         for s in iter_shard(shard):
@@ -302,23 +309,48 @@ def assign_splits(df: pl.DataFrame, cfg: BuildConfig) -> pl.DataFrame:
     return df.join(sp, on="key", how="left")
 
 
-def write_dataset_shards(kept: pl.DataFrame, out: Path, maxcount: int = 1000) -> pl.DataFrame:
-    """Write kept images + json into ``shards/``; returns key -> shard.
+# Missing values in the shards' JSON: one type per field across all samples, so `datasets` and
+# `webdataset` users never meet null-then-float. Only ``score_retrieval`` is ever missing today
+# (generated images were not retrieved); the others guard columns a vocabulary may leave empty.
+MISSING = {pl.Float64: -1.0, pl.Int64: -1, pl.String: "", pl.Boolean: False}
 
-    Streams: source shards in sorted order, samples in source order, one image in memory at a
-    time (deterministic, so reruns give identical shards). An image kept for two pairs is
-    written once per pair, under each pair's key.
+
+def json_value(value: Any, dtype: pl.DataType) -> Any:
+    """A manifest value as written to ``KEY.json``: NaN/None become the column type's sentinel."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return MISSING.get(dtype.base_type(), "")
+    return value
+
+
+def write_dataset_shards(kept: pl.DataFrame, out: Path, maxcount: int = 1000, min_shards: int = 8) -> pl.DataFrame:
+    """Write kept images + json into ``shards/PREFIX-SPLIT-NNNNNN.tar``; returns key -> shard.
+
+    One set of shards per split (what ``datasets`` configs and per-split loaders want), each
+    split in at least ``min_shards`` shards when it has that many samples. Streams: source shards
+    in sorted order, samples in source order, one image in memory at a time (deterministic, so
+    reruns give identical shards). An image kept for two pairs is written once per pair, under
+    each pair's key. Every JSON field has one type in every sample (see :data:`MISSING`).
     """
     meta_cols = [c for c in kept.columns if not c.startswith("_") and c not in ("src_shard", "ok", "reason")]
+    dtypes = {c: kept.schema[c] for c in meta_cols}
     by_src: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for rec in kept.sort("key").iter_rows(named=True):
-        meta = {k: (None if isinstance(rec[k], float) and not np.isfinite(rec[k]) else rec[k]) for k in meta_cols}
+        meta = {k: json_value(rec[k], dtypes[k]) for k in meta_cols}
         by_src.setdefault(rec["src_shard"], {}).setdefault(rec["src_key"], []).append(meta)
     shard_dir = out / "shards"
     for old in shard_dir.glob("imagenet-ao-*"):
         old.unlink()
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    # every kept sample passed the decode check, so each split's size is known before streaming
+    sizes: dict[str, int] = {}
+    for wanted in by_src.values():
+        for metas in wanted.values():
+            for meta in metas:
+                sizes[meta["split"]] = sizes.get(meta["split"], 0) + 1
+    writers = {s: SplitShardWriter(shard_dir, f"imagenet-ao-{s}", shard_plan(n, maxcount, min_shards))
+               for s, n in sizes.items()}
     rows = []
-    with ShardWriter(shard_dir, prefix="imagenet-ao", maxcount=maxcount) as w:
+    try:
         for src in sorted(by_src):
             wanted = by_src[src]
             for s in iter_shard(src, keys=wanted, exts=IMAGE_EXTS):
@@ -327,19 +359,34 @@ def write_dataset_shards(kept: pl.DataFrame, out: Path, maxcount: int = 1000) ->
                     continue
                 data = to_jpeg(img[1])
                 for meta in wanted[s["__key__"]]:
-                    rows.append((meta["key"], w.write({"__key__": meta["key"], "jpg": data, "json": meta})))
+                    rows.append((meta["key"], writers[meta["split"]].write({"__key__": meta["key"], "jpg": data,
+                                                                            "json": meta})))
+        for w in writers.values():
+            w.close()  # a split that lost an image since the decode check ends with a shorter last shard
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
     return pl.DataFrame(rows, schema={"key": pl.String, "shard": pl.String}, orient="row")
 
 
-def write_embeddings(keys: list[str], emb: np.ndarray, out: Path, model: str) -> None:
+def write_embeddings(manifest: pl.DataFrame, emb: np.ndarray, out: Path, model: str) -> None:
+    """``embeddings/`` in the clip-retrieval layout, rows in key order: img_emb + metadata with the
+    columns `curate embed` writes (key, shard, caption, image_path) plus the sample's pair and split,
+    so `clip-retrieval index` and its ParquetMetadataProvider serve them."""
     from curate.embed.store import part_paths, save_npy, save_parquet
 
     folder = out / "embeddings"
     npy, meta = part_paths(folder, "0", "img")
+    m = manifest.sort("key")
     save_npy(npy, emb.astype(np.float32))
-    save_parquet(meta, pl.DataFrame({"key": keys}))
+    save_parquet(meta, m.select(
+        "key", "shard", pl.format("a photo of a {} {}", "attr", "obj").alias("caption"),
+        pl.col("key").alias("image_path"), "pair", "split"))
     write_json(folder / "embeddings.json", {"model": model, "dim": int(emb.shape[1]) if emb.size else 0,
-                                            "counts": {"images": len(keys)}, "layout": "clip-retrieval"})
+                                            "counts": {"images": m.height}, "layout": "clip-retrieval",
+                                            "metadata_columns": ["key", "shard", "caption", "image_path", "pair",
+                                                                 "split"]})
 
 
 # --- the whole build --------------------------------------------------------------------------
@@ -451,14 +498,15 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
                     return_dtype=pl.String).alias("key"),
             )
             kept = assign_splits(kept.with_row_index("_i"), cfg).sort("key")
-            kept_img = kept_img[kept["_i"].to_numpy()]
-            key_shard = write_dataset_shards(kept, out)
+            key_shard = write_dataset_shards(kept, out, min_shards=cfg.min_shards_per_split)
             cols = ["key", "attr", "obj", "pair", "family", "rare", "split", "source", "score_comp",
                     "score_retrieval", "obj_rank", "width", "height", "src_key"]
             manifest = kept.select([c for c in cols if c in kept.columns]).join(key_shard, on="key", how="inner")
             manifest = manifest.with_columns(pl.lit(None, dtype=pl.String).alias("review_status"))
             write_manifest(manifest, out)
-            write_embeddings(manifest.sort("key")["key"].to_list(), kept_img, out, cfg.model)
+            # embeddings of the samples written (an image lost since the decode check has no row)
+            written = kept["key"].is_in(key_shard["key"].to_list()).to_numpy()
+            write_embeddings(manifest, kept_img[kept["_i"].to_numpy()][written], out, cfg.model)
             from .exports import export
 
             exports = {fmt: str(export(fmt, out, manifest)) for fmt in cfg.export}

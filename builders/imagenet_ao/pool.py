@@ -177,15 +177,24 @@ def download_stats(out: Path) -> dict[str, Any]:
 
 def ingest_pool(spec: str, out: Path, executor=None, image_size: int = 256, workers: int = 1,
                 min_resolution: int = 0) -> tuple[list[Path], dict]:
-    """Turn any --pool into shards; returns (shard paths, ingest stats incl. ``rejected`` [key, reason])."""
+    """Turn any --pool into shards; returns (shard paths, ingest stats incl. ``rejected`` [key, reason]).
+
+    Shards we write (folder and URL pools) get a README.md whose YAML header lets
+    ``datasets.load_dataset(OUT)`` open them; a pool given as shards is read where it is."""
+    from curate.hub import write_shard_card
+
     kind = pool_kind(spec)
     if kind == "shards":
         shards = list_shards(spec)
         return shards, {"kind": kind, "shards": len(shards)}
     if kind == "folder":
         shards, rejected = pack_folder(Path(spec), out, executor, min_resolution)
+        write_shard_card(out, "image pool", f"The images of the folder `{spec}`, packed into shards "
+                         "(`path`: the file under that folder) before retrieval.")
         return shards, {"kind": kind, "shards": len(shards), "rejected": rejected}
     shards = download_urls(Path(spec), out, image_size=image_size, processes=max(1, workers))
+    write_shard_card(out, "image pool", f"The images of the URL list `{spec}`, downloaded and resized by "
+                     "img2dataset before retrieval (its JSON fields: url, key, status, sizes ...).")
     stats = download_stats(out)
     if not shards or stats["successes"] == 0:
         raise CurateError(f"img2dataset downloaded no image from the URL list ({stats})", where=spec,

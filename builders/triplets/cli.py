@@ -49,6 +49,14 @@ def triplets(
                                                    help="Keep samples a reviewer rejected.")] = False,
     circo_max_gts: Annotated[int, typer.Option("--circo-max-gts", help="Ground truths kept per CIRCO query "
                                                                         "(the CIRCO loader allows 23).")] = 23,
+    fashioniq_categories: Annotated[str, typer.Option(
+        "--fashioniq-categories",
+        help="How reference objects become FashionIQ's categories (CLIP4Cir's loader accepts only dress, "
+             "shirt, toptee): auto (balanced over the three), OBJ=NAME,...[,*=NAME], or objects (our "
+             "object names; CLIP4Cir refuses them). Recorded in triplets.json and "
+             "fashioniq/category_map.json.")] = "auto",
+    min_shards: Annotated[int, typer.Option("--min-shards", help="At least this many triplet shards per split "
+                                                                 "(a shard per DataLoader worker).")] = 8,
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
@@ -57,7 +65,9 @@ def triplets(
     Targets are the nearest images (CLIP space) of the edited composition; hard negatives
     (same composition as the reference, or the new word with the wrong other word) are
     recorded. Writes triplets.parquet/json and CIRR, CIRCO, FashionIQ and WebDataset exports,
-    each readable by the benchmark's official loader. Rerun the same command to resume.
+    each readable by the benchmark's official loader unmodified (FashionIQ: objects mapped onto
+    dress/shirt/toptee; CIRCO: semantic_aspects from the edit type), and a README.md whose
+    header lets datasets.load_dataset(OUT) open the shards. Rerun the same command to resume.
 
     \b
     Examples:
@@ -66,6 +76,7 @@ def triplets(
       curate triplets shards/ --mode caption --format shards,circo --out cir-triplets
       curate triplets DATASET --edit-text llm --llm openai:qwen2@http://127.0.0.1:8000/v1
       curate triplets DATASET --format shards,cirr,circo,fashioniq,genecis
+      curate triplets DATASET --fashioniq-categories 'heart=dress,star=shirt,*=toptee'
     """
     from curate.log import console
 
@@ -78,6 +89,7 @@ def triplets(
         modes=_csv(mode) or ["attribute", "object"], edit_text=edit_text, llm=llm, formats=_csv([formats]),
         splits=splits, max_per_pair=max_per_pair, max_triplets=max_triplets, negatives=negatives, seed=seed,
         include_rejected=include_rejected, model=model, device=device, circo_max_gts=circo_max_gts,
+        fashioniq_categories=fashioniq_categories, min_shards=min_shards,
     )
     info = build_triplets(cfg, overwrite=overwrite)
     c = info["counts"]

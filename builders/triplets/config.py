@@ -13,6 +13,8 @@ FORMATS = ("shards", "cirr", "circo", "fashioniq")  # the default exports
 OPTIONAL_FORMATS = ("genecis",)  # written only when asked (--format ...,genecis)
 SPLITS = ("train", "val", "test")
 CIRCO_MAX_GTS = 23  # CIRCODataset pads gt_img_ids to 23: more would break its collate
+FASHIONIQ_NAMES = ("dress", "shirt", "toptee")  # the only categories CLIP4Cir's FashionIQDataset accepts
+MIN_SHARDS = 8  # triplet shards per split (fewer only for fewer triplets): a shard per DataLoader worker
 
 
 @dataclass
@@ -34,6 +36,8 @@ class TripletsConfig:
     circo_max_gts: int = CIRCO_MAX_GTS
     max_tokens: int = 32
     max_group: int = 64
+    fashioniq_categories: str = "auto"
+    min_shards: int = MIN_SHARDS
 
     def validate(self) -> TripletsConfig:
         bad = [m for m in self.modes if m not in MODES]
@@ -50,7 +54,36 @@ class TripletsConfig:
         if not 1 <= self.circo_max_gts <= CIRCO_MAX_GTS:
             raise CurateError(f"--circo-max-gts must be in 1..{CIRCO_MAX_GTS} (the CIRCO loader pads to 23)")
         parse_splits(self.splits)
+        parse_fashioniq_categories(self.fashioniq_categories)
+        if self.min_shards < 1:
+            raise CurateError("--min-shards must be >= 1")
         return self
+
+
+def parse_fashioniq_categories(spec: str) -> dict[str, str] | None:
+    """``--fashioniq-categories``: how our reference objects become FashionIQ's category names.
+
+    - ``auto``: every object goes to one of dress / shirt / toptee, the three kept balanced by
+      triplet count (returns ``{}``: decided at export);
+    - ``objects``: the object names themselves (returns None): our readers take them, CLIP4Cir's
+      ``FashionIQDataset`` refuses them;
+    - ``OBJ=NAME,OBJ=NAME[,*=NAME]``: explicit, NAME one of dress, shirt, toptee; ``*`` takes every
+      object not listed, else those are balanced as in ``auto``.
+    """
+    spec = spec.strip()
+    if spec == "objects":
+        return None
+    if spec == "auto":
+        return {}
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        obj, eq, name = (x.strip() for x in part.partition("="))
+        if not eq or not obj or name not in FASHIONIQ_NAMES:
+            raise CurateError(f"bad --fashioniq-categories entry {part.strip()!r}",
+                              fix=f"write auto, objects, or OBJ=NAME pairs with NAME in {', '.join(FASHIONIQ_NAMES)}, "
+                                  "e.g. 'heart=dress,star=shirt,*=toptee'")
+        out[obj] = name
+    return out
 
 
 def parse_splits(spec: str) -> dict[str, float] | None:

@@ -6,13 +6,15 @@
   ``cirr/`` folder is self-contained (copy it anywhere and point ``cirr_dataset`` at its parent).
 - FashionIQ (CLIP4Cir ``FashionIQDataset``): ``ROOT/captions/cap.{category}.{split}.json``,
   ``ROOT/image_splits/split.{category}.{split}.json``, ``ROOT/images/NAME.jpg``; ROOT =
-  ``fashioniq/``; categories are the reference objects (the loader's dress/shirt/toptee check
-  is the only thing to relax).
+  ``fashioniq/``; the loader accepts only dress/shirt/toptee, so reference objects are mapped
+  onto those three (``--fashioniq-categories``, recorded in ``category_map.json``).
 - CIRCO (``CIRCODataset``): ``ROOT/annotations/{val,test}.json`` and COCO-style
   ``ROOT/COCO2017_unlabeled/annotations/image_info_unlabeled2017.json`` + ``unlabeled2017/
-  {id:012d}.jpg``; ROOT = ``circo/``; ``image_ids.json`` maps dataset keys to the integer ids.
+  {id:012d}.jpg``; ROOT = ``circo/``; ``image_ids.json`` maps dataset keys to the integer ids;
+  ``semantic_aspects`` (the evaluation's per-aspect mAP@10) come from the edit type.
 - WebDataset triplet shards: ``shards/{split}-NNNNNN.tar`` with ``ID.ref.jpg``, ``ID.tgt.jpg``,
-  ``ID.json``.
+  ``ID.json`` (every field typed in every sample), at least ``--min-shards`` per split; the
+  folder's README.md header lets ``datasets.load_dataset(FOLDER)`` open them.
 - GeneCIS (the released GeneCIS JSON annotations, COCO-task records; only with ``--format ...,genecis``):
   ``ROOT/{val,test}/{change_attribute,change_object,change_caption}.json``, lists of
   ``{"reference", "target", "gallery", "condition"}`` with COCO-style ``{"val_image_id": N}``
@@ -37,10 +39,11 @@ from typing import Any
 import polars as pl
 
 from curate.fsutil import TMP_MARK, write_json
+from curate.hub import SplitShardWriter, shard_plan
 from curate.images import to_jpeg
 from curate.log import track
-from curate.shards import ShardWriter
 
+from .config import FASHIONIQ_NAMES, parse_fashioniq_categories
 from .edits import article
 from .source import iter_images
 
@@ -139,13 +142,50 @@ def category_of(r: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", r["ref_obj"] or "all").strip("_") or "all"
 
 
-def export_fashioniq(df: pl.DataFrame, out: Path, staged: Path) -> dict[str, int]:
+def fashioniq_mapping(rows: list[dict[str, Any]], spec: str) -> dict[str, str]:
+    """Reference-object category -> FashionIQ category name (see ``parse_fashioniq_categories``).
+
+    ``auto`` (and objects an explicit mapping leaves out, without ``*``) fills dress, shirt and
+    toptee greedily, the object with most triplets first into the emptiest name, so the three
+    galleries stay balanced; ties break by name, so the mapping is deterministic."""
+    explicit = parse_fashioniq_categories(spec)
+    counts: dict[str, int] = {}
+    raw: dict[str, str] = {}
+    for r in rows:
+        cat = category_of(r)
+        counts[cat] = counts.get(cat, 0) + 1
+        raw.setdefault(cat, r["ref_obj"] or "all")
+    if explicit is None:
+        return {c: c for c in sorted(counts)}
+    out: dict[str, str] = {}
+    for cat in sorted(counts):
+        name = explicit.get(raw[cat], explicit.get(cat, explicit.get("*")))
+        if name is not None:
+            out[cat] = name
+    load = {n: sum(counts[c] for c, m in out.items() if m == n) for n in FASHIONIQ_NAMES}
+    for cat in sorted((c for c in counts if c not in out), key=lambda c: (-counts[c], c)):
+        name = min(FASHIONIQ_NAMES, key=lambda n: (load[n], FASHIONIQ_NAMES.index(n)))
+        out[cat] = name
+        load[name] += counts[cat]
+    return dict(sorted(out.items()))
+
+
+def export_fashioniq(df: pl.DataFrame, out: Path, staged: Path, spec: str = "auto") -> dict[str, Any]:
+    """``fashioniq/``: one caption and image-split file per (FashionIQ category, split).
+
+    Our categories are reference objects; CLIP4Cir's FashionIQDataset accepts only dress, shirt
+    and toptee, so objects are mapped onto those (``spec``, recorded in ``category_map.json`` and
+    in triplets.json) and a category's files hold the triplets of all its objects."""
     root = out / "fashioniq"
-    counts = {}
+    mapping = fashioniq_mapping(df.to_dicts(), spec)
+    counts: dict[str, Any] = {}
+    # CLIP4Cir opens cap./split. files of every category it is given (all three, as its scripts do):
+    # a category without triplets in a split gets empty files
+    always = FASHIONIQ_NAMES if parse_fashioniq_categories(spec) is not None else ()
     for split, rows in _by_split(df).items():
-        cats: dict[str, list[dict[str, Any]]] = {}
+        cats: dict[str, list[dict[str, Any]]] = {n: [] for n in always}
         for r in rows:
-            cats.setdefault(category_of(r), []).append(r)
+            cats.setdefault(mapping[category_of(r)], []).append(r)
         for cat, crs in sorted(cats.items()):
             items = [{"candidate": r["reference"], "target": r["target"],
                       "captions": [r["edit_text"], r["edit_text_2"]]} for r in crs]
@@ -155,7 +195,9 @@ def export_fashioniq(df: pl.DataFrame, out: Path, staged: Path) -> dict[str, int
             write_json(root / "captions" / f"cap.{cat}.{split}.json", items)
             write_json(root / "image_splits" / f"split.{cat}.{split}.json", names)
             counts[f"{cat}.{split}"] = len(items)
-    write_json(root / "categories.json", sorted({category_of(r) for r in df.to_dicts()}))
+    write_json(root / "categories.json", sorted(set(mapping.values()) | set(always)))
+    write_json(root / "category_map.json", mapping)
+    counts["category_map"] = mapping
     return counts
 
 
@@ -169,8 +211,16 @@ def shared_concept(r: dict[str, Any]) -> str:
     return r["shared"]
 
 
+# CIRCO's semantic aspects (its evaluation reports mAP@10 per aspect) of each edit type: an attribute
+# edit changes a property of the object it names ("make the heart striped"), an object or caption
+# edit swaps one thing for another ("replace the heart with a star")
+SEMANTIC_ASPECTS = {"attribute": ("compare_change", "direct_addressing"), "object": ("compare_change",),
+                    "caption": ("compare_change",)}
+
+
 def export_circo(df: pl.DataFrame, out: Path, staged: Path, max_gts: int) -> dict[str, int]:
-    """val and test only (CIRCO has no train split); gt_img_ids starts with the target."""
+    """val and test only (CIRCO has no train split); gt_img_ids starts with the target;
+    ``semantic_aspects`` from the edit type (:data:`SEMANTIC_ASPECTS`)."""
     root = out / "circo"
     by = _by_split(df)
     keys = sorted(images_of(by["val"] + by["test"]))
@@ -194,7 +244,8 @@ def export_circo(df: pl.DataFrame, out: Path, staged: Path, max_gts: int) -> dic
             truncated += len(r["gt"]) > max_gts
             items.append({"id": q, "reference_img_id": ids[r["reference"]], "target_img_id": ids[r["target"]],
                           "relative_caption": r["edit_text"], "shared_concept": shared_concept(r),
-                          "gt_img_ids": [ids[g] for g in gts], "curate_triplet_id": r["id"]})
+                          "gt_img_ids": [ids[g] for g in gts], "semantic_aspects": list(SEMANTIC_ASPECTS[r["mode"]]),
+                          "curate_triplet_id": r["id"]})
         write_json(root / "annotations" / f"{split}.json", items)
         counts[split] = len(items)
     if truncated:
@@ -213,16 +264,37 @@ def _size(path: Path) -> tuple[int, int]:
 
 # -- WebDataset shards ----------------------------------------------------------------------
 
-def export_shards(df: pl.DataFrame, out: Path, staged: Path, maxcount: int = 1000) -> dict[str, int]:
+SHARD_FIELDS = ("id", "pair_id", "reference", "target", "edit_text", "edit_text_2", "edit_source", "mode", "split",
+                "ref_attr", "ref_obj", "tgt_attr", "tgt_obj", "old_word", "new_word", "negatives", "gt")
+
+
+def shard_meta(r: dict[str, Any]) -> dict[str, Any]:
+    """A triplet's ``KEY.json``: every field in every sample with one type (missing text is "")."""
+    meta = {k: r[k] for k in SHARD_FIELDS}
+    for k, v in meta.items():
+        if v is None:
+            meta[k] = [] if k in ("negatives", "gt") else ""
+    return meta
+
+
+def export_shards(df: pl.DataFrame, out: Path, staged: Path, maxcount: int = 1000,
+                  min_shards: int = 8) -> dict[str, int]:
+    """``shards/{split}-NNNNNN.tar``: at least ``min_shards`` per split (a shard per DataLoader worker)."""
     counts = {}
+    folder = out / "shards"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*-[0-9]*"):
+        old.unlink()
     for split, rows in _by_split(df).items():
-        with ShardWriter(out / "shards", prefix=split, maxcount=maxcount) as w:
+        w = SplitShardWriter(folder, split, shard_plan(len(rows), maxcount, min_shards))
+        try:
             for r in rows:
-                meta = {k: r[k] for k in ("id", "pair_id", "reference", "target", "edit_text", "edit_text_2",
-                                          "edit_source", "mode", "split", "ref_attr", "ref_obj", "tgt_attr",
-                                          "tgt_obj", "old_word", "new_word", "negatives", "gt")}
                 w.write({"__key__": r["id"], "ref.jpg": (staged / f"{r['reference']}.jpg").read_bytes(),
-                         "tgt.jpg": (staged / f"{r['target']}.jpg").read_bytes(), "json": meta})
+                         "tgt.jpg": (staged / f"{r['target']}.jpg").read_bytes(), "json": shard_meta(r)})
+            w.close()
+        except BaseException:
+            w.abort()
+            raise
         counts[split] = len(rows)
     return counts
 

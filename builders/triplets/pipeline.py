@@ -37,9 +37,11 @@ CONTRACT_COLUMNS = ["id", "reference", "target", "edit_text", "mode", "split", "
 # where each benchmark loader's data root points, relative to the triplets folder
 EXPORT_ROOTS = {
     "cirr": ".  (CLIP4Cir CIRRDataset: cirr_dataset = this folder; files under cirr/)",
-    "fashioniq": "fashioniq  (CLIP4Cir FashionIQDataset: fashionIQ_dataset = fashioniq/)",
+    "fashioniq": "fashioniq  (CLIP4Cir FashionIQDataset: fashionIQ_dataset = fashioniq/, dress_types = the "
+                 "names in fashioniq/categories.json; objects -> names in fashioniq/category_map.json)",
     "circo": "circo  (CIRCODataset data_path = circo/)",
-    "shards": "shards  (WebDataset: shards/{train,val,test}-NNNNNN.tar with ref.jpg, tgt.jpg, json)",
+    "shards": "shards  (WebDataset: shards/{train,val,test}-NNNNNN.tar with ref.jpg, tgt.jpg, json; "
+              "datasets.load_dataset(THIS_FOLDER) reads them through README.md)",
     "genecis": "genecis/{val,test}  (GeneCIS JSON: genecis/SPLIT/TASK.json, COCO-style val_image_id records, "
                "coco_root = genecis/images)",
 }
@@ -100,9 +102,9 @@ def _run(cfg: TripletsConfig, out: Path) -> dict[str, Any]:
     info["images"] = _stage(out, "images", [], lambda: {"items": exports.stage_images(
         source.shard_of(), needed, staged)}, summaries)
     writers = {
-        "shards": lambda: exports.export_shards(df, out, staged),
+        "shards": lambda: exports.export_shards(df, out, staged, min_shards=cfg.min_shards),
         "cirr": lambda: exports.export_cirr(df, out, staged),
-        "fashioniq": lambda: exports.export_fashioniq(df, out, staged),
+        "fashioniq": lambda: exports.export_fashioniq(df, out, staged, cfg.fashioniq_categories),
         "circo": lambda: exports.export_circo(df, out, staged, cfg.circo_max_gts),
         "genecis": lambda: exports.export_genecis(df, out, staged),
     }
@@ -110,7 +112,20 @@ def _run(cfg: TripletsConfig, out: Path) -> dict[str, Any]:
     info["export_roots"] = {f: EXPORT_ROOTS[f] for f in cfg.formats}
     info["config"] = to_dict(cfg)
     info["counts"] = {"triplets": df.height, "by_mode": _count(df, "mode"), "by_split": _count(df, "split")}
+    if "fashioniq" in info["exports"]:
+        mapping = info["exports"]["fashioniq"].pop("category_map", None) or read_json(
+            out / "fashioniq" / "category_map.json")
+        info["fashioniq_categories"] = {
+            "spec": cfg.fashioniq_categories, "map": mapping,
+            "note": "reference objects -> the FashionIQ category names CLIP4Cir's FashionIQDataset accepts "
+                    "(dress, shirt, toptee); fashioniq/category_map.json holds the same map"}
+    if "circo" in info["exports"]:
+        info["circo_semantic_aspects"] = {m: list(a) for m, a in exports.SEMANTIC_ASPECTS.items()}
     write_json(out / "triplets.json", info)
+    if "shards" in cfg.formats:
+        from .card import write_triplets_card
+
+        write_triplets_card(out, info)
     _print_summary(summaries)
     return info
 

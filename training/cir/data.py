@@ -426,6 +426,8 @@ def read_fashioniq(data: str | os.PathLike, split: str = "val", categories: list
         caps = _load_json(root / "captions" / f"cap.{cat}.{split}.json", f"FashionIQ {cat} {split} captions")
         names = [str(n) for n in _load_json(root / "image_splits" / f"split.{cat}.{split}.json",
                                             f"FashionIQ {cat} {split} image split")]
+        if not caps and not names and categories is None:
+            continue  # an empty category (`curate triplets` writes all three names for CLIP4Cir)
         sp = Split("fashioniq", split, [], list(dict.fromkeys(names)), ImageSource(files=files),
                    name=f"fashioniq {cat} {split}")
         for i, item in enumerate(caps):

@@ -7,6 +7,14 @@ composition top-1/top-5 (classes = every pair present in the evaluated sets, one
 space for all rows so they compare; prompts ``"{attr} {obj}"``).
 The drop from the reference to the rare set is the papers' finding
 (e.g. ViT-B/32 OpenAI: object top-1 0.540 on rare vs 0.794 on ordinary images).
+
+Any folder of labelled images a user has can be the reference (:func:`load_eval_set`): a
+curate dataset folder, WebDataset shards with ``attr``/``obj`` JSON, an image folder
+(``CLASS/IMG`` or ``SPLIT/CLASS/IMG``; a class is an object name, ``attr_obj``, or an ImageNet
+wnid named by ``LOC_synset_mapping.txt`` / ``synset_words.txt`` beside it) or a CZSL root
+(``images/``, ``compositional-split-natural/``, the ``.t7`` metadata read with
+``weights_only=True``). Images with an object but no attribute count for the object columns
+only.
 """
 
 from __future__ import annotations
@@ -32,10 +40,13 @@ log = logging.getLogger(__name__)
 class EvalSet:
     name: str
     keys: list[str]
-    attrs: list[str]
+    attrs: list[str | None]  # None: the image has an object label only (an ImageNet-style folder)
     objs: list[str]
-    images: list[bytes] | None  # None when embeddings were reused
+    images: list[bytes] | None  # None when embeddings were reused or images are files
     emb: np.ndarray | None = None
+    files: list[Path] | None = None
+    missing: int = 0  # listed (manifest, metadata) but without an image: skipped and reported
+    kind: str = "shards"
 
 
 def _from_shards(spec: str | Path, name: str, include_rejected: bool = False) -> EvalSet:
@@ -60,40 +71,172 @@ def _from_shards(spec: str | Path, name: str, include_rejected: bool = False) ->
     return EvalSet(name, keys, attrs, objs, imgs)
 
 
+def _from_dataset(p: Path, name: str, rare_only: bool | None, model: str | None, include_rejected: bool) -> EvalSet:
+    from curate.dataset import Dataset
+
+    ds = Dataset(p)
+    df = ds.manifest(include_rejected=include_rejected)
+    if rare_only is not None and "rare" in df.columns:
+        df = df.filter(pl.col("rare") == rare_only)
+    if df.height == 0:
+        raise CurateError(f"no {'rare' if rare_only else 'common'} samples in the dataset", where=str(p))
+    df = df.sort("key")
+    info_path = p / "embeddings" / "embeddings.json"
+    if model and info_path.exists() and json.loads(info_path.read_text()).get("model") == model:
+        keys, mat = ds.embeddings()
+        pos = {k: i for i, k in enumerate(keys)}
+        if all(k in pos for k in df["key"]):
+            emb = np.stack([np.asarray(mat[pos[k]]) for k in df["key"]]).astype(np.float32)
+            return EvalSet(name, df["key"].to_list(), df["attr"].to_list(), df["obj"].to_list(), None, emb,
+                           kind="dataset")
+    imgs = dict(ds.images(df["key"].to_list()))
+    lost = df.filter(~pl.col("key").is_in(list(imgs)))
+    if lost.height:
+        log.warning("%s: %d manifest row(s) have no image in their shard (e.g. %s): left out of %r", p, lost.height,
+                    lost["key"][0], name)
+    df = df.filter(pl.col("key").is_in(list(imgs)))
+    return EvalSet(name, df["key"].to_list(), df["attr"].to_list(), df["obj"].to_list(),
+                   [imgs[k] for k in df["key"]], missing=lost.height, kind="dataset")
+
+
+CZSL_SPLIT = "compositional-split-natural"
+
+
+def _czsl_pairs(root: Path) -> dict[str, set[tuple[str, str]]]:
+    out = {}
+    for split in ("train", "val", "test"):
+        path = root / CZSL_SPLIT / f"{split}_pairs.txt"
+        lines = path.read_text(encoding="utf-8").split("\n") if path.is_file() else []
+        sep = "+" if lines and all("+" in ln for ln in lines if ln.strip()) and root.name.lower().startswith("vaw") \
+            else None
+        out[split] = {tuple(ln.split(sep)) for ln in lines if len(ln.split(sep)) == 2}
+    return out
+
+
+def _from_czsl(root: Path, name: str, rare_only: bool | None) -> EvalSet:
+    """A CZSL root: images of seen pairs (train pairs) for ``rare_only=False``, unseen for True, all for None."""
+    import torch
+
+    meta_path = root / f"metadata_{CZSL_SPLIT}.t7"
+    try:
+        rows = torch.load(str(meta_path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - refused or not a torch file
+        raise CurateError(f"cannot read the CZSL metadata ({str(e).splitlines()[0][:200]})", where=str(meta_path),
+                          fix="the metadata must be torch.save of a list of {image, attr, obj, set} dicts") from e
+    pairs = _czsl_pairs(root)
+    seen = pairs["train"]
+    known = set().union(*pairs.values())
+    keys, attrs, objs, files = [], [], [], []
+    missing = 0
+    for r in rows if isinstance(rows, list) else []:
+        if not isinstance(r, dict) or r.get("attr") in (None, "NA") or r.get("set") == "NA":
+            continue
+        pair = (str(r["attr"]), str(r["obj"]))
+        if known and pair not in known:
+            continue
+        if rare_only is not None and (pair not in seen) != rare_only:
+            continue
+        path = root / "images" / str(r["image"])
+        if not path.is_file():
+            missing += 1
+            continue
+        keys.append(str(r["image"]))
+        attrs.append(pair[0].replace("_", " "))
+        objs.append(pair[1].replace("_", " "))
+        files.append(path)
+    if missing:
+        log.warning("%s: %d image(s) listed in the metadata are missing under images/: left out of %r", root, missing,
+                    name)
+    if not keys:
+        raise CurateError(f"no {'unseen' if rare_only else 'seen' if rare_only is False else ''} images in the CZSL root",
+                          where=str(root))
+    return EvalSet(name, keys, attrs, objs, None, files=files, missing=missing, kind="czsl")
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+SYNSET_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")
+
+
+def _synsets(root: Path) -> dict[str, str]:
+    """ImageNet wnid -> its first name (``n01440764 tench, Tinca tinca``), from a file beside the folder."""
+    for folder in (root, root.parent):
+        for fname in SYNSET_FILES:
+            path = folder / fname
+            if path.is_file():
+                out = {}
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                    wnid, _, names = line.strip().partition(" ")
+                    if wnid and names:
+                        out[wnid] = names.split(",")[0].strip()
+                return out
+    return {}
+
+
+def class_label(name: str, objects: list[str], synsets: dict[str, str]) -> tuple[str | None, str]:
+    """(attribute or None, object) of an image-folder class: an object, ``attr_obj``, or a wnid."""
+    name = synsets.get(name, name)
+    norm = {o.lower().replace(" ", "_"): o for o in objects}
+    key = name.lower().replace(" ", "_")
+    if key in norm:
+        return None, norm[key]
+    for o in sorted(norm, key=len, reverse=True):  # longest object name that ends the class name
+        if key.endswith("_" + o):
+            return key[:-len(o) - 1].replace("_", " "), norm[o]
+    return None, name.replace("_", " ")
+
+
+def _from_imagefolder(root: Path, name: str, objects: list[str]) -> EvalSet:
+    """``ROOT/CLASS/IMG`` or ``ROOT/SPLIT/CLASS/IMG`` (torchvision ImageFolder, curate's imagefolder export)."""
+    synsets = _synsets(root)
+    classes = [d for d in sorted(root.iterdir()) if d.is_dir()]
+    if classes and all(d.name in ("train", "val", "test") for d in classes):
+        classes = [c for split in classes for c in sorted(split.iterdir()) if c.is_dir()]
+    keys, attrs, objs, files = [], [], [], []
+    unknown: set[str] = set()
+    for cls in classes:
+        attr, obj = class_label(cls.name, objects, synsets)
+        if obj not in objects:
+            unknown.add(obj)
+        for f in sorted(cls.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                keys.append(str(f.relative_to(root)))
+                attrs.append(attr)
+                objs.append(obj)
+                files.append(f)
+    if not keys:
+        raise CurateError("no images in CLASS/ or SPLIT/CLASS/ folders", where=str(root),
+                          fix="an image folder holds one folder per class (object, attr_obj or ImageNet wnid)")
+    if unknown:
+        log.warning("%s: %d class(es) are not objects of the dataset's vocabulary (e.g. %r): added as object classes",
+                    root, len(unknown), sorted(unknown)[0])
+    return EvalSet(name, keys, attrs, objs, None, files=files, kind="imagefolder")
+
+
 def load_eval_set(path: str | Path, name: str, rare_only: bool | None = None, model: str | None = None,
-                  include_rejected: bool = False) -> EvalSet:
-    """A dataset folder (manifest; embeddings reused when made by ``model``) or plain shards."""
+                  include_rejected: bool = False, objects: list[str] | None = None) -> EvalSet:
+    """Labelled images from a dataset folder (embeddings reused when made by ``model``), shards, a CZSL
+    root or an image folder (``objects``: the vocabulary its class names are matched against)."""
     p = Path(path)
     if (p / "manifest.parquet").exists():
-        from curate.dataset import Dataset
-
-        ds = Dataset(p)
-        df = ds.manifest(include_rejected=include_rejected)
-        if rare_only is not None and "rare" in df.columns:
-            df = df.filter(pl.col("rare") == rare_only)
-        if df.height == 0:
-            raise CurateError(f"no {'rare' if rare_only else 'common'} samples in the dataset", where=str(p))
-        df = df.sort("key")
-        info_path = p / "embeddings" / "embeddings.json"
-        if model and info_path.exists() and json.loads(info_path.read_text()).get("model") == model:
-            keys, mat = ds.embeddings()
-            pos = {k: i for i, k in enumerate(keys)}
-            if all(k in pos for k in df["key"]):
-                emb = np.stack([np.asarray(mat[pos[k]]) for k in df["key"]]).astype(np.float32)
-                return EvalSet(name, df["key"].to_list(), df["attr"].to_list(), df["obj"].to_list(), None, emb)
-        imgs = dict(ds.images(df["key"].to_list()))
-        df = df.filter(pl.col("key").is_in(list(imgs)))
-        return EvalSet(name, df["key"].to_list(), df["attr"].to_list(), df["obj"].to_list(),
-                       [imgs[k] for k in df["key"]])
+        return _from_dataset(p, name, rare_only, model, include_rejected)
+    if (p / CZSL_SPLIT).is_dir() or (p / f"metadata_{CZSL_SPLIT}.t7").is_file():
+        return _from_czsl(p, name, rare_only)
+    if p.is_dir() and not any(p.glob("*.tar")) and any(d.is_dir() for d in p.iterdir()):
+        return _from_imagefolder(p, name, objects or [])
     return _from_shards(p, name, include_rejected)
 
 
 def _embed(encoder, s: EvalSet, batch_size: int = 64) -> np.ndarray:
-
+    """Image embeddings, decoding ``batch_size`` images at a time (files are read as needed)."""
     if s.emb is not None:
         return s.emb
-    images = [open_rgb(b) for b in s.images or []]
-    return encoder.encode_images(images, batch_size=batch_size)
+    sources: list[Any] = list(s.images) if s.images is not None else list(s.files or [])
+    out = []
+    for i in range(0, len(sources), batch_size):
+        chunk = [open_rgb(x if isinstance(x, bytes | bytearray) else Path(x).read_bytes())
+                 for x in sources[i:i + batch_size]]
+        out.append(encoder.encode_images(chunk, batch_size=batch_size))
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
 def evaluate_sets(encoder, sets: list[EvalSet], objects: list[str]) -> dict[str, Any]:
@@ -102,27 +245,38 @@ def evaluate_sets(encoder, sets: list[EvalSet], objects: list[str]) -> dict[str,
     obj_text = class_text_embeddings(encoder, objects, OPENAI_IMAGENET_TEMPLATES)
     oi = {o: i for i, o in enumerate(objects)}
     # one composition label space for every set (all pairs of all sets), so rows compare
-    pairs = sorted({p for s in sets for p in zip(s.attrs, s.objs, strict=True)})
+    pairs = sorted({(a, o) for s in sets for a, o in zip(s.attrs, s.objs, strict=True) if a is not None})
     pi = {p: i for i, p in enumerate(pairs)}
-    pair_text = class_text_embeddings(encoder, [f"{a} {o}" for a, o in pairs], OPENAI_IMAGENET_TEMPLATES)
+    pair_text = class_text_embeddings(encoder, [f"{a} {o}" for a, o in pairs], OPENAI_IMAGENET_TEMPLATES) \
+        if pairs else None
     out: dict[str, Any] = {}
     for s in sets:
         img = _embed(encoder, s)
         obj_acc = topk_accuracy(img, obj_text, [oi[o] for o in s.objs])
-        comp_acc = topk_accuracy(img, pair_text, [pi[p] for p in zip(s.attrs, s.objs, strict=True)])
-        out[s.name] = {"images": len(s.keys), "pairs": len(set(zip(s.attrs, s.objs, strict=True))),
+        labelled = [i for i, a in enumerate(s.attrs) if a is not None]
+        comp_acc: dict[int, float | None] = {1: None, 5: None}
+        if labelled and pair_text is not None:
+            comp_acc = topk_accuracy(img[labelled], pair_text, [pi[(s.attrs[i], s.objs[i])] for i in labelled])
+        out[s.name] = {"images": len(s.keys), "pairs": len({(s.attrs[i], s.objs[i]) for i in labelled}),
                        "composition_classes": len(pairs), "objects": len(set(s.objs)),
                        "object_top1": obj_acc[1], "object_top5": obj_acc[5],
-                       "composition_top1": comp_acc[1], "composition_top5": comp_acc[5]}
+                       "composition_top1": comp_acc[1], "composition_top5": comp_acc[5],
+                       "images_with_attribute": len(labelled), "source": s.kind, "missing_images": s.missing}
     return out
 
 
-def _objects_for(dataset: Path, sets: list[EvalSet]) -> list[str]:
-    """Every object of the dataset's vocabulary (``dataset.json``: ``vocabulary.objects``), else those seen."""
+def _vocabulary(dataset: Path) -> list[str] | None:
+    """Every object of the dataset's vocabulary (``dataset.json``: ``vocabulary.objects``), if it lists one."""
     info = dataset / "dataset.json"
     objects = json.loads(info.read_text()).get("vocabulary", {}).get("objects") if info.exists() else None
+    return list(objects) if objects else None
+
+
+def _objects_for(dataset: Path, sets: list[EvalSet]) -> list[str]:
+    """The vocabulary's objects, else those seen (with a warning)."""
+    objects = _vocabulary(dataset)
     if objects:
-        return list(objects)
+        return objects
     log.warning("%s does not list its vocabulary (dataset.json: vocabulary.objects); object classes are the "
                 "objects present", dataset)
     return sorted({o for s in sets for o in s.objs})
@@ -137,11 +291,12 @@ def evaluate_dataset(dataset: str | Path, model: str, reference: str | Path | No
     dataset = Path(dataset)
     encoder = cached_model(model, device)
     sets = [load_eval_set(dataset, "rare", rare_only=True, model=model, include_rejected=include_rejected)]
+    vocabulary = _vocabulary(dataset) or sorted(set(sets[0].objs))
     if reference:
         sets.append(load_eval_set(reference, "reference", rare_only=False, model=model,
-                                  include_rejected=include_rejected))
+                                  include_rejected=include_rejected, objects=vocabulary))
     for name, path in (extra or {}).items():
-        sets.append(load_eval_set(path, name, model=model, include_rejected=include_rejected))
+        sets.append(load_eval_set(path, name, model=model, include_rejected=include_rejected, objects=vocabulary))
     objects = _objects_for(dataset, sets)
     missing = sorted({o for s in sets for o in s.objs} - set(objects))
     objects = objects + missing
@@ -161,10 +316,18 @@ def markdown_table(report: dict[str, Any]) -> str:
              "classes, 80 OpenAI ImageNet templates",
              "", "| set | images | pairs | object top-1 | object top-5 | composition top-1 | composition top-5 |",
              "|---|---:|---:|---:|---:|---:|---:|"]
+    def num(v: float | None) -> str:
+        return "—" if v is None else f"{v:.3f}"
+
     for name, x in report["results"].items():
-        lines.append(f"| {name} | {x['images']} | {x['pairs']} | {x['object_top1']:.3f} | {x['object_top5']:.3f} | "
-                     f"{x['composition_top1']:.3f} | {x['composition_top5']:.3f} |")
-    return "\n".join(lines)
+        lines.append(f"| {name} | {x['images']} | {x['pairs']} | {num(x['object_top1'])} | {num(x['object_top5'])} | "
+                     f"{num(x['composition_top1'])} | {num(x['composition_top5'])} |")
+    notes = [f"{name}: {x['images'] - x.get('images_with_attribute', x['images'])} image(s) have an object label "
+             "only (composition columns over the others)" for name, x in report["results"].items()
+             if x.get("images_with_attribute", x["images"]) < x["images"]]
+    notes += [f"{name}: {x['missing_images']} listed image(s) missing, left out"
+              for name, x in report["results"].items() if x.get("missing_images")]
+    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
 
 
 # -- the demo world: held-out common pairs vs rare pairs ------------------------------------------
