@@ -3,7 +3,9 @@
 ``OutputDir(path, command, config, overwrite)`` as a context manager:
 1. creates the folder and checks it is writable (clear error if not);
 2. takes an exclusive lock ``.curate/lock`` (``fcntl.flock``; released by the kernel even
-   on kill -9), so a second run on the same folder fails at once with the holder's pid;
+   on kill -9), so a second run on the same folder fails at once with the holder's pid.
+   Forked children (worker pools, DataLoader decode workers) close their copy of the lock at
+   once: a child that outlives a killed run by a few seconds never holds the folder;
 3. compares the config fingerprint with ``.curate/run.json`` left by an earlier run: same
    config resumes, a different one is refused unless ``overwrite`` (then the folder is
    emptied first). A non-empty folder that curate did not make is refused the same way.
@@ -16,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,23 @@ from .errors import CurateError
 from .fsutil import clean_temp_files, dump_json, read_json, write_json
 
 META = ".curate"
+_LOCKED: weakref.WeakSet[OutputDir] = weakref.WeakSet()  # folders this process holds the lock of
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close the inherited lock descriptors (never unlock: the parent holds them),
+    so the lock goes with the parent's death, not with its slowest child's."""
+    for od in list(_LOCKED):
+        if od._lock_fd is not None:
+            try:
+                os.close(od._lock_fd)
+            except OSError:
+                pass
+            od._lock_fd = None
+    _LOCKED.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def config_fingerprint(config: dict[str, Any]) -> str:
@@ -133,12 +153,14 @@ class OutputDir:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+        _LOCKED.add(self)
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+        _LOCKED.discard(self)
 
     def close(self) -> None:
         self._unlock()

@@ -97,3 +97,37 @@ def test_second_run_on_locked_folder_fails_with_holder_pid(tmp_path):
     # kill -9 releases the lock: the next run goes ahead
     with OutputDir(out, "holder", {"a": 1}):
         pass
+
+
+def test_forked_children_do_not_hold_the_folder_lock(tmp_path):
+    """A worker forked during a run (a pool worker, a DataLoader decode worker) that outlives its
+    killed parent must not keep the folder locked: the lock goes with the parent."""
+    import multiprocessing as mp
+    import time
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs fork")
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from curate.outdir import OutputDir
+        with OutputDir({str(tmp_path / 'out')!r}, "test", {{}}):
+            if os.fork() == 0:       # the child lingers, as an orphaned decode worker does
+                time.sleep(30)
+                os._exit(0)
+            print("locked", flush=True)
+            time.sleep(30)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(CurateError, match="another curate run"):  # the parent holds it
+            with OutputDir(tmp_path / "out", "test", {}):
+                pass
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        time.sleep(0.2)
+        with OutputDir(tmp_path / "out", "test", {}):  # the child still runs; the folder is free
+            pass
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
