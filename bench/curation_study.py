@@ -74,45 +74,19 @@ def cpu_seconds() -> float:
 
 
 # -- ground truth ---------------------------------------------------------------------------------
-class Truth:
-    """What every image the build could have used really shows (pool: pool.parquet; generator and
-    world shards: their json), keyed by (source, key)."""
+def world_truth(world: Path, dataset: Path):
+    """What every image the build could have used really shows: the builder's own truth (pool.parquet,
+    the demo renderer's metadata in the generated shards), the same the build's funnel is measured with."""
+    from builders.imagenet_ao.truth import world_truth as load
 
-    def __init__(self, world: Path, dataset: Path):
-        import polars as pl
-
-        from curate.shards import iter_shard, list_shards
-
-        self.rows: dict[tuple[str, str], dict[str, str]] = {}
-        pool = pl.read_parquet(world / "pool" / "pool.parquet")
-        for r in pool.select("key", "obj", *FAMILIES).iter_rows(named=True):
-            self.rows[("pool", r["key"])] = r
-        gen = dataset / "generated" / "shards"
-        for shard in list_shards(gen) if gen.is_dir() else []:
-            for s in iter_shard(shard, exts={"json"}):
-                self.rows[("generator", s["__key__"])] = json.loads(s["json"])
-
-    def verdict(self, source: str, key: str, attr: str, obj: str, family: str) -> str | None:
-        """``right``, ``wrong object`` or ``wrong attribute`` (object right); None: truth unknown."""
-        r = self.rows.get((source, key))
-        if r is None:
-            return None
-        if r.get("obj") != obj:
-            return "wrong object"
-        return "right" if r.get(family) == attr else "wrong attribute"
+    return load(world, dataset / "generated" / "shards")
 
 
-def precision(manifest: Any, truth: Truth, subset: Any = None) -> dict[str, Any]:
+def precision(manifest: Any, truth: Any, subset: Any = None) -> dict[str, Any]:
     """Share of images whose label is what the image shows, and how the others are wrong."""
-    df = manifest if subset is None else manifest.filter(subset)
-    verdicts = [truth.verdict(s, k, a, o, f) for s, k, a, o, f in
-                df.select("source", "src_key", "attr", "obj", "family").iter_rows()]
-    known = [v for v in verdicts if v is not None]
-    n = max(len(known), 1)
-    return {"images": len(verdicts), "unknown": len(verdicts) - len(known),
-            "precision": round(known.count("right") / n, 4) if known else None,
-            "wrong_object": round(known.count("wrong object") / n, 4) if known else None,
-            "wrong_attribute": round(known.count("wrong attribute") / n, 4) if known else None}
+    from builders.imagenet_ao.truth import label_precision
+
+    return label_precision(manifest if subset is None else manifest.filter(subset), truth)
 
 
 def world_images(world: Path, split: str, pairs: set[tuple[str, str]]) -> list[tuple[str, dict, bytes]]:
@@ -475,7 +449,7 @@ def main() -> None:
     out = args.out
     backbone = default_backbone(args.dataset)
     curated = pl.read_parquet(args.dataset / "manifest.parquet")
-    truth = Truth(args.world, args.dataset)
+    truth = world_truth(args.world, args.dataset)
     log(f"backbone {backbone}; curated {curated.height} images, {curated['pair'].n_unique()} pairs")
     gt = build_gt(args.world, curated, backbone, out / "ground-truth")
     gt_trip = triplets(gt, out / "ground-truth-triplets", "test=1", ["cirr", "circo"], model=backbone)

@@ -40,6 +40,14 @@ def imagenet_ao(
     seed: Annotated[int | None, typer.Option(help="Random seed (splits, generator).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="Torch device for the embedding model and the "
                                                                  "generator: auto, cpu, cuda, cuda:1.")] = None,
+    truth: Annotated[str | None, typer.Option(help="Ground truth for label precision/recall per funnel row: 'auto' "
+                                                   "(a demo world's, default), 'none', a demo world folder, or a "
+                                                   "parquet/CSV/JSONL file with key, attr, obj.")] = None,
+    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Choose the attribute-check "
+                                                   "and composition-score thresholds from the labelled candidates "
+                                                   "(needs truth); the curve goes in the card.")] = None,
+    target_precision: Annotated[float | None, typer.Option(help="--calibrate: the label precision the chosen "
+                                                                "thresholds must reach (default 0.8).")] = None,
     config: ConfigFile = None,
     workers: Workers = None,
     executor: ExecutorName = "local",
@@ -58,6 +66,16 @@ def imagenet_ao(
           --captions 'laion/*.parquet' --pool urls.parquet \\
           --model open_clip:ViT-B-32/laion2b_s34b_b79k --out ao --images-per-pair 20
     Or put the same keys in build.toml and pass --config build.toml.
+
+    \b
+    Does curation help? With ground truth every funnel row gets the precision of
+    what it kept and the recall of true rare-pair images (dataset.json, the card):
+      curate build imagenet-ao                        # the demo world knows its truth
+      curate build imagenet-ao ... --truth labels.csv # key,attr,obj: one row per pair an image shows
+      curate build imagenet-ao --out ao-cal --calibrate --target-precision 0.8
+    --calibrate sweeps the attribute-check and composition-score thresholds on the
+    labelled candidates, prints the precision/yield curve and builds with the
+    chosen point. Adding --truth to a finished build only adds the numbers.
     """
     from curate.config import load_toml, merge
 
@@ -68,7 +86,7 @@ def imagenet_ao(
         "caption_column": caption_column, "max_cooccurrence": max_cooccurrence, "pool": pool, "generator": generator,
         "model": model, "images_per_pair": images_per_pair, "min_images_per_pair": min_images_per_pair,
         "max_pairs": max_pairs, "common_pairs": common_pairs, "export": export or None, "reference": reference,
-        "seed": seed, "device": device,
+        "seed": seed, "device": device, "truth": truth, "calibrate": calibrate, "target_precision": target_precision,
     }
     cfg = load_toml(config, BuildConfig) if config else None
     demo = cfg is None and not captions and not pool and not generator
@@ -88,13 +106,42 @@ def _report(res, cfg) -> None:
 
     from curate.log import console
 
-    table = Table(title="ImageNet-AO funnel")
-    for c in ("stage", "kept", "removed", "note"):
-        table.add_column(c, justify="right" if c in ("kept", "removed") else "left")
-    for f in res.funnel:
-        table.add_row(f.stage, f"{f.count:,}", f"{f.removed:,}", f.note)
+    table = Table(title="ImageNet-AO funnel" + (" (label precision and rare-pair recall against the ground truth)"
+                                                if res.truth else ""))
+    cols = ("stage", "kept", "removed", *(("precision", "recall") if res.truth else ()), "note")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("stage", "note") else "right")
+    for f, m in zip(res.funnel, res.truth or [None] * len(res.funnel), strict=True):
+        measured = (_pct(m and m["precision"]), _pct(m and m["recall"])) if res.truth else ()
+        table.add_row(f.stage, f"{f.count:,}", f"{f.removed:,}", *measured, f.note)
     console.print(table)
+    if res.calibration:
+        _print_calibration(res.calibration)
     console.print(f"[bold green]dataset ready:[/] {res.out}  ({res.counts['samples']} images, "
                   f"{res.counts['pairs']} pairs; card: {res.out / 'README.md'})")
     if cfg.reference:
         console.print(f"next: `curate eval zeroshot {res.out}` (rare pairs vs {cfg.reference})")
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def _print_calibration(cal: dict) -> None:
+    """The precision/yield curve of the chosen attribute margin, and the chosen point."""
+    from rich.table import Table
+
+    from curate.log import console
+
+    from .imagenet_ao.calibrate import curve_rows, margin_label, summary_line
+
+    table = Table(title="calibration: precision / yield over the composition-score threshold "
+                        f"(attribute margin {margin_label(cal['chosen']['margin'])})")
+    for c in ("comp >=", "passing", "precision", "est. images", "est. pairs", "est. precision", ""):
+        table.add_column(c, justify="right")
+    for p in curve_rows(cal):
+        chosen = p["comp"] == cal["chosen"]["comp"]
+        table.add_row(f"{p['comp']:g}", f"{p['passing']:,}", _pct(p["precision"]), f"{p['dataset_images']:,}",
+                      str(p["dataset_pairs"]), _pct(p["dataset_precision"]), "[bold]chosen[/]" if chosen else "")
+    console.print(table)
+    console.print(f"calibration: {summary_line(cal)}")

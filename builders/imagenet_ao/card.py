@@ -8,6 +8,10 @@
 - Pictures: a contact sheet per split (``sheet_SPLIT.png``: the highest-scoring images of each
   pair, rare pairs first, labelled with the pair), the funnel as a chart (``funnel.png``) and
   histograms of images per attribute and per object.
+- With ground truth (a demo world, ``--truth FILE``): the funnel table gains the precision of
+  what each row kept and the recall of true rare-pair images, drawn in ``funnel_truth.png``;
+  with ``--calibrate``, the precision/yield curve (``calibration.png``) and the chosen point.
+  Without truth the card is what it was: no such columns (absent, not zero).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.fsutil import atomic_open, write_text
+from curate.fsutil import atomic_open, read_json, write_text
 from curate.hub import card_header, fields_markdown, loading_snippet, scan_shards
 from curate.shards import iter_keys
 
@@ -97,6 +101,69 @@ def funnel_chart(funnel: list[dict], path: Path) -> Path:
     ax.set_xlabel("count (log scale)")
     ax.set_title("funnel: what each stage kept (dark) of what it received")
     ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def truth_chart(funnel: list[dict], path: Path) -> Path:
+    """Precision of what each image row kept and recall of true rare-pair images, stage by stage."""
+    plt = _plt()
+    rows = [f for f in funnel if "precision" in f]
+    labels = [textwrap.shorten(f["stage"], 44) for f in rows][::-1]
+    y = list(range(len(rows)))
+    fig, ax = plt.subplots(figsize=(8.5, 0.36 * len(rows) + 1.6), layout="constrained")
+    for key, colour, marker, name in (("precision", "#2e86c1", "o", "precision of the kept images"),
+                                      ("recall", "#e67e22", "s", "recall of true rare-pair images")):
+        vals = [f[key] for f in rows][::-1]
+        pts = [(100 * v, i) for v, i in zip(vals, y, strict=True) if v is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour, label=name, lw=1.2)
+        for xv, yv in pts:
+            ax.annotate(f"{xv:.0f}", (xv, yv), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7,
+                        color=colour)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("percent")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("label precision and rare-pair recall after each stage (ground truth)", fontsize=10)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    _save(fig, path)
+    return path
+
+
+def calibration_chart(cal: dict, path: Path) -> Path:
+    """Precision against yield, one line per attribute margin: the thresholded candidates (left) and the
+    dataset the cap would keep (right); the chosen and the configured points marked."""
+    from .calibrate import margin_label
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    margins = sorted({p["margin"] for p in cal["points"]}, key=lambda m: -1e9 if m is None else m)
+    cmap = plt.get_cmap("viridis")
+    panels = (("passing", "precision", "thresholded candidates", "images passing"),
+              ("dataset_images", "dataset_precision", "dataset estimate (per-pair cap + minimum)",
+               "images in the dataset (estimate)"))
+    for ax, (x, y, title, xlabel) in zip(axes, panels, strict=True):
+        for j, m in enumerate(margins):
+            pts = [p for p in cal["points"] if p["margin"] == m and p[y] is not None]
+            ax.plot([p[x] for p in pts], [100 * p[y] for p in pts], marker=".", ms=3, lw=1.1,
+                    color="#888888" if m is None else cmap(j / max(1, len(margins) - 1)),
+                    ls="--" if m is None else "-", label=f"attribute margin {margin_label(m)}")
+        for key, marker, colour in (("configured", "X", "#cc3311"), ("chosen", "*", "#000000")):
+            p = cal[key]
+            if p[y] is not None:
+                ax.plot(p[x], 100 * p[y], marker=marker, ms=13, color=colour, ls="none", zorder=5,
+                        label=f"{key}: margin {margin_label(p['margin'])}, composition >= {p['comp']:g}")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0, 102)
+    axes[1].axhline(100 * cal["target_precision"], color="#cc3311", lw=0.8, ls=":", label="target precision")
+    axes[0].set_ylabel("label precision (%)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle("calibration: precision against yield as the composition-score threshold rises (right to left)",
+                 fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     return path
@@ -188,11 +255,58 @@ def contact_sheet(out: Path, manifest: pl.DataFrame, split: str, path: Path) -> 
 
 
 # -- text ----------------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
 def funnel_markdown(funnel: list[dict]) -> str:
-    lines = ["| stage | kept | removed | note |", "|---|---:|---:|---|"]
+    """The funnel table; with ground truth, two more columns: precision and recall (— where a row
+    does not count images)."""
+    if not any("precision" in f for f in funnel):
+        lines = ["| stage | kept | removed | note |", "|---|---:|---:|---|"]
+        for f in funnel:
+            lines.append(f"| {f['stage']} | {f['count']:,} | {f['removed']:,} | {f['note']} |")
+        return "\n".join(lines)
+    lines = ["| stage | kept | removed | precision | recall | note |", "|---|---:|---:|---:|---:|---|"]
     for f in funnel:
-        lines.append(f"| {f['stage']} | {f['count']:,} | {f['removed']:,} | {f['note']} |")
+        lines.append(f"| {f['stage']} | {f['count']:,} | {f['removed']:,} | {_pct(f.get('precision'))} | "
+                     f"{_pct(f.get('recall'))} | {f['note']} |")
     return "\n".join(lines)
+
+
+def truth_markdown(info: dict) -> str:
+    """What the funnel's truth columns rest on (empty without truth)."""
+    t = info.get("truth")
+    if not t:
+        return ""
+    missing = t.get("keys_not_in_pool", 0)
+    return (f"""Ground truth: {t['source']} ({t['images_with_truth']:,} images with truth"""
+            + (f"; {missing:,} of its keys are not among the build's images" if missing else "") + f""").
+**Precision**: {t['definitions']['precision']}. **Recall**: {t['definitions']['recall']}
+({t['rare_units']:,} such images). The dataset: precision {_pct(t['precision'])}, rare-pair images
+{_pct(t['rare_precision'])}, recall {_pct(t['recall'])}. Rows without a value do not count images.
+
+![precision and recall per stage](funnel_truth.png)
+""")
+
+
+def calibration_markdown(info: dict) -> str:
+    cal = info.get("calibration")
+    if not cal:
+        return ""
+    from .calibrate import curve_markdown, summary_line
+
+    return f"""## Calibration
+
+`--calibrate` chose the attribute-check and composition-score thresholds from the labelled
+candidates ({cal['truth']}): {summary_line(cal)}. Curve of the chosen attribute margin (the whole
+grid is in `{cal['curve']}`; estimates leave out near-duplicate removal, the funnel above has the
+real result):
+
+![calibration curve](calibration.png)
+
+{curve_markdown(cal)}
+"""
 
 
 def _sheet_markdown(split: str, st: dict[str, int]) -> str:
@@ -213,6 +327,14 @@ def write_card(out: Path, info: dict, manifest: pl.DataFrame) -> Path:
     _histogram(manifest.group_by("attr").len(), "attr", out / "hist_attributes.png")
     _histogram(manifest.group_by("obj").len(), "obj", out / "hist_objects.png")
     funnel_chart(info["funnel"], out / "funnel.png")
+    if info.get("truth"):
+        truth_chart(info["funnel"], out / "funnel_truth.png")
+    else:
+        (out / "funnel_truth.png").unlink(missing_ok=True)  # left by an earlier run with truth
+    if info.get("calibration"):
+        cal = {**read_json(out / info["calibration"]["curve"]), "curve": info["calibration"]["curve"]}
+        info = {**info, "calibration": cal}
+        calibration_chart(cal, out / "calibration.png")
     sheets = {s: contact_sheet(out, manifest, s, out / f"sheet_{s}.png") for s in SPLITS}
     shards = sorted({out / "shards" / s for s in manifest["shard"].unique().to_list()})
     schema = scan_shards([p for p in shards if p.exists()])
@@ -235,6 +357,7 @@ def write_card(out: Path, info: dict, manifest: pl.DataFrame) -> Path:
                          for r in examples.iter_rows(named=True))
     ex_md = ("| key | pair | source | composition score | split |\n|---|---|---|---:|---|\n" + ex_lines) if ex_lines \
         else "No rare pair was kept: every image is of a common (seen) pair."
+    measured = "".join(f"\n\n{md.strip()}" for md in (truth_markdown(info), calibration_markdown(info)) if md)
     first_split = next(iter(splits), "test")
     sources = ", ".join(f"{k} {v:,}" for k, v in manifest.group_by("source").len().sort("source").iter_rows()) \
         if "source" in manifest.columns else "see dataset.json"
@@ -280,7 +403,7 @@ sentinel, never null: -1.0 (numbers), -1 (integers), "" (text).
 
 ![funnel](funnel.png)
 
-{funnel_markdown(info['funnel'])}
+{funnel_markdown(info['funnel'])}{measured}
 
 ## Histograms
 

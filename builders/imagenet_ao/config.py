@@ -39,3 +39,7 @@ class BuildConfig:
     batch_size: int = 64
     device: str = "auto"
     reference: str | None = None            # reference (ordinary) images for the zero-shot table
+    truth: str = "auto"                     # ground truth: auto (a demo world's) | none | world folder |
+                                            # FILE (key, attr, obj): precision/recall per funnel row
+    calibrate: bool = False                 # choose the attribute and composition thresholds from the truth
+    target_precision: float = 0.8           # --calibrate: the label precision the chosen point must reach

@@ -8,7 +8,8 @@ cheap matrix products; the image bytes are only touched by the decode/resolution
 - ``object``: the target object is within the top-``object_topk`` of zero-shot
   classification over *all* objects (80 OpenAI ImageNet templates, averaged per class);
 - ``attribute``: the target attribute scores highest among the attributes of its family
-  for that object (``a photo of a {attr} {obj}`` prompts);
+  for that object (``a photo of a {attr} {obj}`` prompts); its *margin* (target score minus
+  the family's best other) is what ``--calibrate`` thresholds instead;
 - ``composition``: cosine(image, "a photo of a {attr} {obj}") >= ``comp_threshold``;
 - ``dedup``: greedy near-duplicate removal (cosine >= ``dedup_threshold``) within and across
   pairs, keeping the higher composition score;
@@ -66,18 +67,29 @@ def object_rank(img: np.ndarray, obj_text: np.ndarray, target: np.ndarray) -> np
     return (sims > tgt[:, None]).sum(1)
 
 
-def attribute_wins(img: np.ndarray, pair_text: dict[tuple[str, str], np.ndarray], attrs: list[str],
-                   objs: list[str], families: dict[str, list[str]], family_of: dict[str, str]) -> np.ndarray:
-    """True where the target attribute beats every other attribute of its family for that object."""
-    out = np.ones(len(attrs), dtype=bool)
+def attribute_scores(img: np.ndarray, pair_text: dict[tuple[str, str], np.ndarray], attrs: list[str],
+                     objs: list[str], families: dict[str, list[str]],
+                     family_of: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(wins, margin) per image: does the target attribute beat every other attribute of its family
+    for that object, and by how much (target score minus the best other; +inf for a family of one)."""
+    wins = np.ones(len(attrs), dtype=bool)
+    margin = np.full(len(attrs), np.inf)
     for i, (a, o) in enumerate(zip(attrs, objs, strict=True)):
         fam = families.get(family_of.get(a, ""), [a])
         if len(fam) < 2:
             continue
         t = np.stack([pair_text[(x, o)] for x in fam])
         s = t @ img[i]
-        out[i] = fam[int(np.argmax(s))] == a
-    return out
+        wins[i] = fam[int(np.argmax(s))] == a
+        j = fam.index(a)
+        margin[i] = float(s[j]) - float(np.max(np.delete(s, j)))
+    return wins, margin
+
+
+def attribute_wins(img: np.ndarray, pair_text: dict[tuple[str, str], np.ndarray], attrs: list[str],
+                   objs: list[str], families: dict[str, list[str]], family_of: dict[str, str]) -> np.ndarray:
+    """True where the target attribute beats every other attribute of its family for that object."""
+    return attribute_scores(img, pair_text, attrs, objs, families, family_of)[0]
 
 
 def dedup(emb: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,19 +24,21 @@ import polars as pl
 from curate.config import to_dict
 from curate.errors import CurateError
 from curate.executor import LocalExecutor, get_executor
-from curate.fsutil import atomic_open, write_json, write_parquet
+from curate.fsutil import atomic_open, read_json, write_json, write_parquet
 from curate.hub import SplitShardWriter, shard_plan
 from curate.images import to_jpeg
-from curate.ledger import Task, run_global, run_stage
+from curate.ledger import Ledger, Task, run_global, run_stage
 from curate.log import StageSummary, print_table, summary_table
 from curate.manifest import unit_hash, write_manifest
 from curate.outdir import OutputDir
 from curate.shards import IMAGE_EXTS, ReadReport, image_of, iter_shard, shard_name
 
+from .calibrate import CALIBRATION, calibrate
 from .config import BuildConfig
-from .filters import FilterConfig, attribute_wins, cap_and_minimum, check_image, dedup, object_rank
+from .filters import FilterConfig, attribute_scores, cap_and_minimum, check_image, dedup, object_rank
 from .rarity import list_caption_files, scan_corpus
 from .text import RETRIEVAL_TEMPLATES
+from .truth import Truth, evaluate_funnel, load_truth, rare_units, read_truth_file, truth_spec
 from .vocab import Vocabulary, load_vocabulary
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ class BuildResult:
     funnel: list[FunnelRow]
     counts: dict[str, Any]
     stages: list[StageSummary] = field(default_factory=list)
+    truth: list[dict[str, Any] | None] | None = None   # per funnel row: precision, recall, ... (None: no truth)
+    calibration: dict[str, Any] | None = None          # --calibrate: chosen point, curve (filters/calibration.json)
 
 
 def _slug(text: str) -> str:
@@ -232,9 +237,27 @@ def _embeddings_for(cands: pl.DataFrame, emb_dirs: list[Path]) -> np.ndarray:
     return out
 
 
+@dataclass
+class FilterOutcome:
+    """What the filters kept (rows, embeddings), the funnel rows, the pairs dropped, and ``record``:
+    every candidate with the filter row that removed it (``removed_at``, -1: kept) and its scores."""
+
+    kept: pl.DataFrame
+    img: np.ndarray
+    funnel: list[FunnelRow]
+    dropped: list[str]
+    record: pl.DataFrame
+    calibration: dict[str, Any] | None = None
+
+
+# chooses (attribute margin or None = check off, composition threshold, calibration report) from the
+# candidates that passed the object filter (their scores in ``score_comp`` and ``attr_margin``)
+Chooser = Callable[[pl.DataFrame], tuple[float | None, float, dict[str, Any]]]
+
+
 def apply_filters(cands: pl.DataFrame, img: np.ndarray, vocab: Vocabulary, encoder, fc: FilterConfig,
-                  out: Path) -> tuple[pl.DataFrame, np.ndarray, list[FunnelRow], list[str]]:
-    """Run the filters in order; returns the kept rows, their embeddings, the funnel and dropped pairs."""
+                  out: Path, choose: Chooser | None = None) -> FilterOutcome:
+    """Run the filters in order (with ``choose``: the attribute and composition thresholds it picks)."""
     from curate.embed.zeroshot import OPENAI_IMAGENET_TEMPLATES, class_text_embeddings
 
     funnel: list[FunnelRow] = []
@@ -242,23 +265,37 @@ def apply_filters(cands: pl.DataFrame, img: np.ndarray, vocab: Vocabulary, encod
     obj_index = {o: i for i, o in enumerate(objs)}
     families = vocab.families()
     family_of = {a.name: a.family or "attribute" for a in vocab.attributes}
+    first = cands
+    ids = np.arange(cands.height)  # each current row's index in ``first``
+    removed_at = np.full(cands.height, -1, np.int64)
+    scores = {"obj_rank": np.full(cands.height, -1, np.int64), "score_comp": np.full(cands.height, np.nan),
+              "attr_margin": np.full(cands.height, np.nan)}
+    calibration = None
 
     def step(name: str, mask: np.ndarray, note: str = "") -> None:
-        nonlocal cands, img
+        nonlocal cands, img, ids
+        mask = np.asarray(mask, dtype=bool)
         removed = int((~mask).sum())
+        removed_at[ids[~mask]] = len(funnel)
         cands = cands.filter(pl.Series(mask))
-        img = img[mask]
+        img, ids = img[mask], ids[mask]
         funnel.append(FunnelRow(name, cands.height, removed, note))
+
+    def outcome(dropped: list[str]) -> FilterOutcome:
+        record = first.select("source", "src_key", "attr", "obj", "rare").with_columns(
+            pl.Series("removed_at", removed_at), *(pl.Series(k, v) for k, v in scores.items()))
+        return FilterOutcome(cands, img, funnel, dropped, record, calibration)
 
     step("decodable, >= min resolution", cands["ok"].to_numpy().astype(bool), f"min side {fc.min_resolution}px")
     has_emb = np.linalg.norm(img, axis=1) > 0
     step("embedded", has_emb)
     if cands.height == 0:
-        return cands, img, funnel, []
+        return outcome([])
     obj_text = _cached_npy(out, "text/objects_80templates.npy",
                            lambda: class_text_embeddings(encoder, objs, OPENAI_IMAGENET_TEMPLATES))
     target = np.array([obj_index[o] for o in cands["obj"].to_list()])
     rank = object_rank(img, obj_text, target)
+    scores["obj_rank"][ids] = rank
     cands = cands.with_columns(pl.Series("obj_rank", rank.astype(np.int64)))
     step(f"object in top-{fc.object_topk}", rank < fc.object_topk, f"zero-shot over {len(objs)} objects, 80 templates")
     # text embeddings of every (attribute of the same family, object) prompt we need
@@ -270,20 +307,36 @@ def apply_filters(cands: pl.DataFrame, img: np.ndarray, vocab: Vocabulary, encod
     comp = np.array([float(img[i] @ pair_text[(a, o)]) for i, (a, o) in
                      enumerate(cands.select("attr", "obj").iter_rows())], dtype=np.float64)
     cands = cands.with_columns(pl.Series("score_comp", comp))
-    if fc.attribute_check:
-        wins = attribute_wins(img, pair_text, cands["attr"].to_list(), cands["obj"].to_list(), families, family_of)
-        step("attribute beats its family", wins, "target attribute ranks first among its family")
-    step(f"composition score >= {fc.comp_threshold:g}", cands["score_comp"].to_numpy() >= fc.comp_threshold)
+    wins, margin = attribute_scores(img, pair_text, cands["attr"].to_list(), cands["obj"].to_list(), families,
+                                    family_of)
+    scores["score_comp"][ids], scores["attr_margin"][ids] = comp, margin
+    if choose is None:
+        if fc.attribute_check:
+            step("attribute beats its family", wins, "target attribute ranks first among its family")
+        step(f"composition score >= {fc.comp_threshold:g}", cands["score_comp"].to_numpy() >= fc.comp_threshold)
+    else:
+        min_margin, min_comp, calibration = choose(cands.with_columns(pl.Series("attr_margin", margin)))
+        if min_margin is None:
+            step("attribute check off (calibrated)", np.ones(cands.height, bool), "chosen from labelled images")
+        else:
+            step(f"attribute margin >= {min_margin:g} (calibrated)", scores["attr_margin"][ids] >= min_margin,
+                 "target attribute's score minus its family's best other")
+        step(f"composition score >= {min_comp:g} (calibrated)", cands["score_comp"].to_numpy() >= min_comp,
+             "chosen from labelled images")
     keep = dedup(img, cands["score_comp"].to_numpy(), fc.dedup_threshold) if cands.height else np.zeros(0, bool)
     step(f"near-duplicates removed (cos >= {fc.dedup_threshold:g})", keep, "within and across pairs")
     before = cands.height
     cands = cands.with_columns(pl.int_range(pl.len()).alias("_row"))
     capped, dropped = cap_and_minimum(cands, fc.images_per_pair, fc.min_images_per_pair)
-    img = img[capped["_row"].to_numpy()]
+    rows = capped["_row"].to_numpy()
+    gone = np.ones(before, bool)
+    gone[rows] = False
+    removed_at[ids[gone]] = len(funnel)
+    img, ids = img[rows], ids[rows]
     cands = capped.drop("_row")
     funnel.append(FunnelRow(f"cap {fc.images_per_pair}/pair, min {fc.min_images_per_pair}/pair", cands.height,
                             before - cands.height, f"{len(dropped)} pair(s) dropped for too few images"))
-    return cands, img, funnel, dropped
+    return outcome(dropped)
 
 
 # --- splits and output ------------------------------------------------------------------------
@@ -391,6 +444,20 @@ def write_embeddings(manifest: pl.DataFrame, emb: np.ndarray, out: Path, model: 
 
 # --- the whole build --------------------------------------------------------------------------
 KEPT, KEPT_EMB = "filters/kept.parquet", "filters/kept_emb.npy"
+FUNNEL_RECORD = "filters/funnel.parquet"  # every candidate: the filter row that removed it, its scores
+CALIBRATION_ONLY = ("truth", "calibrate", "target_precision")
+
+
+def fingerprint_config(cfg: BuildConfig) -> dict[str, Any]:
+    """The options that decide the dataset (the output folder's fingerprint and ``dataset.json``'s
+    config). ``truth`` only measures what was built, unless it chooses the thresholds
+    (``calibrate``): without calibration these keys are left out, so adding ``--truth`` to a
+    finished build only adds the numbers, and folders built before the keys existed resume."""
+    d = to_dict(cfg)
+    if not cfg.calibrate:
+        for k in CALIBRATION_ONLY:
+            d.pop(k, None)
+    return d
 
 
 def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local", address: str | None = None,
@@ -405,8 +472,17 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
         raise CurateError("no image source", fix="pass --pool (URL list, folder or shards) and/or --generator demo")
     if not cfg.model:
         raise CurateError("no embedding model", fix="pass --model SPEC (see `curate model list`)")
+    if not 0.0 < cfg.target_precision <= 1.0:
+        raise CurateError(f"target precision {cfg.target_precision} is not in (0, 1]", fix="e.g. --target-precision 0.8")
+    spec = truth_spec(cfg)
+    if spec is not None and spec[0] == "file":
+        read_truth_file(spec[1])  # a file that cannot serve fails before any stage runs
+    has_truth = spec is not None
+    if cfg.calibrate and not has_truth:
+        raise CurateError("--calibrate needs labelled images and this build has no ground truth",
+                          fix="pass --truth FILE (key, attr, obj), build from a demo world, or drop --calibrate")
     out = Path(cfg.out)
-    run_cfg = to_dict(cfg)
+    run_cfg = fingerprint_config(cfg)
     with OutputDir(out, "build imagenet-ao", run_cfg, overwrite=overwrite):
         ex = get_executor(executor, workers, address)
         vocab = load_vocabulary(cfg.objects, cfg.attributes)
@@ -454,6 +530,9 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
             return {"items": cands.height, "sources": sources, "by_source": by_source}
 
         cand_stats = stage(run_global("candidates", candidates_stage, out, ["candidates.parquet"]))
+        truth = _build_truth(cfg, out) if has_truth else None
+        if truth is not None and truth.stats.get("keys_matched") == 0:
+            log.warning("ground truth (%s): none of its images is among the candidates' sources", truth.origin)
 
         # 4. filters -> filters/kept.parquet + their embeddings
         def filters_stage() -> dict[str, Any]:
@@ -474,7 +553,8 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
             img = _embeddings_for(cands, emb_dirs)
             fc = FilterConfig(cfg.min_resolution, cfg.object_topk, cfg.attribute_check, cfg.comp_threshold,
                               cfg.dedup_threshold, cfg.images_per_pair, cfg.min_images_per_pair)
-            kept, kept_img, funnel, dropped = apply_filters(cands, img, vocab, encoder, fc, out)
+            res = apply_filters(cands, img, vocab, encoder, fc, out, _chooser(cfg, truth) if cfg.calibrate else None)
+            kept, kept_img, funnel, dropped = res.kept, res.img, res.funnel, res.dropped
             if kept.height == 0:
                 raise CurateError("every candidate was filtered out", where=str(out),
                                   fix="lower --min-images-per-pair or --comp-threshold, raise --retrieve-k, "
@@ -482,10 +562,18 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
             write_parquet(kept, out / KEPT)
             with atomic_open(out / KEPT_EMB, "wb") as f:
                 np.save(f, kept_img.astype(np.float32), allow_pickle=False)
-            return {"items": cands.height, "funnel": [f.__dict__ for f in funnel], "dropped_pairs": dropped,
-                    "rejected_at_ingest": len(pool_rejected)}
+            write_parquet(res.record, out / FUNNEL_RECORD)
+            stats = {"items": cands.height, "funnel": [f.__dict__ for f in funnel], "dropped_pairs": dropped,
+                     "rejected_at_ingest": len(pool_rejected)}
+            if res.calibration is not None:
+                write_json(out / CALIBRATION, res.calibration)
+                stats["calibration"] = {k: v for k, v in res.calibration.items() if k != "points"}
+            return stats
 
-        filt = stage(run_global("filters", filters_stage, out, [KEPT, KEPT_EMB]))
+        if not (out / FUNNEL_RECORD).exists():  # a folder filtered before the record existed: filter again
+            Ledger(out, "filters").reset()        # (deterministic: the same kept images)
+        filt = stage(run_global("filters", filters_stage, out,
+                                [KEPT, KEPT_EMB, FUNNEL_RECORD] + ([CALIBRATION] if cfg.calibrate else [])))
 
         # 5. output: shards, manifest, embeddings, exports
         def output_stage() -> dict[str, Any]:
@@ -532,6 +620,10 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
         funnel.append(FunnelRow("written", manifest.height, 0,
                                 f"{manifest['pair'].n_unique()} pairs, "
                                 f"{manifest.filter(pl.col('rare')).height} rare-pair images"))
+        truth_rows, truth_info = None, None
+        if truth is not None:
+            cand_m, after, final, truth_info = _measure_truth(truth, cfg, out, targets, len(filt["funnel"]), manifest)
+            truth_rows = [None, None, cand_m, *([None] if filt["rejected_at_ingest"] else []), *after, final]
         counts = {
             "samples": manifest.height,
             "pairs": manifest["pair"].n_unique(),
@@ -550,18 +642,81 @@ def build(cfg: BuildConfig, workers: int | None = None, executor: str = "local",
             "versions": _versions(),
             "counts": counts,
             "vocabulary": {"objects": vocab.object_names, "attributes": vocab.attribute_names},
-            "funnel": [f.__dict__ for f in funnel],
+            "funnel": [funnel_entry(f, m) for f, m in zip(funnel, truth_rows or [None] * len(funnel), strict=True)],
             "sources": source_stats,
             "exports": output["exports"],
             "rarity": {"nmi": rarity["nmi"], "captions": rarity["captions"], "files": rarity["files"],
                        "failed_files": rarity["failed_files"]},
         }
+        if truth_info is not None:
+            info["truth"] = truth_info
+        if filt.get("calibration"):
+            info["calibration"] = {**filt["calibration"], "curve": CALIBRATION}
         write_json(out / "dataset.json", info)
         from .card import write_card
 
         write_card(out, info, manifest)
         print_table(summary_table(stages, title="curate build imagenet-ao"))
-        return BuildResult(out, funnel, counts, stages)
+        calibration = read_json(out / CALIBRATION) if filt.get("calibration") else None
+        return BuildResult(out, funnel, counts, stages, truth_rows, calibration)
+
+
+def funnel_entry(row: FunnelRow, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """A funnel row as ``dataset.json`` holds it: with ground truth, the precision of what it kept and the
+    recall of true rare-pair images (and the counts behind them); without, no such keys at all."""
+    if metrics is None:
+        return dict(row.__dict__)
+    detail = {k: v for k, v in metrics.items() if k not in ("precision", "recall")}
+    return {**row.__dict__, "precision": metrics["precision"], "recall": metrics["recall"], "truth": detail}
+
+
+# --- ground truth and calibration ----------------------------------------------------------------
+def _pool_keys(cfg: BuildConfig, out: Path) -> list[str]:
+    emb = out / "pool" / "embeddings"
+    return _key_shards(emb)["key"].to_list() if cfg.pool and emb.exists() else []
+
+
+def _build_truth(cfg: BuildConfig, out: Path) -> Truth | None:
+    """The build's truth with its keys matched to the candidates' sources (every embedded pool image,
+    every generated image)."""
+    truth = load_truth(cfg, out)
+    if truth is None:
+        return None
+    cands = pl.read_parquet(out / "candidates.parquet", columns=["source", "src_key"])
+    universe = {"pool": set(_pool_keys(cfg, out)),
+                "generator": set(cands.filter(pl.col("source") == "generator")["src_key"].to_list())}
+    return truth.aligned(universe)
+
+
+def _chooser(cfg: BuildConfig, truth: Truth | None) -> Chooser:
+    def choose(frame: pl.DataFrame) -> tuple[float | None, float, dict[str, Any]]:
+        verdicts = truth.verdicts(frame) if truth is not None else pl.lit(None, pl.String).alias("verdict")
+        cal = calibrate(frame.with_columns(verdicts), cfg.images_per_pair, cfg.min_images_per_pair,
+                        cfg.target_precision, (0.0 if cfg.attribute_check else None, cfg.comp_threshold))
+        cal["truth"] = truth.origin if truth is not None else "none"
+        return cal["chosen"]["margin"], cal["chosen"]["comp"], cal
+
+    return choose
+
+
+def _measure_truth(truth: Truth, cfg: BuildConfig, out: Path, targets: pl.DataFrame, n_filter_rows: int,
+                   manifest: pl.DataFrame) -> tuple[dict, list[dict], dict, dict[str, Any]]:
+    """Precision and recall of the candidates, of what each filter row kept and of the dataset."""
+    record = pl.read_parquet(out / FUNNEL_RECORD)
+    units = rare_units(truth, targets, _pool_keys(cfg, out), record.filter(pl.col("source") == "generator"))
+    cand_m, after, final = evaluate_funnel(record, n_filter_rows, manifest, truth, units)
+    if final["known"] == 0:
+        log.warning("ground truth (%s) covers none of the dataset's images", truth.origin)
+    info = {"source": truth.origin, "images_with_truth": truth.images, **truth.stats, "rare_units": units.total,
+            "rare_units_by_source": units.by_source, "coverage": {k: round(v, 4) for k, v in units.coverage.items()},
+            "precision": final["precision"], "recall": final["recall"],
+            "rare_precision": final["rare_precision"],
+            "definitions": {"precision": "share of the kept images that show their label's attribute and object "
+                                         "(estimated per source from its images with truth)",
+                            "recall": "share of the true rare-pair images of the sources (pool images showing a "
+                                      "mined rare pair; generated images of their own rare pair) kept under "
+                                      "that pair's label (estimated per source from its images with truth)"}}
+    return cand_m, after, final, info
 
 
 class _LazyEncoder:
