@@ -1,9 +1,11 @@
-"""Shared fixtures: an isolated cache/FiftyOne database per session, and a tiny dataset folder."""
+"""Shared fixtures: an isolated cache/FiftyOne database per session, a tiny dataset folder, the demo world,
+a tiny random CLIP, and the uninterrupted build and embed runs the slow end-to-end tests compare with."""
 
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,57 @@ def tiny_clip_spec(tmp_path_factory) -> str:
     from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
 
     return save_random_open_clip(tmp_path_factory.mktemp("tinyclip"), arch="tiny-test-clip", config=TINY_OPEN_CLIP)
+
+
+# -- shared end-to-end runs ------------------------------------------------------------------------
+# The slow end-to-end tests (SIGKILL anywhere, the Ray cluster) compare their outputs with an
+# uninterrupted local run of the same command; that run is made once per session and shared.
+@dataclass
+class CommandRun:
+    """An uninterrupted ``curate`` run: its arguments (without ``--out``), output folder and duration."""
+
+    args: list[str]
+    out: Path
+    seconds: float
+
+
+# relaxed filters: a random model judges nothing
+SMALL_BUILD_TOML = ("object_topk = 1000\nattribute_check = false\ncomp_threshold = -1.0\n"
+                    "dedup_threshold = 1.01\nmin_resolution = 32\nmax_pairs = 8\ncommon_pairs = 4\n"
+                    "generator_images = 3\nimages_per_pair = 3\nmin_images_per_pair = 1\n"
+                    "retrieve_k = 6\nexport = [\"czsl\", \"imagefolder\"]\n")
+
+
+def run_curate(args: list[str], out: Path) -> float:
+    """Run ``curate ARGS --out OUT`` to completion (asserting success); returns its wall seconds."""
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    r = subprocess.run([str(Path(sys.executable).with_name("curate")), *args, "--out", str(out)],
+                       capture_output=True, text=True, env={**os.environ, "CURATE_NO_PROGRESS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return time.perf_counter() - t0
+
+
+@pytest.fixture(scope="session")
+def small_build(tmp_path_factory, small_world, tiny_clip_spec) -> CommandRun:
+    """``curate build imagenet-ao`` on the small world with the tiny random model (8 pairs, CZSL and
+    imagefolder exports, one worker), run once per session."""
+    root = tmp_path_factory.mktemp("small-build")
+    (root / "build.toml").write_text(SMALL_BUILD_TOML)
+    wj = small_world.path / "world.json"
+    args = ["build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
+            str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"),
+            "--generator", "demo", "--model", tiny_clip_spec, "--config", str(root / "build.toml"), "--workers", "1"]
+    out = root / "ref" / "out"
+    return CommandRun(args, out, run_curate(args, out))
+
+
+@pytest.fixture(scope="session")
+def small_build_embeddings(small_build, tiny_clip_spec) -> CommandRun:
+    """``curate embed`` of the small build's pool shards with the tiny random model, once per session."""
+    args = ["embed", str(small_build.out / "pool" / "shards"), "--model", tiny_clip_spec, "--workers", "1"]
+    out = small_build.out.parent.parent / "emb-ref" / "out"
+    return CommandRun(args, out, run_curate(args, out))

@@ -290,3 +290,142 @@ def test_keys_from_url_or_image_path_when_no_key_column(tmp_path):
     keys, m = read_embeddings(tmp_path)
     assert keys == ["cat01", "dog", "e", "000123", "b"]
     np.testing.assert_allclose(np.linalg.norm(m, axis=1), 1.0)
+
+
+# -- the fed (GPU) path ---------------------------------------------------------------------------
+def _hostile_shards(folder: Path) -> None:
+    """Two shards with an undecodable image, and one with samples that have no image (first, in the
+    middle with a bad sidecar, last), a bad JSON sidecar and a caption that is not a string."""
+    from curate.shards import write_shard
+
+    make_shards(folder, n_shards=2, per_shard=7, broken={"s0_002_green"})
+    write_shard(folder / "part-000002.tar", [
+        {"__key__": "noimg", "txt": "a caption without an image"},
+        {"__key__": "empty", "jpg": b"", "json": b"{bad"},
+        {"__key__": "badjson", "jpg": jpeg(COLOURS["green"], seed=5), "json": b"{bad"},
+        {"__key__": "intcaption", "jpg": jpeg(COLOURS["blue"], seed=6), "json": {"caption": 7}},
+        {"__key__": "ok", "jpg": jpeg(COLOURS["red"], seed=7), "json": {"caption": "a red square"}},
+        {"__key__": "last", "txt": "no image at the end"},
+    ])
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    """Every output file's bytes (the ledger aside)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and ".curate" not in p.relative_to(folder).parts}
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest row cosine; rows that are zero in both (text rows of samples without a caption) agree."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    cos = np.sum(a * b, 1) / np.maximum(na * nb, 1e-30)
+    return float(np.min(np.where(both_zero, 1.0, cos)))
+
+
+def test_fed_path_on_cpu_equals_the_in_process_path(tmp_path, tiny_open_clip):
+    """The GPU path's machinery (a DataLoader over iter_shard, 2 decode worker processes, re-batching
+    after bad images, results fetched in flight), run on CPU with autocast disabled, gives the
+    in-process path's outputs: the same keys, captions, bad keys and counts, and the same vectors."""
+    from curate.embed.stage import EmbedConfig, embed_shards
+    from curate.embed.store import read_embeddings
+
+    _hostile_shards(tmp_path / "shards")
+    ref = embed_shards(tmp_path / "shards", tmp_path / "ref",
+                       EmbedConfig(model=tiny_open_clip, batch_size=3, decode_workers=0), workers=1)
+    fed = embed_shards(tmp_path / "shards", tmp_path / "fed",
+                       EmbedConfig(model=tiny_open_clip, batch_size=3, decode_workers=2, precision="fp32"), workers=1)
+    assert fed == ref
+    assert ref["bad_keys"] == ["s0_002_green", "noimg", "empty", "last"]
+    assert ref["counts"] == {"shards": 3, "images": 16, "texts": 14, "bad_images": 4, "unreadable_shards": 0}
+    assert ref["skipped"] == {"caption is not a string (int)": 1, "invalid JSON sidecar (JSONDecodeError)": 1,
+                              "no image field": 3, "undecodable image (UnidentifiedImageError)": 1}
+    assert "precision" not in ref and "dtype" not in ref  # the CPU default writes what it always wrote
+    for kind in ("img", "text"):
+        k1, m1 = read_embeddings(tmp_path / "ref", kind)
+        k2, m2 = read_embeddings(tmp_path / "fed", kind)
+        assert k1 == k2 and _min_cosine(m1, m2) >= 0.999
+    assert _outputs(tmp_path / "fed") == _outputs(tmp_path / "ref")  # fp32 on CPU: the very same bytes
+
+
+def test_autocast_precision_and_float16_storage(tmp_path, tiny_open_clip):
+    from curate.embed.stage import EmbedConfig, embed_shards
+    from curate.embed.store import read_embeddings
+
+    make_shards(tmp_path / "shards", n_shards=2, per_shard=5)
+    embed_shards(tmp_path / "shards", tmp_path / "ref", EmbedConfig(model=tiny_open_clip, batch_size=4), workers=1)
+    out = tmp_path / "bf16"
+    info = embed_shards(tmp_path / "shards", out, EmbedConfig(model=tiny_open_clip, batch_size=4, decode_workers=1,
+                                                               precision="bf16", dtype="float16"), workers=1)
+    assert info["precision"] == "bf16" and info["dtype"] == "float16" and info["counts"]["images"] == 10
+    assert np.load(out / "img_emb" / "img_emb_0.npy").dtype == np.float16
+    assert np.load(out / "text_emb" / "text_emb_1.npy").dtype == np.float16
+    for kind in ("img", "text"):
+        k1, m1 = read_embeddings(tmp_path / "ref", kind)
+        k2, m2 = read_embeddings(out, kind)
+        assert k1 == k2 and m2.dtype == np.float32
+        assert _min_cosine(m1, m2) >= 0.99  # bf16 keeps 8 mantissa bits; the vectors stay the same
+    # the stored dtype is part of the run: another one on the same folder is refused, not mixed in
+    with pytest.raises(CurateError, match="different config"):
+        embed_shards(tmp_path / "shards", out, EmbedConfig(model=tiny_open_clip), workers=1)
+    for bad in ({"precision": "fp8"}, {"dtype": "int8"}):
+        with pytest.raises(CurateError, match="unknown --(precision|dtype)"):
+            embed_shards(tmp_path / "shards", tmp_path / "x", EmbedConfig(model=tiny_open_clip, **bad), workers=1)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_cuda_path_equals_cpu_path(tmp_path, tiny_open_clip):
+    from curate.embed.stage import EmbedConfig, embed_shards
+    from curate.embed.store import read_embeddings
+
+    _hostile_shards(tmp_path / "shards")
+    ref = embed_shards(tmp_path / "shards", tmp_path / "cpu", EmbedConfig(model=tiny_open_clip, device="cpu"),
+                       workers=1)
+    for precision in ("fp32", "fp16", "bf16"):
+        out = tmp_path / precision
+        info = embed_shards(tmp_path / "shards", out, EmbedConfig(model=tiny_open_clip, device="cuda:0",
+                                                                   decode_workers=2, precision=precision), workers=1)
+        assert info["counts"] == ref["counts"] and info["bad_keys"] == ref["bad_keys"]
+        for kind in ("img", "text"):
+            k1, m1 = read_embeddings(tmp_path / "cpu", kind)
+            k2, m2 = read_embeddings(out, kind)
+            assert k1 == k2
+            assert _min_cosine(m1, m2) >= (0.999 if precision != "bf16" else 0.99), (precision, kind)
+
+
+def test_devices_one_process_per_gpu_each_takes_its_own(tmp_path):
+    from curate.embed.devices import claim_device, embed_devices, release_devices
+    from curate.embed.stage import auto_decode_workers
+
+    assert embed_devices("cuda", count=2) == ["cuda:0", "cuda:1"]
+    assert embed_devices("auto", count=2) == ["cuda:0", "cuda:1"]
+    assert embed_devices("auto", count=0) == ["cpu"] and embed_devices("cpu", count=4) == ["cpu"]
+    assert embed_devices("cuda:1", count=2) == ["cuda:1"] and embed_devices("cuda:0,2", count=3) == ["cuda:0", "cuda:2"]
+    for bad, count, why in (("cuda:2", 2, "has 2 GPU"), ("cuda:0,0", 2, "has 2 GPU"), ("cuda:x", 2, "not a CUDA"),
+                            ("cuda", 0, "CUDA is not available")):
+        with pytest.raises(CurateError, match=why):
+            embed_devices(bad, count=count)
+    assert auto_decode_workers(2, cuda=False, threads=1) == 0  # a thread beside each 1-thread model
+    assert auto_decode_workers(1, cuda=False, threads=2) == 1  # a process beside a model on 2 cores
+    assert auto_decode_workers(2, cuda=True, cores=32) == 15 and auto_decode_workers(1, cuda=True, cores=96) == 16
+    assert auto_decode_workers(8, cuda=True, cores=8) == 1
+    # two processes, two GPUs: each takes a different one; a third shares (by pid) and says so
+    devices, locks = ["cuda:0", "cuda:1"], tmp_path / "locks"
+    code = ("import sys; from curate.embed.devices import claim_device; "
+            f"print(claim_device({devices!r}, {str(locks)!r}))")
+    try:
+        assert claim_device(devices, locks) == "cuda:0"
+        assert claim_device(devices, locks) == "cuda:0"  # kept for the process's life
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert other.stdout.strip() == "cuda:1"
+    finally:
+        release_devices()
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert again.stdout.strip() == "cuda:0"  # a process that ends gives its GPU back

@@ -101,13 +101,11 @@ def test_index_refuses_bad_folders(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_embed_index_search_text(tmp_path):
+def test_cli_embed_index_search_text(tmp_path, tiny_clip_spec):
     """End to end on a tiny real open_clip model: the caption's own text finds its image's caption row."""
     from test_embed import make_shards
 
-    from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
-
-    spec = save_random_open_clip(tmp_path / "m", "tiny-test", TINY_OPEN_CLIP)
+    spec = tiny_clip_spec  # the session's tiny random open_clip checkpoint
     make_shards(tmp_path / "shards", n_shards=1, per_shard=8)
     r = subprocess.run([CURATE, "embed", str(tmp_path / "shards"), "-m", spec, "--out", str(tmp_path / "emb"),
                         "--workers", "1"], capture_output=True, text=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 
-from builders.synthetic.world import ensure_world
 from training.models.mini_clip import MiniClipConfig, ensure_mini_clip, read_report
 
 pytestmark = pytest.mark.slow
@@ -29,8 +28,8 @@ def gap_config() -> MiniClipConfig:
     return MiniClipConfig(image_size=48, samples=12_000, max_seconds=900, seed=0)
 
 
-def test_mini_clip_drops_on_rare_pairs(tmp_path):
-    world = ensure_world(tmp_path / "world", scale="small", seed=0, workers=2)
+def test_mini_clip_drops_on_rare_pairs(tmp_path, small_world):
+    world = small_world  # the session's small world (seed 0), shared with the other end-to-end tests
     folder = ensure_mini_clip(world.path, config=gap_config(), out=tmp_path / "mini-clip")
     rep = read_report(folder)
     common, rare = rep["sets"]["common (heldout)"], rep["sets"]["rare"]

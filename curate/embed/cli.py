@@ -7,9 +7,14 @@ from typing import Annotated
 
 import typer
 
-from ..options import Device, ExecutorName, Overwrite, RayAddress, Workers
+from ..options import ExecutorName, Overwrite, RayAddress, Workers
 
 embed_app = typer.Typer(add_completion=False)
+
+
+DeviceList = Annotated[str, typer.Option(
+    "--device", help="auto (every GPU if CUDA is available, else cpu), cpu, cuda (every GPU), cuda:N, cuda:0,1. "
+                     "On CUDA one process runs per GPU.")]
 
 
 @embed_app.command()
@@ -22,7 +27,16 @@ def embed(
     workers: Workers = None,
     executor: ExecutorName = "local",
     address: RayAddress = None,
-    device: Device = "auto",
+    device: DeviceList = "auto",
+    decode_workers: Annotated[int, typer.Option(
+        "--decode-workers", help="Decode/preprocess processes feeding each model (a DataLoader, pinned memory). "
+                                 "-1 = auto: on CUDA the cores per GPU minus one (max 16); on CPU 1 when one "
+                                 "process runs the model on several cores, else 0 (a thread beside the model).")] = -1,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="auto (fp16 autocast on CUDA, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="Stored embeddings: float32, or float16 as clip-retrieval stores them (half the disk).")]
+        = "float32",
     overwrite: Overwrite = False,
 ) -> None:
     """Compute L2-normalised CLIP embeddings of images (and captions) in WebDataset shards.
@@ -32,12 +46,25 @@ def embed(
     One task per shard; rerun the same command to resume. Images that fail to decode are
     skipped and listed in embeddings.json.
 
-    Example: curate embed demo-out/world/train --model mini:$HOME/.cache/curate/mini-clip/KEY --out emb
+    On CPU (the default without a GPU): --workers processes, each with its own model, fp32;
+    --workers 1 runs one model on every core, fed by a decode process (less start-up on small inputs).
+    On CUDA: one process per GPU, one model each, fed by --decode-workers decode processes,
+    fp16 autocast by default; shards are shared out between the GPUs as they finish.
+
+    Examples:
+
+      curate embed demo-out/world/train --model mini:$HOME/.cache/curate/mini-clip/KEY --out emb
+
+      curate embed 'pool/{000000..000999}.tar' --model open_clip:ViT-L-14//ckpt/vit-l-14.pt \\
+          --device cuda --decode-workers 8 --batch-size 256 --out emb    # every GPU, fp16
+
+      curate embed pool/ --model SPEC --device cuda:1 --precision bf16 --dtype float16 --out emb
     """
     from ..log import console
     from .stage import EmbedConfig, embed_shards
 
-    info = embed_shards(shards, out, EmbedConfig(model=model, batch_size=batch_size, captions=captions, device=device),
-                        workers=workers, executor=executor, address=address, overwrite=overwrite)
+    cfg = EmbedConfig(model=model, batch_size=batch_size, captions=captions, device=device,
+                      decode_workers=decode_workers, precision=precision, dtype=dtype)
+    info = embed_shards(shards, out, cfg, workers=workers, executor=executor, address=address, overwrite=overwrite)
     c = info["counts"]
     console.print(f"{c['images']} images, {c['texts']} captions, {c['bad_images']} undecodable -> {out}")

@@ -1,10 +1,21 @@
 """The embedding stage: one task per input shard -> one part of a clip-retrieval embeddings folder.
 
-Each task decodes its shard's images (a background thread decodes and preprocesses the next
-batch while the model runs the current one), encodes images and captions, and writes
+Each task decodes its shard's images, encodes images and captions, and writes
 ``img_emb_N.npy``, ``text_emb_N.npy`` and ``metadata_N.parquet`` atomically. Images that
 fail to decode are counted and their keys listed in the task's stats, never fatal. Tasks
 are resumable through the ledger; workers keep the model loaded between tasks.
+
+Two ways to feed the model, same outputs:
+
+- **CPU** (default): ``--workers`` processes, each with its own model and ``cores / workers``
+  torch threads, in fp32; a background thread decodes and preprocesses the next batch while
+  the model runs the current one (a decode process instead when the model has several threads,
+  see :func:`auto_decode_workers`).
+- **CUDA** (and CPU with ``--decode-workers N``): one process per GPU, each with one model fed
+  by ``--decode-workers`` decode processes through a DataLoader, pinned memory, non-blocking
+  copies and fp16/bf16 autocast (``--precision``); see :mod:`curate.embed.loader`. Shards are
+  split between the GPU processes by the executor; each process takes its GPU with a lock
+  (:mod:`curate.embed.devices`).
 """
 
 from __future__ import annotations
@@ -28,8 +39,9 @@ from ..ledger import Task, run_stage
 from ..log import print_table, summary_table
 from ..outdir import OutputDir
 from ..shards import ReadReport, image_of, iter_shard, list_shards, sample_meta
-from .backends import Encoder, cached_model, check_spec_syntax
-from .store import INFO_NAME, part_paths, save_npy, save_parquet
+from .backends import PRECISIONS, Encoder, cached_model, check_spec_syntax, resolve_precision
+from .devices import embed_devices, lock_dir
+from .store import INFO_NAME, STORE_DTYPES, part_paths, save_npy, save_parquet
 
 logger = logging.getLogger(__name__)
 MAX_LISTED_BAD = 200
@@ -40,8 +52,29 @@ class EmbedConfig:
     model: str
     batch_size: int = 64
     captions: bool = True
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda (every GPU) | cuda:N | cuda:0,1 | another torch device
     threads: int = 0  # torch threads per worker; 0 = cores / workers
+    decode_workers: int = -1  # decode processes per model; -1 = auto (see auto_decode_workers)
+    precision: str = "auto"  # auto (fp16 on CUDA, fp32 elsewhere) | fp32 | fp16 | bf16 (autocast)
+    dtype: str = "float32"  # stored embeddings: float32 | float16 (clip-retrieval's)
+
+
+MAX_AUTO_DECODE_WORKERS = 16
+
+
+def auto_decode_workers(n_models: int, cuda: bool, cores: int | None = None, threads: int = 1) -> int:
+    """Decode processes per model.
+
+    On CUDA: the cores left per GPU (one stays with the model's process), at most 16. On CPU,
+    decoding is ~1% of a forward pass: a thread beside a 1-thread model does it (0); beside a
+    model running several torch threads, that thread's own torch ops (ToTensor, Normalize)
+    would start another team of that many threads and fight the forward pass for the cores,
+    so one decode process (1 torch thread) does it instead.
+    """
+    if not cuda:
+        return 1 if threads > 1 else 0
+    cores = cores or default_workers()
+    return max(1, min(MAX_AUTO_DECODE_WORKERS, cores // max(1, n_models) - 1))
 
 
 def sample_caption(sample: dict[str, Any], report: ReadReport | None = None) -> str | None:
@@ -125,30 +158,37 @@ def embed_shard_task(task: Task) -> dict[str, Any]:
     cfg = EmbedConfig(**a["config"])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    encoder = cached_model(cfg.model, cfg.device)
+    device = cfg.device
+    if a.get("devices"):  # CUDA: one process per GPU, each takes its own
+        from .devices import claim_device
+
+        device = claim_device(a["devices"], a["lock_dir"])
+        torch.cuda.set_device(torch.device(device))  # this process's streams and events live there
+    encoder = cached_model(cfg.model, device)
+    precision = resolve_precision(cfg.precision, encoder.device)
     shard, out, suffix = Path(a["shard"]), Path(a["out"]), a["suffix"]
     report = ReadReport(shard=shard.name)
-    bad: list[str] = []
-    keys: list[str] = []
-    captions: list[str | None] = []
-    img_parts: list[np.ndarray] = []
-    for batch in _prefetch(_batches(_decoded(shard, encoder, report, bad), cfg.batch_size)):
-        keys.extend(k for k, _, _ in batch)
-        captions.extend(c for _, _, c in batch)
-        img_parts.append(encoder.encode_image_tensors(torch.stack([t for _, t, _ in batch])))
-    img = np.concatenate(img_parts) if img_parts else np.zeros((0, encoder.dim), np.float32)
+    if str(encoder.device).startswith("cuda") or cfg.decode_workers > 0:
+        from .loader import embed_fed
+
+        fed = embed_fed(shard, encoder, report, cfg.batch_size, precision, max(0, cfg.decode_workers),
+                        sample_caption)
+        keys, captions, img, bad = fed.keys, fed.captions, fed.images, fed.bad
+    else:
+        keys, captions, img, bad = _embed_in_process(shard, encoder, report, cfg.batch_size, precision)
     img_path, meta_path = part_paths(out, suffix, "img")
     outputs = [img_path, meta_path]
     have_text = [i for i, c in enumerate(captions) if c]
     n_text = 0
     if cfg.captions and have_text:
         txt = np.zeros_like(img)
-        txt[have_text] = encoder.encode_texts([captions[i] for i in have_text])  # type: ignore[misc]
+        txt[have_text] = encoder.encode_texts([captions[i] for i in have_text],  # type: ignore[misc]
+                                              precision=precision)
         txt_path, _ = part_paths(out, suffix, "text")
-        save_npy(txt_path, txt)
+        save_npy(txt_path, txt, cfg.dtype)
         outputs.append(txt_path)
         n_text = len(have_text)
-    save_npy(img_path, img)
+    save_npy(img_path, img, cfg.dtype)
     meta = pl.DataFrame({
         "image_path": keys,
         "caption": [c or "" for c in captions],
@@ -160,7 +200,26 @@ def embed_shard_task(task: Task) -> dict[str, Any]:
     stats = {"items": len(keys), "texts": n_text, "bad_images": len(bad), "bad_keys": bad[:MAX_LISTED_BAD],
              "read_error": report.error, "shard": shard.name, "part": suffix, "dim": int(img.shape[1]),
              "skipped": dict(report.skipped), "renamed_keys": report.renamed}
+    if precision != "fp32" or str(encoder.device) != "cpu":
+        stats["device"], stats["precision"] = str(encoder.device), precision
     return {"outputs": [str(p.relative_to(out)) for p in outputs], "stats": stats}
+
+
+def _embed_in_process(shard: Path, encoder: Encoder, report: ReadReport, batch_size: int,
+                      precision: str) -> tuple[list[str], list[str | None], np.ndarray, list[str]]:
+    """The CPU path: decode in a background thread of this process, forward here."""
+    import torch
+
+    bad: list[str] = []
+    keys: list[str] = []
+    captions: list[str | None] = []
+    img_parts: list[np.ndarray] = []
+    for batch in _prefetch(_batches(_decoded(shard, encoder, report, bad), batch_size)):
+        keys.extend(k for k, _, _ in batch)
+        captions.extend(c for _, _, c in batch)
+        img_parts.append(encoder.encode_image_tensors(torch.stack([t for _, t, _ in batch]), precision))
+    img = np.concatenate(img_parts) if img_parts else np.zeros((0, encoder.dim), np.float32)
+    return keys, captions, img, bad
 
 
 def part_suffixes(n: int) -> list[str]:
@@ -182,25 +241,43 @@ def embed_shards(
     check_spec_syntax(config.model)
     if config.batch_size < 1:
         raise CurateError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.precision not in PRECISIONS:
+        raise CurateError(f"unknown --precision {config.precision!r}", fix=f"use one of {', '.join(PRECISIONS)}")
+    if config.dtype not in STORE_DTYPES:
+        raise CurateError(f"unknown --dtype {config.dtype!r}", fix=f"use one of {', '.join(STORE_DTYPES)}")
     paths = list_shards(shards)
     out = Path(out)
-    n_workers = workers or default_workers()
-    n_workers = max(1, min(n_workers, len(paths)))
+    devices = embed_devices(config.device)
+    cuda = devices[0].startswith("cuda")
+    if cuda:  # one process (one model) per GPU; --workers can only lower the number of GPUs used
+        if workers and workers > len(devices):
+            logger.info("--workers %d: on CUDA one process runs per GPU (%d)", workers, len(devices))
+        n_workers = max(1, min(workers or len(devices), len(devices), len(paths)))
+        devices = devices[:n_workers]
+    else:
+        n_workers = max(1, min(workers or default_workers(), len(paths)))
     if not config.threads:
         config.threads = max(1, default_workers() // n_workers)
+    if config.decode_workers < 0:
+        config.decode_workers = auto_decode_workers(n_workers, cuda, threads=config.threads)
     if n_workers == 1 and executor == "local":
-        cached_model(config.model, config.device)  # fail fast, in-process, before any task
-    # batch size, device and threads do not change the vectors: a rerun with other values resumes
+        cached_model(config.model, devices[0] if cuda else config.device)  # fail fast, in-process, before any task
+    # batch size, device, precision and threads do not change the vectors beyond rounding: a rerun
+    # with other values resumes; a stored dtype other than float32 is part of the run
     run_cfg = {"shards": [str(p.resolve()) for p in paths], "model": config.model, "captions": config.captions}
+    if config.dtype != "float32":
+        run_cfg["dtype"] = config.dtype
+    placement = {"devices": devices, "lock_dir": str(lock_dir(out))} if cuda else {}
     with OutputDir(out, "embed", run_cfg, overwrite=overwrite):
         tasks = [Task(id=f"{suffix}-{p.name}", args={"shard": str(p), "out": str(out), "suffix": suffix,
-                                                      "config": asdict(config)})
+                                                      "config": asdict(config), **placement})
                  for p, suffix in zip(paths, part_suffixes(len(paths)), strict=True)]
         ex = get_executor(executor, workers=n_workers, address=address)
         try:
             res = run_stage("embed", embed_shard_task, tasks, out, executor=ex, unit="shards")
         finally:
             ex.close()
+            _close_local_feeds()
         print_table(summary_table([res.summary], title="curate embed"))
         stats = [res.records[t.id].get("stats", {}) for t in tasks if t.id in res.records]
         merged = res.stats
@@ -221,6 +298,11 @@ def embed_shards(
             "failed_shards": {tid: err.splitlines()[0] for tid, err in sorted(res.errors.items())},
             "layout": "clip-retrieval",
         }
+        precision = resolve_precision(config.precision, devices[0])
+        if precision != "fp32":  # only what differs from the CPU default, so CPU outputs stay as they were
+            info["precision"] = precision
+        if config.dtype != "float32":
+            info["dtype"] = config.dtype
         write_json(out / INFO_NAME, info)  # also when shards failed: the summary lists them
         if res.errors:
             first_id, first = next(iter(res.errors.items()))
@@ -231,3 +313,12 @@ def embed_shards(
             logger.warning("%d image(s) failed to decode and were skipped (keys in %s)",
                            info["counts"]["bad_images"], out / INFO_NAME)
         return info
+
+
+def _close_local_feeds() -> None:
+    """Stop the decode workers of a fed path that ran in this process (without importing torch)."""
+    import sys
+
+    loader = sys.modules.get("curate.embed.loader")
+    if loader is not None:
+        loader.close_feeds()

@@ -2,7 +2,7 @@
 
 ::
 
-    EMB/img_emb/img_emb_N.npy          float32 [n, D], L2-normalised
+    EMB/img_emb/img_emb_N.npy          float32 [n, D], L2-normalised (float16 with --dtype float16)
     EMB/text_emb/text_emb_N.npy        float32 [n, D] (caption embeddings, when captions exist)
     EMB/metadata/metadata_N.parquet    n rows: key, shard, caption, image_path (+ more)
     EMB/embeddings.json                {"model": SPEC, "dim": D, "counts": {...}} (ours only)
@@ -45,9 +45,16 @@ def part_paths(folder: Path, suffix: str, kind: str = "img") -> tuple[Path, Path
     return folder / f"{kind}_emb" / f"{kind}_emb_{suffix}.npy", folder / "metadata" / f"metadata_{suffix}.parquet"
 
 
-def save_npy(path: Path, matrix: np.ndarray) -> None:
+STORE_DTYPES = ("float32", "float16")
+
+
+def save_npy(path: Path, matrix: np.ndarray, dtype: str = "float32") -> None:
+    """Write one part: float32 (the default), or float16 as clip-retrieval stores its parts (half the
+    disk; every reader here widens parts to float32)."""
+    if dtype not in STORE_DTYPES:
+        raise CurateError(f"unknown embedding dtype {dtype!r}", fix=f"use one of {', '.join(STORE_DTYPES)}")
     with atomic_open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
+        np.save(f, np.ascontiguousarray(matrix, dtype=np.dtype(dtype)), allow_pickle=False)
 
 
 def save_parquet(path: Path, df) -> None:

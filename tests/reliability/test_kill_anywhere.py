@@ -90,56 +90,42 @@ def _check_same(ref: Path, out: Path) -> int:
     return len(a)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, small_world, tiny_clip_spec):
-    """The build command on the small world (relaxed filters: a random model judges nothing)."""
-    root = tmp_path_factory.mktemp("kill-build")
-    (root / "build.toml").write_text("object_topk = 1000\nattribute_check = false\ncomp_threshold = -1.0\n"
-                                     "dedup_threshold = 1.01\nmin_resolution = 32\nmax_pairs = 8\ncommon_pairs = 4\n"
-                                     "generator_images = 3\nimages_per_pair = 3\nmin_images_per_pair = 1\n"
-                                     "retrieve_k = 6\nexport = [\"czsl\", \"imagefolder\"]\n")
-    wj = small_world.path / "world.json"
-    args = ["build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
-            str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"),
-            "--generator", "demo", "--model", tiny_clip_spec, "--config", str(root / "build.toml"), "--workers", "1"]
-    duration = _run(args, root / "ref" / "out")
-    return root, args, duration
-
-
-def test_build_killed_anywhere(built):
-    root, args, duration = built
-    kills, attempts = _kill_attempts(args, root / "killed" / "out", duration, seed=1)
-    _run(args, root / "killed" / "out")
-    n = _check_same(root / "ref" / "out", root / "killed" / "out")
+def test_build_killed_anywhere(small_build, tmp_path):
+    ref = small_build  # the uninterrupted build, shared with the Ray cluster test (conftest.py)
+    kills, attempts = _kill_attempts(ref.args, tmp_path / "killed" / "out", ref.seconds, seed=1)
+    _run(ref.args, tmp_path / "killed" / "out")
+    n = _check_same(ref.out, tmp_path / "killed" / "out")
     assert kills >= 3, (kills, attempts)
     print(f"build: {kills} kills in {attempts} attempts, {n} files identical, 0 lost")
 
 
-def test_embed_killed_anywhere(built, tiny_clip_spec):
-    root, _, _ = built
-    shards = str(root / "ref" / "out" / "pool" / "shards")
-    args = ["embed", shards, "--model", tiny_clip_spec, "--workers", "1"]
-    duration = _run(args, root / "emb-ref" / "out")
-    kills, attempts = _kill_attempts(args, root / "emb-killed" / "out", duration, seed=2)
-    _run(args, root / "emb-killed" / "out")
-    _check_same(root / "emb-ref" / "out", root / "emb-killed" / "out")
+def test_embed_killed_anywhere(small_build_embeddings, tmp_path):
+    ref = small_build_embeddings  # embed of the build's pool, uninterrupted (conftest.py)
+    kills, attempts = _kill_attempts(ref.args, tmp_path / "emb-killed" / "out", ref.seconds, seed=2)
+    _run(ref.args, tmp_path / "emb-killed" / "out")
+    _check_same(ref.out, tmp_path / "emb-killed" / "out")
     assert kills >= 1, (kills, attempts)
 
 
-def test_triplets_killed_anywhere(built):
-    root, _, _ = built
-    dataset = root / "ref" / "out"
-    args = ["triplets", str(dataset), "--format", "cirr,circo,fashioniq,shards"]
-    duration = _run(args, root / "trip-ref" / "out")
-    kills, attempts = _kill_attempts(args, root / "trip-killed" / "out", duration, seed=3)
-    _run(args, root / "trip-killed" / "out")
-    _check_same(root / "trip-ref" / "out", root / "trip-killed" / "out")
+@pytest.fixture(scope="module")
+def triplets_ref(small_build, tmp_path_factory):
+    """``curate triplets`` on the build, uninterrupted: (args, output folder, seconds)."""
+    args = ["triplets", str(small_build.out), "--format", "cirr,circo,fashioniq,shards"]
+    out = tmp_path_factory.mktemp("trip-ref") / "out"
+    return args, out, _run(args, out)
+
+
+def test_triplets_killed_anywhere(triplets_ref, tmp_path):
+    args, ref, duration = triplets_ref
+    kills, attempts = _kill_attempts(args, tmp_path / "trip-killed" / "out", duration, seed=3)
+    _run(args, tmp_path / "trip-killed" / "out")
+    _check_same(ref, tmp_path / "trip-killed" / "out")
     assert kills >= 1, (kills, attempts)
 
 
-def test_a_second_run_on_the_same_folder_is_refused(built):
-    root, args, _ = built
-    out = root / "locked"
+def test_a_second_run_on_the_same_folder_is_refused(small_build, tmp_path):
+    args = small_build.args
+    out = tmp_path / "locked"
     shutil.rmtree(out, ignore_errors=True)
     first = subprocess.Popen([CURATE, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env=ENV)
@@ -168,18 +154,14 @@ def _trained(run: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("trainer", ["cir", "trident"])
-def test_training_killed_anywhere(built, trainer):
-    root, _, _ = built
+def test_training_killed_anywhere(small_build, triplets_ref, trainer, tmp_path):
     if trainer == "cir":
-        trip = root / "trip-ref" / "out"
-        if not (trip / "triplets.parquet").exists():
-            _run(["triplets", str(root / "ref" / "out")], trip)
-        args = ["train", "cir", "--triplets", str(trip), "--epochs", "8", "--resume"]
+        args = ["train", "cir", "--triplets", str(triplets_ref[1]), "--epochs", "8", "--resume"]
     else:
-        args = ["train", "trident", "--data", str(root / "ref" / "out"), "--epochs", "8", "--resume"]
-    duration = _run(args, root / f"{trainer}-ref" / "out")
-    kills, attempts = _kill_attempts(args, root / f"{trainer}-killed" / "out", duration, seed=4)
-    _run(args, root / f"{trainer}-killed" / "out")
-    assert _trained(root / f"{trainer}-ref" / "out") == _trained(root / f"{trainer}-killed" / "out")
-    assert not [p for p in (root / f"{trainer}-killed").rglob("*") if ".tmp-" in p.name]
+        args = ["train", "trident", "--data", str(small_build.out), "--epochs", "8", "--resume"]
+    duration = _run(args, tmp_path / f"{trainer}-ref" / "out")
+    kills, attempts = _kill_attempts(args, tmp_path / f"{trainer}-killed" / "out", duration, seed=4)
+    _run(args, tmp_path / f"{trainer}-killed" / "out")
+    assert _trained(tmp_path / f"{trainer}-ref" / "out") == _trained(tmp_path / f"{trainer}-killed" / "out")
+    assert not [p for p in (tmp_path / f"{trainer}-killed").rglob("*") if ".tmp-" in p.name]
     assert kills >= 1, (kills, attempts)

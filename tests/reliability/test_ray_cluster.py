@@ -63,25 +63,17 @@ def _curate(args, env, check=True):
     return r
 
 
-def test_build_and_embed_on_a_ray_cluster_match_the_local_executor(cluster, tmp_path, small_world, tiny_clip_spec):
+def test_build_and_embed_on_a_ray_cluster_match_the_local_executor(cluster, tmp_path, small_build,
+                                                                   small_build_embeddings):
+    """The session's local build and embed (conftest.py; the kill tests compare with them too) rerun on
+    the cluster give the same bytes."""
     address, _, env = cluster
-    (tmp_path / "build.toml").write_text("object_topk = 1000\nattribute_check = false\ncomp_threshold = -1.0\n"
-                                         "dedup_threshold = 1.01\nmin_resolution = 32\nmax_pairs = 6\n"
-                                         "common_pairs = 3\ngenerator_images = 3\nimages_per_pair = 3\n"
-                                         "min_images_per_pair = 1\nretrieve_k = 6\nexport = []\n")
-    wj = small_world.path / "world.json"
-    args = ["build", "imagenet-ao", "--objects", wj, "--attributes", wj, "--captions", small_world.path / "captions",
-            "--pool", small_world.path / "pool" / "images", "--generator", "demo", "--model", tiny_clip_spec,
-            "--config", tmp_path / "build.toml", "--workers", "2"]
-    _curate([*args, "--out", tmp_path / "local" / "out"], env)
-    _curate([*args, "--executor", "ray", "--address", address, "--out", tmp_path / "ray" / "out"], env)
-    local, ray = _digests(tmp_path / "local" / "out"), _digests(tmp_path / "ray" / "out")
+    ray_args = ["--executor", "ray", "--address", address]
+    _curate([*small_build.args, *ray_args, "--out", tmp_path / "ray" / "out"], env)
+    local, ray = _digests(small_build.out), _digests(tmp_path / "ray" / "out")
     assert local == ray and any(k.endswith(".tar") for k in local)
-    shards = tmp_path / "local" / "out" / "pool" / "shards"
-    _curate(["embed", shards, "--model", tiny_clip_spec, "--out", tmp_path / "emb-local"], env)
-    _curate(["embed", shards, "--model", tiny_clip_spec, "--executor", "ray", "--address", address,
-             "--out", tmp_path / "emb-ray"], env)
-    assert _digests(tmp_path / "emb-local") == _digests(tmp_path / "emb-ray")
+    _curate([*small_build_embeddings.args, *ray_args, "--out", tmp_path / "emb-ray"], env)
+    assert _digests(small_build_embeddings.out) == _digests(tmp_path / "emb-ray")
 
 
 def test_losing_the_worker_node_mid_run_loses_nothing(cluster, tmp_path, small_world, tiny_clip_spec):
