@@ -1,11 +1,20 @@
-"""Benchmark: `curate embed` vs `clip-retrieval inference` on the same shards and model file.
+"""Benchmark: `curate embed` vs `clip-retrieval inference` vs the model's forward pass alone.
 
-Both tools embed the same WebDataset shards (images + captions) with the same model file (a
-randomly initialised open_clip ViT-B-32 saved as a checkpoint: speed does not depend on the
-weights, and no weights can be downloaded here), the same batch size and the same worker
-count, each as its own command (start-up included, since that is what a user waits for).
-Prints samples/s of each and the ratio, checks that both produced the same vectors, and
-writes bench/results/bench_embed.{json,md}.
+Same WebDataset shards (256 px JPEGs + captions), same model file (a randomly initialised
+open_clip ViT-B-32 saved as a checkpoint: speed does not depend on the weights, and no weights
+can be downloaded here), same batch size and worker count, on CPU:
+
+- **ours**: the `curate embed` command (start-up included: that is what a user waits for);
+- **clip-retrieval**: the `clip-retrieval inference` command, ``--num_prepro_workers`` = our
+  ``--workers``;
+- **model only**: one process that decodes and preprocesses every image and tokenises every
+  caption *before* the clock starts, then times only the image and text forward passes over
+  the same batches, with torch's default threads (all cores). The ceiling for any tool.
+
+Order alternated between repeats, median of 3, load recorded. The three outputs are compared
+(keys, and every embedding to cosine >= 0.999); a side that disagrees is reported as a
+mismatch instead of a ratio. Then ours alone at 1x and 10x input: time and peak RSS (whole
+process tree) growth. Writes bench/results/bench_embed.{json,md}.
 
     .venv/bin/python bench/bench_embed.py --images 512 --batch-size 64 --workers 2
 """
@@ -14,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +35,25 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 BIN = Path(sys.executable).parent
 
+from bench.common import (  # noqa: E402
+    AGREE_COSINE,
+    Measured,
+    alternate,
+    fmt_ratio,
+    growth,
+    median_of,
+    min_cosine,
+    ratio_or_mismatch,
+    run_measured,
+    save,
+    summary_row,
+    uptime,
+)
 
-def make_shards(folder: Path, n: int, per_shard: int, size: int = 256, seed: int = 0) -> list[Path]:
+ENV = {**os.environ, "CURATE_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def make_shards(folder: Path, n: int, per_shard: int, size: int = 256, seed: int = 0, prefix: str = "bench") -> list[Path]:
     """Shards of varied JPEGs (gradients + noise + a coloured box) with txt captions."""
     from PIL import Image, ImageDraw
 
@@ -48,84 +73,198 @@ def make_shards(folder: Path, n: int, per_shard: int, size: int = 256, seed: int
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=90)
             samples.append({"__key__": f"img{i:06d}", "jpg": buf.getvalue(), "txt": f"a photo of box number {i}"})
-        p = folder / f"bench-{s // per_shard:06d}.tar"
+        p = folder / f"{prefix}-{s // per_shard:06d}.tar"
         write_shard(p, samples)
         paths.append(p)
     return paths
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the command and its waited-for children: robust on a busy machine)."""
-    import resource
+MODEL_ONLY = r"""
+import json, sys, time
+import numpy as np
+import torch
+sys.path.insert(0, {repo!r})
+from curate.embed.backends import load_model
+from curate.embed.store import l2_normalise
+from curate.images import open_rgb
+from curate.shards import iter_shard, list_shards
 
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if r.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed:\n{r.stderr[-3000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+enc = load_model({spec!r}, "cpu")
+keys, pixels, captions = [], [], []
+for shard in list_shards({shards!r}):
+    for s in iter_shard(shard):
+        keys.append(s["__key__"])
+        pixels.append(enc.preprocess(open_rgb(s["jpg"])))
+        captions.append(s["txt"].decode())
+B = {batch}
+batches = [torch.stack(pixels[i:i + B]) for i in range(0, len(pixels), B)]
+tokens = [enc.tokenizer(captions[i:i + 256]) for i in range(0, len(captions), 256)]
+w0, c0 = time.perf_counter(), time.process_time()
+with torch.inference_mode():
+    img = [enc.model.encode_image(b) for b in batches]
+    txt = [enc.model.encode_text(t) for t in tokens]
+wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+np.save({out!r} + "/img.npy", l2_normalise(torch.cat(img).float().numpy()))
+np.save({out!r} + "/txt.npy", l2_normalise(torch.cat(txt).float().numpy()))
+print(json.dumps({{"keys": keys, "forward_wall_s": wall, "forward_cpu_s": cpu, "threads": torch.get_num_threads()}}))
+"""
+
+
+def run_ours(shards: Path, spec: str, out: Path, batch: int, workers: int, extra: list[str] | None = None) -> Measured:
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time (the same command on its own output resumes)
+    return run_measured([BIN / "curate", "-q", "embed", shards, "--model", spec, "--out", out,
+                         "--batch-size", batch, "--workers", workers, *(extra or [])], env=ENV)
+
+
+def run_clip_retrieval(shards: list[Path], spec: str, out: Path, batch: int, workers: int) -> Measured:
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    pattern = str(shards[0].parent / f"bench-{{000000..{len(shards) - 1:06d}}}.tar")
+    return run_measured([BIN / "clip-retrieval", "inference", "--input_dataset", pattern, "--input_format", "webdataset",
+                         "--output_folder", out, "--clip_model", spec, "--batch_size", batch,
+                         "--num_prepro_workers", workers, "--enable_text", "True", "--enable_metadata", "False",
+                         "--use_jit", "False", "--enable_wandb", "False"], env=ENV, timeout=3600)
+
+
+def run_model_only(shards: Path, spec: str, out: Path, batch: int) -> Measured:
+    out.mkdir(parents=True, exist_ok=True)
+    code = MODEL_ONLY.format(repo=str(REPO), spec=spec, shards=str(shards), batch=batch, out=str(out))
+    m = run_measured([sys.executable, "-c", code], env=ENV)
+    info = json.loads(m.stdout.strip().splitlines()[-1])
+    # the clock of this side is the forward passes only (preprocessing happened before it started)
+    m.extra = {"process_wall_s": round(m.wall, 2), "threads": info["threads"]}
+    m.wall, m.cpu = info["forward_wall_s"], info["forward_cpu_s"]
+    m.stdout = json.dumps(info["keys"])
+    return m
+
+
+def compare(ours: Path, peer_keys: list[str], peer_img: np.ndarray, peer_txt: np.ndarray | None) -> tuple[str | None, float]:
+    """None when the outputs agree (same keys, cosine >= 0.999), else what differs; and the min cosine."""
+    from curate.embed.store import read_embeddings
+
+    k1, m1 = read_embeddings(ours)
+    if sorted(k1) != sorted(peer_keys):
+        return f"samples differ ({len(k1)} vs {len(peer_keys)})", float("nan")
+    pos = {k: i for i, k in enumerate(peer_keys)}
+    order = [pos[k] for k in k1]
+    cos = min_cosine(m1, np.asarray(peer_img)[order])
+    if peer_txt is not None:
+        _, t1 = read_embeddings(ours, kind="text")
+        cos = min(cos, min_cosine(t1, np.asarray(peer_txt)[order]))
+    return (None if cos >= AGREE_COSINE else f"embeddings differ (min cosine {cos:.5f})"), cos
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--per-shard", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--arch", default="ViT-B-32")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--growth-base", type=int, default=128, help="images at 1x for the 1x -> 10x growth (0: skip)")
     args = ap.parse_args()
 
-    from bench.common import save
     from curate.embed.random_models import save_random_open_clip
     from curate.embed.store import read_embeddings
 
-    env = {**os.environ, "CURATE_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    print(uptime(), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
         root = Path(tmp)
-        shards = make_shards(root / "shards", args.images, args.per_shard)
+        # at least one shard per worker: clip-retrieval's webdataset reader hangs with an idle worker
+        per_shard = max(1, min(args.per_shard, -(-args.images // args.workers)))
+        shards = make_shards(root / "shards", args.images, per_shard)
         spec = save_random_open_clip(root / "model", args.arch)
-        ours_out, peer_out = root / "curate-emb", root / "cr-emb"
-        ours, ours_cpu = timed([str(BIN / "curate"), "-q", "embed", str(root / "shards"), "--model", spec, "--out", str(ours_out),
-                      "--batch-size", str(args.batch_size), "--workers", str(args.workers)], env)
-        pattern = str(root / "shards" / f"bench-{{000000..{len(shards) - 1:06d}}}.tar")
-        peer, peer_cpu = timed([str(BIN / "clip-retrieval"), "inference", "--input_dataset", pattern,
-                      "--input_format", "webdataset", "--output_folder", str(peer_out), "--clip_model", spec,
-                      "--batch_size", str(args.batch_size), "--num_prepro_workers", str(args.workers),
-                      "--enable_text", "True", "--enable_metadata", "False", "--use_jit", "False",
-                      "--enable_wandb", "False"], env)
-        k1, m1 = read_embeddings(ours_out)
-        k2, m2 = read_embeddings(peer_out)
-        pos = {k: i for i, k in enumerate(k2)}
-        agree = float(np.min(np.sum(m1 * m2[[pos[k] for k in k1]], axis=1)))
+        b, w = args.batch_size, args.workers
+        runs = alternate({
+            "ours": lambda: run_ours(root / "shards", spec, root / "ours", b, w),
+            "ours, 1 process + decode worker": lambda: run_ours(root / "shards", spec, root / "ours-fed", b, 1,
+                                                                ["--decode-workers", "1"]),
+            "clip-retrieval": lambda: run_clip_retrieval(shards, spec, root / "cr", b, w),
+            "model only": lambda: run_model_only(root / "shards", spec, root / "model-only", b),
+        }, args.repeats)
+        med = {name: median_of(r) for name, r in runs.items()}
+        k_cr, m_cr = read_embeddings(root / "cr")
+        _, t_cr = read_embeddings(root / "cr", kind="text")
+        cr_mismatch, cr_cos = compare(root / "ours", k_cr, m_cr, t_cr)
+        mo_keys = json.loads(med["model only"].stdout)
+        mo_mismatch, mo_cos = compare(root / "ours", mo_keys, np.load(root / "model-only" / "img.npy"),
+                                      np.load(root / "model-only" / "txt.npy"))
+        fed_mismatch, fed_cos = compare(root / "ours-fed", mo_keys, np.load(root / "model-only" / "img.npy"),
+                                        np.load(root / "model-only" / "txt.npy"))
+        grow: list[dict] = []
+        if args.growth_base:
+            for scale in (1, 10):
+                n = args.growth_base * scale
+                folder = root / f"g{scale}"
+                make_shards(folder, n, max(1, args.growth_base // w), seed=scale)  # >= one shard per worker
+                m = run_ours(folder, spec, root / f"g{scale}-out", b, w)
+                grow.append({"scale": scale, "images": n, **m.to_dict(), "images_per_s": round(n / m.wall, 2)})
+                print(f"   growth {scale}x: {n} images in {m.wall:.1f} s, peak RSS {m.peak_rss_mb:.0f} MB", flush=True)
+
     n = args.images
+    rate = {name: n / m.wall for name, m in med.items()}
+    cpu_rate = {name: n / m.cpu for name, m in med.items()}
+    r_cr = ratio_or_mismatch(rate["ours"], rate["clip-retrieval"], cr_mismatch)
+    r_mo = ratio_or_mismatch(rate["ours"], rate["model only"], mo_mismatch)
+    r_cr_cpu = ratio_or_mismatch(cpu_rate["ours"], cpu_rate["clip-retrieval"], cr_mismatch)
+    r_mo_cpu = ratio_or_mismatch(cpu_rate["ours"], cpu_rate["model only"], mo_mismatch)
+    fed = "ours, 1 process + decode worker"
+    r_fed = ratio_or_mismatch(rate[fed], rate["model only"], fed_mismatch)
     result = {
-        "task": "embed images + captions of WebDataset shards with a random open_clip checkpoint",
-        "images": n, "arch": args.arch, "batch_size": args.batch_size, "workers": args.workers,
-        "curate_seconds": round(ours, 2), "clip_retrieval_seconds": round(peer, 2),
-        "curate_samples_per_s": round(n / ours, 2), "clip_retrieval_samples_per_s": round(n / peer, 2),
-        "ratio": round(peer / ours, 3), "min_cosine_between_outputs": round(agree, 5),
-        "curate_cpu_seconds": round(ours_cpu, 1), "clip_retrieval_cpu_seconds": round(peer_cpu, 1),
-        "cpu_ratio": round(peer_cpu / ours_cpu, 3),
-        "load_average_at_end": os.getloadavg()[0],
+        "task": "embed images + captions of WebDataset shards with a random open_clip checkpoint, CPU",
+        "images": n, "arch": args.arch, "batch_size": b, "workers": w, "repeats": args.repeats,
+        "runs": {name: [m.to_dict() for m in r] for name, r in runs.items()},
+        "median": {name: {**m.to_dict(), "images_per_s": round(rate[name], 2)} for name, m in med.items()},
+        "ratio_vs_clip_retrieval": r_cr, "ratio_vs_clip_retrieval_cpu_time": r_cr_cpu,
+        "ratio_vs_model_only": r_mo, "ratio_vs_model_only_cpu_time": r_mo_cpu,
+        "min_cosine_vs_clip_retrieval": cr_cos, "min_cosine_vs_model_only": mo_cos,
+        "ratio_one_process_decode_worker_vs_model_only": r_fed,
+        "growth": grow,
+        "time_growth_exponent": growth([g["images"] for g in grow], [g["wall_s"] for g in grow]) if grow else None,
+        "rss_growth_exponent": growth([g["images"] for g in grow], [g["peak_rss_mb"] for g in grow]) if grow else None,
+        "summary": [
+            summary_row("embed vs clip-retrieval (CPU)", f"{rate['ours']:.1f} img/s",
+                        f"clip-retrieval inference {rate['clip-retrieval']:.1f} img/s", r_cr, ">= 1.5x",
+                        peak_rss_mb={k: round(m.peak_rss_mb) for k, m in med.items()}),
+            summary_row("embed vs model forward alone (CPU)", f"{rate['ours']:.1f} img/s",
+                        f"forward only {rate['model only']:.1f} img/s", r_mo, ">= 0.9x"),
+            summary_row("embed --workers 1 --decode-workers 1 vs model forward alone (CPU)",
+                        f"{rate[fed]:.1f} img/s", f"forward only {rate['model only']:.1f} img/s", r_fed, ">= 0.9x"),
+        ],
     }
-    md = "\n".join([
-        "# curate embed vs clip-retrieval inference",
+    rows = [f"| {name} | {m.wall:.1f} | {rate[name]:.1f} | {m.cpu:.1f} | {m.peak_rss_mb:,.0f} | "
+            f"{', '.join(f'{x:.1f}' for x in m.load)} |" for name, m in med.items()]
+    md = [
+        "# curate embed vs clip-retrieval inference vs the model alone",
         "",
-        f"{n} images (256 px JPEG) + captions in {len(shards)} shards, open_clip {args.arch} (random weights, "
-        f"same checkpoint file), batch {args.batch_size}, {args.workers} workers, CPU, wall time of each command.",
+        f"{n} images (256 px JPEG) + captions in {len(shards)} shards, open_clip {args.arch} (random weights, same "
+        f"checkpoint file), batch {b}, {w} workers, CPU. Median of {args.repeats} (order alternated). Ours and "
+        "clip-retrieval: the whole command; model only: the image + text forward passes on tensors prepared "
+        f"beforehand ({med['model only'].extra.get('threads')} torch threads).",
         "",
-        "| tool | wall s | samples/s | CPU s (all processes) |",
-        "|---|---:|---:|---:|",
-        f"| curate embed | {ours:.1f} | {n / ours:.1f} | {ours_cpu:.1f} |",
-        f"| clip-retrieval inference | {peer:.1f} | {n / peer:.1f} | {peer_cpu:.1f} |",
+        "| side | wall s | images/s | CPU s | peak memory MB (PSS, process tree) | load at end |",
+        "|---|---:|---:|---:|---:|---|",
+        *rows,
         "",
-        f"ratio (curate / clip-retrieval throughput): **{peer / ours:.2f}x** wall, {peer_cpu / ours_cpu:.2f}x in CPU "
-        "time (the fairer number when the machine is shared); the two outputs agree "
-        f"(min cosine {agree:.4f}; clip-retrieval stores float16). Load average at the end: {os.getloadavg()[0]:.1f}.",
-    ])
-    save("bench_embed", result, md)
+        f"- ours / clip-retrieval: **{fmt_ratio(r_cr)}** wall, {fmt_ratio(r_cr_cpu)} in CPU time "
+        f"(outputs agree to min cosine {cr_cos:.5f}; clip-retrieval stores float16).",
+        f"- ours / model forward alone: **{fmt_ratio(r_mo)}** wall, {fmt_ratio(r_mo_cpu)} in CPU time "
+        f"(min cosine {mo_cos:.5f}).",
+        f"- ours with `--workers 1 --decode-workers 1` (one model, {w} torch threads, decoding in a DataLoader "
+        f"worker process) / model forward alone: **{fmt_ratio(r_fed)}** (min cosine {fed_cos:.5f}).",
+    ]
+    if grow:
+        md += ["", "Growth, ours alone (whole command):", "",
+               "| input | images | wall s | images/s | peak RSS MB | load |", "|---|---:|---:|---:|---:|---|",
+               *[f"| {g['scale']}x | {g['images']} | {g['wall_s']:.1f} | {g['images_per_s']:.1f} | "
+                 f"{g['peak_rss_mb']:,.0f} | {', '.join(f'{x:.1f}' for x in g['load'])} |" for g in grow],
+               "", f"Time grows as input^{result['time_growth_exponent']}, peak memory as "
+               f"input^{result['rss_growth_exponent']} (1 = linear, 0 = flat)."]
+    save("bench_embed", result, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -41,6 +40,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.common import fmt_ratio, machine, summary_row  # noqa: E402
 
 TOOLS = ("ours", "peer_batched", "peer_loop")
 
@@ -209,13 +210,35 @@ def summarise(runs: dict[str, dict[str, list[dict]]], n: int) -> dict:
                 "phases_median": {p: round(statistics.median(r["phases"][p] for r in rs), 3)
                                   for p in rs[0]["phases"]}}
             for t, rs in by_tool.items()}
-        out[kind]["ratio_vs_batched"] = round(med["peer_batched"] / med["ours"], 2)
-        out[kind]["ratio_vs_loop"] = round(med["peer_loop"] / med["ours"], 2)
+        counts = {t: sorted({r["samples"] for r in rs}) for t, rs in by_tool.items()}
+        out[kind]["samples"] = counts
+        for peer in ("peer_batched", "peer_loop"):
+            differ = counts[peer] != counts["ours"] or len(counts["ours"]) != 1
+            out[kind][f"ratio_vs_{peer.removeprefix('peer_')}"] = (
+                f"MISMATCH: samples {counts['ours']} vs {counts[peer]}" if differ
+                else round(med[peer] / med["ours"], 2))
     return out
 
 
+GOALS = {"tmpfs": ">= 5x batched", "disk": ">= 3x batched"}
+
+
+def summary(results: dict) -> list[dict]:
+    """The rows `bench/run_all.py` puts in the table: ours vs each peer, per media folder."""
+    rows = []
+    for kind, r in results.items():
+        for peer, label in (("peer_batched", "batched add_samples"), ("peer_loop", "add_sample loop")):
+            rows.append(summary_row(f"FiftyOne review sync vs {label}, media on {kind}",
+                                    f"{r['ours']['samples_per_s']:,.0f} samples/s",
+                                    f"{r[peer]['samples_per_s']:,.0f} samples/s",
+                                    r[f"ratio_vs_{peer.removeprefix('peer_')}"],
+                                    GOALS.get(kind.split(":")[0], "") if peer == "peer_batched" else ""))
+    return rows
+
+
 def markdown(result: dict) -> str:
-    lines = [f"# review ingest into FiftyOne ({result['n']:,} samples, {result['machine']})", "",
+    m = result["machine"]
+    lines = [f"# review ingest into FiftyOne ({result['n']:,} samples, {m['cores']} cores, {m['date']})", "",
              f"Median of {result['reps']} runs per tool, rotating order, each in its own process. "
              f"Load average (1 min) before the first run {result['load_start']}, after the last "
              f"{result['load_end']} (shared machine).", ""]
@@ -230,8 +253,8 @@ def markdown(result: dict) -> str:
                          f"{x['peak_rss_mb_median']:.0f} | {', '.join(f'{v:.2f}' for v in x['runs_seconds'])} | "
                          f"{'; '.join(f'{a}/{b}' for a, b in x['load'])} | "
                          f"{', '.join(f'{v:,}' for v in x['file_creates_per_s'])} |")
-        lines += ["", f"ours vs batched `add_samples`: **{r['ratio_vs_batched']:.1f}x**; vs the `add_sample` loop: "
-                  f"**{r['ratio_vs_loop']:.1f}x**. Our phases (median s): "
+        lines += ["", f"ours vs batched `add_samples`: **{fmt_ratio(r['ratio_vs_batched'])}**; vs the `add_sample` "
+                  f"loop: **{fmt_ratio(r['ratio_vs_loop'])}**. Our phases (median s): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in r["ours"]["phases_median"].items())
                   + ". Peer batched: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                    r["peer_batched"]["phases_median"].items()) + ".", ""]
@@ -289,11 +312,12 @@ def main() -> None:
 
     result = {
         "benchmark": "review ingest into FiftyOne", "n": args.n, "reps": args.reps, "fiftyone": fo.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": {**machine(), "load": [load_start]},
         "media": {k: str(v.parent) for k, v in roots.items()},
         "load_start": load_start, "load_end": round(os.getloadavg()[0], 2),
         "results": summarise(runs, args.n), "runs": runs,
     }
+    result["summary"] = summary(result["results"])
     from curate.fsutil import write_json, write_text
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -35,15 +35,85 @@ def run(script: Path) -> tuple[bool, float]:
     return r.returncode == 0, time.perf_counter() - t0
 
 
+def _machine(meta: dict) -> tuple[str, str]:
+    """(machine, date) of a result file, whatever form its ``machine`` field takes."""
+    m = meta.get("machine", {})
+    if not isinstance(m, dict):
+        return str(m), "?"
+    load = m.get("load")
+    load_s = f", load {load[0]:.1f}" if isinstance(load, list) and load else ""
+    return f"{m.get('cores', '?')} cores{load_s}", m.get("date", "?")
+
+
+def _adapted(name: str, meta: dict) -> list[dict]:
+    """Summary rows for result files written before the ``summary`` convention (or by scripts that
+    do not write one): only numbers their own files hold."""
+    def row(what: str, ours: str, peer: str, ratio, goal: str = "") -> dict:
+        return {"what": what, "ours": ours, "peer": peer, "ratio": ratio, "goal": goal}
+
+    if name == "bench_llm" and "ratio_curate_over_peer" in meta:
+        return [row("LLM client vs httpx + threads", f"{meta['curate_rps']:,.0f} req/s",
+                    f"{meta['peer_httpx_rps']:,.0f} req/s", meta["ratio_curate_over_peer"])]
+    if name == "bench_triplets" and "speedup_full" in meta:
+        same = meta.get("same_pairs_on_subset")
+        return [row("triplet mining vs naive pairwise (1M captions, naive extrapolated)",
+                    f"{meta['ours_full']['seconds']:.1f} s", f"{meta['naive_full_extrapolated_s']:,.0f} s",
+                    meta["speedup_full"] if same else "MISMATCH: pairs differ on the subset")]
+    if name == "review_ingest" and "ratio_end_to_end" in meta:
+        return [row("FiftyOne review sync vs add_sample loop", f"{meta['ours']['samples_per_s']:,.0f} samples/s",
+                    f"{meta['peer_add_sample_loop']['samples_per_s']:,.0f} samples/s", meta["ratio_end_to_end"])]
+    if name == "bench_cir" and "ours" in meta and "dense" in meta:
+        same = meta.get("identical_metrics")
+        return [row("CIR eval, 1M gallery vs dense torch", f"{meta['ours']['wall_s']:.1f} s, "
+                    f"{meta['ours']['peak_rss_mb']:,} MB", f"{meta['dense']['wall_s']:.1f} s, "
+                    f"{meta['dense']['peak_rss_mb']:,} MB",
+                    round(meta["dense"]["wall_s"] / meta["ours"]["wall_s"], 3) if same else "MISMATCH: metrics differ")]
+    return []
+
+
+def _fmt(ratio) -> str:
+    if isinstance(ratio, str):
+        return ratio
+    if isinstance(ratio, int | float):
+        return f"**{ratio:,.2f}x**"
+    return "-"
+
+
+def summary_table() -> list[str]:
+    """One row per comparison: ours, peer, ratio (or the mismatch), goal, machine, date, script."""
+    lines = ["| benchmark | comparison | ours | peer | ratio | goal | machine | date |",
+             "|---|---|---|---|---:|---|---|---|"]
+    for meta_path in sorted((BENCH / "results").glob("*.json")):
+        meta = json.loads(meta_path.read_text())
+        rows = meta.get("summary")
+        if not (isinstance(rows, list) and rows and isinstance(rows[0], dict) and "what" in rows[0]):
+            rows = _adapted(meta_path.stem, meta)
+        machine, date = _machine(meta)
+        for r in rows:
+            load = r.get("load")
+            where = f"{machine}" if not (isinstance(load, list) and load) else \
+                f"{machine.split(',')[0]}, load {load[0]:.1f}"
+            lines.append(f"| {meta_path.stem} | {r['what']} | {r['ours']} | {r['peer']} | {_fmt(r.get('ratio'))} | "
+                         f"{r.get('goal', '')} | {where} | {date} |")
+    return lines
+
+
 def results_section() -> str:
-    parts = [MARK, "", "Written by `bench/run_all.py` from `bench/results/` (each file names its machine and date).", ""]
+    parts = [MARK, "", "Written by `bench/run_all.py` from `bench/results/` (each file names its machine, load and "
+             "date, and the command that made it). Ratios are ours / peer throughput (higher is better); a row "
+             "whose two sides disagree shows MISMATCH instead of a ratio.", "", *summary_table(), ""]
     for md in sorted((BENCH / "results").glob("*.md")):
         meta = md.with_suffix(".json")
-        when = ""
+        when, command = "", ""
         if meta.exists():
-            m = json.loads(meta.read_text()).get("machine", {})
+            data = json.loads(meta.read_text())
+            m = data.get("machine", {})
             when = f" ({m.get('date', '?')}, {m.get('cores', '?')} cores)" if isinstance(m, dict) else f" ({m})"
-        parts += [f"### {md.stem}{when}", "", md.read_text().strip(), ""]
+            command = data.get("command", "")
+        parts += [f"### {md.stem}{when}", ""]
+        if command:
+            parts += [f"`{command}`", ""]
+        parts += [md.read_text().strip(), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 

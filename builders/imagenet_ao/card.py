@@ -301,7 +301,8 @@ def calibration_markdown(info: dict) -> str:
 `--calibrate` chose the attribute-check and composition-score thresholds from the labelled
 candidates ({cal['truth']}): {summary_line(cal)}. Curve of the chosen attribute margin (the whole
 grid is in `{cal['curve']}`; estimates leave out near-duplicate removal, the funnel above has the
-real result):
+real result). The same labels chose the thresholds and measure the funnel, so its precision is
+in-sample: to check it, calibrate on part of a labelled sample and measure with the rest.
 
 ![calibration curve](calibration.png)
 
