@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from build_helpers import relaxed_toml
 
 _SESSION_TMP = None
 
@@ -104,11 +105,6 @@ class CommandRun:
     seconds: float
 
 
-# relaxed filters: a random model judges nothing
-SMALL_BUILD_TOML = ("object_topk = 1000\nattribute_check = false\ncomp_threshold = -1.0\n"
-                    "dedup_threshold = 1.01\nmin_resolution = 32\nmax_pairs = 8\ncommon_pairs = 4\n"
-                    "generator_images = 3\nimages_per_pair = 3\nmin_images_per_pair = 1\n"
-                    "retrieve_k = 6\nexport = [\"czsl\", \"imagefolder\"]\n")
 
 
 def run_curate(args: list[str], out: Path) -> float:
@@ -129,7 +125,7 @@ def small_build(tmp_path_factory, small_world, tiny_clip_spec) -> CommandRun:
     """``curate build imagenet-ao`` on the small world with the tiny random model (8 pairs, CZSL and
     imagefolder exports, one worker), run once per session."""
     root = tmp_path_factory.mktemp("small-build")
-    (root / "build.toml").write_text(SMALL_BUILD_TOML)
+    (root / "build.toml").write_text(relaxed_toml())
     wj = small_world.path / "world.json"
     args = ["build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
             str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"),

@@ -15,24 +15,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from build_helpers import relaxed_toml
 
 CURATE = str(Path(sys.executable).with_name("curate"))
 
 # With a random model every image looks alike: keep the filters' plumbing, not their verdicts.
-RELAXED = """
-object_topk = 1000
-attribute_check = false
-comp_threshold = -1.0
-dedup_threshold = 1.01
-min_resolution = 32
-max_pairs = 8
-common_pairs = 4
-generator_images = 3
-images_per_pair = 3
-min_images_per_pair = 1
-retrieve_k = 6
-export = ["czsl", "imagefolder"]
-"""
+RELAXED = relaxed_toml()
 
 
 def curate(*args, env=None, check=True, timeout=600):
@@ -165,7 +153,7 @@ def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_clip_s
     rgba = Image.new("RGBA", (96, 96), (255, 0, 0, 0))
     rgba.save(folder / "alpha.png")
     cfg = tmp_path / "build.toml"
-    cfg.write_text(RELAXED.replace("retrieve_k = 6", "retrieve_k = 500").replace("images_per_pair = 3", "images_per_pair = 500"))
+    cfg.write_text(relaxed_toml(retrieve_k=500, images_per_pair=500))
     out = tmp_path / "ao"
     curate("build", "imagenet-ao", *world_args(small_world), "--pool", folder, "--model", tiny_clip_spec,
            "--config", cfg, "--out", out, "--workers", "1")
@@ -184,16 +172,14 @@ def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_clip_s
 
 def test_build_drops_pairs_with_too_few_candidates(tmp_path, small_world, tiny_clip_spec):
     cfg = tmp_path / "build.toml"
-    cfg.write_text(RELAXED.replace("min_images_per_pair = 1", "min_images_per_pair = 3")
-                   .replace("generator_images = 3", "generator_images = 2"))
+    cfg.write_text(relaxed_toml(min_images_per_pair=3, generator_images=2))
     out = tmp_path / "ao"
     r = curate("build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model", tiny_clip_spec,
                "--config", cfg, "--out", out, "--workers", "1", check=False)
     # 2 generated images per pair < minimum 3: every pair is dropped, which is a clear error
     assert r.returncode == 2, r.stderr
     assert "filtered out" in r.stderr and "Traceback" not in r.stderr
-    cfg.write_text(RELAXED.replace("generator_images = 3", "generator_images = 2").replace("max_pairs = 8", "max_pairs = 3")
-                   .replace("min_images_per_pair = 1", "min_images_per_pair = 2"))
+    cfg.write_text(relaxed_toml(generator_images=2, max_pairs=3, min_images_per_pair=2))
     out2 = tmp_path / "ao2"
     curate("build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model", tiny_clip_spec,
            "--config", cfg, "--out", out2, "--workers", "1")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from build_helpers import relaxed_toml
 
 CURATE = str(Path(sys.executable).with_name("curate"))
 pytest.importorskip("diffusers")
@@ -72,21 +73,8 @@ def test_diffusers_spec_and_device_errors(tiny_pipeline, tmp_path):
             load_generator(f"diffusers:{tiny_pipeline}", device="cuda")
 
 
-RELAXED = """
-object_topk = 1000
-attribute_check = false
-comp_threshold = -1.0
-dedup_threshold = 1.01
-min_resolution = 32
-max_pairs = 2
-common_pairs = 1
-generator_images = 3
-images_per_pair = 3
-min_images_per_pair = 1
-min_shards_per_split = 2
-device = "cpu"
-export = ["czsl"]
-"""
+RELAXED = relaxed_toml(max_pairs=2, common_pairs=1, retrieve_k=None, min_shards_per_split=2, device="cpu",
+                       export=["czsl"])
 
 
 @pytest.mark.slow

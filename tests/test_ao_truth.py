@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from build_helpers import relaxed_toml
 
 from builders.imagenet_ao.calibrate import calibrate, choose, sweep
 from builders.imagenet_ao.truth import (
@@ -34,19 +35,7 @@ CURATE = str(Path(sys.executable).with_name("curate"))
 FAMILIES = ("colour", "pattern", "state")
 
 # a random model judges nothing: keep every candidate up to the per-pair cap
-RELAXED = """
-object_topk = 1000
-attribute_check = false
-comp_threshold = -1.0
-dedup_threshold = 1.01
-min_resolution = 32
-max_pairs = 8
-common_pairs = 4
-images_per_pair = 4
-min_images_per_pair = 1
-retrieve_k = 12
-export = []
-"""
+RELAXED = relaxed_toml(images_per_pair=4, retrieve_k=12, generator_images=None, export=[])
 
 
 def curate(*args, check=True):

@@ -10,21 +10,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from build_helpers import relaxed_toml
 
 CURATE = str(Path(sys.executable).with_name("curate"))
-RELAXED = """
-object_topk = 1000
-attribute_check = false
-comp_threshold = -1.0
-dedup_threshold = 1.01
-min_resolution = 32
-max_pairs = 4
-common_pairs = 2
-images_per_pair = 3
-min_images_per_pair = 1
-retrieve_k = 6
-export = []
-"""
+RELAXED = relaxed_toml(max_pairs=4, common_pairs=2, generator_images=None, export=[])
 FAULTS = [404, 500, 12.0, "reset", "redirect-loop", "html", "truncate", "dead"]  # 12 s: past the 10 s timeout
 
 
