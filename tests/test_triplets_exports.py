@@ -1,10 +1,7 @@
-"""The four exports, read back with the reading logic of the benchmarks' official loaders.
-
-``CIRRReader`` and ``FashionIQReader`` follow CLIP4Cir's ``data_utils.CIRRDataset`` /
-``FashionIQDataset`` (paths, JSON fields and what each split/mode returns; the loader's
-dress/shirt/toptee check is in tests/test_exports_official.py, which our names now pass), ``CIRCOReader``
-follows miccunifi/CIRCO ``src/dataset.py`` ``CIRCODataset`` (COCO image info, id -> index
-map, 23-way gt padding). Images are opened with PIL exactly where the loaders open them.
+"""The four exports, read back with the benchmarks' official loaders (``official_loaders.py``:
+CLIP4Cir's ``CIRRDataset`` / ``FashionIQDataset`` with its dress/shirt/toptee check, miccunifi/CIRCO's
+``CIRCODataset``: paths, JSON fields, what each split/mode returns, COCO image info, 23-way gt
+padding). Images are opened with PIL exactly where the loaders open them.
 """
 
 from __future__ import annotations
@@ -15,114 +12,12 @@ from pathlib import Path
 import PIL.Image
 import polars as pl
 import pytest
+from official_loaders import CIRCODataset, CIRRDataset, FashionIQDataset
 from test_triplets import config, make_cir_dataset
 
 from builders.triplets import build_triplets, read_triplets
 
 SPLIT_CIRR = {"train": "train", "val": "val", "test": "test1"}
-
-
-def opened(path: Path) -> tuple[int, int]:
-    with PIL.Image.open(path) as im:
-        im.load()
-        return im.size
-
-
-class CIRRReader:
-    """CLIP4Cir CIRRDataset: base_path/'cirr_dataset' is ``root``."""
-
-    def __init__(self, root: Path, split: str, mode: str):
-        self.root, self.split, self.mode = root, split, mode
-        with open(root / "cirr" / "captions" / f"cap.rc2.{split}.json") as f:
-            self.triplets = json.load(f)
-        with open(root / "cirr" / "image_splits" / f"split.rc2.{split}.json") as f:
-            self.name_to_relpath = json.load(f)
-
-    def __getitem__(self, index):
-        if self.mode == "relative":
-            group_members = self.triplets[index]["img_set"]["members"]
-            reference_name = self.triplets[index]["reference"]
-            rel_caption = self.triplets[index]["caption"]
-            if self.split == "train":
-                reference_image = opened(self.root / self.name_to_relpath[reference_name])
-                target_hard_name = self.triplets[index]["target_hard"]
-                target_image = opened(self.root / self.name_to_relpath[target_hard_name])
-                return reference_image, target_image, rel_caption
-            if self.split == "val":
-                return reference_name, self.triplets[index]["target_hard"], rel_caption, group_members
-            return self.triplets[index]["pairid"], reference_name, rel_caption, group_members
-        image_name = list(self.name_to_relpath.keys())[index]
-        return image_name, opened(self.root / self.name_to_relpath[image_name])
-
-    def __len__(self):
-        return len(self.triplets) if self.mode == "relative" else len(self.name_to_relpath)
-
-
-class FashionIQReader:
-    """CLIP4Cir FashionIQDataset: base_path/'fashionIQ_dataset' is ``root``."""
-
-    def __init__(self, root: Path, split: str, dress_types: list[str], mode: str):
-        self.root, self.split, self.mode = root, split, mode
-        self.triplets: list[dict] = []
-        self.image_names: list = []
-        for dress_type in dress_types:
-            with open(root / "captions" / f"cap.{dress_type}.{split}.json") as f:
-                self.triplets.extend(json.load(f))
-            with open(root / "image_splits" / f"split.{dress_type}.{split}.json") as f:
-                self.image_names.extend(json.load(f))
-
-    def __getitem__(self, index):
-        if self.mode == "relative":
-            image_captions = self.triplets[index]["captions"]
-            reference_name = self.triplets[index]["candidate"]
-            if self.split == "train":
-                reference_image = opened(self.root / "images" / f"{reference_name}.jpg")
-                target_image = opened(self.root / "images" / f"{self.triplets[index]['target']}.jpg")
-                return reference_image, target_image, image_captions
-            if self.split == "val":
-                return reference_name, self.triplets[index]["target"], image_captions
-            return reference_name, opened(self.root / "images" / f"{reference_name}.jpg"), image_captions
-        image_name = self.image_names[index]
-        return image_name, opened(self.root / "images" / f"{image_name}.jpg")
-
-    def __len__(self):
-        return len(self.triplets) if self.mode == "relative" else len(self.image_names)
-
-
-class CIRCOReader:
-    """miccunifi/CIRCO CIRCODataset."""
-
-    max_num_gts = 23
-
-    def __init__(self, data_path: Path, split: str, mode: str):
-        self.split, self.mode = split, mode
-        with open(data_path / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json") as f:
-            imgs_info = json.load(f)
-        self.img_paths = [data_path / "COCO2017_unlabeled" / "unlabeled2017" / i["file_name"] for i in imgs_info["images"]]
-        self.img_ids = [i["id"] for i in imgs_info["images"]]
-        self.img_ids_indexes_map = {str(img_id): i for i, img_id in enumerate(self.img_ids)}
-        with open(data_path / "annotations" / f"{split}.json") as f:
-            self.annotations: list[dict] = json.load(f)
-
-    def __getitem__(self, index) -> dict:
-        if self.mode == "relative":
-            a = self.annotations[index]
-            reference_img_id = str(a["reference_img_id"])
-            reference_img = opened(self.img_paths[self.img_ids_indexes_map[reference_img_id]])
-            out = {"reference_img": reference_img, "reference_imd_id": reference_img_id,
-                   "relative_caption": a["relative_caption"], "shared_concept": a["shared_concept"],
-                   "query_id": str(a["id"])}
-            if self.split == "val":
-                target_img_id = str(a["target_img_id"])
-                gt_img_ids = [str(x) for x in a["gt_img_ids"]]
-                out["target_img"] = opened(self.img_paths[self.img_ids_indexes_map[target_img_id]])
-                gt_img_ids += [""] * (self.max_num_gts - len(gt_img_ids))
-                out.update(target_img_id=target_img_id, gt_img_ids=gt_img_ids)
-            return out
-        return {"img": opened(self.img_paths[index]), "img_id": str(self.img_ids[index])}
-
-    def __len__(self):
-        return len(self.annotations) if self.mode == "relative" else len(self.img_ids)
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +33,8 @@ def exported(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
 def test_cirr_export_loads_with_clip4cir_logic(exported):
     out, df = exported
     for split, name in SPLIT_CIRR.items():
-        rel = CIRRReader(out, name, "relative")
-        classic = CIRRReader(out, name, "classic")
+        rel = CIRRDataset(out, name, "relative")
+        classic = CIRRDataset(out, name, "classic")
         sub = df.filter(pl.col("split") == split)
         assert len(rel) == sub.height > 0
         items = [rel[i] for i in range(len(rel))]
@@ -165,8 +60,8 @@ def test_fashioniq_export_loads_with_clip4cir_logic(exported):
     assert set(mapping) == set(df["ref_obj"]) and set(mapping.values()) <= set(cats)
     for split in ("train", "val", "test"):
         present = [c for c in cats if (root / "captions" / f"cap.{c}.{split}.json").exists()]
-        rel = FashionIQReader(root, split, present, "relative")
-        classic = FashionIQReader(root, split, present, "classic")
+        rel = FashionIQDataset(root, split, present, "relative")
+        classic = FashionIQDataset(root, split, present, "classic")
         assert len(rel) == df.filter(pl.col("split") == split).height
         names = {classic[i][0] for i in range(len(classic))}
         for i in range(len(rel)):
@@ -180,10 +75,10 @@ def test_fashioniq_export_loads_with_clip4cir_logic(exported):
 def test_circo_export_loads_with_circo_logic(exported):
     out, df = exported
     ids = json.loads((out / "circo" / "image_ids.json").read_text())
-    classic = CIRCOReader(out / "circo", "val", "classic")
+    classic = CIRCODataset(out / "circo", "val", "classic")
     assert len(classic) == len(ids) and all(classic[i]["img"] for i in range(len(classic)))
     for split in ("val", "test"):
-        rel = CIRCOReader(out / "circo", split, "relative")
+        rel = CIRCODataset(out / "circo", split, "relative")
         sub = df.filter(pl.col("split") == split)
         assert len(rel) == sub.height > 0
         for i, r in enumerate(sub.iter_rows(named=True)):
