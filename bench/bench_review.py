@@ -11,8 +11,9 @@ database connection is opened before the clock starts; peak RSS of that process 
   written with ``open().write()``, then ``dataset.add_samples([fo.Sample(...), ...])``;
 * peer loop: the same extraction, then ``dataset.add_sample(fo.Sample(...))`` per sample.
 
-Before every run the parent times a plain create-write-close loop of 2,000 files in the media
-folder: on a shared disk, file creation speed swings 30-fold with other processes' fsyncs,
+Before every run the parent flushes the page cache to disk (``os.sync()``: the previous run's
+media and their deletion are written back, so no run pays for another's writeback, whatever the
+order), then times a plain create-write-close loop of 2,000 files in the media folder: on a shared disk, file creation speed swings 30-fold with other processes' fsyncs,
 and every tool here must create one file per image, so that rate is reported beside the time.
 
 Media go to tmpfs (``/dev/shm``) and to disk (the cache folder, where `curate review` puts
@@ -165,7 +166,9 @@ def create_rate(root: Path, n: int = 2000) -> float:
 
 def run_child(tool: str, folder: Path, media: Path, name: str) -> dict:
     media.parent.mkdir(parents=True, exist_ok=True)
+    os.sync()  # the previous run's media (and their deletion) written back: no run pays for another's
     rate = create_rate(media.parent)
+    os.sync()  # ... nor for the probe's
     load = os.getloadavg()[0]
     proc = subprocess.Popen([sys.executable, __file__, "--child", tool, "--folder", str(folder), "--media-dir",
                              str(media), "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
