@@ -11,10 +11,13 @@ database connection is opened before the clock starts; peak RSS of that process 
   written with ``open().write()``, then ``dataset.add_samples([fo.Sample(...), ...])``;
 * peer loop: the same extraction, then ``dataset.add_sample(fo.Sample(...))`` per sample.
 
-Before every run the parent flushes the page cache to disk (``os.sync()``: the previous run's
-media and their deletion are written back, so no run pays for another's writeback, whatever the
-order), then times a plain create-write-close loop of 2,000 files in the media folder: on a shared disk, file creation speed swings 30-fold with other processes' fsyncs,
-and every tool here must create one file per image, so that rate is reported beside the time.
+Before every run the parent lets the disk settle: it flushes (``os.sync()``) and times a plain
+create-write-close loop of 500 files in the media folder, every 2 s, until files are created at
+10,000/s or more (at most 90 s; the wait and the last rate are reported). The previous run's
+media deletion and the FiftyOne database's checkpoints (same disk) otherwise stall the next run's
+file creation, whichever tool it is. On a shared disk file creation speed swings 30-fold with
+other processes' fsyncs, and every tool here must create one file per image, so that rate is
+reported beside the time.
 
 Media go to tmpfs (``/dev/shm``) and to disk (the cache folder, where `curate review` puts
 them by default; ``disk:/folder`` for another place): file creation costs differ by an order of
@@ -164,11 +167,30 @@ def create_rate(root: Path, n: int = 2000) -> float:
     return round(rate)
 
 
+SETTLED_RATE = 10_000  # file creates/s a quiet disk gives easily (tmpfs: ~100k; this VM's disk, quiet: 20-50k)
+MAX_SETTLE_S = 90.0
+
+
+def settle(root: Path) -> tuple[float, float]:
+    """Wait (at most MAX_SETTLE_S) until file creation in ``root`` is quick again; returns (rate, seconds waited).
+
+    The previous run's media deletion and the FiftyOne database's own checkpoints (its folder is on
+    the same disk) keep a disk busy for a while after a run, and file creation stalls behind them:
+    without waiting, whichever tool runs next pays for the one before it."""
+    t0 = time.perf_counter()
+    while True:
+        os.sync()  # the previous run's media (and their deletion) written back
+        rate = create_rate(root, n=500)
+        waited = time.perf_counter() - t0
+        if rate >= SETTLED_RATE or waited >= MAX_SETTLE_S:
+            os.sync()  # ... and the probe's
+            return rate, round(waited, 1)
+        time.sleep(2.0)
+
+
 def run_child(tool: str, folder: Path, media: Path, name: str) -> dict:
     media.parent.mkdir(parents=True, exist_ok=True)
-    os.sync()  # the previous run's media (and their deletion) written back: no run pays for another's
-    rate = create_rate(media.parent)
-    os.sync()  # ... nor for the probe's
+    rate, waited = settle(media.parent)
     load = os.getloadavg()[0]
     proc = subprocess.Popen([sys.executable, __file__, "--child", tool, "--folder", str(folder), "--media-dir",
                              str(media), "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -179,6 +201,7 @@ def run_child(tool: str, folder: Path, media: Path, name: str) -> dict:
     res = json.loads(line[len("RESULT "):])
     res["load_before"], res["load_after"] = round(load, 2), round(os.getloadavg()[0], 2)
     res["file_creates_per_s_before"] = rate
+    res["settle_wait_s"] = waited
     return res
 
 
@@ -210,6 +233,7 @@ def summarise(runs: dict[str, dict[str, list[dict]]], n: int) -> dict:
                 "peak_rss_mb_median": statistics.median(r["peak_rss_mb"] for r in rs if r["peak_rss_mb"]),
                 "load": [(r["load_before"], r["load_after"]) for r in rs],
                 "file_creates_per_s": [r["file_creates_per_s_before"] for r in rs],
+                "settle_wait_s": [r.get("settle_wait_s", 0.0) for r in rs],
                 "phases_median": {p: round(statistics.median(r["phases"][p] for r in rs), 3)
                                   for p in rs[0]["phases"]}}
             for t, rs in by_tool.items()}
@@ -248,14 +272,15 @@ def markdown(result: dict) -> str:
     for kind in result["media"]:
         r = result["results"][kind]
         lines += [f"## media on {kind} ({result['media'][kind]})", "",
-                  "| tool | median s | samples/s | peak RSS MB | runs (s) | load before/after | file creates/s before |",
+                  "| tool | median s | samples/s | peak RSS MB | runs (s) | load before/after | file creates/s before "
+                  "(settle wait s) |",
                   "|---|---:|---:|---:|---|---|---|"]
         for t in TOOLS:
             x = r[t]
             lines.append(f"| {t} | {x['median_seconds']:.2f} | {x['samples_per_s']:,.0f} | "
                          f"{x['peak_rss_mb_median']:.0f} | {', '.join(f'{v:.2f}' for v in x['runs_seconds'])} | "
                          f"{'; '.join(f'{a}/{b}' for a, b in x['load'])} | "
-                         f"{', '.join(f'{v:,}' for v in x['file_creates_per_s'])} |")
+                         f"{', '.join(f'{v:,} ({w:g})' for v, w in zip(x['file_creates_per_s'], x['settle_wait_s'], strict=True))} |")
         lines += ["", f"ours vs batched `add_samples`: **{fmt_ratio(r['ratio_vs_batched'])}**; vs the `add_sample` "
                   f"loop: **{fmt_ratio(r['ratio_vs_loop'])}**. Our phases (median s): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in r["ours"]["phases_median"].items())
@@ -306,7 +331,8 @@ def main() -> None:
                     runs[kind][tool].append(res)
                     print(f"{kind} rep {rep} {tool}: {res['seconds']:.2f} s, {res['peak_rss_mb']} MB RSS, "
                           f"load {res['load_before']}->{res['load_after']}, "
-                          f"{res['file_creates_per_s_before']:,} file creates/s before", flush=True)
+                          f"{res['file_creates_per_s_before']:,} file creates/s before (after {res['settle_wait_s']} s)",
+                          flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
         for root in roots.values():
