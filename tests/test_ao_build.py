@@ -259,3 +259,21 @@ def test_kill_9_in_each_stage_then_rerun_gives_identical_manifest(tmp_path, smal
     assert (out / "manifest.parquet").read_bytes() == (ref / "manifest.parquet").read_bytes()
     for shard in sorted((ref / "shards").glob("*.tar")):
         assert (out / "shards" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_download_failures_group_by_cause_and_a_dead_list_is_one_short_error(tmp_path):
+    """img2dataset's messages name the URL; grouped by cause, 40 dead URLs are two reasons, and a URL
+    list where nothing downloads fails with one short line (not every URL's message)."""
+    from builders.imagenet_ao.pool import failure_reason, ingest_pool
+    from curate.errors import CurateError
+
+    assert failure_reason("unknown url type: '/images/a.jpg'") == failure_reason("unknown url type: '/b/c.jpg'")
+    assert failure_reason("<urlopen error http://x.org/1.jpg refused>") == "<urlopen error <url> refused>"
+    assert failure_reason("HTTP Error 404: Not Found") == "HTTP Error 404: Not Found"
+    urls = [f"/images/pool_{i:04d}.jpg" for i in range(20)] + [f"http://127.0.0.1:1/{i}.jpg" for i in range(20)]
+    pl.DataFrame({"url": urls}).write_parquet(tmp_path / "urls.parquet")
+    with pytest.raises(CurateError) as e:
+        ingest_pool(str(tmp_path / "urls.parquet"), tmp_path / "pool", image_size=64, workers=1)
+    msg = str(e.value)
+    assert "downloaded no image" in msg and "40 URLs, 0 downloaded" in msg and len(msg) < 800, msg
+    assert "20 x unknown url type: '…'" in msg

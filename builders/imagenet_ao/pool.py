@@ -163,16 +163,37 @@ def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: i
     return sorted(out.glob("*.tar"))
 
 
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.I)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def failure_reason(message: str) -> str:
+    """img2dataset's error message with the URL (or the path it quotes) taken out, so that failures
+    group by cause: ``unknown url type: '/a.jpg'`` and ``... '/b.jpg'`` are one reason."""
+    return _QUOTED.sub("'…'", _URL.sub("<url>", message)).strip()
+
+
 def download_stats(out: Path) -> dict[str, Any]:
-    """img2dataset's per-shard ``*_stats.json`` merged: successes, failures, and failures by reason."""
+    """img2dataset's per-shard ``*_stats.json`` merged: successes, failures, and failures by reason
+    (grouped by :func:`failure_reason`)."""
     total = Stats({"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0})
     for p in sorted(out.glob("*_stats.json")):
         s = json.loads(p.read_text())
         total += {k: int(s.get(k, 0)) for k in ("count", "successes", "failed_to_download", "failed_to_resize")}
-        total += {"failures_by_reason": {why: int(n) for why, n in s.get("status_dict", {}).items() if why != "success"}}
+        for why, n in s.get("status_dict", {}).items():
+            if why != "success":
+                total += {"failures_by_reason": {failure_reason(why): int(n)}}
     total.setdefault("failures_by_reason", {})
     total["failures_by_reason"] = dict(sorted(total["failures_by_reason"].items()))
     return dict(total)
+
+
+def failure_summary(stats: dict[str, Any], most: int = 3) -> str:
+    """One line: how many URLs failed and the commonest reasons."""
+    reasons = sorted(stats.get("failures_by_reason", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = "; ".join(f"{n:,} x {why[:120]}" for why, n in reasons[:most])
+    more = f"; {len(reasons) - most} more reason(s) in the stats" if len(reasons) > most else ""
+    return f"{stats.get('count', 0):,} URLs, {stats.get('successes', 0):,} downloaded" + (f": {shown}{more}" if shown else "")
 
 
 def ingest_pool(spec: str, out: Path, executor=None, image_size: int = 256, workers: int = 1,
@@ -197,7 +218,7 @@ def ingest_pool(spec: str, out: Path, executor=None, image_size: int = 256, work
                      "img2dataset before retrieval (its JSON fields: url, key, status, sizes ...).")
     stats = download_stats(out)
     if not shards or stats["successes"] == 0:
-        raise CurateError(f"img2dataset downloaded no image from the URL list ({stats})", where=spec,
+        raise CurateError(f"img2dataset downloaded no image from the URL list ({failure_summary(stats)})", where=spec,
                           fix="check the URLs are reachable from this machine")
     log.info("pool download: %d ok, %d failed to download, %d failed to resize", stats["successes"],
              stats["failed_to_download"], stats["failed_to_resize"])
