@@ -52,9 +52,9 @@ class Encoder(ABC):
     device: str = "cpu"
 
     # -- to implement --------------------------------------------------------------------
+    @abstractmethod
     def preprocess(self, image: Any) -> Any:
         """One PIL image -> a CHW float tensor ready for the image tower."""
-        raise NotImplementedError
 
     @abstractmethod
     def _forward_images(self, batch: Any) -> Any:
@@ -211,10 +211,13 @@ class OpenClipEncoder(Encoder):
     def __init__(self, spec: str, model: Any, preprocess: Callable, tokenizer: Callable, device: str):
         self.spec = spec
         self.model = model.eval().to(device)
-        self.preprocess = preprocess  # type: ignore[method-assign]
+        self.transform = preprocess
         self.tokenizer = tokenizer
         self.device = device
         self.dim = int(_open_clip_dim(model))
+
+    def preprocess(self, image: Any) -> Any:
+        return self.transform(image)
 
     def _forward_images(self, batch: Any) -> Any:
         return self.model.encode_image(batch)
