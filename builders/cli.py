@@ -106,13 +106,15 @@ def _report(res, cfg) -> None:
 
     from curate.log import console
 
+    from .imagenet_ao.truth import pct
+
     table = Table(title="ImageNet-AO funnel" + (" (label precision and rare-pair recall against the ground truth)"
                                                 if res.truth else ""))
     cols = ("stage", "kept", "removed", *(("precision", "recall") if res.truth else ()), "note")
     for c in cols:
         table.add_column(c, justify="left" if c in ("stage", "note") else "right")
     for f, m in zip(res.funnel, res.truth or [None] * len(res.funnel), strict=True):
-        measured = (_pct(m and m["precision"]), _pct(m and m["recall"])) if res.truth else ()
+        measured = (pct(m and m["precision"]), pct(m and m["recall"])) if res.truth else ()
         table.add_row(f.stage, f"{f.count:,}", f"{f.removed:,}", *measured, f.note)
     console.print(table)
     if res.calibration:
@@ -123,10 +125,6 @@ def _report(res, cfg) -> None:
         console.print(f"next: `curate eval zeroshot {res.out}` (rare pairs vs {cfg.reference})")
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f} %"
-
-
 def _print_calibration(cal: dict) -> None:
     """The precision/yield curve of the chosen attribute margin, and the chosen point."""
     from rich.table import Table
@@ -134,6 +132,7 @@ def _print_calibration(cal: dict) -> None:
     from curate.log import console
 
     from .imagenet_ao.calibrate import curve_rows, margin_label, summary_line
+    from .imagenet_ao.truth import pct
 
     table = Table(title="calibration: precision / yield over the composition-score threshold "
                         f"(attribute margin {margin_label(cal['chosen']['margin'])})")
@@ -141,7 +140,7 @@ def _print_calibration(cal: dict) -> None:
         table.add_column(c, justify="right")
     for p in curve_rows(cal):
         chosen = p["comp"] == cal["chosen"]["comp"]
-        table.add_row(f"{p['comp']:g}", f"{p['passing']:,}", _pct(p["precision"]), f"{p['dataset_images']:,}",
-                      str(p["dataset_pairs"]), _pct(p["dataset_precision"]), "[bold]chosen[/]" if chosen else "")
+        table.add_row(f"{p['comp']:g}", f"{p['passing']:,}", pct(p["precision"]), f"{p['dataset_images']:,}",
+                      str(p["dataset_pairs"]), pct(p["dataset_precision"]), "[bold]chosen[/]" if chosen else "")
     console.print(table)
     console.print(f"calibration: {summary_line(cal)}")

@@ -22,7 +22,6 @@ other) off, 0 and quantiles of the margins; composition thresholds at quantiles 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,7 +30,7 @@ import polars as pl
 
 from curate.errors import CurateError
 
-from .truth import stratified_share
+from .truth import pct, stratified_share
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +141,6 @@ def margin_label(m: float | None) -> str:
     return "off" if m is None else f">= {m:g}"
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f} %"
-
-
 def curve_rows(cal: dict[str, Any], rows: int = 10) -> list[dict[str, Any]]:
     """The chosen attribute margin's curve over composition thresholds (about ``rows`` of them, the
     chosen one included), for the console and the card."""
@@ -162,8 +157,8 @@ def curve_markdown(cal: dict[str, Any]) -> str:
     chosen = cal["chosen"]
     for p in curve_rows(cal):
         mark = " **(chosen)**" if p["comp"] == chosen["comp"] else ""
-        lines.append(f"| {margin_label(p['margin'])} | {p['comp']:g}{mark} | {p['passing']:,} | {_pct(p['precision'])} | "
-                     f"{p['dataset_images']:,} | {p['dataset_pairs']} | {_pct(p['dataset_precision'])} |")
+        lines.append(f"| {margin_label(p['margin'])} | {p['comp']:g}{mark} | {p['passing']:,} | {pct(p['precision'])} | "
+                     f"{p['dataset_images']:,} | {p['dataset_pairs']} | {pct(p['dataset_precision'])} |")
     return "\n".join(lines)
 
 
@@ -172,6 +167,6 @@ def summary_line(cal: dict[str, Any]) -> str:
     reached = "reached" if cal["reached"] else "NOT reached (the most precise point is used)"
     return (f"target precision {cal['target_precision']:.0%} {reached}: attribute margin {margin_label(c['margin'])}, "
             f"composition score >= {c['comp']:g}: estimated {c['dataset_images']:,} images in {c['dataset_pairs']} "
-            f"pairs at {_pct(c['dataset_precision'])} (the configured thresholds: {b['dataset_images']:,} images, "
-            f"{b['dataset_pairs']} pairs at {_pct(b['dataset_precision'])}); sample: {cal['sample']['labelled']:,} "
+            f"pairs at {pct(c['dataset_precision'])} (the configured thresholds: {b['dataset_images']:,} images, "
+            f"{b['dataset_pairs']} pairs at {pct(b['dataset_precision'])}); sample: {cal['sample']['labelled']:,} "
             f"labelled candidates, {cal['sample']['positives']:,} positives")

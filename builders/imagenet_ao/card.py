@@ -27,6 +27,8 @@ from curate.fsutil import atomic_open, read_json, write_text
 from curate.hub import card_header, fields_markdown, loading_snippet, scan_shards
 from curate.shards import iter_keys
 
+from .truth import pct
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -255,10 +257,6 @@ def contact_sheet(out: Path, manifest: pl.DataFrame, split: str, path: Path) -> 
 
 
 # -- text ----------------------------------------------------------------------------------
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f} %"
-
-
 def funnel_markdown(funnel: list[dict]) -> str:
     """The funnel table; with ground truth, two more columns: precision and recall (— where a row
     does not count images)."""
@@ -269,8 +267,8 @@ def funnel_markdown(funnel: list[dict]) -> str:
         return "\n".join(lines)
     lines = ["| stage | kept | removed | precision | recall | note |", "|---|---:|---:|---:|---:|---|"]
     for f in funnel:
-        lines.append(f"| {f['stage']} | {f['count']:,} | {f['removed']:,} | {_pct(f.get('precision'))} | "
-                     f"{_pct(f.get('recall'))} | {f['note']} |")
+        lines.append(f"| {f['stage']} | {f['count']:,} | {f['removed']:,} | {pct(f.get('precision'))} | "
+                     f"{pct(f.get('recall'))} | {f['note']} |")
     return "\n".join(lines)
 
 
@@ -283,8 +281,8 @@ def truth_markdown(info: dict) -> str:
     return (f"""Ground truth: {t['source']} ({t['images_with_truth']:,} images with truth"""
             + (f"; {missing:,} of its keys are not among the build's images" if missing else "") + f""").
 **Precision**: {t['definitions']['precision']}. **Recall**: {t['definitions']['recall']}
-({t['rare_units']:,} such images). The dataset: precision {_pct(t['precision'])}, rare-pair images
-{_pct(t['rare_precision'])}, recall {_pct(t['recall'])}. Rows without a value do not count images.
+({t['rare_units']:,} such images). The dataset: precision {pct(t['precision'])}, rare-pair images
+{pct(t['rare_precision'])}, recall {pct(t['recall'])}. Rows without a value do not count images.
 
 ![precision and recall per stage](funnel_truth.png)
 """)

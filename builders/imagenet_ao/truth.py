@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,8 @@ def evaluate_funnel(record: pl.DataFrame, n_filter_rows: int, written: pl.DataFr
     out = written.select("source", "src_key", "attr", "obj", "rare")
     final = stage_metrics(out.with_columns(truth.verdicts(out)), units)
     return cands, after, final
+
+
+def pct(x: float | None) -> str:
+    """A share as the funnel tables print it: ``72.0 %``, or ``—`` where there is no value."""
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f} %"
