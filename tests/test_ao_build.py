@@ -277,3 +277,38 @@ def test_download_failures_group_by_cause_and_a_dead_list_is_one_short_error(tmp
     msg = str(e.value)
     assert "downloaded no image" in msg and "40 URLs, 0 downloaded" in msg and len(msg) < 800, msg
     assert "20 x unknown url type: '…'" in msg
+
+
+def test_pool_download_writes_what_img2dataset_download_writes(tmp_path, small_world):
+    """Our distribution of img2dataset's work (forked workers, no logger process) writes exactly what
+    ``img2dataset.download`` writes with the same options: the same samples, byte for byte, over
+    two shards and two processes. A JSON Lines URL list downloads too (with spawned workers), and a
+    rerun keeps the shards it finished (img2dataset's incremental mode)."""
+    from img2dataset import download
+
+    from builders.imagenet_ao.pool import download_urls, img2dataset_options
+    from builders.synthetic.httpserver import serve_folder, write_url_list
+    from curate.shards import iter_shard
+
+    def content(out: Path) -> dict:
+        return {(tar.name, s["__key__"], ext): v for tar in sorted(out.glob("*.tar"))
+                for s in iter_shard(tar) for ext, v in s.items() if not ext.startswith("__")}
+
+    pool = small_world.path / "pool"
+    with serve_folder(pool) as base:
+        urls, _ = write_url_list(pool, base, tmp_path)
+        lst = pl.concat([pl.read_parquet(urls).select("url", "caption")] * 3).head(1200)  # the pool has 400
+        lst.write_parquet(tmp_path / "u.parquet")
+        lst.write_ndjson(tmp_path / "u.jsonl")
+        ours = download_urls(tmp_path / "u.parquet", tmp_path / "ours", image_size=64, processes=2, threads=8)
+        download(**img2dataset_options(tmp_path / "u.parquet", tmp_path / "peer", 64, 2, 8, 10, "url", "caption"))
+        download_urls(tmp_path / "u.jsonl", tmp_path / "jsonl", image_size=64, processes=1, threads=8,
+                      start_method="spawn")  # img2dataset's own way of starting workers, where fork is missing
+        first = {p: p.stat().st_mtime_ns for p in ours}
+        assert download_urls(tmp_path / "u.parquet", tmp_path / "ours", image_size=64, processes=2) == ours
+    assert [p.name for p in ours] == ["00000.tar", "00001.tar"]
+    mine, peer = content(tmp_path / "ours"), content(tmp_path / "peer")
+    assert len(mine) == 1200 * 3 and mine == peer  # jpg + json + txt per sample
+    assert content(tmp_path / "jsonl") == mine
+    assert {p: p.stat().st_mtime_ns for p in ours} == first  # nothing downloaded again
+    assert not (tmp_path / "ours" / "_tmp").exists()
