@@ -113,7 +113,9 @@ def push(dataset: Path, name: str | None, media_dir: Path | None, database_uri: 
                         ("left the manifest", stale), ("total", rep.total),
                         ("skipped (image missing)", len(rep.missing)), ("with aux attributes", rep.aux_matched),
                         ("embeddings", "yes" if rep.embeddings else "no"), ("near-duplicate groups", rep.dup_groups),
-                        ("saved views", len(rep.views)), ("samples/s", f"{rep.rate:.0f}")]:
+                        ("saved views", len(rep.views)), ("samples/s", f"{rep.rate:.0f}"),
+                        ("seconds extracting images / in all",
+                         f"{rep.phases.get('extract', 0.0):.1f} / {sum(rep.phases.values()):.1f}")]:
         table.add_row(what, str(value))
     tdir = triplets or (dataset / "triplets")
     if triplets is not None or (tdir / "triplets.parquet").exists():

@@ -11,13 +11,15 @@ database connection is opened before the clock starts; peak RSS of that process 
   written with ``open().write()``, then ``dataset.add_samples([fo.Sample(...), ...])``;
 * peer loop: the same extraction, then ``dataset.add_sample(fo.Sample(...))`` per sample.
 
-Before every run the parent lets the disk settle: it flushes (``os.sync()``) and times a plain
-create-write-close loop of 500 files in the media folder, every 2 s, until files are created at
-10,000/s or more (at most 90 s; the wait and the last rate are reported). The previous run's
-media deletion and the FiftyOne database's checkpoints (same disk) otherwise stall the next run's
-file creation, whichever tool it is. On a shared disk file creation speed swings 30-fold with
-other processes' fsyncs, and every tool here must create one file per image, so that rate is
-reported beside the time.
+Nothing is deleted until every run is done: each run writes its media to a folder of its own
+and leaves its FiftyOne dataset in place. This VM's disk is mounted with online ``discard``, and
+deleting a run's 10,000 files makes file creation 10-20x slower for the next minute or so
+(measured with a plain create-write-close loop: 45,000 files/s on a quiet disk, 2,200-3,600/s
+after deleting 10,000 files; hard links, which need no new inode, stay at 70,000/s), so
+whichever tool ran after a deletion paid for it. Before every run the parent flushes
+(``os.sync()``) and times a create-write-close loop of 500 files (kept, like the media) in the
+media folder, every 2 s until files are created at 10,000/s or more (at most 90 s); the wait and
+the last rate are reported beside the time.
 
 Media go to tmpfs (``/dev/shm``) and to disk (the cache folder, where `curate review` puts
 them by default; ``disk:/folder`` for another place): file creation costs differ by an order of
@@ -138,13 +140,11 @@ def run_peer(folder: Path, name: str, media: Path, batched: bool) -> dict:
 def child(tool: str, folder: Path, media: Path, name: str) -> None:
     from annotations.database import connect
 
-    fo = connect()  # database up before the clock starts
-    try:
-        res = run_ours(folder, name, media) if tool == "ours" else run_peer(folder, name, media,
-                                                                            batched=tool == "peer_batched")
-    finally:
-        if fo.dataset_exists(name):
-            fo.delete_dataset(name)
+    connect()  # database up before the clock starts
+    # the dataset is left in place (dropping its collections frees disk blocks: see the docstring);
+    # the parent deletes every run's dataset after the last run
+    res = run_ours(folder, name, media) if tool == "ours" else run_peer(folder, name, media,
+                                                                        batched=tool == "peer_batched")
     import resource
 
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
@@ -155,16 +155,14 @@ def child(tool: str, folder: Path, media: Path, name: str) -> None:
 def create_rate(root: Path, n: int = 2000) -> float:
     """Files/s a plain create-write-close loop gets in ``root`` right now (the disk's state: other
     processes' fsyncs can slow file creation on a shared disk 30-fold)."""
-    folder = Path(tempfile.mkdtemp(prefix="calibrate-", dir=root))
+    folder = Path(tempfile.mkdtemp(prefix="probe-", dir=root))  # kept until the end, like the media
     data = os.urandom(2500)
     t = time.perf_counter()
     for i in range(n):
         fd = os.open(folder / f"{i}.jpg", os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, data)
         os.close(fd)
-    rate = n / (time.perf_counter() - t)
-    shutil.rmtree(folder, ignore_errors=True)
-    return round(rate)
+    return round(n / (time.perf_counter() - t))
 
 
 SETTLED_RATE = 10_000  # file creates/s a quiet disk gives easily (tmpfs: ~100k; this VM's disk, quiet: 20-50k)
@@ -174,9 +172,9 @@ MAX_SETTLE_S = 90.0
 def settle(root: Path) -> tuple[float, float]:
     """Wait (at most MAX_SETTLE_S) until file creation in ``root`` is quick again; returns (rate, seconds waited).
 
-    The previous run's media deletion and the FiftyOne database's own checkpoints (its folder is on
-    the same disk) keep a disk busy for a while after a run, and file creation stalls behind them:
-    without waiting, whichever tool runs next pays for the one before it."""
+    The previous run's writes and the FiftyOne database's own checkpoints (its folder is on the same
+    disk) keep a disk busy for a while after a run, and file creation stalls behind them: without
+    waiting, whichever tool runs next pays for the one before it."""
     t0 = time.perf_counter()
     while True:
         os.sync()  # the previous run's media (and their deletion) written back
@@ -268,7 +266,11 @@ def markdown(result: dict) -> str:
     lines = [f"# review ingest into FiftyOne ({result['n']:,} samples, {m['cores']} cores, {m['date']})", "",
              f"Median of {result['reps']} runs per tool, rotating order, each in its own process. "
              f"Load average (1 min) before the first run {result['load_start']}, after the last "
-             f"{result['load_end']} (shared machine).", ""]
+             f"{result['load_end']} (shared machine). Every run writes its media to a folder of its own and nothing "
+             "is deleted before the last run: this VM's disk is mounted with online discard, and right after 10,000 "
+             "files are deleted it creates files 10-20x slower for a minute or so (2,200-3,600/s instead of "
+             "45,000/s), which made whichever tool ran next pay for the deletion (2.4x instead of 8.7x in an "
+             "earlier run that deleted between runs). Each side extracts the same 10,000 images to files.", ""]
     for kind in result["media"]:
         r = result["results"][kind]
         lines += [f"## media on {kind} ({result['media'][kind]})", "",
@@ -300,6 +302,7 @@ def main() -> None:
     ap.add_argument("--folder", type=Path)
     ap.add_argument("--media-dir", type=Path)
     ap.add_argument("--name")
+    ap.add_argument("--cleanup", metavar="TAG", help="delete the FiftyOne datasets of the runs tagged TAG")
     args = ap.parse_args()
     os.environ.setdefault("CURATE_NO_PROGRESS", "1")
     for k, v in {"FIFTYONE_DO_NOT_TRACK": "true", "FIFTYONE_DATABASE_VALIDATION": "false"}.items():
@@ -307,19 +310,29 @@ def main() -> None:
     if args.child:
         child(args.child, args.folder, args.media_dir, args.name)
         return
+    if args.cleanup:
+        from annotations.database import connect
+
+        fo = connect()
+        for name in fo.list_datasets():
+            if name.startswith("bench-") and name.endswith(f"-{args.cleanup}"):
+                fo.delete_dataset(name)
+        return
     from curate.paths import cache_dir
 
     cache_dir().mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="bench-review-", dir=cache_dir()))
-    os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="bench-review-db-"))
+    db_dir = None
+    if "FIFTYONE_DATABASE_DIR" not in os.environ:  # a database of its own, removed at the end
+        db_dir = os.environ["FIFTYONE_DATABASE_DIR"] = tempfile.mkdtemp(prefix="bench-review-db-")
     load_start = round(os.getloadavg()[0], 2)
     roots = media_roots([k.strip() for k in args.media.split(",") if k.strip()], base)
     runs: dict[str, dict[str, list[dict]]] = {}
+    tag = str(int(time.time()))
     try:
         t = time.perf_counter()
         folder = make_dataset(base / "bench-ds", args.n)
         print(f"made {args.n} samples in {time.perf_counter() - t:.1f} s", flush=True)
-        tag = str(int(time.time()))
         for kind, root in roots.items():
             runs[kind] = {t: [] for t in TOOLS}
             for rep in range(args.reps):
@@ -327,16 +340,18 @@ def main() -> None:
                 for tool in order:
                     media = root / f"{tool}-{rep}"
                     res = run_child(tool, folder, media, f"bench-{tool}-{kind}-{rep}-{tag}")
-                    shutil.rmtree(media, ignore_errors=True)
                     runs[kind][tool].append(res)
                     print(f"{kind} rep {rep} {tool}: {res['seconds']:.2f} s, {res['peak_rss_mb']} MB RSS, "
                           f"load {res['load_before']}->{res['load_after']}, "
                           f"{res['file_creates_per_s_before']:,} file creates/s before (after {res['settle_wait_s']} s)",
                           flush=True)
-    finally:
+    finally:  # the deletions, after the last run
+        subprocess.run([sys.executable, __file__, "--cleanup", tag], check=False)
         shutil.rmtree(base, ignore_errors=True)
         for root in roots.values():
             shutil.rmtree(root, ignore_errors=True)
+        if db_dir:
+            shutil.rmtree(db_dir, ignore_errors=True)
     import fiftyone as fo
 
     result = {
