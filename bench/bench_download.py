@@ -49,7 +49,8 @@ from bench.common import (  # noqa: E402
     uptime,
 )
 
-ENV = {**os.environ, "CURATE_NO_PROGRESS": "1"}
+# both sides: no progress bars, and no albumentations version check over the network at import
+ENV = {**os.environ, "CURATE_NO_PROGRESS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
 SERVE = """
 import sys, time
 sys.path.insert(0, {repo!r})

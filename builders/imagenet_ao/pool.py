@@ -191,8 +191,10 @@ def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: i
     logger's do. Resumable as img2dataset's ``incremental`` mode: shards with a stats file are kept.
     ``start_method="spawn"`` is img2dataset's own way (its ``maxtasksperchild=5`` too)."""
     import multiprocessing as mp
+    import os
     import shutil
 
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports it: no network call at run time
     from img2dataset.downloader import Downloader
     from img2dataset.main import arguments_validator
     from img2dataset.reader import Reader
