@@ -277,6 +277,9 @@ def test_download_failures_group_by_cause_and_a_dead_list_is_one_short_error(tmp
     msg = str(e.value)
     assert "downloaded no image" in msg and "40 URLs, 0 downloaded" in msg and len(msg) < 800, msg
     assert "20 x unknown url type: '…'" in msg
+    pl.DataFrame({"url": pl.Series([], dtype=pl.Utf8)}).write_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(CurateError, match="the URL list is empty"):
+        ingest_pool(str(tmp_path / "empty.parquet"), tmp_path / "pool2", image_size=64, workers=1)
 
 
 def test_pool_download_writes_what_img2dataset_download_writes(tmp_path, small_world):

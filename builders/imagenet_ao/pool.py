@@ -127,6 +127,8 @@ def url_list_table(path: Path) -> tuple[Path, str, str | None]:
     url_col = next((c for c in ("url", "URL", "image_url") if c in df.columns), None)
     if url_col is None:
         raise CurateError(f"URL list has no url column; columns found: {df.columns}", where=str(path))
+    if df.height == 0:
+        raise CurateError("the URL list is empty", where=str(path), fix=f"give a list with URLs in column {url_col!r}")
     cap_col = next((c for c in ("caption", "TEXT", "text") if c in df.columns), None)
     return path, url_col, cap_col
 
