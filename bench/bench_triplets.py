@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import resource
 import subprocess
@@ -26,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
 ATTRS = ("red blue green yellow black white striped dotted wooden metal glass plastic furry shiny tiny huge old "
          "new broken folded wet dry frozen burning velvet paper stone golden silver rusty").split()
@@ -111,9 +109,14 @@ def main() -> None:
         "naive_subset": naive, "naive_full_extrapolated_s": naive_full_s,
         "speedup_full": naive_full_s / ours["seconds"], "speedup_subset": naive["seconds"] / ours_sub["seconds"],
         "same_pairs_on_subset": agree,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "date": time.strftime("%Y-%m-%d %H:%M")},
     }
+    sys.path.insert(0, str(ROOT))
+    from bench.common import save, summary_row
+
+    result["summary"] = [summary_row(
+        f"triplet mining vs naive pairwise ({args.n:,} captions, naive extrapolated from {args.subset:,})",
+        f"{ours['seconds']:.1f} s, {ours['peak_rss_mb']:,.0f} MB", f"{naive_full_s:,.0f} s",
+        result["speedup_full"] if agree else "MISMATCH: pairs differ on the subset")]
     md = "\n".join([
         "# Caption-mode triplet mining: self-join vs naive pairwise",
         "",
@@ -133,10 +136,7 @@ def main() -> None:
         f"Speed-up at {args.n:,} captions: **{result['speedup_full']:,.0f}x** (naive extrapolated / ours); "
         f"on the subset itself {result['speedup_subset']:,.0f}x. Same pairs on the subset: {agree}.",
     ])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_triplets.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "bench_triplets.md").write_text(md + "\n")
-    print(md)
+    save("bench_triplets", result, md)
 
 
 if __name__ == "__main__":
