@@ -187,7 +187,7 @@ def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: i
 
     ``img2dataset.download`` starts its workers and a logger process with ``spawn``: three fresh
     interpreters that each import img2dataset again (webdataset -> torch, wandb, pandas,
-    albumentations: about 2 s of CPU each), which is a third of a 5,000-image download on 2 cores.
+    albumentations: about 2 s of CPU each), about half the CPU time of a 5,000-image download.
     Here the workers are forked (where the platform has fork) after the imports, so they start at
     once; progress and the failure counts come from img2dataset's per-shard ``*_stats.json``, as its
     logger's do. Resumable as img2dataset's ``incremental`` mode: shards with a stats file are kept.
