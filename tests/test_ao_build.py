@@ -315,3 +315,49 @@ def test_pool_download_writes_what_img2dataset_download_writes(tmp_path, small_w
     assert content(tmp_path / "jsonl") == mine
     assert {p: p.stat().st_mtime_ns for p in ours} == first  # nothing downloaded again
     assert not (tmp_path / "ours" / "_tmp").exists()
+
+
+INTERRUPTIBLE = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from builders.imagenet_ao.pool import download_urls
+download_urls(Path({urls!r}), Path({out!r}), image_size=64, processes=1, threads=4)
+"""
+
+
+@pytest.mark.slow
+def test_pool_download_interrupted_then_rerun_downloads_only_the_rest(tmp_path, small_world):
+    """Ctrl-C (SIGINT to the process group) stops a URL download within seconds, with one traceback
+    (the parent's; the workers ignore it); a rerun keeps the shards finished before it and
+    downloads the rest, ending with every URL's sample exactly once."""
+    import signal
+
+    from builders.imagenet_ao.pool import download_urls
+    from builders.synthetic.httpserver import serve_folder, write_url_list
+    from curate.shards import iter_shard
+
+    pool, out = small_world.path / "pool", tmp_path / "out"
+    with serve_folder(pool) as base:
+        urls, _ = write_url_list(pool, base, tmp_path)
+        pl.concat([pl.read_parquet(urls).select("url", "caption")] * 8).write_parquet(tmp_path / "u.parquet")  # 4 shards
+        code = INTERRUPTIBLE.format(repo=str(Path(__file__).resolve().parent.parent), urls=str(tmp_path / "u.parquet"),
+                                    out=str(out))
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+        t0 = time.time()
+        while not list(out.glob("*_stats.json")) and p.poll() is None and time.time() - t0 < 120:
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGINT)
+        t1 = time.time()
+        _, err = p.communicate(timeout=60)
+        assert p.returncode != 0 and time.time() - t1 < 15, err[-2000:]
+        assert "PoolWorker" not in err and err.count("KeyboardInterrupt") == 1, err[-3000:]  # the parent's only
+        kept = {s.name: s.stat().st_mtime_ns for s in out.glob("*.tar") if (out / f"{s.stem}_stats.json").exists()}
+        assert 1 <= len(kept) < 4
+        shards = download_urls(tmp_path / "u.parquet", out, image_size=64, processes=1, threads=8)
+    assert len(shards) == 4
+    assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept  # not downloaded again
+    keys = [s["__key__"] for tar in shards for s in iter_shard(tar, exts=())]
+    assert len(keys) == len(set(keys)) == 3200

@@ -180,6 +180,12 @@ def default_start_method() -> str:
     return "fork"
 
 
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: int = 1, threads: int = 16,
                   timeout: int = 10, start_method: str | None = None) -> list[Path]:
     """Download, resize and shard a URL list with img2dataset's own reader, resizer, downloader and
@@ -233,7 +239,9 @@ def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: i
     # forked workers are made once, before any progress thread exists; spawned ones are recycled
     # every 5 shards as img2dataset does
     per_child = None if start_method == "fork" else 5
-    with mp.get_context(start_method).Pool(processes, maxtasksperchild=per_child) as pool:
+    # Ctrl-C reaches the whole process group: the parent stops the pool (terminate, on leaving the
+    # block); the workers ignore it rather than each printing a traceback. Finished shards are kept.
+    with mp.get_context(start_method).Pool(processes, initializer=_ignore_sigint, maxtasksperchild=per_child) as pool:
         with contextlib.redirect_stdout(io.StringIO()) as said:  # its reader prints what it does
             todo = list(reader)  # img2dataset's reader splits the list into feather files, one per shard
         log.debug("img2dataset reader: %s", said.getvalue().strip())
