@@ -48,6 +48,7 @@ from bench.common import (  # noqa: E402
     summary_row,
     uptime,
 )
+from builders.imagenet_ao.pool import CHUNK, IMG2DATASET_OPTIONS  # noqa: E402
 
 # both sides: no progress bars, and no albumentations version check over the network at import
 ENV = {**os.environ, "CURATE_NO_PROGRESS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -85,13 +86,6 @@ def samples_digest(out: Path) -> tuple[int, str]:
     return n, hashlib.sha256(repr(sorted(members)).encode()).hexdigest()
 
 
-def wrapper_options() -> dict:
-    """The img2dataset options our pool ingestion uses (the constant it builds its call from)."""
-    from builders.imagenet_ao.pool import IMG2DATASET_OPTIONS
-
-    return dict(IMG2DATASET_OPTIONS)
-
-
 def peer_cmd(urls: Path, out: Path, size: int, processes: int, threads: int, per_shard: int,
              same_options: bool) -> list[str]:
     cmd = [str(BIN / "img2dataset"), f"--url_list={urls}", "--input_format=parquet", "--url_col=url",
@@ -102,7 +96,7 @@ def peer_cmd(urls: Path, out: Path, size: int, processes: int, threads: int, per
         named = {"url_list", "input_format", "url_col", "caption_col", "output_format", "output_folder", "image_size",
                  "resize_mode", "processes_count", "thread_count", "number_sample_per_shard", "distributor",
                  "enable_wandb"}
-        for k, v in wrapper_options().items():
+        for k, v in IMG2DATASET_OPTIONS.items():
             if k not in named and v is not None:
                 cmd.append(f"--{k}={json.dumps(v) if isinstance(v, list) else v}")
     return cmd
@@ -122,14 +116,13 @@ def main() -> None:
         from curate.paths import cache_dir
 
         pool = ensure_world(cache_dir() / "bench" / "world-small", scale="small", seed=0).path / "pool"
-    from builders.imagenet_ao.pool import CHUNK
     from builders.synthetic.httpserver import write_url_list
 
     print(uptime(), flush=True)
     server = subprocess.Popen([sys.executable, "-c", SERVE.format(repo=str(REPO), pool=str(pool))],
                               stdout=subprocess.PIPE, text=True)
     result: dict = {"pool": str(pool), "processes": args.processes, "threads": args.threads, "per_shard": CHUNK,
-                    "repeats": args.repeats, "sizes": {}, "wrapper_options": wrapper_options()}
+                    "repeats": args.repeats, "sizes": {}, "wrapper_options": dict(IMG2DATASET_OPTIONS)}
     summary, md_rows = [], []
     try:
         base = server.stdout.readline().strip()  # type: ignore[union-attr]

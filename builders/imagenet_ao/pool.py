@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import multiprocessing as mp
 import re
 import sys
 from pathlib import Path
@@ -172,8 +173,6 @@ def default_start_method() -> str:
     """``fork`` where the platform has it, unless a Ray driver runs in this process (its gRPC threads
     do not survive a fork); ``spawn`` otherwise. The forked workers run only img2dataset's code
     (pyarrow, OpenCV with its pthreads pool, urllib): nothing the parent's torch or polars threads hold."""
-    import multiprocessing as mp
-
     ray = sys.modules.get("ray")
     if "fork" not in mp.get_all_start_methods() or (ray is not None and ray.is_initialized()):
         return "spawn"
@@ -198,7 +197,6 @@ def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: i
     once; progress and the failure counts come from img2dataset's per-shard ``*_stats.json``, as its
     logger's do. Resumable as img2dataset's ``incremental`` mode: shards with a stats file are kept.
     ``start_method="spawn"`` is img2dataset's own way (its ``maxtasksperchild=5`` too)."""
-    import multiprocessing as mp
     import os
     import shutil
 
@@ -229,9 +227,9 @@ def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: i
                       disable_all_reencoding=o["disable_all_reencoding"], min_image_size=o["min_image_size"],
                       max_image_area=o["max_image_area"], max_aspect_ratio=o["max_aspect_ratio"], blurrer=None)
     downloader = Downloader(
-        sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=threads,
+        sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=o["thread_count"],
         save_caption=cap_col is not None, extract_exif=o["extract_exif"], output_folder=o["output_folder"],
-        column_list=reader.column_list, timeout=timeout, number_sample_per_shard=o["number_sample_per_shard"],
+        column_list=reader.column_list, timeout=o["timeout"], number_sample_per_shard=o["number_sample_per_shard"],
         oom_shard_count=o["oom_shard_count"], compute_hash=o["compute_hash"], verify_hash_type=None,
         encode_format=o["encode_format"], retries=o["retries"], user_agent_token=o["user_agent_token"],
         disallowed_header_directives=headers)
