@@ -1,8 +1,12 @@
 """The task ledger and the one stage runner: done markers next to outputs, so every stage resumes.
 
-A task is *done* when its marker ``OUT/.curate/ledger/STAGE/TASK_ID.json`` exists and every
-output it lists exists. The marker is written (atomically) only after the outputs, so a
-kill -9 at any moment loses at most the tasks in flight.
+A task is *done* when its marker ``OUT/.curate/ledger/STAGE/TASK_ID.json`` exists, every
+output it lists exists, and the fingerprint of its inputs it records equals the fingerprint of
+what it would read now (``inputs``: a :func:`curate.fingerprint.fingerprint` of the manifest,
+verdicts, vocabulary, model, upstream outputs, options...). A changed input therefore redoes
+exactly the stages that read it; a stage given no ``inputs`` is done by marker and outputs
+alone. The marker is written (atomically) only after the outputs, so a kill -9 at any moment
+loses at most the tasks in flight.
 
 - ``run_stage`` maps a task function over the not-yet-done tasks with an executor, shows a
   progress bar and returns a summary whose ``stats`` are the tasks' :class:`Stats` summed.
@@ -60,10 +64,21 @@ def _merge(a: Any, b: Any) -> Any:
 
 @dataclass
 class Task:
-    """One unit of work. ``outputs`` are paths relative to the stage's output folder."""
+    """One unit of work. ``outputs`` are paths relative to the stage's output folder; ``inputs`` is
+    the fingerprint of what this task reads beyond the stage's own ``inputs`` (e.g. its shard)."""
 
     id: str
     args: dict[str, Any] = field(default_factory=dict)
+    inputs: str | None = None
+
+
+def task_inputs(stage_inputs: str | None, task: Task | None = None) -> str | None:
+    """The fingerprint a task's marker records: the stage's inputs and the task's own."""
+    if stage_inputs is None and (task is None or task.inputs is None):
+        return None
+    if task is None or task.inputs is None:
+        return stage_inputs
+    return f"{stage_inputs or ''}+{task.inputs}"
 
 
 class Ledger:
@@ -75,7 +90,8 @@ class Ledger:
     def marker(self, task_id: str) -> Path:
         return self.dir / f"{_SAFE.sub('_', task_id)}.json"
 
-    def is_done(self, task_id: str) -> bool:
+    def is_done(self, task_id: str, inputs: str | None = None) -> bool:
+        """Marker and outputs exist, and (when ``inputs`` is given) the marker was written for these inputs."""
         m = self.marker(task_id)
         if not m.exists():
             return False
@@ -83,14 +99,28 @@ class Ledger:
             rec = read_json(m)
         except Exception:  # noqa: BLE001 - an unreadable marker means "not done"
             return False
+        if inputs is not None and rec.get("inputs") != inputs:
+            return False
         return all((self.out_dir / o).exists() for o in rec.get("outputs", []))
+
+    def is_stale(self, task_id: str, inputs: str | None) -> bool:
+        """A marker exists but was written for other inputs (the task will be redone)."""
+        rec = self.record(task_id) if self.marker(task_id).exists() else None
+        return inputs is not None and rec is not None and rec.get("inputs") != inputs
 
     def record(self, task_id: str) -> dict[str, Any] | None:
         m = self.marker(task_id)
-        return read_json(m) if m.exists() else None
+        try:
+            return read_json(m) if m.exists() else None
+        except Exception:  # noqa: BLE001 - unreadable: no record
+            return None
 
-    def mark_done(self, task_id: str, outputs: Iterable[str] = (), stats: dict | None = None) -> None:
-        write_json(self.marker(task_id), {"task": task_id, "outputs": sorted(outputs), "stats": stats or {}})
+    def mark_done(self, task_id: str, outputs: Iterable[str] = (), stats: dict | None = None,
+                  inputs: str | None = None) -> None:
+        rec = {"task": task_id, "outputs": sorted(outputs), "stats": stats or {}}
+        if inputs is not None:
+            rec["inputs"] = inputs
+        write_json(self.marker(task_id), rec)
 
     def done_records(self) -> list[dict[str, Any]]:
         if not self.dir.exists():
@@ -123,11 +153,14 @@ def run_stage(
     out_dir: str | os.PathLike,
     executor: Executor | None = None,
     unit: str = "tasks",
+    inputs: str | None = None,
 ) -> StageResult:
     """Run ``fn`` over tasks not yet done; ``fn`` returns ``{"outputs": [...], "stats": {...}}``.
 
-    ``stats["items"]`` (if present) feeds the items/s column. Failed tasks are logged with
-    their reason and left undone, so the next run retries them.
+    ``inputs`` fingerprints what every task reads (and ``Task.inputs`` what one task reads): a
+    task whose marker was written for other inputs is redone. ``stats["items"]`` (if present)
+    feeds the items/s column. Failed tasks are logged with their reason and left undone, so the
+    next run retries them.
     """
     out_dir = Path(out_dir)
     executor = executor or LocalExecutor(1)
@@ -136,12 +169,16 @@ def run_stage(
     summary = StageSummary(stage)
     todo = []
     records: dict[str, dict[str, Any]] = {}
+    stale = 0
     for t in tasks:
-        if ledger.is_done(t.id):
+        if ledger.is_done(t.id, task_inputs(inputs, t)):
             summary.skipped += 1
             records[t.id] = ledger.record(t.id) or {}
         else:
+            stale += ledger.is_stale(t.id, task_inputs(inputs, t))
             todo.append(t)
+    if stale:
+        logger.info("%s: inputs changed since %d task(s) ran: redoing them", stage, stale)
     if summary.skipped:
         logger.info("%s: %d task(s) already done, %d to run", stage, summary.skipped, len(todo))
     errors: dict[str, str] = {}
@@ -153,7 +190,7 @@ def run_stage(
             if res.ok:
                 value = res.value or {}
                 stats = value.get("stats", {})
-                ledger.mark_done(task.id, value.get("outputs", []), stats)
+                ledger.mark_done(task.id, value.get("outputs", []), stats, task_inputs(inputs, task))
                 records[task.id] = {"task": task.id, "outputs": value.get("outputs", []), "stats": stats}
                 summary.done += 1
                 summary.items += int(stats.get("items", 0))
@@ -171,8 +208,10 @@ def run_global(
     fn: Callable[[], dict[str, Any]],
     out_dir: str | os.PathLike,
     outputs: Iterable[str] = (),
+    inputs: str | None = None,
 ) -> StageResult:
-    """Run the one-step stage ``fn`` unless its marker and ``outputs`` exist; ``fn`` returns its stats.
+    """Run the one-step stage ``fn`` unless its marker and ``outputs`` exist (and the marker was
+    written for the same ``inputs`` fingerprint); ``fn`` returns its stats.
 
     The marker lives where ``run_stage`` puts them (task id = the stage name), so a rerun
     after kill -9 skips finished global stages too. A failure raises (nothing is marked).
@@ -180,7 +219,9 @@ def run_global(
     out_dir = Path(out_dir)
     ledger = Ledger(out_dir, stage)
     summary = StageSummary(stage)
-    if ledger.is_done(stage):
+    if ledger.is_stale(stage, inputs):
+        logger.info("%s: inputs changed since it ran: redoing it", stage)
+    if ledger.is_done(stage, inputs):
         summary.skipped = 1
         rec = ledger.record(stage) or {}
         logger.info("%s: already done, skipped", stage)
@@ -189,6 +230,6 @@ def run_global(
     stats = Stats(fn() or {})
     summary.seconds = time.perf_counter() - t0  # in the summary table, not in the stats: outputs stay deterministic
     outputs = sorted(outputs)
-    ledger.mark_done(stage, outputs, stats)
+    ledger.mark_done(stage, outputs, stats, inputs)
     summary.done, summary.items = 1, int(stats.get("items", 0))
     return StageResult(summary, {stage: {"task": stage, "outputs": outputs, "stats": stats}}, {})
