@@ -13,6 +13,11 @@ loses at most the tasks in flight.
 - ``run_global`` is its one extension, for a stage that is a single step over everything (a
   join, a filter over all candidates, writing the dataset): the same marker, summary and
   stats, run in this process (so the step may be a closure) with exceptions propagating.
+- ``run_steps`` runs a pipeline of named :class:`Step` s in order (datatrove's pipeline of
+  ``PipelineStep`` s, for steps that write files), each through ``run_global`` with the
+  fingerprint of its declared inputs and of the outputs of the steps it reads (``after``):
+  a rerun redoes exactly the steps whose inputs changed and the steps that read what they
+  rewrote differently. ``run_step`` runs one step on its own (tests, debugging).
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .executor import Executor, LocalExecutor
+from .fingerprint import fingerprint
 from .fsutil import clean_temp_files, read_json, write_json
 from .log import StageSummary, logger, progress_bar
 
@@ -233,3 +239,94 @@ def run_global(
     ledger.mark_done(stage, outputs, stats, inputs)
     summary.done, summary.items = 1, int(stats.get("items", 0))
     return StageResult(summary, {stage: {"task": stage, "outputs": outputs, "stats": stats}}, {})
+
+
+# --- named steps ------------------------------------------------------------------------------
+@dataclass
+class StepContext:
+    """What a pipeline's steps share: the output folder, and what the runner fills in, each step's
+    stats by name (this run's, or read from its marker when it was done earlier) and every stage's
+    summary in run order (a step may add its sub-stages' summaries). A pipeline subclasses it with
+    its own fields (config, executor, vocabulary ...)."""
+
+    out: Path
+    stats: dict[str, Stats] = field(default_factory=dict)
+    summaries: list[StageSummary] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named step of a pipeline: reads files and options, writes files, returns its stats.
+
+    - ``name``: the stage name (its marker: ``OUT/.curate/ledger/NAME/NAME.json``);
+    - ``run(ctx) -> stats``: does the work, writing ``outputs`` atomically; a dict of stats (or None);
+    - ``outputs``: paths relative to ``ctx.out`` (or ``outputs(ctx)``): the step is done only while
+      they all exist, and a step that reads this one fingerprints their content;
+    - ``inputs(ctx)``: the parts to fingerprint beyond upstream outputs (``Path`` s are hashed by
+      content: caption files, vocabulary files, model weights ...; values as they are: options).
+      None: the step is done by marker and outputs alone;
+    - ``after``: names of the steps whose outputs and stats this step reads (or ``after(ctx)``);
+      they must have run (in this run or an earlier one on the same folder);
+    - ``when(ctx)``: False skips the step in this run (an optional step: ground truth ...).
+    """
+
+    name: str
+    run: Callable[[Any], dict[str, Any] | None]
+    outputs: Sequence[str] | Callable[[Any], Sequence[str]] = ()
+    inputs: Callable[[Any], Any] | None = None
+    after: Sequence[str] | Callable[[Any], Sequence[str]] = ()
+    when: Callable[[Any], bool] | None = None
+
+    def outputs_for(self, ctx: Any) -> list[str]:
+        return sorted(self.outputs(ctx) if callable(self.outputs) else self.outputs)
+
+    def after_for(self, ctx: Any) -> list[str]:
+        return list(self.after(ctx) if callable(self.after) else self.after)
+
+
+def upstream(ctx: StepContext, name: str) -> dict[str, Any]:
+    """The record of step ``name`` (task, outputs, stats, inputs): from this run, else from its marker."""
+    rec = Ledger(ctx.out, name).record(name)
+    if rec is None:
+        raise RuntimeError(f"step {name!r} has not run in {ctx.out}: run the steps before it first")
+    if name not in ctx.stats:
+        ctx.stats[name] = Stats(rec.get("stats", {}))
+    return rec
+
+
+def step_inputs(step: Step, ctx: StepContext) -> str | None:
+    """The fingerprint a step's marker records: its own inputs and the content of its upstream steps'
+    outputs (None when it declares neither)."""
+    after = step.after_for(ctx)
+    if step.inputs is None and not after:
+        return None
+    own = step.inputs(ctx) if step.inputs is not None else None
+    ups = {a: [Path(ctx.out) / o for o in upstream(ctx, a).get("outputs", [])] for a in after}
+    return fingerprint(own, ups)
+
+
+def run_step(step: Step, ctx: StepContext) -> StageResult:
+    """Run one step unless it is done for its current inputs (see :class:`Step`); its stats go to
+    ``ctx.stats[step.name]`` and its summary to ``ctx.summaries``."""
+    inputs = step_inputs(step, ctx)
+    res = run_global(step.name, lambda: step.run(ctx), ctx.out, step.outputs_for(ctx), inputs=inputs)
+    ctx.stats[step.name] = res.stats
+    ctx.summaries.append(res.summary)
+    return res
+
+
+def run_steps(steps: Sequence[Step], ctx: StepContext) -> dict[str, StageResult]:
+    """Run a pipeline: each step in order (those whose ``when`` says no are left out), each skipped
+    when its marker was written for the same inputs fingerprint and its outputs exist, redone
+    otherwise. Returns each step's result by name; ``ctx.stats`` holds their stats.
+
+    A step's fingerprint covers its declared ``inputs(ctx)`` and the content of the outputs of the
+    steps named in ``after``, so a changed caption file redoes the step that scans captions, and the
+    next steps only if what it wrote changed. A kill -9 at any moment loses at most the step in flight.
+    """
+    results: dict[str, StageResult] = {}
+    for step in steps:
+        if step.when is not None and not step.when(ctx):
+            continue
+        results[step.name] = run_step(step, ctx)
+    return results

@@ -125,3 +125,102 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     assert sorted(got) == sorted(want)
     assert got == want
     assert sum(k.endswith(".tar") for k in want) == 2 * n
+
+
+# --- named steps (run_steps) -----------------------------------------------------------------
+def _pipeline(src: Path, runs: list[str]):
+    """Three steps: ``first`` keeps the first line of a source file, ``upper`` upper-cases what
+    ``first`` wrote (reads it: ``after``), ``other`` depends on an option only."""
+    from curate.ledger import Step
+
+    def first(ctx) -> dict:
+        runs.append("first")
+        write_text(ctx.out / "first.txt", src.read_text().splitlines()[0] + "\n")
+        return {"items": 1, "chars": len(src.read_text())}
+
+    def upper(ctx) -> dict:
+        runs.append("upper")
+        assert ctx.stats["first"]["items"] == 1  # the upstream step's stats are there, run now or before
+        write_text(ctx.out / "upper.txt", (ctx.out / "first.txt").read_text().upper())
+        return {"items": 1}
+
+    def other(ctx) -> dict:
+        runs.append("other")
+        write_text(ctx.out / "other.txt", ctx.option)
+        return {}
+
+    return [Step("first", first, ["first.txt"], inputs=lambda ctx: [src]),
+            Step("upper", upper, ["upper.txt"], after=["first"]),
+            Step("other", other, ["other.txt"], inputs=lambda ctx: {"option": ctx.option},
+                 when=lambda ctx: ctx.option != "off")]
+
+
+def _ctx(out: Path, option: str = "x"):
+    from dataclasses import dataclass
+
+    from curate.ledger import StepContext
+
+    @dataclass
+    class Ctx(StepContext):
+        option: str = "x"
+
+    return Ctx(out, option=option)
+
+
+def test_steps_rerun_redoes_exactly_the_steps_whose_inputs_changed(tmp_path):
+    from curate.ledger import run_steps
+
+    src, out = tmp_path / "captions.txt", tmp_path / "out"
+    src.write_text("a red cat\na blue dog\n")
+    runs: list[str] = []
+    steps = _pipeline(src, runs)
+    run_steps(steps, _ctx(out))
+    assert runs == ["first", "upper", "other"]
+    assert (out / "upper.txt").read_text() == "A RED CAT\n"
+
+    runs.clear()
+    ctx = _ctx(out)
+    res = run_steps(steps, ctx)
+    assert runs == [] and all(r.summary.skipped == 1 for r in res.values())  # nothing changed: all skipped
+    assert ctx.stats["first"] == {"items": 1, "chars": 21} and [s.name for s in ctx.summaries] == [
+        "first", "upper", "other"]
+
+    src.write_text("a red cat\na blue dog\na green owl\n")  # first.txt comes out the same: upper is kept
+    runs.clear()
+    run_steps(steps, _ctx(out))
+    assert runs == ["first"]
+
+    src.write_text("a striped cat\n")  # first.txt changes: upper is redone, other is not
+    runs.clear()
+    run_steps(steps, _ctx(out))
+    assert runs == ["first", "upper"]
+    assert (out / "upper.txt").read_text() == "A STRIPED CAT\n"
+
+    runs.clear()
+    run_steps(steps, _ctx(out, option="y"))  # an option of one step only
+    assert runs == ["other"] and (out / "other.txt").read_text() == "y"
+
+    runs.clear()
+    (out / "first.txt").unlink()  # a lost output: its step is redone, and what reads it only if it differs
+    run_steps(steps, _ctx(out, option="off"))  # when() says no: "other" is left out of this run
+    assert runs == ["first"]
+
+
+def test_each_step_runs_on_its_own(tmp_path):
+    from curate.ledger import run_step
+
+    src, out = tmp_path / "captions.txt", tmp_path / "out"
+    src.write_text("a red cat\n")
+    runs: list[str] = []
+    first, upper, other = _pipeline(src, runs)
+    with pytest.raises(RuntimeError, match="step 'first' has not run"):
+        run_step(upper, _ctx(out))
+    assert runs == []
+    run_step(other, _ctx(out))
+    run_step(first, _ctx(out))
+    assert runs == ["other", "first"]
+    ctx = _ctx(out)  # a fresh process: upper finds first's outputs and stats through its marker
+    res = run_step(upper, ctx)
+    assert runs == ["other", "first", "upper"] and res.summary.done == 1
+    assert ctx.stats["first"]["chars"] == 10 and (out / "upper.txt").read_text() == "A RED CAT\n"
+    assert run_step(upper, _ctx(out)).summary.skipped == 1
