@@ -15,6 +15,7 @@ from curate.hub import card_header, fields_markdown, loading_snippet, scan_shard
 from curate.shards import list_shards
 
 from .config import SPLITS
+from .splits import describe
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,12 @@ def write_triplets_card(out: Path, info: dict[str, Any]) -> Path | None:
     fiq_md = ("\n\nFashionIQ categories (reference object -> name): "
               + ", ".join(f"{o} -> {n}" for o, n in fiq["map"].items())) if fiq else ""
     c = info.get("counts", {})
+    split_md = f"\n\n{describe(info['split'])}" if info.get("split") else ""
     body = f"""# composed image retrieval triplets
 
 (reference image, modification text, target image) mined by `curate triplets` from
 `{info.get('source_dataset', '?')}`: {c.get('triplets', 0):,} triplets, by mode {c.get('by_mode', {})},
-by split {c.get('by_split', {})}.
+by split {c.get('by_split', {})}.{split_md}
 
 ## Load it
 

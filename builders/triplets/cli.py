@@ -36,6 +36,10 @@ def triplets(
     splits: Annotated[str, typer.Option("--splits", help="Image-level split ratios summing to 1, or 'manifest' "
                                                           "to use the manifest's split column.")]
     = "train=0.8,val=0.1,test=0.1",
+    split_by: Annotated[str, typer.Option(
+        "--split-by", help="composition (default: each attribute-object pair, or caption, held out whole, so no "
+                           "test or val edit, reference or target occurs in train) or image (each image on its "
+                           "own: test edits are also training edits).")] = "composition",
     max_per_pair: Annotated[int, typer.Option("--max-per-pair", help="At most this many triplets per "
                                                                       "(reference, target) composition.")] = 10,
     max_triplets: Annotated[int | None, typer.Option("--max-triplets", help="Overall cap, taken round-robin "
@@ -87,10 +91,11 @@ def triplets(
     cfg = TripletsConfig(
         dataset=str(ds), out=str(out if out is not None else Path(ds) / "triplets"),
         modes=_csv(mode) or ["attribute", "object"], edit_text=edit_text, llm=llm, formats=_csv([formats]),
-        splits=splits, max_per_pair=max_per_pair, max_triplets=max_triplets, negatives=negatives, seed=seed,
+        splits=splits, split_by=split_by, max_per_pair=max_per_pair, max_triplets=max_triplets, negatives=negatives, seed=seed,
         include_rejected=include_rejected, model=model, device=device, circo_max_gts=circo_max_gts,
         fashioniq_categories=fashioniq_categories, min_shards=min_shards,
     )
     info = build_triplets(cfg, overwrite=overwrite)
     c = info["counts"]
-    console.print(f"{c['triplets']} triplets {c['by_mode']} {c['by_split']} -> {cfg.out}")
+    console.print(f"{c['triplets']} triplets {c['by_mode']} {c['by_split']} (split by {info['split']['split_by']}) "
+                  f"-> {cfg.out}")

@@ -12,6 +12,7 @@ MODES = ("attribute", "object", "caption")
 FORMATS = ("shards", "cirr", "circo", "fashioniq")  # the default exports
 OPTIONAL_FORMATS = ("genecis",)  # written only when asked (--format ...,genecis)
 SPLITS = ("train", "val", "test")
+SPLIT_BY = ("composition", "image")  # --split-by (builders/triplets/splits.py)
 CIRCO_MAX_GTS = 23  # CIRCODataset pads gt_img_ids to 23: more would break its collate
 FASHIONIQ_NAMES = ("dress", "shirt", "toptee")  # the only categories CLIP4Cir's FashionIQDataset accepts
 MIN_SHARDS = 8  # triplet shards per split (fewer only for fewer triplets): a shard per DataLoader worker
@@ -26,6 +27,7 @@ class TripletsConfig:
     llm: str = "local"
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
     splits: str = "train=0.8,val=0.1,test=0.1"
+    split_by: str = "composition"
     max_per_pair: int = 10
     max_triplets: int | None = None
     negatives: int = 5
@@ -54,6 +56,9 @@ class TripletsConfig:
         if not 1 <= self.circo_max_gts <= CIRCO_MAX_GTS:
             raise CurateError(f"--circo-max-gts must be in 1..{CIRCO_MAX_GTS} (the CIRCO loader pads to 23)")
         parse_splits(self.splits)
+        if self.split_by not in SPLIT_BY:
+            raise CurateError(f"unknown --split-by {self.split_by!r}",
+                              fix="use composition (held-out compositions: no test edit or image in train) or image")
         parse_fashioniq_categories(self.fashioniq_categories)
         if self.min_shards < 1:
             raise CurateError("--min-shards must be >= 1")

@@ -46,6 +46,7 @@ from curate.log import track
 from .config import FASHIONIQ_NAMES, parse_fashioniq_categories
 from .edits import article
 from .source import iter_images
+from .splits import split_summary  # noqa: F401 - the pipeline records it in triplets.json and the card
 
 logger = logging.getLogger(__name__)
 

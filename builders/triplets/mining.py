@@ -28,7 +28,8 @@ from curate.errors import CurateError
 from curate.log import track
 
 from .captions import CaptionPairStats, find_caption_pairs, normalize_expr
-from .config import SPLITS, TripletsConfig, assign_split, parse_splits, unit_hash
+from .config import SPLITS, TripletsConfig, parse_splits, unit_hash
+from .splits import split_column
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ def build_pool(samples: pl.DataFrame, keys: list[str], cfg: TripletsConfig) -> p
                               f"(e.g. {bad['key'][0]})", fix="pass ratios instead, e.g. --splits train=0.8,val=0.1,test=0.1")
         pool = pool.with_columns(pl.col("split_hint").alias("split"))
     else:
-        pool = pool.with_columns(pl.Series("split", [assign_split(k, ratios, cfg.seed) for k in pool["key"]]))
+        pool = pool.sort("key")
+        pool = pool.with_columns(pl.Series("split", split_column(pool, ratios, cfg.seed, cfg.split_by, cfg.modes,
+                                                                 cfg.max_tokens, cfg.max_group), dtype=pl.String))
     return pool.sort("key")
 
 

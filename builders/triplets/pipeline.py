@@ -112,6 +112,7 @@ def _run(cfg: TripletsConfig, out: Path) -> dict[str, Any]:
     info["export_roots"] = {f: EXPORT_ROOTS[f] for f in cfg.formats}
     info["config"] = to_dict(cfg)
     info["counts"] = {"triplets": df.height, "by_mode": _count(df, "mode"), "by_split": _count(df, "split")}
+    info["split"] = exports.split_summary(df, "manifest" if cfg.splits.strip() == "manifest" else cfg.split_by)
     if "fashioniq" in info["exports"]:
         mapping = info["exports"]["fashioniq"].pop("category_map", None) or read_json(
             out / "fashioniq" / "category_map.json")
