@@ -295,14 +295,16 @@ def upstream(ctx: StepContext, name: str) -> dict[str, Any]:
 
 
 def step_inputs(step: Step, ctx: StepContext) -> str | None:
-    """The fingerprint a step's marker records: its own inputs and the content of its upstream steps'
-    outputs (None when it declares neither)."""
+    """The fingerprint a step's marker records: its own inputs, and the content of its upstream steps'
+    outputs and their stats (None when it declares neither)."""
     after = step.after_for(ctx)
     if step.inputs is None and not after:
         return None
-    own = step.inputs(ctx) if step.inputs is not None else None
-    ups = {a: [Path(ctx.out) / o for o in upstream(ctx, a).get("outputs", [])] for a in after}
-    return fingerprint(own, ups)
+    ups = {}
+    for a in after:  # first: an upstream step done in an earlier run puts its stats in ctx.stats
+        rec = upstream(ctx, a)
+        ups[a] = {"outputs": [Path(ctx.out) / o for o in rec.get("outputs", [])], "stats": rec.get("stats", {})}
+    return fingerprint(step.inputs(ctx) if step.inputs is not None else None, ups)
 
 
 def run_step(step: Step, ctx: StepContext) -> StageResult:
@@ -320,9 +322,9 @@ def run_steps(steps: Sequence[Step], ctx: StepContext) -> dict[str, StageResult]
     when its marker was written for the same inputs fingerprint and its outputs exist, redone
     otherwise. Returns each step's result by name; ``ctx.stats`` holds their stats.
 
-    A step's fingerprint covers its declared ``inputs(ctx)`` and the content of the outputs of the
-    steps named in ``after``, so a changed caption file redoes the step that scans captions, and the
-    next steps only if what it wrote changed. A kill -9 at any moment loses at most the step in flight.
+    A step's fingerprint covers its declared ``inputs(ctx)`` and the content of the outputs (and the
+    stats) of the steps named in ``after``, so a changed caption file redoes the step that scans
+    captions, and the next steps only if what it wrote changed. A kill -9 at any moment loses at most the step in flight.
     """
     results: dict[str, StageResult] = {}
     for step in steps:

@@ -136,7 +136,7 @@ def _pipeline(src: Path, runs: list[str]):
     def first(ctx) -> dict:
         runs.append("first")
         write_text(ctx.out / "first.txt", src.read_text().splitlines()[0] + "\n")
-        return {"items": 1, "chars": len(src.read_text())}
+        return {"items": 1, "chars": len(src.read_text().splitlines()[0])}
 
     def upper(ctx) -> dict:
         runs.append("upper")
@@ -182,7 +182,7 @@ def test_steps_rerun_redoes_exactly_the_steps_whose_inputs_changed(tmp_path):
     ctx = _ctx(out)
     res = run_steps(steps, ctx)
     assert runs == [] and all(r.summary.skipped == 1 for r in res.values())  # nothing changed: all skipped
-    assert ctx.stats["first"] == {"items": 1, "chars": 21} and [s.name for s in ctx.summaries] == [
+    assert ctx.stats["first"] == {"items": 1, "chars": 9} and [s.name for s in ctx.summaries] == [
         "first", "upper", "other"]
 
     src.write_text("a red cat\na blue dog\na green owl\n")  # first.txt comes out the same: upper is kept
@@ -222,5 +222,5 @@ def test_each_step_runs_on_its_own(tmp_path):
     ctx = _ctx(out)  # a fresh process: upper finds first's outputs and stats through its marker
     res = run_step(upper, ctx)
     assert runs == ["other", "first", "upper"] and res.summary.done == 1
-    assert ctx.stats["first"]["chars"] == 10 and (out / "upper.txt").read_text() == "A RED CAT\n"
+    assert ctx.stats["first"]["chars"] == 9 and (out / "upper.txt").read_text() == "A RED CAT\n"
     assert run_step(upper, _ctx(out)).summary.skipped == 1
