@@ -66,9 +66,11 @@ def zeroshot(
     extra = {}
     if reference is None and built.get("reference"):
         reference = built["reference"]
-        world_rare = Path(reference).parent / "rare"
-        if (world_rare.parent / "world.json").exists() and world_rare.is_dir():  # the demo world
-            extra["world rare pairs (unfiltered)"] = world_rare
+        from curate.world import RARE, is_world, split_dir
+
+        world = Path(reference).parent
+        if is_world(world) and split_dir(world, RARE).is_dir():  # the demo world
+            extra["world rare pairs (unfiltered)"] = split_dir(world, RARE)
     report = evaluate_dataset(dataset, model, reference=reference, device=device, out=out,
                               include_rejected=include_rejected, extra=extra)
     console.print(markdown_table(report))

@@ -161,6 +161,7 @@ def source_world(source: Path | None, kind: str) -> Path | None:
     """The demo world behind a source: the source itself, or the world a dataset was built from
     (its ``dataset.json`` names the world's ``world.json`` as vocabulary); None otherwise."""
     from curate.fsutil import read_json
+    from curate.world import world_dir
 
     if source is None:
         return None
@@ -172,12 +173,12 @@ def source_world(source: Path | None, kind: str) -> Path | None:
         vocab = str(read_json(source / "dataset.json").get("config", {}).get("attributes") or "")
     except (CurateError, OSError, ValueError, AttributeError):
         return None
-    return Path(vocab).parent if vocab.endswith("world.json") and Path(vocab).is_file() else None
+    return world_dir(vocab) if vocab else None
 
 
 def source_families(source: Path | None, kind: str) -> tuple[dict[str, list[str]], str] | None:
     """Exclusive families a source vouches for: those of the demo world behind it; None for anything else."""
-    from builders.synthetic.world import World
+    from curate.world import World
 
     world = source_world(source, kind)
     if world is None:

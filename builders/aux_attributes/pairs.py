@@ -20,7 +20,7 @@ import csv
 from pathlib import Path
 
 from curate.errors import CurateError
-from curate.fsutil import read_json
+from curate.world import is_world
 
 Pair = tuple[str, str]
 
@@ -66,14 +66,9 @@ def pairs_from_czsl(folder: Path) -> list[Pair]:
 
 
 def pairs_from_world(folder: Path) -> list[Pair]:
-    world = read_json(folder / "world.json")
-    try:
-        attrs = [a["name"] if isinstance(a, dict) else str(a) for a in world["attributes"]]
-        objs = [o["name"] if isinstance(o, dict) else str(o) for o in world["objects"]]
-    except (KeyError, TypeError) as e:
-        raise CurateError(f"world.json lacks attributes/objects ({e})", where=str(folder / "world.json"),
-                          fix="regenerate it with `curate demo world --out DIR`") from e
-    return _norm([(a, o) for a in attrs for o in objs])
+    from curate.world import World
+
+    return _norm(World.load(folder).all_pairs())
 
 
 def _split_line(line: str, where: str) -> Pair:
@@ -141,7 +136,7 @@ def load_pairs(source: Path | None, pairs_file: Path | None) -> tuple[list[Pair]
         pairs, kind = pairs_from_dataset(source), "dataset"
     elif is_czsl_root(source):
         pairs, kind = _norm(pairs_from_czsl(source)), "czsl"
-    elif (source / "world.json").exists():
+    elif is_world(source):
         pairs, kind = pairs_from_world(source), "world"
     else:
         raise CurateError("neither a dataset (manifest.parquet), a CZSL root (compositional-split-natural/) nor a "

@@ -45,16 +45,16 @@ class WorldTruth:
     @classmethod
     def load(cls, world: Path) -> WorldTruth:
         from builders.synthetic.vocab import DEFAULT_VISIBLE
-        from builders.synthetic.world import World
+        from curate.world import SPLITS, World
 
         w = World.load(world)
         families = {f: [*vals, *([DEFAULT_VISIBLE[f]] if f in DEFAULT_VISIBLE else [])]
                     for f, vals in w.families.items()}
         truth = cls(families)
-        for split in ("train", "heldout", "rare"):
+        for split in SPLITS:
             for shard in w.shards(split):
                 truth._add_shard(shard)
-        pool = w.pool_dir / "pool.parquet"
+        pool = w.pool_table
         if pool.is_file():
             import polars as pl
 

@@ -16,6 +16,7 @@ def demo_config(scale: str = "medium", workers: int | None = None, seed: int = 0
     """Materialise the world and the mini-CLIP if needed; return a config that mines them."""
     from builders.synthetic.world import ensure_world
     from curate.embed.backends import demo_model_spec
+    from curate.world import HELDOUT
 
     base = default_demo_dir()
     world_dir = base / "world"
@@ -24,10 +25,10 @@ def demo_config(scale: str = "medium", workers: int | None = None, seed: int = 0
     model = demo_model_spec(world.path)
     return BuildConfig(
         out=str(base / "imagenet-ao"),
-        objects=str(world.path / "world.json"),
-        attributes=str(world.path / "world.json"),
-        captions=[str(world.path / "captions")],
-        pool=str(world.path / "pool" / "images"),
+        objects=str(world.meta_path),
+        attributes=str(world.meta_path),
+        captions=[str(world.captions_dir)],
+        pool=str(world.pool_images_dir),
         generator="demo",
         generator_images=12,
         model=model,
@@ -37,6 +38,6 @@ def demo_config(scale: str = "medium", workers: int | None = None, seed: int = 0
         common_pairs=24,
         object_topk=3,
         export=["czsl", "imagefolder"],
-        reference=str(world.path / "heldout"),
+        reference=str(world.split_dir(HELDOUT)),
         seed=seed,
     )

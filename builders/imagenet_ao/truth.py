@@ -36,6 +36,7 @@ from typing import Any
 import polars as pl
 
 from curate.errors import CurateError
+from curate.world import WORLD_JSON, world_dir
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,13 @@ def _renderer_name() -> str:
 def world_truth(world: str | Path, generated: str | Path | None = None, pool: bool = True) -> Truth:
     """The demo world's truth: every pool image (``pool/pool.parquet``: object and the value of each
     attribute family) and every image the demo renderer made in ``generated`` (its shards' JSON)."""
-    from builders.synthetic.world import World
+    from curate.world import World
 
     w = World.load(world)
     families = list(w.families)
     frames = []
     if pool:
-        table = pl.read_parquet(w.pool_dir / "pool.parquet", columns=["key", "obj", *families])
+        table = pl.read_parquet(w.pool_table, columns=["key", "obj", *families])
         frames += [table.select(pl.lit("pool").alias("source"), "key", pl.col(f).alias("attr"), "obj")
                    for f in families]
     frames.append(_renderer_rows(Path(generated) if generated else None, families))
@@ -180,9 +181,8 @@ def world_truth(world: str | Path, generated: str | Path | None = None, pool: bo
 def world_of(cfg: Any) -> Path | None:
     """The demo world a build's vocabulary comes from (its ``world.json``), if any."""
     for spec in (cfg.objects, cfg.attributes):
-        p = Path(str(spec))
-        if p.name == "world.json" and p.is_file():
-            return p.parent
+        if Path(str(spec)).name == WORLD_JSON and (world := world_dir(str(spec))) is not None:
+            return world
     return None
 
 
@@ -200,10 +200,9 @@ def truth_spec(cfg: Any) -> tuple[str, Path] | None:
             return ("world", world)
         return ("generator", Path()) if cfg.generator == "demo" else None
     p = Path(spec)
-    if p.is_dir() and (p / "world.json").is_file():
-        return ("world", p)
-    if p.name == "world.json" and p.is_file():
-        return ("world", p.parent)
+    world = world_dir(p)
+    if world is not None:
+        return ("world", world)
     if not p.exists():
         raise CurateError("truth file not found", where=spec,
                           fix=f"--truth auto | none | a demo world folder | a file with {TRUTH_FORMAT}")

@@ -166,9 +166,9 @@ def _parse_csv(text: str, where: str, kind: str) -> list[Entry]:
 
 def _from_world(path: Path, kind: str) -> list[Entry]:
     """Objects (with plurals) or attributes (with families) of a demo world, read by its own loader."""
-    from builders.synthetic.world import World
+    from curate.world import World
 
-    world = World.load(path.parent)
+    world = World.load(path)
     if kind == "object":
         return [Entry(normalise(o), [], "", [normalise(world.plurals[o])] if world.plurals.get(o) else [])
                 for o in world.objects]

@@ -70,13 +70,15 @@ def serve_cmd(
         --url_col url --caption_col caption --output_format webdataset --output_folder /tmp/pool-wds
     """
     from curate.errors import CurateError
+    from curate.world import pool_table_in
 
     from .httpserver import serve_folder, write_url_list
 
-    pool = folder / "pool" if (folder / "pool" / "pool.parquet").exists() else folder
-    if not (pool / "pool.parquet").exists():
+    table = pool_table_in(folder)
+    if table is None:
         raise CurateError("no image pool here (pool/pool.parquet)", where=str(folder),
                           fix="pass a folder made by `curate demo world`")
+    pool = table.parent
     with serve_folder(pool, port=port) as base:
         pq_path, txt_path = write_url_list(pool, base)
         log.info("serving %s at %s; URL lists: %s, %s (Ctrl-C stops)", pool, base, pq_path, txt_path)

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from curate.errors import CurateError
+from curate.world import POOL_TABLE
 
 log = logging.getLogger(__name__)
 Fault = int | float | str
@@ -158,7 +159,7 @@ def write_url_list(pool_dir: str | os.PathLike, base_url: str, out_dir: str | os
     from curate.fsutil import write_parquet, write_text
 
     pool_dir = Path(pool_dir)
-    src = pool_dir / "pool.parquet"
+    src = pool_dir / POOL_TABLE
     if not src.exists():
         raise CurateError("no pool.parquet", where=str(pool_dir), fix="pass the pool/ folder of a demo world")
     table = pq.read_table(src, columns=["key", "path", "caption", "attr", "obj"])

@@ -1,4 +1,4 @@
-"""Materialise the demo world on disk, resumably, and load it back.
+"""Materialise the demo world on disk, resumably (the one writer; ``curate.world`` is the one reader).
 
 Layout (``WORLD/``)::
 
@@ -29,17 +29,27 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
 from curate.executor import Executor, LocalExecutor
-from curate.fsutil import read_json, write_json, write_parquet
+from curate.fsutil import write_json, write_parquet
 from curate.images import encode_jpeg
 from curate.ledger import Task, run_stage
 from curate.log import StageSummary
 from curate.outdir import OutputDir
+from curate.world import (
+    CAPTIONS,
+    SPLITS,
+    World,
+    ground_truth_path,
+    is_world,
+    meta_path,
+    pool_images_dir,
+    pool_table,
+)
 
 from . import captions as cap
 from .generator import image_seed
@@ -106,70 +116,6 @@ def check_scale(scale: str) -> Scale:
     return SCALES[scale]
 
 
-@dataclass
-class World:
-    """A materialised demo world (read from ``world.json``)."""
-
-    path: Path
-    objects: list[str]
-    attributes: list[str]
-    families: dict[str, list[str]]
-    plurals: dict[str, str]
-    rare_pairs: list[tuple[str, str]]
-    common_pairs: list[tuple[str, str]]
-    scale: str
-    seed: int
-    image_size: int
-    counts: dict[str, Any] = field(default_factory=dict)
-    typical: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    @property
-    def typical_pairs(self) -> list[tuple[str, str]]:
-        """Every object's typical (attribute, object) pairs (all common)."""
-        return [(a, o) for o, by_family in self.typical.items() for a in by_family.values()]
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> World:
-        path = Path(path)
-        meta = path / "world.json"
-        if not meta.exists():
-            raise CurateError("not a (complete) demo world: no world.json", where=str(path),
-                              fix=f"run `curate demo world --out {path}` first")
-        d = read_json(meta)
-        return cls(
-            path=path,
-            objects=[o["name"] for o in d["objects"]],
-            attributes=[a["name"] for a in d["attributes"]],
-            families={k: list(v) for k, v in d["families"].items()},
-            plurals={o["name"]: o["plural"] for o in d["objects"]},
-            rare_pairs=[(a, o) for a, o in d["rare_pairs"]],
-            common_pairs=[(a, o) for a, o in d["common_pairs"]],
-            scale=d["scale"],
-            seed=int(d["seed"]),
-            image_size=int(d["image_size"]),
-            counts=d.get("counts", {}),
-            typical={o["name"]: dict(o.get("typical", {})) for o in d["objects"]},
-        )
-
-    @property
-    def family_of(self) -> dict[str, str]:
-        return {a: fam for fam, names in self.families.items() for a in names}
-
-    @property
-    def pool_dir(self) -> Path:
-        return self.path / "pool"
-
-    def caption_files(self) -> list[Path]:
-        return sorted((self.path / "captions").glob("part-*.parquet"))
-
-    def shards(self, split: str) -> list[Path]:
-        """Shards of ``train``, ``heldout`` or ``rare``."""
-        return sorted((self.path / split).glob(f"{split}-*.tar"))
-
-    def ground_truth(self) -> dict[str, Any]:
-        return read_json(self.path / "captions_ground_truth.json")
-
-
 # --- tasks (top-level functions: they run in worker processes) ---------------------------------
 
 def _train_caption(attr: str, obj: str, rng: random.Random) -> str:
@@ -212,7 +158,7 @@ def _pool_task(args: dict) -> dict:
     weights = [args["typical_weight"] if p in typical else 1.0 for p in common]
     rows: dict[str, list] = {k: [] for k in ("key", "path", "url", "caption", "attr", "obj", "rare",
                                              "colour", "pattern", "state", "width", "height")}
-    img_dir = out / "pool" / "images"
+    img_dir = pool_images_dir(out)
     img_dir.mkdir(parents=True, exist_ok=True)
     for i in range(args["start"], args["stop"]):
         is_rare = bool(args["rare"]) and rng.random() < POOL_RARE_FRACTION
@@ -242,7 +188,7 @@ def _captions_task(args: dict) -> dict:
     spec = cap.CorpusSpec([tuple(p) for p in args["common"]], [tuple(p) for p in args["rare"]], args["seed"],
                           typical=[tuple(p) for p in args["typical"]])
     cols, counts = cap.part_rows(spec, args["index"], args["rows"])
-    rel = f"captions/part-{args['index']:05d}.parquet"
+    rel = f"{CAPTIONS}/part-{args['index']:05d}.parquet"
     table = pa.table({"url": pa.array(cols["url"], pa.string()), "caption": pa.array(cols["caption"], pa.string()),
                       "width": pa.array(cols["width"], pa.int32()), "height": pa.array(cols["height"], pa.int32())})
     write_parquet(table, out / rel, statistics=True)
@@ -291,7 +237,7 @@ def plan_tasks(out: Path, scale: Scale, seed: int, size: int, common: list, rare
         tasks.append(Task(f"pool-{c:05d}", {**base, "kind": "pool", "index": c, "start": start, "stop": stop,
                                            "common": common, "rare": rare,
                                            "typical_weight": scale.train_typical / max(1, scale.train_per_pair)}))
-    for split in ("train", "heldout", "rare"):
+    for split in SPLITS:
         specs = split_specs(split, scale, seed, common, rare, typical)
         for k, start in enumerate(range(0, len(specs), scale.shard_size)):
             tasks.append(Task(f"{split}-{k:06d}", {**base, "kind": "shard", "split": split, "index": k,
@@ -305,7 +251,7 @@ def _merge_pool(out: Path, n_chunks: int) -> None:
 
     parts = [pq.read_table(out / ".curate" / "parts" / f"pool-{c:05d}.parquet") for c in range(n_chunks)]
     table = pa.concat_tables(parts) if parts else pa.table({})
-    write_parquet(table, out / "pool" / "pool.parquet", statistics=True)
+    write_parquet(table, pool_table(out), statistics=True)
 
 
 def world_config(scale: str, seed: int, size: int) -> dict[str, Any]:
@@ -320,7 +266,7 @@ def build_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, siz
         raise CurateError(f"image size {size} out of range", fix="use 96-128 (default 112); 32-512 is accepted")
     out = Path(out)
     with OutputDir(out, "demo world", world_config(scale, seed, size), overwrite=overwrite):
-        if (out / "world.json").exists():
+        if meta_path(out).exists():
             log.info("demo world at %s is complete (scale %s, seed %d); nothing to do", out, scale, seed)
             return World.load(out), []
         rare = [list(p) for p in choose_rare_pairs(seed, RARE_FRACTION)]
@@ -334,14 +280,14 @@ def build_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, siz
             raise CurateError(f"{len(result.errors)} task(s) failed, e.g. {first[0]}: {first[1].splitlines()[0]}",
                               where=str(out), fix="rerun the same command to retry them (finished ones are kept)")
         caption_stats = [r["stats"]["captions"] for t, r in sorted(result.records.items()) if t.startswith("captions-")]
-        write_json(out / "captions_ground_truth.json", cap.merge_counts(caption_stats, [tuple(p) for p in rare]))
+        write_json(ground_truth_path(out), cap.merge_counts(caption_stats, [tuple(p) for p in rare]))
         n_chunks = sum(1 for t in tasks if t.args["kind"] == "pool")
         _merge_pool(out, n_chunks)
         counts: dict[str, int] = {"captions": spec.captions, "pool": spec.pool_images,
                                   **{split: len(split_specs(split, spec, seed, common, rare, typical))
-                                     for split in ("train", "heldout", "rare")},
+                                     for split in SPLITS},
                                   "caption_parts": sum(1 for t in tasks if t.args["kind"] == "captions")}
-        write_json(out / "world.json", {
+        write_json(meta_path(out), {
             "version": WORLD_VERSION, "scale": scale, "seed": seed, "image_size": size, "counts": counts,
             "objects": [{"name": o.name, "plural": o.plural, "typical": TYPICAL[o.name]} for o in OBJECTS],
             "attributes": [{"name": a.name, "family": a.family} for a in ATTRIBUTES],
@@ -359,11 +305,10 @@ def ensure_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, wo
     another scale or seed is refused (``CurateError``), never silently replaced.
     """
     out = Path(out)
-    meta = out / "world.json"
-    if meta.exists():
-        d = read_json(meta)
-        if d.get("scale") == scale and int(d.get("seed", -1)) == seed:
-            return World.load(out)
+    if is_world(out):
+        world = World.load(out)
+        if world.scale == scale and world.seed == seed:
+            return world
     world, _ = build_world(out, scale, seed, executor=LocalExecutor(workers))
     return world
 

@@ -32,6 +32,7 @@ from curate.errors import CurateError
 from curate.fsutil import write_json, write_text
 from curate.images import open_rgb
 from curate.shards import image_of, iter_shard, list_shards
+from curate.world import HELDOUT, RARE, TRAIN, split_dir
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +332,7 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 
 # -- the demo world: held-out common pairs vs rare pairs ------------------------------------------
-WORLD_SETS = {"heldout": "common (heldout)", "rare": "rare"}
+WORLD_SETS = {HELDOUT: "common (heldout)", RARE: "rare"}
 
 
 def _split_labels(folder: Path) -> tuple[set[str], set[str]]:
@@ -361,14 +362,14 @@ def evaluate_world(spec: str, world: str | Path, device: str = "auto") -> dict[s
     )
 
     world = Path(world)
-    splits = [name for name in ("train", *WORLD_SETS) if (world / name).is_dir()]
+    splits = [name for name in (TRAIN, *WORLD_SETS) if split_dir(world, name).is_dir()]
     if not any(name in WORLD_SETS for name in splits):
         raise CurateError("no heldout/ or rare/ shards to evaluate on", where=str(world),
                           fix="point at a demo world folder (`curate demo world --out DIR`)")
     objects: set[str] = set()
     attributes: set[str] = set()
     for name in splits:
-        o, a = _split_labels(world / name)
+        o, a = _split_labels(split_dir(world, name))
         objects |= o
         attributes |= a
     objs, attrs = sorted(objects), sorted(attributes)
@@ -380,7 +381,7 @@ def evaluate_world(spec: str, world: str | Path, device: str = "auto") -> dict[s
     for split, label in WORLD_SETS.items():
         if split not in splits:
             continue
-        data = _from_shards(world / split, label, include_rejected=True)
+        data = _from_shards(split_dir(world, split), label, include_rejected=True)
         emb = _embed(enc, data, batch_size=256)
         row: dict[str, Any] = {"images": len(data.keys)}
         for tname in templates:
@@ -392,7 +393,7 @@ def evaluate_world(spec: str, world: str | Path, device: str = "auto") -> dict[s
     report["chance"] = {"obj_top1": round(1 / len(objs), 4), "attr_top1": round(1 / len(attrs), 4)}
     sets = report["sets"]
     if len(sets) == 2:  # the paper's phenomenon: common minus rare
-        common, rare = sets[WORLD_SETS["heldout"]], sets[WORLD_SETS["rare"]]
+        common, rare = sets[WORLD_SETS[HELDOUT]], sets[WORLD_SETS[RARE]]
         report["gap_common_minus_rare"] = {k: round(common[k] - rare[k], 4) for k in rare if k != "images"}
     return report
 

@@ -42,6 +42,7 @@ from curate.fsutil import TMP_MARK, read_json, write_json
 from curate.log import progress_bar
 from curate.paths import mini_clip_cache_dir
 from curate.shards import iter_shard, list_shards
+from curate.world import MAKE_ONE, TRAIN, WORLD_JSON, identity, is_world, split_dir
 
 logger = logging.getLogger(__name__)
 WORD = re.compile(r"[a-z]+")
@@ -289,7 +290,7 @@ def train(world: Path, cfg: MiniClipConfig, out: Path, run: Path | None = None) 
     torch.set_num_threads(max(1, cfg.threads))
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
-    data = load_split(world / "train", cfg.image_size, "mini-clip: load train")
+    data = load_split(split_dir(world, TRAIN), cfg.image_size, "mini-clip: load train")
     vocab = Vocab.from_texts(data.captions + class_words(world))
     model = build_model(cfg, len(vocab.words))
     # group id per sample: same attribute-object pair = positive (captions as fallback)
@@ -345,7 +346,7 @@ def train(world: Path, cfg: MiniClipConfig, out: Path, run: Path | None = None) 
 def class_words(world: Path) -> list[str]:
     """Object and attribute names of the world's training images, so every class name has a word."""
     names: set[str] = set()
-    for shard in list_shards(world / "train"):
+    for shard in list_shards(split_dir(world, TRAIN)):
         for s in iter_shard(shard, exts=("json",)):
             meta = json.loads(s["json"]) if "json" in s else {}
             names.update(str(meta[k]) for k in ("attr", "obj") if meta.get(k))
@@ -360,7 +361,7 @@ def read_report(folder: str | os.PathLike) -> dict[str, Any]:
 # the cache
 # ------------------------------------------------------------------------------------------
 def fingerprint(world: Path, cfg: MiniClipConfig) -> str:
-    h = hashlib.sha256((world / "world.json").read_bytes())
+    h = hashlib.sha256(identity(world))
     h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -373,10 +374,9 @@ def ensure_mini_clip(world_dir: str | os.PathLike, config: MiniClipConfig | None
                      out: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """The trained mini-CLIP folder for this world (training and evaluating it first if needed)."""
     world = Path(world_dir)
-    if not (world / "world.json").is_file():
-        raise CurateError("not a demo world folder (no world.json)", where=str(world),
-                          fix="make one with `curate demo world --out DIR`")
-    if not (world / "train").is_dir():
+    if not is_world(world):
+        raise CurateError(f"not a demo world folder (no {WORLD_JSON})", where=str(world), fix=MAKE_ONE)
+    if not split_dir(world, TRAIN).is_dir():
         raise CurateError("the world has no train/ shards", where=str(world))
     cfg = config or MiniClipConfig()
     folder = Path(out) if out else mini_clip_cache_dir() / fingerprint(world, cfg)
@@ -397,7 +397,7 @@ def ensure_mini_clip(world_dir: str | os.PathLike, config: MiniClipConfig | None
         if overwrite:
             shutil.rmtree(run, ignore_errors=True)
         try:
-            logger.info("training the mini-CLIP on %s (at most %.0f s)", world / "train", cfg.max_seconds)
+            logger.info("training the mini-CLIP on %s (at most %.0f s)", split_dir(world, TRAIN), cfg.max_seconds)
             from ..metrics.zeroshot import evaluate_world
 
             stats = train(world, cfg, tmp, run)

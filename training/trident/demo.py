@@ -22,6 +22,7 @@ from typing import Any
 from curate.errors import CurateError
 from curate.fsutil import write_json
 from curate.shards import image_of, iter_shard, list_shards
+from curate.world import HELDOUT, RARE, SPLITS, TRAIN, World, identity, is_world, split_dir
 
 from .data import czsl_name, write_czsl_root
 
@@ -41,8 +42,8 @@ def _read(folder: Path) -> list[tuple[str, str, str, bytes]]:
 
 def world_to_czsl(world: Path, out: Path, seed: int = 0) -> Path:
     """Write ``out`` (a CZSL root) from ``world/{train,heldout,rare}``; returns ``out``."""
-    for split in ("train", "heldout", "rare"):
-        if not (world / split).is_dir():
+    for split in SPLITS:
+        if not split_dir(world, split).is_dir():
             raise CurateError(f"the world has no {split}/ shards", where=str(world),
                               fix="make one with `curate demo world --out DIR`")
     rows: list[dict[str, Any]] = []
@@ -53,16 +54,16 @@ def world_to_czsl(world: Path, out: Path, seed: int = 0) -> Path:
         images[rel] = data
         rows.append({"image": rel, "attr": attr, "obj": obj, "set": kind})
 
-    for key, a, o, data in _read(world / "train"):
+    for key, a, o, data in _read(split_dir(world, TRAIN)):
         add(key, a, o, data, "train")
     by_pair: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
-    for key, a, o, data in _read(world / "heldout"):
+    for key, a, o, data in _read(split_dir(world, HELDOUT)):
         by_pair.setdefault((a, o), []).append((key, data))
     for (a, o), imgs in sorted(by_pair.items()):
         for i, (key, data) in enumerate(sorted(imgs)):
             add(key, a, o, data, "val" if i % 2 == 0 else "test")
     rare: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
-    for key, a, o, data in _read(world / "rare"):
+    for key, a, o, data in _read(split_dir(world, RARE)):
         rare.setdefault((a, o), []).append((key, data))
     pairs = sorted(rare)
     random.Random(seed).shuffle(pairs)
@@ -81,17 +82,10 @@ def _write_cooccurrence(world: Path, out: Path) -> None:
 
     from curate.fsutil import write_parquet
 
-    truth = world / "captions_ground_truth.json"
-    if not truth.is_file():
-        return
     rows = [{"attr": czsl_name(p["attr"]), "obj": czsl_name(p["obj"]), "cooccurrence": int(p["count"])}
-            for p in json.loads(truth.read_text()).get("pairs", [])]
+            for p in World.load(world).ground_truth().get("pairs", [])]
     if rows:
         write_parquet(pl.DataFrame(rows), out / "pairs.parquet")
-
-
-def is_world(path: Path) -> bool:
-    return (path / "world.json").is_file() and (path / "train").is_dir()
 
 
 def czsl_root_for(path: Path) -> Path:
@@ -102,7 +96,7 @@ def czsl_root_for(path: Path) -> Path:
 
     if not is_world(path):
         return path
-    digest = hashlib.sha256((path / "world.json").read_bytes() + str(path.resolve()).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(identity(path) + str(path.resolve()).encode()).hexdigest()[:16]
     out = cache_dir() / "trident-world" / digest
     if not (out / DONE).exists():
         world_to_czsl(path, out)
