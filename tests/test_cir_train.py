@@ -139,7 +139,8 @@ def test_train_cli_writes_the_run_and_resumes(trip, tiny_clip_spec, tmp_path, ca
     code, err = curate_here("eval", "cir", str(run), "--data", str(trip), "--format", "cirr", "--split", "test",
                             "--device", "cpu", capsys=capsys)
     assert code == 0, err
-    m = json.loads((run / "eval" / "cirr-test" / "metrics.json").read_text())
+    m = json.loads((run / "eval" / "cirr-test1" / "metrics.json").read_text())  # the folder training wrote
+    assert not (run / "eval" / "cirr-test").exists()  # one folder per split, not cirr-test beside cirr-test1
     assert m["results"][0]["metrics"]["recall_at1"] == results["test"]["Combiner"]["cirr test1"]["metrics"]["recall_at1"]
 
 

@@ -29,6 +29,12 @@ BASELINE_PREFIX = "baseline:"
 
 
 def default_out(run: str, fmt: str, split: str) -> Path:
+    """``RUN/eval/FORMAT-SPLIT`` with the benchmark's own split name (CIRR's test is ``test1``), the
+    folder ``curate train cir`` writes its final evaluation to: one folder per split, whichever wrote it."""
+    from .data import CIRR_SPLITS
+
+    if fmt == "cirr":
+        split = CIRR_SPLITS.get(split, split)
     if run.startswith(BASELINE_PREFIX):
         return Path("cir-eval") / run.replace(":", "-") / f"{fmt}-{split}"
     return Path(run) / "eval" / f"{fmt}-{split}"
@@ -74,7 +80,7 @@ def evaluate_cir(run: str, data: str | Path, fmt: str, split: str, out: Path | N
     data = Path(data)
     splits = read_splits(data, fmt, split, categories, include_rejected)
     retriever, about = make_retriever(run, data, fmt, backbone, features, device)
-    out = Path(out) if out is not None else default_out(run, fmt, split)
+    out = Path(out) if out is not None else default_out(run, fmt, splits[0].split if splits else split)
     out.mkdir(parents=True, exist_ok=True)
     results = [evaluate_split(retriever, s, out).to_dict() for s in splits]
     results += summary_rows(fmt, split, results)

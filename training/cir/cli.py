@@ -93,15 +93,16 @@ def _print_results(by_method: dict) -> None:
 
     for name in split_names(by_method):
         rows = {m: r[name] for m, r in by_method.items() if name in r}
-        keys = [k for k, v in next(iter(rows.values()))["metrics"].items() if isinstance(v, float)]
+        first = next(iter(rows.values()))
+        keys = [k for k, v in first["metrics"].items() if isinstance(v, float)]
         if not keys:
             continue
-        table = Table(title=f"{name} (percent)")
+        table = Table(title=f"{name}: {first['queries']} queries, gallery {first['gallery']} (percent)")
         for col in ["method", *map(short, keys)]:
             table.add_column(col, justify="left" if col == "method" else "right")
         for m, r in rows.items():
             table.add_row(m, *[pct(r["metrics"].get(k)) for k in keys])
-        print_table(table)
+        print_table(table)  # a gallery too small for some K was logged as a warning by evaluate_split
 
 
 def eval_cir_cmd(

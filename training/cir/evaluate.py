@@ -32,6 +32,7 @@ from curate.fsutil import write_json
 from training.metrics import cir as M
 
 from .data import Query, Split, fashioniq_text
+from .report import gallery_warning, saturated
 from .retrieval import frac32, hits_of, similarity_blocks
 
 log = logging.getLogger(__name__)
@@ -68,15 +69,19 @@ class SplitResult:
     skipped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    saturated: list[str] = field(default_factory=list)  # metrics whose K reaches the gallery: trivially 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "format": self.format, "split": self.split, "queries": self.queries,
-                "gallery": self.gallery, "metrics": self.metrics, "skipped": self.skipped,
-                "skipped_examples": self.examples, "files": self.files}
+                "gallery": self.gallery, "metrics": self.metrics, "saturated": self.saturated,
+                "skipped": self.skipped, "skipped_examples": self.examples, "files": self.files}
 
 
-def evaluate_split(retriever: Retriever, split: Split, out: Path | None = None) -> SplitResult:
-    """Metrics of ``retriever`` on ``split`` (when it has targets) and submission files in ``out``."""
+def evaluate_split(retriever: Retriever, split: Split, out: Path | None = None, warn: bool = True) -> SplitResult:
+    """Metrics of ``retriever`` on ``split`` (when it has targets) and submission files in ``out``.
+
+    Metrics whose K reaches the gallery (R@50 on a 51-image CIRR gallery) are listed in
+    ``saturated`` and, with ``warn``, logged: they are 100 whatever the model."""
     qv, feats = retriever.encode(split)
     names = list(split.index)
     gallery = np.stack([feats[n] for n in names]).astype(np.float32) if names else np.zeros((0, qv.shape[1]),
@@ -90,6 +95,9 @@ def evaluate_split(retriever: Retriever, split: Split, out: Path | None = None) 
             res.metrics = score(split, qv, names, gallery)
         if out is not None and split.format in ("cirr", "circo"):
             res.files = write_submission(split, qv, names, gallery, out)
+    res.saturated = saturated(split.format, size, res.metrics)
+    if res.saturated and warn:
+        log.warning("%s", gallery_warning(split.name, split.format, size, res.saturated))
     res.skipped = dict(split.skipped)
     res.examples = dict(split.examples)
     if split.skipped:

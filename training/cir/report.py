@@ -41,8 +41,45 @@ def pct(v: Any) -> str:
     return str(v)
 
 
+# recall over the whole (or GeneCIS's per-query) gallery: with K >= the candidates every target is
+# found (mAP@K still depends on the ranks, and Recall_subset / hR@K rank their own small sets)
+GALLERY_K = ("recall_at",)
+REFERENCE_REMOVED = ("cirr", "ours")  # the reference is no candidate (CIRR's rule)
+
+
+def candidates(fmt: str | None, gallery: Any) -> int | None:
+    """How many images a query ranks: the gallery, less its reference where the benchmark removes it."""
+    if not isinstance(gallery, int):
+        return None  # summary rows: "per category" / "per query"
+    return gallery - 1 if fmt in REFERENCE_REMOVED else gallery
+
+
+def saturated(fmt: str | None, gallery: Any, metrics: dict[str, Any]) -> list[str]:
+    """Metrics whose K reaches the number of candidates: R@K there is 100 whatever the model does
+    (a 51-image gallery makes CIRR's R@50 100.00 for every method)."""
+    n = candidates(fmt, gallery)
+    if n is None:
+        return []
+    out = []
+    for key in metrics:
+        for prefix in GALLERY_K:
+            k = key[len(prefix):]
+            if key.startswith(prefix) and k.isdigit() and int(k) >= n:
+                out.append(key)
+    return out
+
+
+def gallery_warning(name: str, fmt: str | None, gallery: Any, keys: list[str]) -> str:
+    """One line naming the metrics a too-small gallery makes trivial ("" when none)."""
+    if not keys:
+        return ""
+    return (f"WARNING {name}: the gallery ({candidates(fmt, gallery)} candidates per query) is not larger than K "
+            f"for {', '.join(short(k) for k in keys)}: these are trivially 100 and say nothing about the model")
+
+
 def metric_table(by_method: dict[str, dict[str, Any]], split_name: str) -> str:
-    """One Markdown table: a row per method, a column per scalar metric (percent)."""
+    """One Markdown table: a row per method, a column per scalar metric (percent), under a line with
+    the split's query and gallery counts and, when the gallery is not larger than some K, a warning."""
     rows = {m: r[split_name] for m, r in by_method.items() if split_name in r}
     if not rows:
         return ""
@@ -53,7 +90,10 @@ def metric_table(by_method: dict[str, dict[str, Any]], split_name: str) -> str:
     head = f"**{split_name}**: {first['queries']} queries, {gallery}"
     if not keys:
         return head + " (no targets: submission files only)\n"
-    lines = [head, "", "| method | " + " | ".join(short(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    warn = gallery_warning(split_name, first.get("format"), first["gallery"],
+                           saturated(first.get("format"), first["gallery"], dict.fromkeys(keys)))
+    lines = [head, *(["", f"> **{warn}**"] if warn else []), "",
+             "| method | " + " | ".join(short(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for method, r in rows.items():
         lines.append(f"| {method} | " + " | ".join(pct(r["metrics"].get(k)) for k in keys) + " |")
     skipped = first.get("skipped") or {}

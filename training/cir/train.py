@@ -235,8 +235,12 @@ def val_evaluator(folder: Path, cfg: CirTrainConfig, bank: FeatureBank):
         log.warning("no %s triplets: no validation, the last epoch is kept", cfg.val_split)
         return None
 
+    warned: list[bool] = []
+
     def evaluate(model: Any, epoch: int) -> dict[str, Any]:
-        return val_metrics(evaluate_split(FeatureRetriever(bank, "combiner", _unwrap(model)), split))
+        res = evaluate_split(FeatureRetriever(bank, "combiner", _unwrap(model)), split, warn=not warned)
+        warned.append(True)  # a too-small val gallery is said once, not every epoch
+        return val_metrics(res)
 
     return evaluate
 
@@ -301,7 +305,7 @@ def final_evaluation(folder: Path, cfg: CirTrainConfig, methods: dict[str, Retri
                 retriever = FeatureRetriever(bank, retriever.kind, retriever.model)
             sub = out / "eval" / f"{split.format}-{split.split}" if label == methods_first(methods) else None
             fresh = reread(split, folder, cfg.include_rejected)
-            results[label][fresh.name] = evaluate_split(retriever, fresh, sub).to_dict()
+            results[label][fresh.name] = evaluate_split(retriever, fresh, sub, warn=sub is not None).to_dict()
     return results
 
 
