@@ -271,6 +271,29 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 # -- the loop ------------------------------------------------------------------------------------
+@dataclass
+class _Trainer:
+    """What one ``fit`` call works with: set up once by :func:`_setup`, read by every epoch."""
+
+    model: Any
+    ddp: Any                     # the model, or its DistributedDataParallel wrapper under torchrun
+    optimizer: Any
+    loss: Callable[[Any, Any], tuple[Any, int]]
+    run: Path
+    cfg: FitConfig
+    scheduler: Any
+    scheduler_per: str
+    generators: dict[str, Any]
+    device: str
+    dist: Dist
+    amp_dtype: Any
+    scaler: Any
+
+    def step(self) -> None:
+        """One optimizer step (and the scheduler's, when it steps per optimizer step)."""
+        _step(self.optimizer, self.scaler, self.scheduler if self.scheduler_per == "step" else None)
+
+
 def fit(
     model: Any,
     optimizer: Any,
@@ -294,11 +317,41 @@ def fit(
     optimizer step (``"step"``). ``generators`` (name -> ``torch.Generator``) are saved and
     restored with the checkpoints, so a resumed run draws the same batches.
     ``steps_per_epoch`` only sizes the progress bar.
+
+    In order: :func:`_setup` (device, precision, DDP), :func:`_resume` (the latest checkpoint,
+    or the seed), then per epoch :func:`_train_epoch` and :func:`_end_epoch` (scheduler,
+    metrics row, evaluation and the best model, checkpoint).
     """
+    t = _setup(model, optimizer, loss, Path(run), cfg, scheduler, scheduler_per, generators)
+    counters, start_epoch = _resume(t, what)
+    if t.dist.main:
+        _write_history(t.run, counters["history"])
+    t_start = time.perf_counter() - float(counters["seconds"])
+    stopped = bool(counters.get("stopped_early"))
+    total_steps = steps_per_epoch * cfg.epochs if steps_per_epoch else None
+    with progress_bar(cfg.desc, total=total_steps, unit="steps") as advance:
+        if counters["step"]:
+            advance(counters["step"])
+        for epoch in range(start_epoch, cfg.epochs):
+            if stopped:
+                break
+            t_epoch = time.perf_counter()
+            ep_loss, ep_n, ep_steps, stopped = _train_epoch(t, batches(epoch), counters, t_start, advance)
+            if stopped and ep_steps == 0:
+                break
+            _end_epoch(t, epoch, counters, ep_loss, ep_n, t_epoch, t_start, stopped, evaluate)
+    return FitResult(epochs_done=len(counters["history"]), steps=counters["step"],
+                     seconds=float(counters["seconds"]), samples=int(counters["samples"]),
+                     stopped_early=bool(counters["stopped_early"]), history=list(counters["history"]),
+                     first_losses=list(counters["first_losses"]), last_losses=list(counters["last_losses"]),
+                     best=counters["best"])
+
+
+def _setup(model: Any, optimizer: Any, loss: Callable[[Any, Any], tuple[Any, int]], run: Path, cfg: FitConfig,
+           scheduler: Any, scheduler_per: str, generators: Mapping[str, Any] | None) -> _Trainer:
+    """The device, the precision (autocast dtype, gradient scaler) and, under torchrun, DDP."""
     import torch
 
-    run = Path(run)
-    generators = dict(generators or {})
     device = _device_of(model)
     dist = dist_info()
     amp_dtype = autocast_dtype(device, cfg.precision)
@@ -309,104 +362,104 @@ def fit(
     if dist.world_size > 1 and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
         ids = [torch.device(device).index] if device.startswith("cuda") else None
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return _Trainer(model, ddp, optimizer, loss, run, cfg, scheduler, scheduler_per, dict(generators or {}),
+                    device, dist, amp_dtype, scaler)
 
+
+def _resume(t: _Trainer, what: str) -> tuple[dict[str, Any], int]:
+    """``(counters, first epoch)``: from the latest checkpoint under ``resume``, else fresh and seeded."""
     counters: dict[str, Any] = {"step": 0, "samples": 0, "seconds": 0.0, "first_losses": [], "last_losses": [],
                                 "best": None, "history": [], "stopped_early": False}
-    start_epoch = 0
-    latest = latest_checkpoint(run) if cfg.resume else None
-    if latest is not None:
-        state = read_state(latest / STATE_FILE)
-        load_model_weights(model, latest / MODEL_FILE, what)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler") is not None:
-                scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CurateError(f"checkpoint's optimizer state does not fit {what} ({e})", where=str(latest),
-                              fix="resume with the options the run was started with") from e
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], generators)
-        counters = state["counters"]
-        start_epoch = int(state["epoch"]) + 1
-        log.info("%s: resuming after epoch %d from %s", cfg.desc, start_epoch, latest)
-    elif cfg.resume and (run / "metrics.jsonl").exists():
-        log.warning("%s: --resume, but no complete checkpoint in %s: starting from scratch", cfg.desc, run)
+    latest = latest_checkpoint(t.run) if t.cfg.resume else None
     if latest is None:
-        seed_everything(cfg.seed)
-    if dist.main:
-        _write_history(run, counters["history"])
+        if t.cfg.resume and (t.run / "metrics.jsonl").exists():
+            log.warning("%s: --resume, but no complete checkpoint in %s: starting from scratch", t.cfg.desc, t.run)
+        seed_everything(t.cfg.seed)
+        return counters, 0
+    state = read_state(latest / STATE_FILE)
+    load_model_weights(t.model, latest / MODEL_FILE, what)
+    try:
+        t.optimizer.load_state_dict(state["optimizer"])
+        if t.scheduler is not None and state.get("scheduler") is not None:
+            t.scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CurateError(f"checkpoint's optimizer state does not fit {what} ({e})", where=str(latest),
+                          fix="resume with the options the run was started with") from e
+    if t.scaler is not None and state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"], t.generators)
+    start_epoch = int(state["epoch"]) + 1
+    log.info("%s: resuming after epoch %d from %s", t.cfg.desc, start_epoch, latest)
+    return state["counters"], start_epoch
 
-    t_start = time.perf_counter() - float(counters["seconds"])
-    stopped = bool(counters.get("stopped_early"))
-    total_steps = steps_per_epoch * cfg.epochs if steps_per_epoch else None
-    with progress_bar(cfg.desc, total=total_steps, unit="steps") as advance:
-        if counters["step"]:
-            advance(counters["step"])
-        for epoch in range(start_epoch, cfg.epochs):
-            if stopped:
+
+def _train_epoch(t: _Trainer, batches: Iterable[Any], counters: dict[str, Any], t_start: float,
+                 advance: Callable[[int], None]) -> tuple[float, int, int, bool]:
+    """One pass over ``batches`` (autocast, accumulation, steps): ``(loss sum, samples, steps, stopped)``."""
+    import torch
+
+    cfg = t.cfg
+    t.model.train()
+    ep_loss, ep_n, ep_steps, micro, stopped = 0.0, 0, 0, 0, False
+    with _join(t.ddp, t.dist):
+        for batch in batches:
+            if cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds:
+                stopped = True
                 break
-            model.train()
-            t_epoch, ep_loss, ep_n, ep_steps = time.perf_counter(), 0.0, 0, 0
-            micro = 0
-            join = _join(ddp, dist)
-            with join:
-                for batch in batches(epoch):
-                    if cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds:
-                        stopped = True
-                        break
-                    ctx = torch.autocast(device.split(":")[0], dtype=amp_dtype) if amp_dtype else nullcontext()
-                    with ctx:
-                        value, n = loss(ddp, batch)
-                    scaled = value / cfg.grad_accum
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                    micro += 1
-                    lv = float(value.detach())
-                    ep_loss += lv * n
-                    ep_n += n
-                    if micro % cfg.grad_accum == 0:
-                        _step(optimizer, scaler, scheduler if scheduler_per == "step" else None)
-                        ep_steps += 1
-                        counters["step"] += 1
-                        _track_loss(counters, lv)
-                        advance(1)
-                if micro % cfg.grad_accum and not stopped:  # the epoch's last, partial accumulation
-                    _step(optimizer, scaler, scheduler if scheduler_per == "step" else None)
-                    ep_steps += 1
-                    counters["step"] += 1
-            if stopped and ep_steps == 0:
-                break
-            if scheduler is not None and scheduler_per == "epoch":
-                scheduler.step()
-            seconds = time.perf_counter() - t_epoch
-            counters["samples"] += ep_n
-            counters["seconds"] = time.perf_counter() - t_start
-            row: dict[str, Any] = {"epoch": epoch + 1, "step": counters["step"], "samples": ep_n,
-                                   "loss": round(ep_loss / max(ep_n, 1), 6),
-                                   "lr": float(optimizer.param_groups[0]["lr"]),
-                                   "samples_per_s": round(ep_n / seconds, 1) if seconds > 0 else None,
-                                   "seconds": round(seconds, 2)}
-            if stopped:
-                row["stopped_early"] = True
-                counters["stopped_early"] = True
-            if evaluate is not None:
-                model.eval()
-                with torch.no_grad():
-                    metrics = evaluate(model, epoch)
-                row.update(metrics)
-                _update_best(run, model, row, cfg, counters, dist)
-            counters["history"].append(row)
-            log.info("%s epoch %d/%d: loss %.4f, %s samples/s%s", cfg.desc, epoch + 1, cfg.epochs, row["loss"],
-                     row["samples_per_s"], "".join(f", {k} {v:.4f}" for k, v in row.items()
-                                                    if k not in _ROW_KEYS and isinstance(v, float)))
-            if dist.main:
-                _write_checkpoint(run, epoch, model, optimizer, scheduler, scaler, generators, counters)
-                _write_history(run, counters["history"])
-    return FitResult(epochs_done=len(counters["history"]), steps=counters["step"],
-                     seconds=float(counters["seconds"]), samples=int(counters["samples"]),
-                     stopped_early=bool(counters["stopped_early"]), history=list(counters["history"]),
-                     first_losses=list(counters["first_losses"]), last_losses=list(counters["last_losses"]),
-                     best=counters["best"])
+            ctx = torch.autocast(t.device.split(":")[0], dtype=t.amp_dtype) if t.amp_dtype else nullcontext()
+            with ctx:
+                value, n = t.loss(t.ddp, batch)
+            scaled = value / cfg.grad_accum
+            (t.scaler.scale(scaled) if t.scaler is not None else scaled).backward()
+            micro += 1
+            lv = float(value.detach())
+            ep_loss += lv * n
+            ep_n += n
+            if micro % cfg.grad_accum == 0:
+                t.step()
+                ep_steps += 1
+                counters["step"] += 1
+                _track_loss(counters, lv)
+                advance(1)
+        if micro % cfg.grad_accum and not stopped:  # the epoch's last, partial accumulation
+            t.step()
+            ep_steps += 1
+            counters["step"] += 1
+    return ep_loss, ep_n, ep_steps, stopped
+
+
+def _end_epoch(t: _Trainer, epoch: int, counters: dict[str, Any], ep_loss: float, ep_n: int, t_epoch: float,
+               t_start: float, stopped: bool, evaluate: Callable[[Any, int], dict[str, Any]] | None) -> None:
+    """After an epoch: the per-epoch scheduler step, the metrics row, evaluation and the best
+    model, then (rank 0) the checkpoint and ``metrics.jsonl``."""
+    import torch
+
+    if t.scheduler is not None and t.scheduler_per == "epoch":
+        t.scheduler.step()
+    seconds = time.perf_counter() - t_epoch
+    counters["samples"] += ep_n
+    counters["seconds"] = time.perf_counter() - t_start
+    row: dict[str, Any] = {"epoch": epoch + 1, "step": counters["step"], "samples": ep_n,
+                           "loss": round(ep_loss / max(ep_n, 1), 6),
+                           "lr": float(t.optimizer.param_groups[0]["lr"]),
+                           "samples_per_s": round(ep_n / seconds, 1) if seconds > 0 else None,
+                           "seconds": round(seconds, 2)}
+    if stopped:
+        row["stopped_early"] = True
+        counters["stopped_early"] = True
+    if evaluate is not None:
+        t.model.eval()
+        with torch.no_grad():
+            metrics = evaluate(t.model, epoch)
+        row.update(metrics)
+        _update_best(t.run, t.model, row, t.cfg, counters, t.dist)
+    counters["history"].append(row)
+    log.info("%s epoch %d/%d: loss %.4f, %s samples/s%s", t.cfg.desc, epoch + 1, t.cfg.epochs, row["loss"],
+             row["samples_per_s"], "".join(f", {k} {v:.4f}" for k, v in row.items()
+                                            if k not in _ROW_KEYS and isinstance(v, float)))
+    if t.dist.main:
+        _write_checkpoint(t.run, epoch, t.model, t.optimizer, t.scheduler, t.scaler, t.generators, counters)
+        _write_history(t.run, counters["history"])
 
 
 _ROW_KEYS = ("epoch", "step", "samples", "loss", "lr", "samples_per_s", "seconds")
