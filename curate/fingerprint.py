@@ -82,3 +82,21 @@ def fingerprint(*parts: Any) -> str:
     """A short, stable hash of values and of the content of paths (see the module docstring)."""
     blob = json.dumps([_part(p) for p in parts], sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def spec_paths(spec: str | None) -> list[Path]:
+    """The local files a model or LLM spec names, as paths (so :func:`fingerprint` hashes their content).
+
+    ``mini:PATH``, ``local:PATH.gguf``, ``open_clip:ARCH//abs/ckpt.pt``, ``open_clip:ARCH/rel/ckpt.pt``,
+    ``hf:LOCAL_DIR``: the existing file or folder; a hub name or URL names none (its name is the input).
+    """
+    if not spec:
+        return []
+    rest = spec.partition(":")[2]
+    candidates = [rest, rest.partition("/")[2]]
+    found = []
+    for c in candidates:
+        p = Path(c).expanduser() if c else None
+        if p is not None and p.exists() and p not in found:
+            found.append(p)
+    return found

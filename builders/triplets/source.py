@@ -164,14 +164,19 @@ class Features:
         return {k: i for i, k in enumerate(self.keys)}
 
 
-def image_features(source: Source, model: str | None, device: str, cache_dir: Path) -> Features:
+def image_features(source: Source, model: str | None, device: str, cache_dir: Path, inputs: str | None = None,
+                   refresh: bool = False) -> Features:
+    """Features of the source's samples. Computed ones (model, thumbnails) are cached in
+    ``cache_dir/features/`` with ``inputs`` (the fingerprint of the images and model they came from):
+    a later run reuses the rows of the keys it needs only while ``inputs`` is the same, so rejecting
+    samples reuses the cache and changed images or model weights recompute it; ``refresh`` always does."""
     keys = source.samples["key"].to_list()
     emb_dir = source.path / "embeddings"
     if source.kind == "dataset" and (emb_dir / "img_emb").exists() and not model:
         return _stored_features(emb_dir, keys)
     cache = cache_dir / "features"
     tag = "thumbnail" if not model else f"model:{model}"
-    cached = _read_cache(cache, tag, keys)
+    cached = None if refresh else _read_cache(cache, tag, keys, inputs)
     if cached is not None:
         return cached
     if model:
@@ -180,7 +185,7 @@ def image_features(source: Source, model: str | None, device: str, cache_dir: Pa
         logger.warning("no embeddings/ in %s and no --model: ranking targets by 8x8 colour thumbnails "
                        "(pass --model SPEC or run `curate embed` for CLIP similarity)", source.path)
         feats = _thumbnail_features(source, keys)
-    _write_cache(cache, feats)
+    _write_cache(cache, feats, inputs, keys)
     return feats
 
 
@@ -249,19 +254,28 @@ def _thumbnail_features(source: Source, keys: list[str]) -> Features:
     return Features(have, l2_normalise(mat.astype(np.float32)), "thumbnail")
 
 
-def _read_cache(cache: Path, tag: str, keys: list[str]) -> Features | None:
+def _read_cache(cache: Path, tag: str, keys: list[str], inputs: str | None) -> Features | None:
+    """The cached rows of ``keys``, if the cache was made for the same images and model (``inputs``)
+    and holds every one of them (a key it skipped as undecodable counts as held)."""
     meta = cache / "features.json"
     if not meta.exists():
         return None
-    info = json.loads(meta.read_text())
-    if info.get("how") != tag or not set(info["keys"]) <= set(keys):
+    try:
+        info = json.loads(meta.read_text())
+        if info.get("how") != tag or info.get("inputs") != inputs or not set(keys) <= set(info["asked"]):
+            return None
+        mat = np.load(cache / "features.npy")
+    except (OSError, ValueError, KeyError) as e:
+        logger.warning("%s: unreadable feature cache (%s); recomputing", cache, e)
         return None
-    return Features(info["keys"], np.load(cache / "features.npy"), tag)
+    pos = {k: i for i, k in enumerate(info["keys"])}
+    have = [k for k in keys if k in pos]
+    return Features(have, mat[np.array([pos[k] for k in have], dtype=np.int64)], tag)
 
 
-def _write_cache(cache: Path, feats: Features) -> None:
+def _write_cache(cache: Path, feats: Features, inputs: str | None, asked: list[str]) -> None:
     from curate.fsutil import atomic_open, write_json
 
     with atomic_open(cache / "features.npy", "wb") as f:
         np.save(f, feats.matrix, allow_pickle=False)
-    write_json(cache / "features.json", {"how": feats.how, "keys": feats.keys})
+    write_json(cache / "features.json", {"how": feats.how, "inputs": inputs, "keys": feats.keys, "asked": asked})

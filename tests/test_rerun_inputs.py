@@ -1,0 +1,153 @@
+"""Derived outputs follow their inputs (issue #27): a rerun redoes exactly the steps whose inputs changed.
+
+`curate triplets` after a review pull (the manifest gets ``review_status`` the way `curate review pull`
+writes it), with and without ``--overwrite``; an unchanged rerun skips every step; ``--overwrite``
+always recomputes; `curate attributes` after a manifest change; the trainers' and evaluations' caches.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from test_triplets import make_cir_dataset
+
+from annotations.verdicts import Verdict, apply_verdicts
+from builders.triplets import TripletsConfig, build_triplets, read_triplets
+from curate.manifest import manifest_path, read_manifest, write_manifest
+from curate.shards import iter_shard, list_shards
+
+CURATE = str(Path(sys.executable).with_name("curate"))
+FORMATS = "shards,cirr,circo,fashioniq,genecis"
+
+
+def curate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CURATE, *args], capture_output=True, text=True, timeout=300)
+
+
+def review_pull(ds: Path, verdicts: list[Verdict]) -> None:
+    """What `curate review pull` does to the manifest (annotations.verdicts.pull_verdicts, minus FiftyOne)."""
+    df, report = apply_verdicts(read_manifest(ds, include_rejected=True), verdicts, "2026-01-01T00:00:00+00:00")
+    assert report.changed == len(verdicts)
+    write_manifest(df, manifest_path(ds))
+
+
+def markers(out: Path) -> dict[str, int]:
+    """Every done marker of the folder and its modification time (a skipped step leaves it untouched)."""
+    return {p.parent.name: p.stat().st_mtime_ns for p in sorted((out / ".curate" / "ledger").glob("*/*.json"))}
+
+
+def keys_in_outputs(out: Path) -> set[str]:
+    """Every image key the exports mention: JSON files, file names, triplet shards' records."""
+    text = []
+    for p in out.rglob("*"):
+        if ".curate" in p.relative_to(out).parts or not p.is_file():
+            continue
+        text.append(p.name)
+        if p.suffix in (".json", ".jsonl", ".txt", ".md"):
+            text.append(p.read_text())
+    for shard in list_shards(out / "shards"):
+        for s in iter_shard(shard):
+            meta = json.loads(s["json"])
+            text.append(" ".join([meta["reference"], meta["target"], *meta["negatives"], *meta["gt"]]))
+    return set(" ".join(text).replace('"', " ").replace("/", " ").replace(".jpg", " ").split())
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["rerun", "overwrite"])
+def test_review_pull_then_rerun_excludes_the_rejected_image(tmp_path, overwrite):
+    ds = make_cir_dataset(tmp_path / "ds")
+    r = curate("triplets", str(ds), "--format", FORMATS)  # into ds/triplets, as in the issue
+    assert r.returncode == 0, r.stderr
+    out = ds / "triplets"
+    first = read_triplets(out)
+    victim = first["reference"][0]
+    assert victim in keys_in_outputs(out)
+    fixed = first.filter((pl.col("reference") != victim) & (pl.col("mode") == "attribute"))["reference"][0]
+    man = read_manifest(ds)
+    old_attr = man.filter(pl.col("key") == fixed)["attr"][0]
+    new_attr = next(a for a in sorted(set(man["attr"])) if a != old_attr)
+    obj = man.filter(pl.col("key") == fixed)["obj"][0]
+    review_pull(ds, [Verdict(victim, "reject", None, None), Verdict(fixed, None, new_attr, obj)])
+
+    r = curate("triplets", str(ds), "--format", FORMATS, *(["--overwrite"] if overwrite else []))
+    assert r.returncode == 0, r.stderr
+    df = read_triplets(out)
+    used = set(df["reference"]) | set(df["target"]) | set(df["negatives"].explode()) | set(df["gt"].explode())
+    assert victim not in used
+    assert victim not in keys_in_outputs(out)
+    assert set(df.filter(pl.col("reference") == fixed)["ref_attr"]) == {new_attr}
+    info = json.loads((out / "triplets.json").read_text())
+    assert info["rejected_excluded"] == 1 and info["counts"]["triplets"] == df.height
+    # the same bytes as a fresh folder made from the reviewed dataset
+    fresh = tmp_path / "fresh"
+    build_triplets(TripletsConfig(dataset=str(ds), out=str(fresh), formats=FORMATS.split(",")))
+    assert (fresh / "triplets.parquet").read_bytes() == (out / "triplets.parquet").read_bytes()
+    for f in ("cirr/captions/cap.rc2.train.json", "circo/annotations/val.json", "genecis/image_ids.json",
+              "fashioniq/category_map.json"):
+        assert (fresh / f).read_bytes() == (out / f).read_bytes(), f
+    assert sorted(p.name for p in (fresh / "cirr" / "img" / "train").iterdir()) == \
+        sorted(p.name for p in (out / "cirr" / "img" / "train").iterdir())
+
+
+def test_unchanged_rerun_skips_every_step_and_overwrite_redoes_them(tmp_path):
+    ds = make_cir_dataset(tmp_path / "ds", embeddings=False)  # thumbnail features: the feature cache is used
+    out = tmp_path / "t"
+    cfg = TripletsConfig(dataset=str(ds), out=str(out), formats=["cirr", "shards"])
+    build_triplets(cfg)
+    done = markers(out)
+    assert set(done) == {"triplets_mine", "triplets_texts", "triplets_images", "triplets_export-cirr",
+                         "triplets_export-shards"}
+    parquet = (out / "triplets.parquet").read_bytes()
+    build_triplets(cfg)
+    assert markers(out) == done  # nothing redone
+    build_triplets(cfg, overwrite=True)
+    again = markers(out)
+    assert all(again[k] != done[k] for k in done), (done, again)
+    assert (out / "triplets.parquet").read_bytes() == parquet
+
+
+def test_only_the_steps_whose_inputs_changed_are_redone(tmp_path):
+    ds = make_cir_dataset(tmp_path / "ds")
+    out = tmp_path / "t"
+    cfg = TripletsConfig(dataset=str(ds), out=str(out), formats=["cirr"])
+    build_triplets(cfg)
+    done = markers(out)
+    # new embeddings: mining reads them, so everything after it is redone
+    import shutil
+
+    from test_triplets import write_embeddings
+
+    shutil.rmtree(ds / "embeddings")
+    write_embeddings(ds, seed=7, noise=0.9)
+    build_triplets(cfg)
+    after = markers(out)
+    assert after["triplets_mine"] != done["triplets_mine"]
+    # the staged images of unchanged shards are reused: only the new ones are extracted
+    info = json.loads((out / "triplets.json").read_text())
+    assert info["images"]["items"] < len(list((out / ".curate" / "images").glob("*.jpg")))
+
+
+def test_new_weights_under_the_same_model_spec_redo_mining(tmp_path):
+    """--model open_clip:ARCH//ckpt.pt (or mini:PATH): the weights' content is an input, not only the spec."""
+    from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
+    from curate.fingerprint import spec_paths
+
+    spec = save_random_open_clip(tmp_path / "model", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=0)
+    assert [p.name for p in spec_paths(spec)] == ["tiny-test-clip.pt"]
+    assert spec_paths("openai:qwen2@http://127.0.0.1:8000/v1") == [] and spec_paths(None) == []
+    ds = make_cir_dataset(tmp_path / "ds", embeddings=False)
+    out = tmp_path / "t"
+    cfg = TripletsConfig(dataset=str(ds), out=str(out), model=spec, formats=[])
+    build_triplets(cfg)
+    done = markers(out)
+    feats = (out / ".curate" / "features" / "features.npy").read_bytes()
+    build_triplets(cfg)
+    assert markers(out) == done
+    save_random_open_clip(tmp_path / "model", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=1)
+    build_triplets(cfg)
+    assert markers(out)["triplets_mine"] != done["triplets_mine"]
+    assert (out / ".curate" / "features" / "features.npy").read_bytes() != feats
