@@ -1,25 +1,19 @@
-"""Reading TRIDENT's ``aux_label.jsonl`` tolerantly: composition -> three adjectives.
+"""TRIDENT's ``aux_label.jsonl`` as the review shows it: composition -> its auxiliary adjectives.
 
-The writer is another tool, so every shape seen in the wild is accepted, one JSON object
-per line: ``{"striped lemon": ["yellow", "round", "bright"]}``, ``{"pair": "striped lemon",
-"aux": [...]}`` (also keys composition/name/label and attributes/adjectives/labels/aux_label),
-``[attr, obj]`` pairs, ``attr_obj`` keys, comma-separated strings. Lines that fit none of these
-are counted and skipped, never fatal.
+The file is read by ``curate.aux_labels`` (its one reader, one policy: a malformed line or a
+pair given twice is refused with its line number, never skipped); here its pair names are
+folded to the review's keys (``"Striped_Lemon"`` -> ``"striped lemon"``), so two names that
+fold to the same key are the same pair given twice.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
-
-PAIR_KEYS = ("pair", "composition", "name", "label", "comp", "text")
-WORD_KEYS = ("aux", "aux_label", "aux_labels", "attributes", "adjectives", "labels", "words", "aux_attrs")
+from curate.aux_labels import read_aux_labels as read_file
 
 
 def pair_key(value: Any) -> str | None:
@@ -31,53 +25,15 @@ def pair_key(value: Any) -> str | None:
     return re.sub(r"[\s_]+", " ", value.strip().lower())
 
 
-def _words(value: Any) -> list[str] | None:
-    if isinstance(value, str):
-        value = [w for w in re.split(r"[,;]", value)]
-    if not isinstance(value, list | tuple):
-        return None
-    words = [w.strip().lower() for w in value if isinstance(w, str) and w.strip()]
-    return words or None
-
-
-def _parse_line(obj: Any) -> tuple[str, list[str]] | None:
-    if not isinstance(obj, dict):
-        return None
-    pk = next((k for k in PAIR_KEYS if k in obj), None)
-    wk = next((k for k in WORD_KEYS if k in obj), None)
-    if pk and wk:
-        pair, words = pair_key(obj[pk]), _words(obj[wk])
-        return (pair, words) if pair and words else None
-    if len(obj) == 1:
-        (k, v), = obj.items()
-        pair, words = pair_key(k), _words(v)
-        return (pair, words) if pair and words else None
-    return None
-
-
 @dataclass
 class AuxLabels:
     by_pair: dict[str, list[str]] = field(default_factory=dict)
-    bad_lines: list[int] = field(default_factory=list)
 
 
 def read_aux_labels(path: Path) -> AuxLabels:
-    """Parse ``aux_label.jsonl``; a missing file gives an empty mapping."""
-    out = AuxLabels()
+    """Parse ``aux_label.jsonl`` (keys folded by :func:`pair_key`, words lower-cased); a missing
+    file gives an empty mapping, a malformed one a ``CurateError`` naming its line."""
     if not path.exists():
-        return out
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            parsed = _parse_line(json.loads(line))
-        except json.JSONDecodeError:
-            parsed = None
-        if parsed is None:
-            out.bad_lines.append(n)
-            continue
-        out.by_pair[parsed[0]] = parsed[1]
-    if out.bad_lines:
-        log.warning("%s: %d line(s) not understood and skipped (e.g. line %d)", path, len(out.bad_lines),
-                    out.bad_lines[0])
-    return out
+        return AuxLabels()
+    table = read_file(path, key=pair_key)
+    return AuxLabels({k: [w.lower() for w in words] for k, words in table.items()})

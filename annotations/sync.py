@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate.aux_labels import dataset_path
 from curate.dataset import Dataset
 from curate.index import near_duplicate_pairs
 from curate.log import progress_bar
@@ -326,7 +327,7 @@ def sync_dataset(cfg: SyncConfig) -> SyncReport:
     new = df.filter(~pl.col("key").is_in(list(current)))
     old = df.filter(pl.col("key").is_in(list(current)))
     report.existing = old.height
-    aux = read_aux_labels(folder.path / "aux_label.jsonl")
+    aux = read_aux_labels(dataset_path(folder.path))
     emb_index = {k: i for i, k in enumerate(emb[0])} if emb else {}
     ds_id = ds._doc.id
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)

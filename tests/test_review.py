@@ -97,20 +97,18 @@ def test_embedded_database_that_cannot_start_points_at_doctor(tiny_dataset, tmp_
     assert "cannot start" in r.stderr and "curate doctor" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_aux_labels_read_tolerantly(tmp_path):
+def test_aux_labels_keys_folded_for_the_review_and_bad_lines_refused(tmp_path):
     from annotations.aux_labels import read_aux_labels
 
     p = tmp_path / "aux_label.jsonl"
-    p.write_text("\n".join([
-        json.dumps({"Red_Circle": ["round", "bright", "smooth"]}),
-        json.dumps({"pair": "blue square", "aux": "boxy, cool , flat"}),
-        json.dumps({"composition": ["green", "star"], "adjectives": ["pointy", "leafy", "vivid"]}),
-        "not json", json.dumps({"a": 1, "b": 2}), "",
-    ]))
-    aux = read_aux_labels(p)
-    assert aux.by_pair == {"red circle": ["round", "bright", "smooth"], "blue square": ["boxy", "cool", "flat"],
-                           "green star": ["pointy", "leafy", "vivid"]}
-    assert aux.bad_lines == [4, 5]
+    p.write_text("\n".join([json.dumps({"Red_Circle": ["Round", "bright", "smooth"]}),
+                            json.dumps({"blue square": ["boxy", "cool", "flat"]}), ""]))
+    assert read_aux_labels(p).by_pair == {"red circle": ["round", "bright", "smooth"],
+                                          "blue square": ["boxy", "cool", "flat"]}
+    # one policy with the trainer (curate.aux_labels): a malformed line is refused with its number
+    p.write_text(json.dumps({"red circle": ["round"]}) + "\n" + json.dumps({"pair": "blue square", "aux": ["boxy"]}))
+    with pytest.raises(CurateError, match=r"aux_label.jsonl:2: line 2 holds 2 pairs"):
+        read_aux_labels(p)
 
 
 # -- with the database -----------------------------------------------------------------------

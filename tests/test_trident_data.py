@@ -113,10 +113,13 @@ def test_aux_labels_missing_for_some_pairs_warn_and_fall_back_to_plain_ce(root):
 def test_an_aux_file_that_is_not_jsonl_is_a_clear_error(tmp_path, root):
     bad = tmp_path / "aux.jsonl"
     bad.write_text('{"red circle": ["a", "b", "c"]}\nred square: a, b, c\n')
-    with pytest.raises(CurateError, match=r"not JSONL: line 2"):
+    with pytest.raises(CurateError, match=r"aux.jsonl:2: line 2 is not JSON"):
         read_aux_file(bad)
     bad.write_text('{"red circle": "bright"}\n')
-    with pytest.raises(CurateError, match="line 1 is not"):
+    with pytest.raises(CurateError, match="line 1: the words of 'red circle' are not a list"):
+        load_czsl(root, aux=bad)
+    bad.write_text('{"red circle": ["a"]}\n{"red circle": ["b"]}\n')
+    with pytest.raises(CurateError, match=r"pair 'red circle' given twice \(lines 1 and 2\)"):
         load_czsl(root, aux=bad)
     with pytest.raises(CurateError, match="not found"):
         load_czsl(root, aux=tmp_path / "nope.jsonl")

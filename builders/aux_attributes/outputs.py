@@ -1,9 +1,8 @@
 """Writing the results: TRIDENT's ``aux_label.jsonl``, the provenance parquet, the summary.
 
-``aux_label.jsonl`` matches what TRIDENT's ``dataset.py`` (``get_aux_by_pair``) reads: one
-JSON object per line with a single key, the pair ``"attr obj"`` (attribute, one space,
-object), mapping to the list of auxiliary adjectives, written the way its own
-``4_extract_aux_attr_from_sentence.py`` writes it (``json.dump`` defaults).
+``aux_label.jsonl`` is written by ``curate.aux_labels`` (its one reader and writer, format
+and policy there): one JSON object per line with a single key, the pair ``"attr obj"``
+(attribute, one space, object), mapping to the list of auxiliary adjectives.
 
 TRIDENT looks for ``ROOT/aux_label/aux_label.jsonl`` under its CZSL root and keys it
 ``attr + ' ' + obj`` with the names *as in the pair files* (``paper_plane``, also for VAW-CZSL
@@ -16,25 +15,18 @@ whose pair files write ``attr+obj``). So besides ``OUT/aux_label.jsonl``:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
 
-from curate.fsutil import write_json, write_parquet, write_text
+from curate.aux_labels import AUX_FILE, dataset_path, trident_path, write_aux_labels
+from curate.fsutil import write_json, write_parquet
 
 from .generate import AuxResult
 
-AUX_LABEL = "aux_label.jsonl"
+AUX_LABEL = AUX_FILE
 AUX_TABLE = "aux_attributes.parquet"
 AUX_SUMMARY = "aux_summary.json"
-
-
-def aux_label_lines(results: list[AuxResult]) -> str:
-    return "".join(json.dumps({r.pair: r.aux}) + "\n" for r in sorted(results, key=lambda r: (r.attr, r.obj)))
-
-
-TRIDENT_DIR = "aux_label"
 
 
 def czsl_name(text: str) -> str:
@@ -47,14 +39,11 @@ def write_trident_file(root: Path, results: list[AuxResult], rename: bool) -> Pa
     def key(r: AuxResult) -> str:
         return f"{czsl_name(r.attr)} {czsl_name(r.obj)}" if rename else f"{r.attr} {r.obj}"
 
-    lines = "".join(json.dumps({key(r): r.aux}) + "\n" for r in sorted(results, key=lambda r: (r.attr, r.obj)))
-    path = root / TRIDENT_DIR / AUX_LABEL
-    write_text(path, lines)
-    return path
+    return write_aux_labels(trident_path(root), [(key(r), r.aux) for r in sorted(results, key=lambda r: (r.attr, r.obj))])
 
 
 def write_outputs(out: Path, results: list[AuxResult], summary: dict) -> list[Path]:
-    write_text(out / AUX_LABEL, aux_label_lines(results))
+    write_aux_labels(dataset_path(out), [(r.pair, r.aux) for r in sorted(results, key=lambda r: (r.attr, r.obj))])
     rows = [r.row() for r in sorted(results, key=lambda r: (r.attr, r.obj))]
     schema = {"attr": pl.Utf8, "obj": pl.Utf8, "pair": pl.Utf8, "aux": pl.List(pl.Utf8), "source": pl.Utf8,
               "tries": pl.Int32, "raw_answer": pl.Utf8, "raw_answers": pl.List(pl.Utf8),

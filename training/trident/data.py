@@ -25,7 +25,6 @@ keys and word lookups match either way.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -38,14 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from curate.aux_labels import AUX_FILE, dataset_path, read_aux_labels, trident_path
 from curate.errors import CurateError
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAME = "compositional-split-natural"
 SPLITS = ("train", "val", "test")
-AUX_DIR = "aux_label"
-AUX_FILE = "aux_label.jsonl"
 Pair = tuple[str, str]
 
 
@@ -181,31 +179,9 @@ def parse_pairs(path: Path, sep: str | None = None) -> list[Pair]:
 
 # -- auxiliary attributes ----------------------------------------------------------------------
 def read_aux_file(path: Path) -> dict[str, list[str]]:
-    """``aux_label.jsonl``: one JSON object per line mapping ``"attr obj"`` to a list of words."""
-    out: dict[str, list[str]] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CurateError(f"cannot read auxiliary attributes ({e})", where=str(path)) from e
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CurateError(f"not JSONL: line {n} is not a JSON object ({e.msg})", where=f"{path}:{n}",
-                              fix='one object per line, {"attr obj": ["adj", "adj", "adj"]} '
-                                  "(`curate attributes` writes it)") from e
-        if not isinstance(row, dict) or not all(isinstance(v, list) and all(isinstance(w, str) for w in v)
-                                                for v in row.values()):
-            raise CurateError(f"line {n} is not a {{\"attr obj\": [words]}} object", where=f"{path}:{n}",
-                              fix='one object per line, {"attr obj": ["adj", "adj", "adj"]}')
-        for k, v in row.items():
-            out[k] = [w.strip() for w in v if w.strip()]
-    if not out:
-        raise CurateError("no auxiliary attributes in this file", where=str(path),
-                          fix="run `curate attributes` on the dataset")
-    return out
+    """``aux_label.jsonl``, keys as written (read by ``curate.aux_labels``: malformed lines and
+    pairs given twice are refused with their line number)."""
+    return read_aux_labels(path)
 
 
 def _aux_keys(pair: Pair) -> list[str]:
@@ -219,9 +195,9 @@ def _aux_keys(pair: Pair) -> list[str]:
 def find_aux_file(root: Path) -> Path | None:
     """Where TRIDENT looks (``ROOT/aux_label/aux_label.jsonl``), then the dataset folder's own
     file (``curate attributes DATASET``), then, for an export, the dataset above it."""
-    cands = [root / AUX_DIR / AUX_FILE, root / AUX_FILE]
+    cands = [trident_path(root), dataset_path(root)]
     if root.parent.name == "exports":
-        cands += [root.parent.parent / AUX_FILE]
+        cands += [dataset_path(root.parent.parent)]
     return next((p for p in cands if p.is_file()), None)
 
 
