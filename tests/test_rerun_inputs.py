@@ -151,3 +151,42 @@ def test_new_weights_under_the_same_model_spec_redo_mining(tmp_path):
     build_triplets(cfg)
     assert markers(out)["triplets_mine"] != done["triplets_mine"]
     assert (out / ".curate" / "features" / "features.npy").read_bytes() != feats
+
+
+# -- curate attributes ----------------------------------------------------------------------------
+
+def attributes(*argv: str) -> int:
+    from curate.cli import main
+
+    try:
+        main(["-q", "attributes", *argv])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_attributes_follow_the_reviewed_manifest_and_skip_when_unchanged(tiny_dataset):
+    from llm_server import FakeChatServer
+
+    from builders.aux_attributes.outputs import AUX_LABEL
+
+    label = tiny_dataset / AUX_LABEL
+    with FakeChatServer() as srv:
+        assert attributes(str(tiny_dataset), "--llm", srv.spec()) == 0
+        assert srv.count() == 12 and len(label.read_text().splitlines()) == 12
+        first = label.stat().st_mtime_ns
+        assert attributes(str(tiny_dataset), "--llm", srv.spec()) == 0
+        assert label.stat().st_mtime_ns == first  # unchanged inputs: skipped, nothing rewritten
+        man = read_manifest(tiny_dataset)
+        red = man.filter(pl.col("attr") == "red")["key"].to_list()
+        blue = man.filter(pl.col("attr") == "blue")["key"][0]
+        obj = man.filter(pl.col("key") == blue)["obj"][0]
+        review_pull(tiny_dataset, [*(Verdict(k, "reject", None, None) for k in red),
+                                   Verdict(blue, None, "striped", obj)])
+        assert attributes(str(tiny_dataset), "--llm", srv.spec()) == 0
+        pairs = {next(iter(json.loads(ln))) for ln in label.read_text().splitlines()}
+        assert not any(p.startswith("red ") for p in pairs) and f"striped {obj}" in pairs
+        assert len(pairs) == 10
+        assert srv.count() == 13  # only the new pair was asked: the other answers came from the cache
+        assert attributes(str(tiny_dataset), "--llm", srv.spec(), "--overwrite") == 0
+        assert srv.count() == 13 and label.stat().st_mtime_ns != first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -89,14 +90,16 @@ def attributes(
       curate attributes WORLD --out aux/ --llm openai:qwen2.5@http://127.0.0.1:8000/v1 --concurrency 32
       curate attributes DATASET --llm openai:gpt-4o-mini@https://api.example.com/v1 --api-key-env MY_KEY
     """
+    from curate.aux_labels import dataset_path, trident_path
     from curate.errors import CurateError
+    from curate.ledger import Ledger, Step, StepContext, run_steps
     from curate.llm import load_llm, parse_spec
     from curate.log import console, print_table
     from curate.outdir import OutputDir
 
     from .contradictions import source_world
     from .generate import AuxConfig, generate_aux
-    from .outputs import write_outputs
+    from .outputs import AUX_SUMMARY, AUX_TABLE, write_outputs
     from .pairs import load_pairs, read_vocab
 
     pair_list, kind = load_pairs(source, pairs)
@@ -118,21 +121,53 @@ def attributes(
     # Writing into a dataset folder: guard (lock, config, cache) a private subfolder of it.
     in_dataset = kind in ("dataset", "czsl") and out.resolve() == source.resolve()  # type: ignore[union-attr]
     guard_dir = out / ".curate" / "attributes" if in_dataset else out
+    world = source_world(source, kind)
     with OutputDir(guard_dir, "attributes", config, overwrite=overwrite) as guard:
-        client = load_llm(llm, cache_path=cache or guard.meta / "llm_answers.sqlite", concurrency=concurrency,
-                          timeout=timeout, retries=http_retries, api_key_env=api_key_env)
-        with client:
-            log.info("%d pair(s) from %s; LLM %s", len(pair_list), kind, client.name)
-            results, stats = generate_aux(pair_list, client, cfg)
-        plaus = measure_plausibility(results, rules, source_world(source, kind))
-        summary = {**stats.summary(), "llm": llm, "source": kind, "retries": cfg.retries,
-                   "contradiction_check": contradiction_check, "contradiction_rules": rules.describe(),
-                   "contradiction_share": plaus["all"]["contradiction_share"], "plausibility": plaus}
-        files = write_outputs(out, results, summary)
-        files += write_plausibility(out, plaus)
-        files += _trident_copies(source, kind, out, results)
+        def run(_ctx) -> dict:
+            client = load_llm(llm, cache_path=cache or guard.meta / "llm_answers.sqlite", concurrency=concurrency,
+                              timeout=timeout, retries=http_retries, api_key_env=api_key_env)
+            with client:
+                log.info("%d pair(s) from %s; LLM %s", len(pair_list), kind, client.name)
+                results, stats = generate_aux(pair_list, client, cfg)
+            plaus = measure_plausibility(results, rules, world)
+            summary = {**stats.summary(), "llm": llm, "source": kind, "retries": cfg.retries,
+                       "contradiction_check": contradiction_check, "contradiction_rules": rules.describe(),
+                       "contradiction_share": plaus["all"]["contradiction_share"], "plausibility": plaus}
+            write_outputs(out, results, summary)
+            write_plausibility(out, plaus)
+            _trident_copies(source, kind, out, results)
+            return summary
+
+        files = [dataset_path(out)] + [out / f for f in (AUX_TABLE, AUX_SUMMARY, "aux_plausibility.json",
+                                                           "aux_plausibility.md", "aux_plausibility.png")]
+        files += [trident_path(root) for root in _trident_roots(source, kind, out)]
+        step = Step("attributes", run, outputs=[os.path.relpath(f, guard_dir) for f in files],
+                    inputs=lambda _ctx: attributes_inputs(config, pair_list, llm, cfg, rules, world, kind))
+        if overwrite:  # --overwrite: redo it whatever its marker says (answers still come from the cache)
+            Ledger(guard_dir, step.name).reset()
+        ctx = StepContext(guard_dir)
+        run_steps([step], ctx)
+    summary = dict(ctx.stats[step.name])
+    if ctx.summaries[0].skipped:
+        console.print("inputs unchanged since the last run (pairs, LLM, prompt, options): outputs kept")
     print_table(_summary_table(summary))
     console.print(f"wrote {', '.join(str(f) for f in files)}")
+
+
+def attributes_inputs(config: dict, pairs: list, llm: str, cfg, rules, world: Path | None, kind: str) -> list:
+    """What the outputs are made of: the pairs themselves (a dataset's, rejected rows left out), the
+    options, the LLM spec (and a local model file's content), the prompts, the contradiction rules'
+    words, and the demo world the plausibility is judged against."""
+    from curate.fingerprint import spec_paths
+    from curate.world import identity
+
+    from .prompt import first_prompt, retry_prompt
+
+    return [config, kind, [list(p) for p in pairs], llm, spec_paths(llm),
+            [first_prompt("ATTR", "OBJ"), retry_prompt("ATTR", "OBJ", "PROBLEM")],
+            sorted(cfg.vocab) if cfg.vocab else None,
+            [[a.name, sorted((w, sorted(v)) for w, v in a.names.items())] for a in rules.axes],
+            identity(world).decode("utf-8", "replace") if world is not None else None]
 
 
 def contradiction_rules(source: Path | None, kind: str, families: Path | None):
@@ -168,17 +203,24 @@ def write_plausibility(out: Path, plaus: dict) -> list[Path]:
     return [out / "aux_plausibility.json", out / "aux_plausibility.md", plot(plaus, out / "aux_plausibility.png")]
 
 
-def _trident_copies(source: Path | None, kind: str, out: Path, results: list) -> list[Path]:
-    """The file where TRIDENT's loader looks, keyed as it looks (see ``outputs``)."""
-    from .outputs import write_trident_file
+def _trident_roots(source: Path | None, kind: str, out: Path) -> list[Path]:
+    """The CZSL roots whose ``aux_label/aux_label.jsonl`` TRIDENT reads: a CZSL root itself, or a
+    dataset's CZSL export when writing into the dataset (see ``outputs``)."""
     from .pairs import CZSL_SPLIT
 
     if kind == "czsl":
-        return [write_trident_file(out, results, rename=False)]
+        return [out]
     export = source / "exports" / "czsl" if source is not None else None
     if kind == "dataset" and export is not None and (export / CZSL_SPLIT).is_dir() and out.resolve() == source.resolve():
-        return [write_trident_file(export, results, rename=True)]
+        return [export]
     return []
+
+
+def _trident_copies(source: Path | None, kind: str, out: Path, results: list) -> list[Path]:
+    """The file where TRIDENT's loader looks, keyed as it looks (see ``outputs``)."""
+    from .outputs import write_trident_file
+
+    return [write_trident_file(root, results, rename=kind != "czsl") for root in _trident_roots(source, kind, out)]
 
 
 def _summary_table(s: dict):
