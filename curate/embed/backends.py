@@ -45,7 +45,7 @@ def spec_forms_text() -> str:
 
 
 class Encoder(ABC):
-    """Base class: subclasses provide preprocessing and the two forward passes."""
+    """Base class: subclasses provide preprocessing, its normalisation mean and the two forward passes."""
 
     spec: str = ""
     dim: int = 0
@@ -55,6 +55,12 @@ class Encoder(ABC):
     @abstractmethod
     def preprocess(self, image: Any) -> Any:
         """One PIL image -> a CHW float tensor ready for the image tower."""
+
+    @property
+    @abstractmethod
+    def image_mean(self) -> tuple[float, float, float]:
+        """The per-channel RGB mean (0-1) that :meth:`preprocess` subtracts: the model's "no
+        image" colour, read from the preprocessing where it says it."""
 
     @abstractmethod
     def _forward_images(self, batch: Any) -> Any:
@@ -75,6 +81,13 @@ class Encoder(ABC):
                           fix="use a ViT backbone: open_clip:ViT-*, hf:CLIP folder, or mini:PATH")
 
     # -- shared ----------------------------------------------------------------------------
+    @property
+    def pad_color(self) -> tuple[int, int, int]:
+        """The colour to pad an image to a square with before :meth:`preprocess`: the model's mean
+        (LLaVA's and TRIDENT's ``expand2square`` with ``image_processor.image_mean``), 0-255."""
+        r, g, b = (int(255 * c) for c in self.image_mean)
+        return r, g, b
+
     def image_features(self, batch: Any, precision: str = "fp32") -> Any:
         """A stacked [B, C, H, W] batch -> unnormalised float32 [B, D] features, left on the device.
 
@@ -219,6 +232,20 @@ class OpenClipEncoder(Encoder):
     def preprocess(self, image: Any) -> Any:
         return self.transform(image)
 
+    @property
+    def image_mean(self) -> tuple[float, float, float]:
+        """The mean of the transform's ``Normalize`` (else the model's ``visual.image_mean``, else
+        open_clip's own default, the OpenAI CLIP mean)."""
+        for t in getattr(self.transform, "transforms", [self.transform]):
+            if type(t).__name__ == "Normalize" and hasattr(t, "mean"):
+                return _rgb(t.mean)
+        mean = getattr(getattr(self.model, "visual", None), "image_mean", None)
+        if mean is not None:
+            return _rgb(mean)
+        from open_clip.constants import OPENAI_DATASET_MEAN
+
+        return _rgb(OPENAI_DATASET_MEAN)
+
     def _forward_images(self, batch: Any) -> Any:
         return self.model.encode_image(batch)
 
@@ -255,6 +282,17 @@ class OpenClipEncoder(Encoder):
         if getattr(visual, "class_embedding", None) is None:  # no CLS token (e.g. SigLIP): mean as global
             return x.mean(1), x
         return x[:, 0], x[:, 1:]
+
+
+def _rgb(mean: Any) -> tuple[float, float, float]:
+    """A mean as three floats (one value for all channels is repeated)."""
+    values = [float(v) for v in (mean if isinstance(mean, list | tuple) else list(mean))]
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise CurateError(f"expected an RGB mean of 3 values, got {values}", fix="the model's preprocessing "
+                          "should normalise 3 channels")
+    return values[0], values[1], values[2]
 
 
 class _Stop(Exception):
@@ -379,6 +417,11 @@ class HFClipEncoder(Encoder):
 
     def preprocess(self, image: Any) -> Any:
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    @property
+    def image_mean(self) -> tuple[float, float, float]:
+        """The image processor's ``image_mean`` (``preprocessor_config.json``)."""
+        return _rgb(self.processor.image_mean)
 
     def _forward_images(self, batch: Any) -> Any:
         return self.model.get_image_features(pixel_values=batch)

@@ -176,6 +176,11 @@ class MiniClipEncoder(Encoder):
     def preprocess(self, image: Any) -> Any:
         return to_tensor(image, self.cfg.image_size)
 
+    @property
+    def image_mean(self) -> tuple[float, float, float]:
+        """``MEAN``, what :func:`to_tensor` subtracts from every channel."""
+        return MEAN, MEAN, MEAN
+
     def _forward_images(self, batch: Any) -> Any:
         return self.model.visual(batch)
 

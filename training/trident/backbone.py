@@ -3,8 +3,8 @@
 - :class:`Backbone` wraps any ``curate.embed.backends`` encoder (``open_clip:``, ``hf:``,
   ``mini:`` specs, any size; the paper's is ViT-L/14-336) and returns its token features
   through ``Encoder.tokens`` (penultimate layer: CLS = global, patches = local). Images are
-  padded to a square with the mean colour first, as TRIDENT does (``image_aspect_ratio:
-  pad``), then go through the encoder's own preprocessing.
+  padded to a square with the encoder's mean colour first (``Encoder.pad_color``), as
+  TRIDENT does (``image_aspect_ratio: pad``), then go through the encoder's own preprocessing.
 - :func:`load_projector` reads LLaVA-1.5's ``mm_projector`` weights (Linear -> ReLU ->
   Linear, 1024 -> 4096 -> 4096 for ViT-L), from LLaVA's ``mm_projector.bin`` (keys
   ``model.mm_projector.0.weight`` ...) or TRIDENT's extracted ``mm_projector.pth`` (keys
@@ -27,9 +27,6 @@ from .data import CZSLData, Item
 
 log = logging.getLogger(__name__)
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-
-
 class Backbone:
     """A frozen encoder's token features; ``spec`` names it in configs and caches."""
 
@@ -41,8 +38,7 @@ class Backbone:
         self.device = self.encoder.device
         for p in getattr(getattr(self.encoder, "model", None), "parameters", lambda: [])():
             p.requires_grad_(False)
-        fill = CLIP_MEAN if spec.split(":", 1)[0] in ("open_clip", "hf") else (0.5, 0.5, 0.5)
-        self.fill = tuple(int(255 * c) for c in fill)
+        self.fill = self.encoder.pad_color
 
     def preprocess(self, image: Any) -> Any:
         return self.encoder.preprocess(pad_square(image.convert("RGB"), self.fill))
@@ -106,8 +102,8 @@ def load_projector(path: str | Path) -> Any:
 class ImageSource:
     """Decoded images of a dataset's items: files (standard layout) or shard samples (curate datasets).
 
-    Shard samples are streamed shard by shard by :meth:`iter_items` (feature extraction) and
-    kept as encoded bytes by :meth:`load_all` (online training: random access for partners).
+    Shard samples are read once, shard by shard, by :meth:`load_all` and kept as encoded bytes
+    (feature extraction and online training then open them by key, in any order: partners).
     """
 
     def __init__(self, data: CZSLData):

@@ -181,7 +181,7 @@ def evaluate_zero_shot(spec_name: str, data_dir: Path, split: str, open_world: b
     from curate.embed.backends import load_model
     from curate.options import resolve_device
 
-    from .backbone import CLIP_MEAN, ImageSource, pad_square
+    from .backbone import ImageSource, pad_square
     from .config import TridentConfig
     from .demo import czsl_root_for
     from .evaluate import zero_shot_scores
@@ -193,7 +193,7 @@ def evaluate_zero_shot(spec_name: str, data_dir: Path, split: str, open_world: b
                    words=data.words)
     source = ImageSource(data)
     images: dict[str, list[Any]] = {}
-    fill = tuple(int(255 * c) for c in (CLIP_MEAN if spec_name.split(":", 1)[0] in ("open_clip", "hf") else (0.5,) * 3))
+    fill = encoder.pad_color
 
     def scorer(s: str, columns: Columns) -> np.ndarray:
         if s not in images:
