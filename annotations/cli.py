@@ -20,12 +20,18 @@ DEFAULT_COMMAND = "open"
 
 
 class DefaultCommandGroup(TyperGroup):
-    """Runs ``open`` when the first argument is not a subcommand (``curate review DATASET``)."""
+    """Runs ``open`` when the first argument is not a subcommand (``curate review DATASET``); its
+    ``--help`` shows ``open``'s options too, since ``curate review DATASET --port ...`` takes them."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        command = self.commands[DEFAULT_COMMAND]
+        command.format_help(click.Context(command, info_name=ctx.info_name, parent=ctx.parent), formatter)
 
 
 app = typer.Typer(
@@ -35,16 +41,21 @@ app = typer.Typer(
     help="""Review samples in FiftyOne and pull verdicts back into the manifest.
 
 \b
-  curate review demo-out/imagenet-ao              # push (incremental) + open the App on 127.0.0.1:5151
-  curate review demo-out/imagenet-ao --no-launch  # push only
-  curate review pull demo-out/imagenet-ao         # tags accept/reject + label edits -> manifest.parquet
+  curate review demo-out/imagenet-ao               # push + serve the App
+  curate review demo-out/imagenet-ao --port 5152   # another port
+  curate review demo-out/imagenet-ao --no-launch   # push only
+  curate review pull demo-out/imagenet-ao          # verdicts -> manifest
 \b
+It prints the URL that opens the dataset: http://127.0.0.1:5151/datasets/NAME
+(NAME: the folder's name and a hash of its path, one FiftyOne dataset per folder).
 Reviewers tag samples `accept` / `reject` or edit the `attr` / `obj` labels in the App.
-After a pull, exports, triplet mining and training loaders skip rejected samples.""",
+After a pull, exports, triplet mining and training loaders skip rejected samples.
+`curate review DATASET` takes the options of `curate review open` below.""",
 )
 
 Dataset_ = Annotated[Path, typer.Argument(help="Dataset folder (holds manifest.parquet and shards/).")]
-Name = Annotated[str | None, typer.Option("--name", help="FiftyOne dataset name (default: the folder's name).")]
+Name = Annotated[str | None, typer.Option(
+    "--name", help="FiftyOne dataset name (default: the folder's name and a hash of its path, one per folder).")]
 DatabaseUri = Annotated[str | None, typer.Option(
     "--database-uri", help="Use this MongoDB (mongodb://...) instead of FiftyOne's embedded database.")]
 
@@ -65,9 +76,11 @@ def open_cmd(
         "--remove-stale", help="Delete FiftyOne samples whose key left the manifest (default: tag them 'stale').")]
     = False,
 ) -> None:
-    """Create or update the FiftyOne dataset for DATASET, then launch the App (Ctrl-C stops it).
+    """Create or update the FiftyOne dataset for DATASET, then serve the App on 127.0.0.1 (Ctrl-C stops it).
 
     \b
+    Prints the URL that opens the dataset, http://127.0.0.1:PORT/datasets/NAME
+    (the bare http://127.0.0.1:PORT opens the App with no dataset selected).
     Example:
       curate review open demo-out/imagenet-ao --port 5152
       curate review demo-out/imagenet-ao --no-launch --remove-stale   # after a rebuild
@@ -82,6 +95,10 @@ def open_cmd(
     report = push(dataset, name=name, media_dir=media_dir, database_uri=database_uri, triplets=triplets,
                   max_pair_views=max_pair_views, remove_stale=remove_stale)
     if no_launch:
+        from .app import dataset_url
+
+        log.info("App not started (--no-launch); `curate review %s --port %d` serves it at %s", dataset, port,
+                 dataset_url(port, report))
         return
     from .app import serve_until_interrupted, start_app
 

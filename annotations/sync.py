@@ -13,14 +13,25 @@ manifest without touching the reviewers' work:
 * samples it holds get the manifest's current values of every pushed field (a new manifest
   column becomes a new field, filled on every sample; a changed score or split is updated; a
   value that became missing is unset), in one bulk write; their image is extracted again when
-  its file is gone or its shard changed. Tags and the ``attr``/``obj``/``pair`` labels are the
-  reviewers' (``curate review pull`` writes them back) and are never overwritten;
+  its file is gone or its shard changed. Tags and the ``attr``/``obj`` labels are the reviewers'
+  (``curate review pull`` writes them back) and are never overwritten; the ``pair`` label is
+  derived from them, so it follows the manifest (after a pull, the corrected pair);
 * samples whose key left the manifest are tagged ``stale`` (counted, a saved view lists them;
   ``remove_stale`` deletes them instead); a stale key that comes back loses the tag.
+
+One FiftyOne dataset per folder: the default name is the folder's name plus a hash of its
+resolved path (two folders both called ``imagenet-ao`` get two datasets), the dataset's
+``info["curate_dataset"]`` records the folder, and a dataset recorded for another folder is
+refused (push and pull), never mixed.
+
+When the sync changes a sample it sets ``last_modified_at`` as FiftyOne does, and keeps the time
+of the reviewer's last edit it would hide in ``review_edited_at`` (``curate_synced_at`` marks its
+own writes): ``pull`` reads the review time from these (:func:`reviewer_edit_time`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -33,21 +44,27 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curate.aux_labels import dataset_path
 from curate.dataset import Dataset
+from curate.errors import CurateError
 from curate.index import near_duplicate_pairs
 from curate.log import progress_bar
 
 from .aux_labels import pair_key, read_aux_labels
+from .corrections import AUX_FILE
 from .database import connect
 from .media import default_media_dir, extract_images
 
 log = logging.getLogger(__name__)
 
 LABEL_FIELDS = ("attr", "obj", "pair")
+REVIEWER_LABELS = ("attr", "obj")  # the reviewers' (never overwritten); ``pair`` is derived from them
+FOLDER_INFO = "curate_dataset"     # the FiftyOne dataset's info key: the folder it was made from
+SYNCED_AT = "curate_synced_at"     # when a sync last changed the sample
+EDITED_AT = "review_edited_at"     # the reviewer's last edit before that sync
+FLAG_FIELD = "review_flag"         # manifest column: why a correction's derived fields could not be decided
 # manifest columns that must not become fields: ours, and FiftyOne's own sample fields
 RESERVED = {"id", "_id", "filepath", "tags", "metadata", "media_type", "created_at", "last_modified_at",
-            "image_sha1", "dup_group", "aux_attrs", "embedding", "group"}
+            "image_sha1", "dup_group", "aux_attrs", "embedding", "group", SYNCED_AT, EDITED_AT}
 SKIP_COLUMNS = {"key", *LABEL_FIELDS, *RESERVED}
 VERDICT_TAGS = ("accept", "reject")
 STALE_TAG = "stale"
@@ -124,7 +141,8 @@ def _declare_schema(ds: Any, scalars: dict[str, Any], with_embedding: bool) -> N
 
     schema = ds.get_field_schema()
     wanted: dict[str, Any] = {"key": fo.StringField(), "image_sha1": fo.StringField(), "dup_group": fo.StringField(),
-                              "aux_attrs": fo.ListField(fo.StringField())}
+                              "aux_attrs": fo.ListField(fo.StringField()), SYNCED_AT: fo.DateTimeField(),
+                              EDITED_AT: fo.DateTimeField()}
     for f in LABEL_FIELDS:
         wanted[f] = fo.EmbeddedDocumentField(fo.Classification)
     for name, kind in scalars.items():
@@ -222,15 +240,47 @@ def _load_embeddings(folder: Path) -> tuple[list[str], np.ndarray] | None:
 
 
 # -- the sync ----------------------------------------------------------------------------
+def default_name(folder: Path) -> str:
+    """``NAME-HASH``: the folder's name and 8 hex digits of its resolved path's SHA-1, unique per folder."""
+    path = folder.resolve()
+    return f"{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+
+
+def resolve_name(fo: Any, folder: Path, name: str | None) -> str:
+    """The FiftyOne dataset of ``folder``: ``name`` when given, else :func:`default_name`.
+
+    A dataset an older curate named after the bare folder name is used (and kept under that name)
+    when it records this very folder and no dataset has the new name yet, so reviews made before
+    names were unique are not orphaned. One that records no folder is not guessed at."""
+    if name:
+        return name
+    unique = default_name(folder)
+    legacy = folder.resolve().name
+    if not fo.dataset_exists(unique) and fo.dataset_exists(legacy) \
+            and fo.load_dataset(legacy).info.get(FOLDER_INFO) == str(folder.resolve()):
+        log.info("using FiftyOne dataset %r, made for %s before dataset names were unique per folder", legacy,
+                 folder.resolve())
+        return legacy
+    return unique
+
+
+def check_folder(ds: Any, folder: Path, command: str) -> None:
+    """Refuse a FiftyOne dataset recorded for another folder: its samples and verdicts are that folder's."""
+    made_for = ds.info.get(FOLDER_INFO)
+    here = str(folder.resolve())
+    if made_for and made_for != here:
+        raise CurateError(f"FiftyOne dataset {ds.name!r} holds the samples and verdicts of another folder, {made_for}",
+                          where=here, fix=f"run `{command}` without --name (each folder gets its own dataset, "
+                          f"{default_name(folder)!r} for this one), or pass the folder {made_for}")
+
+
 def open_fo_dataset(fo: Any, name: str, source: Path) -> Any:
-    """Load the persistent dataset ``name`` (created when absent, media type ``image``), remembering
-    its source folder. A dataset an older curate made without a media type gets ``image``."""
+    """Load the persistent dataset ``name`` (created when absent, media type ``image``), recording its
+    source folder; a dataset recorded for another folder is refused. A dataset an older curate made
+    without a media type gets ``image``; one that records no folder is taken over for ``source``."""
     if fo.dataset_exists(name):
         ds = fo.load_dataset(name)
-        prev = ds.info.get("curate_dataset")
-        if prev and prev != str(source.resolve()):
-            log.warning("FiftyOne dataset %r was made from %s, now syncing %s (use --name to keep them apart)",
-                        name, prev, source.resolve())
+        check_folder(ds, source, f"curate review {source}")
     else:
         ds = fo.Dataset(name, persistent=True)
     if ds.media_type is None:
@@ -238,7 +288,7 @@ def open_fo_dataset(fo: Any, name: str, source: Path) -> Any:
             ds._set_media_type("image")
         else:
             ds.media_type = "image"
-    ds.info["curate_dataset"] = str(source.resolve())
+    ds.info[FOLDER_INFO] = str(source.resolve())
     ds.save()
     return ds
 
@@ -267,9 +317,9 @@ def _missing(v: Any) -> bool:
 def field_updates(doc: dict, row: dict, scalars: dict[str, Any], extra: dict[str, Any]) -> tuple[dict, list[str]]:
     """``$set`` and ``$unset`` bringing a stored sample in step with its manifest row.
 
-    Scalars follow the manifest (a missing value is unset); labels are filled only where FiftyOne
-    has none (reviewers own them); ``extra`` holds derived fields (aux attributes, embedding,
-    metadata) to set when they differ."""
+    Scalars follow the manifest (a missing value is unset); ``attr``/``obj`` are filled only where
+    FiftyOne has none (reviewers own them), ``pair`` follows the manifest; ``extra`` holds derived
+    fields (aux attributes, embedding, metadata) to set when they differ."""
     sets: dict[str, Any] = {}
     unsets: list[str] = []
     for name in scalars:
@@ -280,7 +330,8 @@ def field_updates(doc: dict, row: dict, scalars: dict[str, Any], extra: dict[str
         elif doc.get(name) != v:
             sets[name] = v
     for f in LABEL_FIELDS:
-        if doc.get(f) is None:
+        have = (doc.get(f) or {}).get("label")
+        if have is None or (f not in REVIEWER_LABELS and row.get(f) is not None and have != str(row[f])):
             c = _classification(row.get(f))
             if c is not None:
                 sets[f] = c
@@ -297,6 +348,26 @@ def field_updates(doc: dict, row: dict, scalars: dict[str, Any], extra: dict[str
     return sets, unsets
 
 
+def reviewer_edit_time(doc: dict) -> datetime | None:
+    """When a reviewer (the App, the SDK) last changed the sample: ``last_modified_at`` when it is later
+    than the sample's insert and curate's last write to it, else the edit that write kept aside."""
+    modified = doc.get("last_modified_at")
+    ours = doc.get(SYNCED_AT) or doc.get("created_at")
+    if modified is not None and (ours is None or modified > ours):
+        return modified
+    return doc.get(EDITED_AT)
+
+
+def synced(doc: dict, now: datetime) -> dict[str, Any]:
+    """``$set`` of a sync's write to a sample: FiftyOne's ``last_modified_at``, our mark, and the
+    reviewer's last edit kept aside (it would otherwise be hidden by this write)."""
+    out: dict[str, Any] = {"last_modified_at": now, SYNCED_AT: now}
+    edited = reviewer_edit_time(doc)
+    if edited is not None:
+        out[EDITED_AT] = edited
+    return out
+
+
 def _metadata(row: dict) -> dict | None:
     if row.get("width") and row.get("height"):
         return {"_cls": "ImageMetadata", "width": int(row["width"]), "height": int(row["height"])}
@@ -308,9 +379,9 @@ def sync_dataset(cfg: SyncConfig) -> SyncReport:
     from pymongo import UpdateOne
 
     folder = Dataset(cfg.dataset)  # validates the folder and the manifest before fiftyone starts
-    name = cfg.name or folder.name
-    media_dir = cfg.media_dir or default_media_dir(name)
     fo = connect(cfg.database_uri)  # not timed: starting the embedded database is not the sync's work
+    name = resolve_name(fo, folder.path, cfg.name)
+    media_dir = cfg.media_dir or default_media_dir(name)
     t0 = time.perf_counter()
     df = folder.manifest(include_rejected=True)  # reviewers must see rejected samples to undo them
     ds = open_fo_dataset(fo, name, folder.path)
@@ -321,13 +392,14 @@ def sync_dataset(cfg: SyncConfig) -> SyncReport:
     scalars = _scalar_columns(df)
     _declare_schema(ds, scalars, with_embedding=emb is not None)
     current = _current_documents(ds, ["_id", "key", "filepath", "tags", "image_sha1", "metadata", "aux_attrs",
-                                      "embedding", "dup_group", *LABEL_FIELDS, *scalars])
+                                      "embedding", "dup_group", "created_at", "last_modified_at", SYNCED_AT,
+                                      EDITED_AT, *LABEL_FIELDS, *scalars])
     keys = df["key"].to_list()
     in_manifest = set(keys)
     new = df.filter(~pl.col("key").is_in(list(current)))
     old = df.filter(pl.col("key").is_in(list(current)))
     report.existing = old.height
-    aux = read_aux_labels(dataset_path(folder.path))
+    aux = read_aux_labels(folder.path / AUX_FILE)
     emb_index = {k: i for i, k in enumerate(emb[0])} if emb else {}
     ds_id = ds._doc.id
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
@@ -394,7 +466,7 @@ def sync_dataset(cfg: SyncConfig) -> SyncReport:
         sets, unsets = field_updates(doc, row, scalars, extra)
         pull = STALE_TAG in (doc.get("tags") or [])
         if sets or unsets or pull:
-            update: dict[str, Any] = {"$set": {**sets, "last_modified_at": now}}
+            update: dict[str, Any] = {"$set": {**sets, **synced(doc, now)}}
             if unsets:
                 update["$unset"] = dict.fromkeys(unsets, "")
             if pull:
@@ -407,7 +479,7 @@ def sync_dataset(cfg: SyncConfig) -> SyncReport:
         ds.delete_samples([str(d["_id"]) for d in stale])
         report.stale_removed = len(stale)
     elif stale:
-        ops += [UpdateOne({"_id": d["_id"]}, {"$addToSet": {"tags": STALE_TAG}, "$set": {"last_modified_at": now}})
+        ops += [UpdateOne({"_id": d["_id"]}, {"$addToSet": {"tags": STALE_TAG}, "$set": synced(d, now)})
                 for d in stale if STALE_TAG not in (d.get("tags") or [])]
         log.warning("%d FiftyOne sample(s) are no longer in the manifest: tagged %r (saved view 'stale'; "
                     "pass --remove-stale to delete them)", len(stale), STALE_TAG)
@@ -513,7 +585,8 @@ def mark_near_duplicates(ds: Any, emb: tuple[list[str], np.ndarray] | None, thre
 
 
 def save_views(ds: Any, max_pair_views: int) -> list[str]:
-    """Saved views: lowest composition score first, reviewed/unreviewed, near-duplicates, stale, one per pair.
+    """Saved views: lowest composition score first, reviewed/unreviewed, near-duplicates, stale, flagged
+    corrections, one per pair.
 
     The per-pair views are written in one batch (one insert of view documents, one update of the
     dataset document) instead of ``save_view`` per pair, which reloads and saves the dataset
@@ -529,6 +602,8 @@ def save_views(ds: Any, max_pair_views: int) -> list[str]:
     views["rejected"] = ds.match_tags("reject")
     views["unreviewed"] = ds.match_tags(list(VERDICT_TAGS), bool=False)
     views[STALE_TAG] = ds.match_tags(STALE_TAG)
+    if FLAG_FIELD in schema:
+        views["flagged corrections"] = ds.exists(FLAG_FIELD)
     for name, view in views.items():
         ds.save_view(name, view, overwrite=True)
     pairs = sorted(p for p in ds.distinct("pair.label") if p)

@@ -265,7 +265,8 @@ def test_pull_reports_keys_no_longer_in_manifest(fo, tmp_path):
     rep = pull_verdicts(folder, name=uniq("t-orphan"))
     assert rep.orphans == ["red_circle_000"]
     kept = [json.loads(line) for line in (folder / ORPHANS_FILE).read_text().splitlines()]
-    assert kept == [{"key": "red_circle_000", "status": "reject", "attr": "red", "obj": "circle"}]
+    tagged = s.last_modified_at.replace(microsecond=0).isoformat() + "+00:00"  # when the reviewer tagged it
+    assert kept == [{"key": "red_circle_000", "status": "reject", "attr": "red", "obj": "circle", "time": tagged}]
     assert "reject" in ds.match(fo.ViewField("key") == "red_circle_000").first().tags  # nothing lost in FiftyOne
     assert read_manifest(folder).height == df.height - 1
 
