@@ -229,12 +229,18 @@ def latest_checkpoint(run: Path) -> Path | None:
     return folder if (folder / STATE_FILE).exists() and (folder / MODEL_FILE).exists() else None
 
 
+def checkpoint_name(epoch: int) -> str:
+    """``epoch-NNNN``: the checkpoint folder written after the epoch of 0-based index ``epoch`` (the
+    ``epoch`` of metrics.jsonl and best.json counts from 1: their epoch 29 is ``epoch-0028``)."""
+    return f"epoch-{epoch:04d}"
+
+
 def _write_checkpoint(run: Path, epoch: int, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
                       generators: Mapping[str, Any], counters: dict[str, Any]) -> Path:
     import torch
 
     ckpts = run / CKPT_DIR
-    name = f"epoch-{epoch:04d}"
+    name = checkpoint_name(epoch)
     tmp = ckpts / f"{name}{TMP_MARK}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -506,7 +512,8 @@ def _update_best(run: Path, model: Any, row: dict[str, Any], cfg: FitConfig, cou
     best = counters["best"]
     better = best is None or (value > best["value"] if cfg.select_mode == "max" else value < best["value"])
     if better:
-        counters["best"] = {"epoch": row["epoch"], "metric": cfg.select, "value": value}
+        counters["best"] = {"epoch": row["epoch"], "checkpoint": checkpoint_name(row["epoch"] - 1),
+                            "metric": cfg.select, "value": value}
         if dist.main:
             save_model(model, run / "best" / MODEL_FILE)
             write_text(run / "best" / "best.json", json.dumps(counters["best"], sort_keys=True) + "\n")

@@ -355,6 +355,7 @@ def train_mllm(cfg: Any, opts: Any, out: Path) -> dict[str, Any]:
 
     from .data import folder_splits, read_ours
     from .report import fit_summary, write_report
+    from .train import about_data
 
     folder = Path(cfg.triplets)
     device = resolve_device(opts.device)
@@ -390,7 +391,8 @@ def train_mllm(cfg: Any, opts: Any, out: Path) -> dict[str, Any]:
     if not dist.main:
         return {}
     best = MllmRetriever.from_run(out, info, device)
-    results = {"run": info, "training": training, "test": {"MLLM embedder": {}}}
+    results = {"run": info, "training": training, "seed": cfg.seed, "data": about_data(folder),
+               "test": {"MLLM embedder": {}}}
     for split in folder_splits(folder, cfg.test_split, cfg.include_rejected):
         sub = out / "eval" / f"{split.format}-{split.split}"
         results["test"]["MLLM embedder"][split.name] = evaluate_split(best, split, sub).to_dict()

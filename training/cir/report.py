@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.fsutil import write_text
+from training.loop import checkpoint_name
 
 FAMILIES = (("recall_at", "Recall@K"), ("group_recall_at", "Recall_subset@K"), ("map_at", "mAP@K"),
             ("hard_recall_at", "hard-negative Recall@K"))
@@ -77,7 +78,7 @@ def gallery_warning(name: str, fmt: str | None, gallery: Any, keys: list[str]) -
             f"for {', '.join(short(k) for k in keys)}: these are trivially 100 and say nothing about the model")
 
 
-def metric_table(by_method: dict[str, dict[str, Any]], split_name: str) -> str:
+def metric_table(by_method: dict[str, dict[str, Any]], split_name: str, marks: dict[str, str] | None = None) -> str:
     """One Markdown table: a row per method, a column per scalar metric (percent), under a line with
     the split's query and gallery counts and, when the gallery is not larger than some K, a warning."""
     rows = {m: r[split_name] for m, r in by_method.items() if split_name in r}
@@ -95,7 +96,8 @@ def metric_table(by_method: dict[str, dict[str, Any]], split_name: str) -> str:
     lines = [head, *(["", f"> **{warn}**"] if warn else []), "",
              "| method | " + " | ".join(short(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for method, r in rows.items():
-        lines.append(f"| {method} | " + " | ".join(pct(r["metrics"].get(k)) for k in keys) + " |")
+        label = f"{method} ({marks[method]})" if marks and method in marks else method
+        lines.append(f"| {label} | " + " | ".join(pct(r["metrics"].get(k)) for k in keys) + " |")
     skipped = first.get("skipped") or {}
     if skipped:
         lines += ["", "Skipped queries: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))]
@@ -152,21 +154,78 @@ def plot_recall(by_method: dict[str, dict[str, Any]], path: Path) -> Path | None
     return path
 
 
+BIASED = "biased: this model filtered the data"
+
+
+def best_line(tr: dict[str, Any]) -> str:
+    """The best epoch by the checkpoint folder it was saved from (``fit`` counts epochs from 1, its
+    folders from 0: epoch 29 is ``epoch-0028``); its weights are ``best/model.safetensors``."""
+    best = tr.get("best")
+    if not best:
+        return "- best: the last epoch (no validation split)"
+    folder = best.get("checkpoint") or checkpoint_name(int(best["epoch"]) - 1)  # runs from before it was recorded
+    value = best.get("value")
+    score = f", {best.get('metric')} {value:.4f}" if isinstance(value, float) else ""
+    return (f"- best: `checkpoints/{folder}` (epoch {best['epoch']} of {tr.get('epochs', '?')}{score}; weights in "
+            "`best/model.safetensors`, the folder itself may since be pruned)")
+
+
+def data_lines(results: dict[str, Any]) -> list[str]:
+    """The data a run trained and was scored on: folders, split mode and sizes, what test shares with train."""
+    info, data = results["run"], results.get("data") or {}
+    lines = [f"- triplets: `{data.get('triplets') or info['triplets']}` ({info.get('train_triplets', '?')} train "
+             "triplets used" + (f", skipped {info['train_skipped']}" if info.get("train_skipped") else "") + ")"
+             + (f", mined from `{data['source_dataset']}`" if data.get("source_dataset") else "")]
+    sp = data.get("split")
+    if sp:
+        t, im, co, ed = sp["triplets"], sp["images"], sp["compositions"], sp["edits"]
+        sh = sp.get("test_shared_with_train", {})
+        lines.append(f"- split by {sp['split_by']}: triplets train/val/test {t['train']}/{t['val']}/{t['test']}, "
+                     f"reference+target images {im['train']}/{im['val']}/{im['test']}, compositions "
+                     f"{co['train']}/{co['val']}/{co['test']}, edits {ed['train']}/{ed['val']}/{ed['test']}; "
+                     f"test shares with train: {sh.get('edits', '?')} edits, "
+                     f"{sh.get('references_that_are_train_images', '?')} reference images, "
+                     f"{sh.get('compositions', '?')} compositions (seen); the rest of test is unseen")
+    seeds = [f"seed {results['seed']}"] if results.get("seed") is not None else []
+    if data.get("triplets_seed") is not None:
+        seeds.append(f"triplets seed {data['triplets_seed']}")
+    if seeds:
+        lines.append("- " + ", ".join(seeds))
+    return lines
+
+
+def baseline_marks(results: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Row marks and lines for the zero-shot baselines: each names its model; the one that filtered the
+    data (the source dataset's build model) is marked biased."""
+    test = results.get("test", {})
+    base = [m for m in test if m.startswith("zero-shot")]
+    if not base:
+        return {}, ["- baselines: none in this run (`--no-baselines`)"]
+    info, data = results["run"], results.get("data") or {}
+    model, filt = info.get("backbone"), data.get("filter_model")
+    biased = bool(model and filt and model == filt)
+    marks = dict.fromkeys(base, "biased") if biased else {}
+    why = (f"`{model}`, the model that filtered the data ({BIASED})" if biased else
+           f"`{model}`, independent of the filter model `{filt}`" if filt else
+           f"`{model}` (the filter model is not recorded: bias unknown)")
+    return marks, [f"- baselines: {', '.join(base)}, zero-shot with {why}"]
+
+
 def write_report(out: Path, results: dict[str, Any]) -> Path:
-    """``RUN/report.md`` after training: the run, the training summary, the test tables, the plot."""
+    """``RUN/report.md`` after training: the data, the run, the training summary, the test tables, the plot."""
     info, tr, test = results["run"], results["training"], results["test"]
+    marks, base_lines = baseline_marks(results)
     lines = [f"# CIR run: {info['model']} on {info.get('backbone') or info.get('mllm')}", "",
-             f"- triplets: `{info['triplets']}` ({info.get('train_triplets', '?')} train triplets"
-             + (f", skipped {info['train_skipped']}" if info.get("train_skipped") else "") + ")",
+             *data_lines(results),
              f"- training: {tr['epochs']} epochs, {tr['steps']} steps, {tr['seconds']} s with validation, "
              f"{tr['samples_per_s']} triplets/s while training" + (" (stopped early by --max-seconds)" if tr.get("stopped_early") else ""),
-             f"- best: {tr['best']}" if tr.get("best") else "- best: last epoch (no validation split)", "",
+             best_line(tr), *base_lines, "",
              "## Test split (percent)", "",
              "Metrics are the benchmarks' own (CLIP4Cir / SEARLE / CIRCO / GeneCIS code, see "
              "training/metrics/cir.py). `ours`: Recall@K with the reference removed, mAP@K over every valid "
              "target, hR@K among the target and its hard negatives. " + LEGEND, ""]
     for name in split_names(test):
-        lines += [metric_table(test, name), ""]
+        lines += [metric_table(test, name, marks), ""]
     if plot_recall(test, out / PLOT):
         lines += [f"![recall vs K]({PLOT})", ""]
     write_text(out / "report.md", "\n".join(lines))

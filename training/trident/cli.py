@@ -108,12 +108,16 @@ def eval_cmd(
     = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="model.safetensors to score (default "
                                                                          "RUN/best).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="--zero-shot: folder for "
+                                                               "czsl-zero-shot-MODEL-SPLIT.{json,md} (default "
+                                                               "DATA/eval).")] = None,
     device: Device = "auto",
 ) -> None:
     """CZSL metrics (ExplainableML/czsl Evaluator): seen, unseen, HM, AUC, attribute/object accuracy.
 
     Scores a trained run's best model (or --checkpoint) on --split, closed world, and with
-    --open-world every attribute x object pair too. Writes RUN/eval-SPLIT.json.
+    --open-world every attribute x object pair too. Writes RUN/eval-SPLIT.json; with --zero-shot,
+    DATA/eval/czsl-zero-shot-MODEL-SPLIT.json and .md (or under --out).
 
     \b
     Examples:
@@ -123,15 +127,18 @@ def eval_cmd(
     from curate.errors import CurateError
     from curate.log import console
 
-    from .report import metrics_table
+    from .report import metrics_table, write_zero_shot_report
     from .results import evaluate_run, evaluate_zero_shot
 
     if split not in ("val", "test"):
         raise CurateError(f"--split must be val or test, got {split!r}")
     if zero_shot:
         res = evaluate_zero_shot(zero_shot, data, split, open_world, device, feasibility, feasibility_table)
+        written = write_zero_shot_report(out or data / "eval", res, zero_shot, data, split)
     elif run is None:
         raise CurateError("give a RUN folder, or --zero-shot SPEC", fix="curate eval czsl RUN --data DIR")
     else:
         res = evaluate_run(run, data, split, open_world, device, feasibility, feasibility_table, checkpoint)
+        written = run / f"eval-{split}.json"
     console.print(metrics_table(res), markup=False, highlight=False)
+    console.print(f"wrote {written}" + (f" and {written.with_suffix('.json')}" if written.suffix == ".md" else ""))

@@ -116,3 +116,29 @@ def write_report(run: Path, spec: RunSpec, data: CZSLData, results: dict[str, An
     lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True), "```", ""]
     write_text(run / "report.md", "\n".join(lines))
     return run / "report.md"
+
+
+def zero_shot_stem(spec_name: str, split: str) -> str:
+    """``czsl-zero-shot-MODEL-SPLIT``: the model spec made a file name (its last 60 characters)."""
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", spec_name).strip("-.")[-60:].strip("-.") or "model"
+    return f"czsl-zero-shot-{slug}-{split}"
+
+
+def write_zero_shot_report(out: Path, results: dict[str, Any], spec_name: str, data: Path, split: str) -> Path:
+    """``curate eval czsl --zero-shot``'s files, as the other evals write theirs: ``OUT/STEM.json`` (every
+    number, the curves included) and ``OUT/STEM.md`` (the table); returns the Markdown's path."""
+    from curate.fsutil import write_json
+
+    stem = zero_shot_stem(spec_name, split)
+    write_json(out / f"{stem}.json", {"method": "zero-shot", "model": spec_name, "data": str(data), "split": split,
+                                      **to_json(results)})
+    feas = results.get("feasibility", {})
+    lines = [f"# CZSL zero-shot: `{spec_name}`", "",
+             f"Data `{data}`, split {split}; prompt \"a photo of {{attr}} {{obj}}\", no training. "
+             f"Open-world feasibility: {feas.get('kind', 'not scored')}.", "",
+             "## Metrics (%)", "", metrics_table(results), ""]
+    write_text(out / f"{stem}.md", "\n".join(lines))
+    return out / f"{stem}.md"
+
