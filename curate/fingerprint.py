@@ -100,3 +100,9 @@ def spec_paths(spec: str | None) -> list[Path]:
         if p is not None and p.exists() and p not in found:
             found.append(p)
     return found
+
+
+def model_fingerprint(spec: str | None) -> str:
+    """A model or LLM spec and the content of the files it names: what a cache of its outputs is keyed by
+    (new weights under the same ``mini:PATH`` or checkpoint path are another model)."""
+    return fingerprint(spec, spec_paths(spec))

@@ -158,12 +158,12 @@ def attributes_inputs(config: dict, pairs: list, llm: str, cfg, rules, world: Pa
     """What the outputs are made of: the pairs themselves (a dataset's, rejected rows left out), the
     options, the LLM spec (and a local model file's content), the prompts, the contradiction rules'
     words, and the demo world the plausibility is judged against."""
-    from curate.fingerprint import spec_paths
+    from curate.fingerprint import model_fingerprint
     from curate.world import identity
 
     from .prompt import first_prompt, retry_prompt
 
-    return [config, kind, [list(p) for p in pairs], llm, spec_paths(llm),
+    return [config, kind, [list(p) for p in pairs], model_fingerprint(llm),
             [first_prompt("ATTR", "OBJ"), retry_prompt("ATTR", "OBJ", "PROBLEM")],
             sorted(cfg.vocab) if cfg.vocab else None,
             [[a.name, sorted((w, sorted(v)) for w, v in a.names.items())] for a in rules.axes],

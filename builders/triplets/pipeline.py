@@ -39,7 +39,7 @@ import polars as pl
 
 from curate.config import to_dict
 from curate.errors import CurateError
-from curate.fingerprint import fingerprint, spec_paths
+from curate.fingerprint import fingerprint, model_fingerprint
 from curate.fsutil import read_json, write_json, write_parquet, write_text
 from curate.ledger import Ledger, Step, StepContext, run_steps
 from curate.log import StageSummary
@@ -143,7 +143,7 @@ class Run(StepContext):
             if src.kind == "dataset" and (emb / "img_emb").exists() and not cfg.model:
                 fp = fingerprint("embeddings", emb)
             elif cfg.model:
-                fp = fingerprint("model", cfg.model, spec_paths(cfg.model), self.images_inputs())
+                fp = fingerprint("model", model_fingerprint(cfg.model), self.images_inputs())
             else:
                 fp = fingerprint("thumbnail", self.images_inputs())
             self._memo["features"] = fp
@@ -176,7 +176,7 @@ def step_mine(run: Run) -> dict[str, Any]:
 
 def inputs_texts(run: Run) -> list[Any]:
     c = run.cfg
-    return [c.edit_text, [c.llm, spec_paths(c.llm)] if c.edit_text == "llm" else None, c.seed, c.max_tokens]
+    return [c.edit_text, model_fingerprint(c.llm) if c.edit_text == "llm" else None, c.seed, c.max_tokens]
 
 
 def step_texts(run: Run) -> dict[str, Any]:
