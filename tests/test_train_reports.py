@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from test_loop import _problem
+from test_trident_train import words  # noqa: F401 - the GloVe-style fixture
 
 from training.loop import FitConfig, checkpoint_name, fit, latest_checkpoint
 
@@ -91,3 +92,26 @@ def test_czsl_zero_shot_writes_its_table(tmp_path, tiny_clip_spec, capsys):
     assert run("eval", "czsl", "--zero-shot", tiny_clip_spec, "--data", str(root), "--device", "cpu") == 0
     assert (root / "eval" / f"{stem}.md").is_file()
     assert Path(stem).name.startswith("czsl-zero-shot-")
+
+
+def test_trident_report_names_splits_seed_best_folder_and_the_biased_backbone(tmp_path, words,  # noqa: F811
+                                                                              tiny_clip_spec):
+    from conftest import make_tiny_dataset
+    from test_trident_train import _train
+
+    ds = make_tiny_dataset(tmp_path / "ds")
+    info = json.loads((ds / "dataset.json").read_text())
+    (ds / "dataset.json").write_text(json.dumps({**info, "config": {"model": tiny_clip_spec}}))  # it filtered ds
+    out = tmp_path / "run"
+    assert _train(ds, out, tiny_clip_spec, words, "--epochs", "2", cache=tmp_path / "cache") == 0
+    report = (out / "report.md").read_text()
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert f"best: `checkpoints/{best['checkpoint']}` (epoch {best['epoch']} of 2" in report
+    assert best["checkpoint"] == f"epoch-{best['epoch'] - 1:04d}"
+    assert "Seed 124." in report and f"`{ds}`" in report
+    res = json.loads((out / "results.json").read_text())
+    test = res["splits"]["test"]
+    assert test["pairs_seen"] + test["pairs_unseen"] > 0 and test["images_seen"] + test["images_unseen"] > 0
+    assert (f"test {test['pairs_seen']} seen / {test['pairs_unseen']} unseen pairs, {test['images_seen']} / "
+            f"{test['images_unseen']} images") in report
+    assert "biased: this model filtered the data" in report and res["filter_model"] == tiny_clip_spec

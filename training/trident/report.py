@@ -70,9 +70,64 @@ def plot_curves(results: dict[str, Any], path: Path, title: str) -> Path | None:
     return path
 
 
+def split_sizes(data: CZSLData, train_pairs: list[Any]) -> dict[str, dict[str, int]]:
+    """Per split: pairs and images, seen (a training pair) and unseen."""
+    seen = {tuple(p) for p in train_pairs}
+    out = {}
+    for split in ("train", "val", "test"):
+        pairs = {tuple(p) for p in data.split_pairs.get(split, [])}
+        items = data.items.get(split, [])
+        n_seen = sum((it.attr, it.obj) in seen for it in items)
+        out[split] = {"pairs_seen": len(pairs & seen), "pairs_unseen": len(pairs - seen),
+                      "images_seen": n_seen, "images_unseen": len(items) - n_seen}
+    return out
+
+
+def split_text(sizes: dict[str, dict[str, int]]) -> str:
+    return "Splits (seen = a training pair): " + "; ".join(
+        f"{s} {v['pairs_seen']} seen / {v['pairs_unseen']} unseen pairs, {v['images_seen']} / {v['images_unseen']} "
+        "images" for s, v in sizes.items()) + "."
+
+
+def best_text(tr: dict[str, Any]) -> str:
+    """The best epoch by the checkpoint folder it was saved from (epoch 29 is ``epoch-0028``)."""
+    from ..loop import checkpoint_name
+
+    best = tr.get("best")
+    if not best:
+        return "best: the last epoch (no validation)"
+    folder = best.get("checkpoint") or checkpoint_name(int(best["epoch"]) - 1)
+    value = best.get("value")
+    auc = f", val AUC {100 * value:.2f}" if isinstance(value, float) else ""
+    return (f"best: `checkpoints/{folder}` (epoch {best['epoch']} of {tr.get('epochs_done')}{auc}; weights in "
+            "`best/`)")
+
+
+def filter_model(root: Path) -> str | None:
+    """The model that filtered a dataset folder (its build's ``model`` in dataset.json), if recorded."""
+    info = Path(root) / "dataset.json"
+    try:
+        return json.loads(info.read_text()).get("config", {}).get("model") if info.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def baseline_text(backbone: str, filt: str | None, root: Path) -> str:
+    """Which baselines this report has (none: training runs none) and whether the backbone is biased."""
+    cmd = f"`curate eval czsl --zero-shot MODEL --data {root}`"
+    if filt and filt == backbone:
+        return (f"Baselines: none in this run (zero-shot: {cmd}). The backbone `{backbone}` filtered this data "
+                "(biased: this model filtered the data): a zero-shot score with it is biased; use an independent "
+                "model for the baseline.")
+    who = f"independent of the filter model `{filt}`" if filt else "the filter model is not recorded"
+    return f"Baselines: none in this run (zero-shot: {cmd}). Backbone `{backbone}`: {who}."
+
+
 def write_report(run: Path, spec: RunSpec, data: CZSLData, results: dict[str, Any]) -> Path:
     from curate.fsutil import write_json
 
+    sizes = split_sizes(data, spec.train_pairs)
+    results = {**results, "splits": sizes, "seed": spec.config.seed, "filter_model": filter_model(data.root)}
     write_json(run / "results.json", to_json(results))
     png = plot_curves(results, run / "curves.png", f"TRIDENT {spec.config.preset} ({spec.config.model})")
     tr = results.get("training", {})
@@ -95,7 +150,9 @@ def write_report(run: Path, spec: RunSpec, data: CZSLData, results: dict[str, An
         + (f" from `{data.aux_source}`" if data.aux_source else " (none found: no smoothing)") + ".",
         f"Training: {tr.get('epochs_done')} epochs, {tr.get('steps')} steps, {tr.get('seconds')} s "
         f"({tr.get('samples_per_s')} samples/s) on {tr.get('device')} x{tr.get('world_size', 1)}; "
-        f"best epoch by val AUC: {(tr.get('best') or {}).get('epoch', 'n/a')}; evaluated: `{results.get('model_file')}`.",
+        f"{best_text(tr)}; evaluated: `{results.get('model_file')}`. Seed {cfg.seed}.",
+        split_text(sizes),
+        baseline_text(spec.backbone, filter_model(data.root), data.root),
         "",
         "## Metrics (%)",
         "",
@@ -141,4 +198,3 @@ def write_zero_shot_report(out: Path, results: dict[str, Any], spec_name: str, d
              "## Metrics (%)", "", metrics_table(results), ""]
     write_text(out / f"{stem}.md", "\n".join(lines))
     return out / f"{stem}.md"
-
