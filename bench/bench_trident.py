@@ -37,7 +37,7 @@ SMALL_VIT = {"embed_dim": 256, "vision_cfg": {"image_size": 112, "layers": 6, "w
 
 def _spec_for(data, backbone, dims):
     from training.trident.config import preset
-    from training.trident.session import RunSpec
+    from training.trident.run import RunSpec
 
     return RunSpec(config=preset("demo"), backbone=backbone.spec, projector=None, word_embeddings="glove",
                    attrs=data.attrs, objs=data.objs, train_pairs=list(data.train_pairs), words=data.words,
@@ -47,15 +47,22 @@ def _spec_for(data, backbone, dims):
 def bench_backbone(root: Path, spec_name: str, steps: int, cache_dir: Path) -> dict:
     import torch
 
-    from training.trident.backbone import Backbone, ImageSource
+    from training.trident.backbone import Backbone
     from training.trident.data import load_czsl
-    from training.trident.features import CachedBatches, ImageBatches, TrainTable, epoch_plans, load_in_memory
-    from training.trident.session import make_model, prepare_features
+    from training.trident.features import (
+        CachedBatches,
+        ImageBatches,
+        TrainTable,
+        epoch_plans,
+        prepare_features,
+    )
+    from training.trident.model import make_model
 
     data = load_czsl(root)
     backbone = Backbone(spec_name, "cpu")
     t0 = time.perf_counter()
-    cache, _ = prepare_features(data, backbone, True, cache_dir, workers=0)
+    features, _ = prepare_features(data, backbone, True, cache_dir, workers=0)
+    cache = features.cache
     cache_s = time.perf_counter() - t0
     dims = {k: int(cache.info[k]) for k in ("tokens", "local_dim", "global_dim")} | {"word_dim": 64}
     spec = _spec_for(data, backbone, dims)
@@ -73,9 +80,8 @@ def bench_backbone(root: Path, spec_name: str, steps: int, cache_dir: Path) -> d
             fn(p)
         return n / (time.perf_counter() - t)
 
-    cached = CachedBatches(table, cache, load_in_memory(cache, table.rows, 4e9))
-    source = ImageSource(data)
-    online = ImageBatches(table, source, backbone)
+    cached = CachedBatches(table, cache, cache.in_memory(table.rows, 4e9))
+    online = ImageBatches(table, features.store, backbone)
     vectors = np.random.default_rng(0).normal(size=(len(spec.words), 64)).astype(np.float32)
     model = make_model(spec, "cpu", vectors)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
@@ -111,7 +117,7 @@ def main() -> None:
 
     from curate.embed.random_models import save_random_open_clip
     from training.trident.demo import world_to_czsl
-    from training.trident.session import default_backbone
+    from training.trident.run import default_backbone
 
     torch.set_num_threads(args.threads)
     root = args.work / "world-czsl"

@@ -443,7 +443,7 @@ def main() -> None:
     os.chdir(ROOT)  # candidates.parquet names its shards relative to the repository
     import polars as pl
 
-    from training.trident.session import default_backbone
+    from training.trident.run import default_backbone
 
     t0, cpu0, load0 = time.perf_counter(), cpu_seconds(), round(os.getloadavg()[0], 2)
     out = args.out

@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["world", "dataset"])
     ap.add_argument("--llm-cache", type=Path, help="sqlite answer cache of an earlier `curate attributes` run")
     args = ap.parse_args()
-    from training.trident.session import default_backbone
+    from training.trident.run import default_backbone
 
     backbone = default_backbone(ROOT / "demo-out" / "imagenet-ao")
     roots = prepare(args.out, args.llm_cache)

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from curate.manifest import read_manifest, write_manifest
 from curate.shards import ShardWriter
-from training.data import FeatureTable, ShardDataset, consumer_range, dataset_samples, triplet_samples
+from training.data import ShardDataset, consumer_range, dataset_samples, triplet_samples
+from training.data.features import FeatureTable
 
 pytestmark = pytest.mark.timeout(120)
 

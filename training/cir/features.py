@@ -2,7 +2,7 @@
 
 The Combiner and the zero-shot baselines never touch pixels while training: image features
 come from a clip-retrieval embeddings folder (``curate embed`` output, read through
-:class:`training.data.FeatureTable`) when it was made by the same backbone, and otherwise are
+:class:`training.data.features.FeatureTable`) when it was made by the same backbone, and otherwise are
 encoded once with the backbone (``curate.embed.backends.load_model``) and kept in a cache file
 (``NAME.npz``: names + float32 rows), so the second epoch, the second evaluation and the second
 run cost nothing. Every row is L2-normalised (what ``curate embed`` stores).
@@ -171,7 +171,7 @@ def load_table(folder: str | os.PathLike | None) -> Any:
     """A FeatureTable of ``folder`` (an embeddings folder or a dataset holding ``embeddings/``), or None."""
     if folder is None:
         return None
-    from training.data import FeatureTable
+    from training.data.features import FeatureTable
 
     p = Path(folder)
     if (p / "embeddings" / "img_emb").is_dir():

@@ -9,8 +9,10 @@
 - :func:`dataset_samples` / :func:`triplet_samples`: the keys a split holds, honouring review
   verdicts (rejected samples, and triplets whose reference or target was rejected, are left
   out unless ``include_rejected``).
-- :class:`FeatureTable`: precomputed features from a clip-retrieval-layout embeddings folder
-  (``curate embed`` output), looked up by key.
+
+Beside it: :mod:`training.data.images` (``ImageStore``: a dataset's images by key, shards or
+files, the one way a trainer reaches an image) and :mod:`training.data.features` (the feature
+caches: ``FeatureTable`` for embedding folders, ``TokenCache`` for frozen token features).
 """
 
 from __future__ import annotations
@@ -20,11 +22,9 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -59,6 +59,14 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if td.is_available() and td.is_initialized():
         return td.get_rank(), td.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def consumer_of(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(this consumer, consumers) of a dataset read by every rank's DataLoader workers: rank-major."""
+    rank, world = _rank_world(rank, world_size)
+    info = get_worker_info()
+    wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * nworkers + wid, world * nworkers
 
 
 class ShardDataset(IterableDataset):
@@ -101,10 +109,7 @@ class ShardDataset(IterableDataset):
 
     def consumer(self) -> tuple[int, int]:
         """(this consumer, consumers): rank-major over DataLoader workers."""
-        rank, world = _rank_world(self.rank, self.world_size)
-        info = get_worker_info()
-        wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * nworkers + wid, world * nworkers
+        return consumer_of(self.rank, self.world_size)
 
     def _raw(self) -> Iterator[Sample]:
         me, consumers = self.consumer()
@@ -195,35 +200,3 @@ def triplet_samples(folder: str | os.PathLike, split: str | None = None,
             df = df.filter(~pl.col("reference").is_in(list(bad)) & ~pl.col("target").is_in(list(bad)))
             log.info("%d triplet(s) left out: their reference or target was rejected in review", before - df.height)
     return df
-
-
-# -- precomputed features ----------------------------------------------------------------------
-@dataclass
-class FeatureTable:
-    """Features of a clip-retrieval-layout folder (``img_emb/``, ``metadata/``) by key."""
-
-    keys: list[str]
-    matrix: np.ndarray
-    model: str | None = None
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike, kind: str = "img") -> FeatureTable:
-        from curate.embed.store import embeddings_info, read_embeddings
-
-        keys, matrix = read_embeddings(folder, kind=kind)
-        try:
-            model = embeddings_info(folder).get("model")
-        except (CurateError, OSError, ValueError):
-            model = None
-        return cls(keys, matrix, model)
-
-    @property
-    def dim(self) -> int:
-        return int(self.matrix.shape[1]) if self.matrix.ndim == 2 else 0
-
-    def rows(self, keys: Sequence[str]) -> tuple[list[str], np.ndarray]:
-        """(the keys that have features, their float32 rows); missing keys are left out."""
-        pos = {k: i for i, k in enumerate(self.keys)}
-        have = [k for k in keys if k in pos]
-        idx = np.array([pos[k] for k in have], dtype=np.int64)
-        return have, np.asarray(self.matrix[idx], dtype=np.float32) if len(idx) else np.zeros((0, self.dim), np.float32)

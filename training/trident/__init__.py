@@ -5,11 +5,15 @@
   auxiliary attributes (``aux_label.jsonl``); same-attribute / same-object partner sampling.
 - ``backbone``: the frozen CLIP image tower (token features through ``Encoder.tokens``) and
   the optional frozen LLaVA ``mm_projector``.
-- ``features``: the feature cache (fp16 ``.npy`` chunks) and the per-epoch batch plans.
+- ``features``: the token features of a dataset's images (the ``training.data.features``
+  cache, built from a ``training.data.images.ImageStore``, or the backbone online) and the
+  per-epoch batch plans.
+- ``run``: ``RUN/run.json``, what a run was trained with (resume and evaluation check it).
 - ``words``: word embeddings (GloVe-style files, transformers models, MiniLM, GGUF via llama.cpp).
-- ``model``: TRIDENT itself (vectorised, known bugs of the official code fixed) and the linear
-  composition baseline.
+- ``model``: TRIDENT itself (vectorised, known bugs of the official code fixed), the linear
+  composition baseline, and a run's network made from its ``run.json`` / loaded from checkpoints.
 - ``feasibility``: open-world feasibility scores (CompCos) from caption co-occurrence or words.
-- ``evaluate``: scores over candidate pairs -> ``training.metrics.czsl.evaluate_czsl``.
+- ``evaluate``: a split's image embeddings, scores over candidate pairs ->
+  ``training.metrics.czsl.evaluate_czsl``; ``results``: a run's final numbers, ``curate eval czsl``.
 - ``train``: ``curate train trident`` through ``training.loop.fit``; ``report``: report.md + PNG.
 """

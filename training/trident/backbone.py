@@ -9,23 +9,22 @@
   Linear, 1024 -> 4096 -> 4096 for ViT-L), from LLaVA's ``mm_projector.bin`` (keys
   ``model.mm_projector.0.weight`` ...) or TRIDENT's extracted ``mm_projector.pth`` (keys
   ``0.weight`` ...), torch files read with ``weights_only=True`` or safetensors.
-- :class:`ImageSource` reads an item's image: a file under ``images/`` or a shard sample.
+
+Images reach it through ``training.data``: an ``ImageStore`` (files or shards, by key) and the
+token cache of ``training.data.features``.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import re
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
 
-from .data import CZSLData, Item
-
 log = logging.getLogger(__name__)
+
 
 class Backbone:
     """A frozen encoder's token features; ``spec`` names it in configs and caches."""
@@ -96,46 +95,3 @@ def load_projector(path: str | Path) -> Any:
     proj.load_state_dict({k: v.float() for k, v in clean.items()})
     proj.requires_grad_(False)
     return proj.eval().to(torch.float32)
-
-
-# -- images ------------------------------------------------------------------------------------------
-class ImageSource:
-    """Decoded images of a dataset's items: files (standard layout) or shard samples (curate datasets).
-
-    Shard samples are read once, shard by shard, by :meth:`load_all` and kept as encoded bytes
-    (feature extraction and online training then open them by key, in any order: partners).
-    """
-
-    def __init__(self, data: CZSLData):
-        self.data = data
-        self._bytes: dict[str, bytes] = {}
-
-    def open(self, item: Item) -> Any:
-        from PIL import Image
-
-        if self.data.kind == "czsl":
-            assert self.data.images is not None
-            with Image.open(self.data.images / item.ref) as im:
-                return im.convert("RGB")
-        raw = self._bytes.get(item.ref)
-        if raw is None:
-            raise CurateError(f"image {item.ref} not loaded", where=str(self.data.root))
-        with Image.open(io.BytesIO(raw)) as im:
-            return im.convert("RGB")
-
-    def load_all(self, items: Iterable[Item]) -> int:
-        """Keep the encoded bytes of ``items`` (dataset folders); returns how many were missing."""
-        if self.data.kind == "czsl":
-            return 0
-        wanted = [it.ref for it in items if it.ref not in self._bytes]
-        for key, raw in self._iter_shard_bytes(wanted):
-            self._bytes[key] = raw
-        return sum(1 for k in wanted if k not in self._bytes)
-
-    def _iter_shard_bytes(self, keys: list[str]) -> Iterator[tuple[str, bytes]]:
-        from curate.shards import image_of, iter_keys
-
-        for sample in iter_keys({k: self.data.shards[k] for k in keys}):
-            img = image_of(sample)
-            if img is not None:
-                yield sample["__key__"], img[1]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,8 +25,12 @@ from curate.errors import CurateError
 from ..metrics.czsl import MASK_SCORE, evaluate_czsl
 from .data import CZSLData, Item, Pair, display_name
 from .feasibility import thresholds
+from .run import RunSpec
 
-TokenBatches = Callable[[list[Item]], Iterator[tuple[Any, Any]]]
+if TYPE_CHECKING:
+    from ..data.features import TokenFeatures
+
+TokenBatches = Callable[[list[str]], Iterator[tuple[Any, Any]]]  # image keys -> (global, local) batches
 
 
 @dataclass
@@ -92,15 +96,15 @@ def choose_threshold(scores: np.ndarray, items: list[Item], columns: Columns, at
 
 
 # -- scores ---------------------------------------------------------------------------------------
-def image_embeddings(model: Any, items: list[Item], token_batches: TokenBatches, device: str) -> Any:
-    """L2-normalised image embeddings [N, dim] (float32, CPU) of ``items``."""
+def image_embeddings(model: Any, keys: list[str], token_batches: TokenBatches, device: str) -> Any:
+    """L2-normalised image embeddings [N, dim] (float32, CPU) of the images ``keys``."""
     import torch
     import torch.nn.functional as F
 
     out = []
     model.eval()
     with torch.no_grad():
-        for g, loc in token_batches(items):
+        for g, loc in token_batches(keys):
             out.append(F.normalize(model.embed_images(g.to(device), loc.to(device)).float(), dim=-1).cpu())
     dim = model.cfg.dim
     return torch.cat(out) if out else torch.zeros(0, dim)
@@ -116,6 +120,24 @@ def pair_embeddings(model: Any, columns: Columns, attrs: list[str], objs: list[s
     with torch.no_grad():
         emb = model.pair_embeddings(ids[:, 0].to(device), (ids[:, 1] + n_attrs).to(device))
     return F.normalize(emb.float(), dim=-1).cpu()
+
+
+# -- a split's scores, once per model ------------------------------------------------------------------
+@dataclass
+class SplitScores:
+    items: list[Item]
+    image_emb: Any  # [N, dim] normalised
+
+
+def split_scores(model: Any, features: TokenFeatures, items: list[Item], device: str) -> SplitScores:
+    """The image embeddings of a split's ``items``: computed once, scored against any columns."""
+    return SplitScores(items, image_embeddings(model, [it.ref for it in items], features.batches, device))
+
+
+def scores_over(model: Any, split: SplitScores, columns: Columns, spec: RunSpec) -> np.ndarray:
+    """Cosines [N, P] of a split's images and the pair embeddings of ``columns``."""
+    pe = pair_embeddings(model, columns, spec.attrs, spec.objs, len(spec.attrs))
+    return (split.image_emb @ pe.T).numpy().astype(np.float32)
 
 
 def zero_shot_scores(encoder: Any, images: list[Any], columns: Columns,

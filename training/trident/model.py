@@ -28,18 +28,27 @@ both an anchor and a partner are computed once.
 
 Attribute smoothing (per sample, over the word logits z): ``-(1-a) z[y] + logsumexp(z) -
 (a/|aux|) sum_k z[aux_k]``; a pair without auxiliaries has ``a = 0`` (plain cross-entropy).
+
+A run's network: :func:`make_model` builds it from ``RUN/run.json`` (:class:`~.run.RunSpec`),
+:func:`load_weights` loads a checkpoint into it, naming a preset/backbone mismatch
+(:func:`describe_state` reads what a checkpoint's shapes say).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curate.errors import CurateError
+
 from .config import TridentConfig
+from .run import RunSpec
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -285,3 +294,71 @@ def build_model(cfg: TridentConfig, n_words: int, word_dim: int, token_dim: int,
     if cfg.model == "linear":
         return LinearComposition(cfg, n_words, word_dim, token_dim, global_dim)
     return Trident(cfg, n_words, word_dim, token_dim, global_dim, projector)
+
+
+# -- a run's model: made from its run.json, loaded from its checkpoints ---------------------------
+def make_model(spec: RunSpec, device: str, word_vectors: np.ndarray | None = None) -> Any:
+    """The network of ``spec`` (word table from ``word_vectors``, or zeros to be loaded)."""
+    from .backbone import load_projector
+
+    projector = load_projector(spec.projector) if spec.projector else None
+    d = spec.dims
+    model = build_model(spec.config, len(spec.words), d["word_dim"], d["local_dim"], d["global_dim"], projector)
+    if word_vectors is not None:
+        model.word_embedder.weight.data.copy_(torch.from_numpy(word_vectors))
+    model.to(device)
+    word = {w: i for i, w in reversed(list(enumerate(spec.words)))}
+    n_attrs = len(spec.attrs)
+    attr_w = [spec.attrs.index(a) for a, _ in spec.train_pairs]
+    obj_w = [n_attrs + spec.objs.index(o) for _, o in spec.train_pairs]
+    aux = [[word[w] for w in spec.aux.get(f"{a} {o}", []) if w in word] for a, o in spec.train_pairs]
+    set_vocabulary(model, attr_w, obj_w, aux, spec.config.alpha)
+    return model
+
+
+def load_weights(model: Any, path: Path, spec: RunSpec) -> None:
+    """Load a checkpoint, naming the preset/backbone mismatch when it does not fit."""
+    from ..loop import load_model_weights
+
+    want = (f"preset {spec.config.preset!r} ({spec.config.model}, G={spec.config.global_masks}, "
+            f"L={spec.config.local_poolings}, dim={spec.config.dim}) on backbone {spec.backbone!r} "
+            f"({spec.dims.get('local_dim')}-d tokens)")
+    try:
+        load_model_weights(model, path, want)
+    except CurateError as e:
+        if "another model" not in e.what:
+            raise
+        raise CurateError(f"checkpoint does not fit this run: it holds {describe_state(path)}; the run is {want}",
+                          where=str(path), fix="evaluate it with the run folder it was trained in, or retrain "
+                                               "with that preset and backbone") from e
+
+
+def describe_state(path: Path) -> str:
+    """What a model checkpoint's tensor shapes say about the run that wrote it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception:  # noqa: BLE001 - the caller already reports the file as unreadable
+        return "unreadable"
+    parts = []
+    if "global_cond_masks.weight" in shapes:
+        g, dim = shapes["global_cond_masks.weight"]
+        n_local = len({k.split(".")[1] for k in shapes if k.startswith("local_agg.")})
+        parts.append(f"TRIDENT G={g}, L={n_local}, dim={dim}")
+    elif "image_embedder.weight" in shapes:
+        parts.append("the linear baseline")
+    if "project.weight" in shapes:
+        parts.append(f"backbone tokens {shapes['project.weight'][1]}-d")
+    if "word_embedder.weight" in shapes:
+        n, d = shapes["word_embedder.weight"]
+        parts.append(f"{n} words x {d}-d word embeddings")
+    return ", ".join(parts) or "no TRIDENT tensors"
+
+
+def word_vectors_of(model: Any, spec: RunSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The model's (attribute, object) word-embedding rows, as float32 arrays."""
+    w = model.word_embedder.weight.detach().float().cpu().numpy()
+    n = len(spec.attrs)
+    return w[:n], w[n:n + len(spec.objs)]

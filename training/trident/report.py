@@ -17,7 +17,7 @@ from curate.fsutil import write_text
 
 from .data import CZSLData
 from .results import to_json
-from .session import RunSpec
+from .run import RunSpec
 
 COLUMNS = (("best_seen", "Seen"), ("best_unseen", "Unseen"), ("best_hm", "HM"), ("auc", "AUC"),
            ("attr_acc", "Attr"), ("obj_acc", "Obj"))

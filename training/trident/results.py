@@ -19,19 +19,22 @@ import numpy as np
 from curate.errors import CurateError
 from curate.fsutil import write_json
 
+from ..data.features import TokenFeatures
 from .data import CZSLData, load_czsl
-from .evaluate import Columns, choose_threshold, closed_columns, jsonable, metrics, open_columns
-from .feasibility import caption_vectors, compcos_scores, find_cooccurrence
-from .session import (
-    Features,
-    RunSpec,
-    load_weights,
-    make_model,
-    prepare_features,
+from .evaluate import (
+    Columns,
+    choose_threshold,
+    closed_columns,
+    jsonable,
+    metrics,
+    open_columns,
     scores_over,
     split_scores,
-    word_vectors_of,
 )
+from .feasibility import caption_vectors, compcos_scores, find_cooccurrence
+from .features import image_store, prepare_features
+from .model import load_weights, make_model, word_vectors_of
+from .run import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def evaluate_splits(scorer: Any, data: CZSLData, spec: RunSpec, splits: list[str
     return out
 
 
-def _model_scorer(model: Any, features: Features, data: CZSLData, spec: RunSpec, device: str) -> Any:
+def _model_scorer(model: Any, features: TokenFeatures, data: CZSLData, spec: RunSpec, device: str) -> Any:
     cache: dict[str, Any] = {}
 
     def scorer(split: str, columns: Columns) -> np.ndarray:
@@ -105,7 +108,7 @@ def _model_scorer(model: Any, features: Features, data: CZSLData, spec: RunSpec,
     return scorer
 
 
-def final_results(out: Path, spec: RunSpec, data: CZSLData, features: Features, model: Any, device: str,
+def final_results(out: Path, spec: RunSpec, data: CZSLData, features: TokenFeatures, model: Any, device: str,
                   feasibility: str, dist: Any) -> dict[str, Any]:
     """The best model on val and test, closed and open world (rank 0 only)."""
     from ..loop import MODEL_FILE
@@ -166,8 +169,7 @@ def evaluate_run(run: Path, data_dir: Path, split: str, open_world: bool, device
     backbone = Backbone(spec.backbone, dev)
     same_data = Path(spec.data.get("root", "")).resolve() == data.root.resolve()
     cache_dir = Path(spec.cache_dir) if spec.cache_dir and cache_features and same_data else None
-    cache, _ = prepare_features(data, backbone, cache_features, cache_dir, workers)
-    features = Features(data, None if cache else backbone, cache, dev)
+    features, _ = prepare_features(data, backbone, cache_features, cache_dir, workers)
     feas, info = (feasibility_scores(feasibility, data, spec, model, table) if open_world else (None, {}))
     res = evaluate_splits(_model_scorer(model, features, data, spec, dev), data, spec, [split], open_world, feas, info)
     res["model_file"] = str(path)
@@ -181,7 +183,7 @@ def evaluate_zero_shot(spec_name: str, data_dir: Path, split: str, open_world: b
     from curate.embed.backends import load_model
     from curate.options import resolve_device
 
-    from .backbone import ImageSource, pad_square
+    from .backbone import pad_square
     from .config import TridentConfig
     from .demo import czsl_root_for
     from .evaluate import zero_shot_scores
@@ -191,14 +193,14 @@ def evaluate_zero_shot(spec_name: str, data_dir: Path, split: str, open_world: b
     spec = RunSpec(config=TridentConfig(preset="zero-shot", topk=1), backbone=spec_name, projector=None,
                    word_embeddings="none", attrs=data.attrs, objs=data.objs, train_pairs=list(data.train_pairs),
                    words=data.words)
-    source = ImageSource(data)
+    store = image_store(data)
     images: dict[str, list[Any]] = {}
     fill = encoder.pad_color
 
     def scorer(s: str, columns: Columns) -> np.ndarray:
         if s not in images:
-            source.load_all(data.items[s])
-            images[s] = [pad_square(source.open(it), fill) for it in data.items[s]]
+            store.load([it.ref for it in data.items[s]])
+            images[s] = [pad_square(store.open(it.ref), fill) for it in data.items[s]]
         return zero_shot_scores(encoder, images[s], columns)
 
     if feasibility in ("auto", "words"):  # no word embeddings here: captions when there are some

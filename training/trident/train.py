@@ -33,9 +33,12 @@ import numpy as np
 
 from curate.errors import CurateError
 
+from ..data.features import TokenFeatures
 from .config import TridentConfig, preset
 from .data import CZSLData, load_czsl
-from .session import Features, RunSpec, default_backbone, make_model, prepare_features
+from .features import prepare_features
+from .model import make_model
+from .run import RunSpec, default_backbone
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +189,7 @@ def _open_run(request: TrainRequest, cfg: TridentConfig, dist: Any) -> tuple[CZS
 
 
 def _features_and_words(request: TrainRequest, data: CZSLData, spec: RunSpec, device: str,
-                        dist: Any) -> tuple[Any, Features, np.ndarray, dict[str, Any]]:
+                        dist: Any) -> tuple[Any, TokenFeatures, np.ndarray, dict[str, Any]]:
     """The frozen backbone, the token features (cached or online) and the word vectors; fills ``spec``."""
     from .backbone import Backbone
     from .words import embed_words
@@ -194,16 +197,16 @@ def _features_and_words(request: TrainRequest, data: CZSLData, spec: RunSpec, de
     backbone = Backbone(spec.backbone, device)
     if request.workers is None:
         request.workers = min(4, os.cpu_count() or 1) if device.startswith("cuda") else 0
-    cache, cache_stats = prepare_features(data, backbone, request.cache_features, request.cache_dir,
-                                          request.workers, dist.rank, dist.world_size)
+    features, cache_stats = prepare_features(data, backbone, request.cache_features, request.cache_dir,
+                                             request.workers, dist.rank, dist.world_size)
     if not data.items["train"]:
         raise CurateError("the train split has no readable images", where=str(request.data))
     vectors, word_stats = embed_words(spec.word_embeddings, data.words)
+    cache = features.cache
     dims = {k: int(cache.info[k]) for k in ("tokens", "local_dim", "global_dim")} if cache else backbone.dims()
     spec.dims = {**dims, "word_dim": int(vectors.shape[1])}
     spec.cache_dir = str(cache.folder) if cache else None
     spec.data = data.describe()
-    features = Features(data, None if cache else backbone, cache, device)
     return backbone, features, vectors, {"cache": cache_stats, "word_embeddings": word_stats}
 
 
@@ -219,24 +222,24 @@ def _optimizer(model: Any, cfg: TridentConfig) -> tuple[Any, Any]:
     return opt, sched
 
 
-def _batches(data: CZSLData, features: Features, backbone: Any, cfg: TridentConfig, gen: Any,
+def _batches(data: CZSLData, features: TokenFeatures, backbone: Any, cfg: TridentConfig, gen: Any,
              request: TrainRequest, device: str, dist: Any) -> tuple[Any, int]:
     import torch
 
-    from .features import CachedBatches, ImageBatches, TrainTable, epoch_plans, load_in_memory
+    from .features import CachedBatches, ImageBatches, TrainTable, epoch_plans
 
     items = data.items["train"]
     if features.cache is not None:
-        table = TrainTable.build(data, rows=features.rows(items), items=items)
-        in_mem = load_in_memory(features.cache, table.rows, request.in_memory_gb * 1e9)
+        table = TrainTable.build(data, rows=features.rows([it.ref for it in items]), items=items)
+        in_mem = features.cache.in_memory(table.rows, request.in_memory_gb * 1e9)
         source: Any = CachedBatches(table, features.cache, in_mem)
         workers = 0 if in_mem is not None else request.workers
     else:
         table = TrainTable.build(data, items=items)
-        missing = features.source.load_all(items)
+        missing = features.store.load([it.ref for it in items])
         if missing:
             raise CurateError(f"{missing} training image(s) are missing from their shards", where=str(data.root))
-        source = ImageBatches(table, features.source, backbone)
+        source = ImageBatches(table, features.store, backbone)
         workers = request.workers
     pin = device.startswith("cuda")
     per_rank = max(1, cfg.batch_size // dist.world_size)
@@ -250,10 +253,9 @@ def _batches(data: CZSLData, features: Features, backbone: Any, cfg: TridentConf
     return batches, steps
 
 
-def _validation(model: Any, features: Features, data: CZSLData, spec: RunSpec, device: str, dist: Any):
+def _validation(model: Any, features: TokenFeatures, data: CZSLData, spec: RunSpec, device: str, dist: Any):
     """Closed-world validation metrics after each epoch (``val_auc`` selects the best model)."""
-    from .evaluate import closed_columns, metrics
-    from .session import scores_over, split_scores
+    from .evaluate import closed_columns, metrics, scores_over, split_scores
 
     items = data.items["val"]
     if not items:
