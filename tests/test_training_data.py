@@ -107,3 +107,73 @@ def test_feature_table_reads_clip_retrieval_layout(tmp_path):
     assert have == ["c", "a"] and rows.shape == (2, 8)
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(rows[0], mat[2] / np.linalg.norm(mat[2]), atol=1e-6)
+
+
+# -- one way to reach an image: ImageStore over files or shards ---------------------------------
+def _image_stores(tmp_path, n: int = 7):
+    """The same n images as files (CZSL layout, key = path under images/) and in shards (key = stem)."""
+    from trident_helpers import draw
+
+    from curate.shards import iter_shard
+    from training.data.images import ImageStore
+
+    folder = tmp_path / "root" / "images"
+    folder.mkdir(parents=True)
+    raw = {f"k{i:02d}": draw(("red", "blue", "green")[i % 3], "circle", seed=i) for i in range(n)}
+    with ShardWriter(tmp_path / "shards", prefix="s", maxcount=3) as w:
+        for key, data in raw.items():
+            (folder / f"{key}.jpg").write_bytes(data)
+            w.write({"__key__": key, "jpg": data})
+    shards = {}
+    for path in w.written:
+        shards.update({s["__key__"]: path for s in iter_shard(path, exts=())})
+    files = ImageStore(tmp_path / "root", folder=folder)
+    in_shards = ImageStore(tmp_path / "ds", shards=shards)
+    return raw, files, in_shards
+
+
+def test_image_store_serves_files_and_shards_alike(tmp_path):
+    from curate.errors import CurateError
+    from curate.shards import image_of
+
+    raw, files, in_shards = _image_stores(tmp_path)
+    for store, keys in ((files, [f"{k}.jpg" for k in raw]), (in_shards, list(raw))):
+        seen = []
+        for rank in range(2):  # 2 ranks x 2 workers: every image once, with its bytes
+            ds = store.samples(keys, decode=lambda s: (s["__key__"], image_of(s)[1]), rank=rank, world_size=2)
+            seen += list(DataLoader(ds, batch_size=None, num_workers=2))
+        assert sorted(k.removesuffix(".jpg") for k, _ in seen) == sorted(raw)
+        assert all(data == raw[k.removesuffix(".jpg")] for k, data in seen)
+    with pytest.raises(CurateError, match="not loaded"):
+        in_shards.open("k01")
+    assert in_shards.load(["k01", "k02", "nope"]) == 1
+    assert np.array_equal(np.asarray(in_shards.open("k01")), np.asarray(files.open("k01.jpg")))
+    missing = list(files.samples(["k00.jpg", "gone.jpg"]))
+    assert [s["__key__"] for s in missing] == ["k00.jpg", "gone.jpg"] and image_of(missing[1]) is None
+
+
+def test_token_cache_same_rows_from_files_or_shards_resumes_and_serves_online_alike(tmp_path, tiny_clip_spec):
+    import torch
+
+    from curate.errors import CurateError
+    from training.data.features import TokenCache, TokenFeatures, build_token_cache, open_token_cache
+    from training.trident.backbone import Backbone
+
+    raw, files, in_shards = _image_stores(tmp_path)
+    backbone = Backbone(tiny_clip_spec, "cpu")
+    fc, stats = open_token_cache(tmp_path / "cf", files, [f"{k}.jpg" for k in raw] + ["gone.jpg"], backbone)
+    assert stats == {"cached_before": 0, "computed": len(raw), "unreadable": 1}
+    sc, _ = open_token_cache(tmp_path / "cs", in_shards, list(raw), backbone)
+    fi, si = fc.index(), sc.index()
+    rows_f = fc.gather(np.array([fi[f"{k}.jpg"] for k in raw]))
+    rows_s = sc.gather(np.array([si[k] for k in raw]))
+    assert all(np.array_equal(a, b) for a, b in zip(rows_f, rows_s, strict=True))
+    again = build_token_cache(tmp_path / "cf", files, [f"{k}.jpg" for k in raw], backbone)
+    assert again == {"cached_before": len(raw), "computed": 0, "unreadable": 0}
+    with pytest.raises(CurateError, match="backbone"):
+        TokenCache.open(tmp_path / "cf", "mini:other", files.root)
+    keys = list(raw)[:4]
+    cached = [torch.cat(x) for x in zip(*TokenFeatures(in_shards, None, sc).batches(keys, size=3), strict=True)]
+    online = [torch.cat(x) for x in zip(*TokenFeatures(in_shards, backbone, None).batches(keys, size=3), strict=True)]
+    for c, o in zip(cached, online, strict=True):
+        assert torch.allclose(c.float(), o, atol=1e-2 * float(o.abs().max()))

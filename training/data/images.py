@@ -51,11 +51,12 @@ class ImageStore:
         return ShardDataset(shards, keys=keys, decode=decode, rank=rank, world_size=world_size)
 
     def load(self, keys: Iterable[str]) -> int:
-        """Keep the encoded images of ``keys`` for :meth:`open` (shards); how many are missing."""
+        """Keep the encoded images of ``keys`` for :meth:`open` (shards); how many are missing
+        (a key of no shard, or absent from its shard)."""
         if self.folder is not None:
             return 0
         wanted = [k for k in keys if k not in self._bytes]
-        for sample in iter_keys({k: self.shards[k] for k in wanted}):
+        for sample in iter_keys({k: self.shards[k] for k in wanted if k in self.shards}):
             img = image_of(sample)
             if img is not None:
                 self._bytes[sample["__key__"]] = img[1]
