@@ -158,10 +158,13 @@ def pull_cmd(dataset: Dataset_, name: Name = None, database_uri: DatabaseUri = N
       curate review pull demo-out/imagenet-ao
     Idempotent: pulling again changes nothing. Rejected samples are then left out by
     exports, triplet mining and training (pass --include-rejected there to keep them).
+    A corrected label recomputes pair, rare, family, split and aux attributes from the
+    folder's data, or says in the review_flag column why it cannot. Verdicts of a
+    FiftyOne dataset made for another folder are refused.
     """
     from .verdicts import pull_verdicts
 
     rep = pull_verdicts(dataset, name=name, database_uri=database_uri)
-    log.info("%s: %d sample(s) seen, %d row(s) changed; accepted %d, rejected %d, corrected %d, "
+    log.info("%s: %d sample(s) seen, %d row(s) changed; accepted %d, rejected %d, corrected %d (flagged %d), "
              "orphan verdicts %d%s", rep.name, rep.seen, rep.changed, rep.accepted, rep.rejected, rep.corrected,
-             len(rep.orphans), "" if rep.written else " (manifest unchanged)")
+             len(rep.flagged), len(rep.orphans), "" if rep.written else " (manifest unchanged)")
