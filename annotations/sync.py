@@ -256,11 +256,16 @@ def resolve_name(fo: Any, folder: Path, name: str | None) -> str:
         return name
     unique = default_name(folder)
     legacy = folder.resolve().name
-    if not fo.dataset_exists(unique) and fo.dataset_exists(legacy) \
-            and fo.load_dataset(legacy).info.get(FOLDER_INFO) == str(folder.resolve()):
+    if fo.dataset_exists(unique) or not fo.dataset_exists(legacy):
+        return unique
+    made_for = fo.load_dataset(legacy).info.get(FOLDER_INFO)
+    if made_for == str(folder.resolve()):
         log.info("using FiftyOne dataset %r, made for %s before dataset names were unique per folder", legacy,
-                 folder.resolve())
+                 made_for)
         return legacy
+    if not made_for:
+        log.warning("FiftyOne dataset %r (an older curate's default name for this folder) records no folder and is "
+                    "not used: if it holds this folder's reviews, pass --name %s", legacy, legacy)
     return unique
 
 

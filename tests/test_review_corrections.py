@@ -9,6 +9,7 @@ dataset made for another folder are refused; `curate review --help` shows the Ap
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -231,10 +232,10 @@ def test_each_folder_has_its_own_dataset_and_foreign_verdicts_are_refused(fo, tm
     assert pull_verdicts(first).rejected == 1 and rows(first)["red_circle_000"]["review_status"] == "reject"
 
 
-def test_dataset_named_by_an_older_curate_is_kept_or_asked_for(fo, tmp_path):
+def test_dataset_named_by_an_older_curate_is_kept_or_asked_for(fo, tmp_path, caplog):
     """Before names were unique, a folder's dataset was named after the folder alone: one recording this
     folder is still used; one recording no folder is only pulled when named."""
-    from annotations.sync import FOLDER_INFO, SyncConfig, default_name, sync_dataset
+    from annotations.sync import FOLDER_INFO, SyncConfig, default_name, resolve_name, sync_dataset
     from annotations.verdicts import pull_verdicts
 
     fo, made = fo
@@ -252,6 +253,9 @@ def test_dataset_named_by_an_older_curate_is_kept_or_asked_for(fo, tmp_path):
     ds.save()
     with pytest.raises(CurateError, match=f"--name {legacy}"):
         pull_verdicts(folder)
+    with caplog.at_level(logging.WARNING, logger="annotations.sync"):
+        assert resolve_name(fo, folder, None) == default_name(folder)
+    assert f"pass --name {legacy}" in caplog.text
     s = sample(fo, legacy, "red_circle_001")
     s.tags.append("reject")
     s.save()
