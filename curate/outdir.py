@@ -9,6 +9,8 @@
 3. compares the config fingerprint with ``.curate/run.json`` left by an earlier run: same
    config resumes, a different one is refused unless ``overwrite`` (then the folder is
    emptied first). A non-empty folder that curate did not make is refused the same way.
+   A run that wrote nothing (no file besides the lock and ``run.json``: it failed or was
+   stopped before its first output) pins nothing: the next run's config replaces its own.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CurateError
-from .fsutil import clean_temp_files, dump_json, read_json, write_json
+from .fsutil import TMP_MARK, clean_temp_files, dump_json, read_json, write_json
 
 META = ".curate"
 _LOCKED: weakref.WeakSet[OutputDir] = weakref.WeakSet()  # folders this process holds the lock of
@@ -96,7 +98,8 @@ class OutputDir:
         run_file = self.meta / "run.json"
         if run_file.exists():
             prev = read_json(run_file)
-            if prev.get("fingerprint") != self.fingerprint or prev.get("command") != self.command:
+            differs = prev.get("fingerprint") != self.fingerprint or prev.get("command") != self.command
+            if differs and self.holds_outputs():  # an earlier run that wrote nothing pins nothing
                 if not self.overwrite:
                     changed = sorted(
                         k for k in set(prev.get("config", {})) | set(self.config)
@@ -110,6 +113,16 @@ class OutputDir:
                     )
                 self._clear()
         write_json(run_file, {"command": self.command, "fingerprint": self.fingerprint, "config": self.config})
+
+    def holds_outputs(self) -> bool:
+        """Does the folder hold any file besides the lock and ``run.json`` (a killed run's temp files aside)?
+        Stops at the first one, so a full folder answers at once."""
+        bookkeeping = {self.meta / "lock", self.meta / "run.json"}
+        for root, _dirs, files in os.walk(self.path):
+            for name in files:
+                if TMP_MARK not in name and Path(root, name) not in bookkeeping:
+                    return True
+        return False
 
     def _check_foreign(self) -> None:
         entries = [p for p in self.path.iterdir() if p.name != META]

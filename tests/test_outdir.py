@@ -67,6 +67,24 @@ def test_different_config_is_refused_unless_overwrite(tmp_path):
     assert json.loads((out / ".curate" / "run.json").read_text())["config"]["x"] == 2
 
 
+def test_a_run_that_wrote_nothing_pins_nothing(tmp_path):
+    """A run that failed before its first output (a typo found late, a model that did not load) leaves only
+    the lock and run.json: the corrected command goes ahead without --overwrite, and its config is recorded."""
+    out = tmp_path / "o"
+    with OutputDir(out, "build", {"export": ["czls"]}):
+        (out / "shards").mkdir()                                    # empty folders are not outputs
+        (out / ".curate" / "ledger" / "pairs").mkdir(parents=True)
+        (out / "pairs.parquet.tmp-x1").write_bytes(b"half")        # nor is a killed run's temp file
+    with OutputDir(out, "build", {"export": ["czsl"]}):
+        assert not (out / "pairs.parquet.tmp-x1").exists()
+    assert json.loads((out / ".curate" / "run.json").read_text())["config"] == {"export": ["czsl"]}
+    with OutputDir(out, "embed", {"model": "mini:x"}):               # another command, same rule
+        (out / ".curate" / "ledger" / "pairs" / "all.json").write_text("{}")  # a done marker: pinned now
+    with pytest.raises(CurateError, match=r"another run \(embed\)"):
+        OutputDir(out, "embed", {"model": "mini:y"}).open()
+    assert json.loads((out / ".curate" / "run.json").read_text())["config"] == {"model": "mini:x"}
+
+
 def test_foreign_folder_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
