@@ -361,3 +361,77 @@ def test_pool_download_interrupted_then_rerun_downloads_only_the_rest(tmp_path, 
     assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept  # not downloaded again
     keys = [s["__key__"] for tar in shards for s in iter_shard(tar, exts=())]
     assert len(keys) == len(set(keys)) == 3200
+
+
+# --- the build's steps: what a changed input redoes, one step on its own -------------------------
+def _small_config(world, captions: Path, model: str, out: Path):
+    from build_helpers import RELAXED_FILTERS, SMALL
+
+    from builders.imagenet_ao.config import BuildConfig
+
+    wj = str(world.path / "world.json")
+    return BuildConfig(out=str(out), objects=wj, attributes=wj, captions=[str(captions)], generator="demo",
+                       model=model, **{**RELAXED_FILTERS, **SMALL})
+
+
+def _ran(res) -> dict[str, tuple[int, int]]:
+    """(tasks done, tasks skipped) per stage of a build's summary."""
+    return {s.name: (s.done, s.skipped) for s in res.stages}
+
+
+def test_changed_captions_redo_the_rarity_scan_and_what_depends_on_it_only(tmp_path, small_world, tiny_clip_spec):
+    import shutil
+
+    from builders.imagenet_ao.pipeline import STEPS, build
+
+    captions = tmp_path / "captions"
+    shutil.copytree(small_world.path / "captions", captions)
+    cfg = _small_config(small_world, captions, tiny_clip_spec, tmp_path / "ao")
+    first = build(cfg, workers=1)
+    names = [s.name for s in STEPS]
+    assert all(_ran(first)[n] == (1, 0) for n in names)  # the demo world knows its truth: every step ran
+    files = {p: p.read_bytes() for p in sorted((tmp_path / "ao").rglob("*")) if p.is_file() and ".curate" not in p.parts}
+
+    again = _ran(build(cfg, workers=1))
+    assert all(again[n] == (0, 1) for n in names), again  # nothing changed: every step skipped
+    assert "rarity scan" not in again  # (its step was skipped, so it was not even listed)
+
+    # a caption that names no attribute and no object: the counts stay, the number of captions grows
+    scanned = sorted(captions.glob("*.parquet"))
+    df = pl.read_parquet(scanned[0])
+    pl.concat([df, df.head(1).with_columns(pl.lit("nothing to see here").alias("caption"))]).write_parquet(scanned[0])
+    third = build(cfg, workers=1)
+    ran = _ran(third)
+    assert ran["rarity scan"] == (1, len(scanned) - 1)  # only the file that changed is scanned again
+    assert ran["pairs"] == (1, 0) and ran["targets"] == (1, 0)  # they read the captions' counts
+    for n in ("candidates", "filters", "output", "truth"):  # the targets came out the same: all kept
+        assert ran[n] == (0, 1), (n, ran)
+    assert ran["card"] == (1, 0)  # the card reports the number of captions scanned
+    assert third.counts["captions_scanned"] == first.counts["captions_scanned"] + 1
+    for p, data in files.items():  # the file's counts and the card changed, nothing else
+        if p.name not in ("dataset.json", "README.md") and p.parent.name != "parts":
+            assert p.read_bytes() == data, p
+
+
+def test_each_build_step_runs_on_its_own(tmp_path, small_world, tiny_clip_spec):
+    from builders.imagenet_ao.pipeline import STEPS, BuildContext, build, fingerprint_config
+    from curate.executor import LocalExecutor
+    from curate.ledger import Ledger, run_step
+
+    cfg = _small_config(small_world, small_world.path / "captions", tiny_clip_spec, tmp_path / "ao")
+    out = tmp_path / "ao"
+    build(cfg, workers=1)
+    want = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and ".curate" not in p.parts}
+
+    def fresh() -> BuildContext:  # as in a new process: the earlier steps' stats come from their markers
+        return BuildContext(out, cfg=cfg, ex=LocalExecutor(1), run_cfg=fingerprint_config(cfg))
+
+    for step in STEPS:
+        assert run_step(step, fresh()).summary.skipped == 1, step.name
+    for step in reversed(STEPS):  # forget each step, then run it alone: it is redone, the same bytes come out
+        Ledger(out, step.name).reset()
+        ctx = fresh()
+        assert run_step(step, ctx).summary.done == 1, step.name
+        assert [s.name for s in ctx.summaries][-1] == step.name
+        got = {p: p.read_bytes() for p in want}
+        assert got == want, [str(p) for p in want if got[p] != want[p]]

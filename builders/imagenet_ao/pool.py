@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from curate.errors import CurateError
+from curate.fingerprint import fingerprint
 from curate.ledger import Stats, Task, run_stage
 from curate.shards import IMAGE_EXTS, list_shards, shard_name, write_shard
 
@@ -102,15 +103,17 @@ def pack_folder(folder: Path, out: Path, executor=None, min_resolution: int = 0)
         raise CurateError("no image files in the pool folder", where=str(folder),
                           fix=f"the folder should hold {', '.join(IMAGE_SUFFIXES)} files")
     keys = folder_keys(files)
-    tasks = [Task(f"pack-{i:06d}", {"root": str(folder), "files": files[i * CHUNK:(i + 1) * CHUNK],
-                                    "keys": keys[i * CHUNK:(i + 1) * CHUNK],
-                                    "out": str(out), "name": shard_name("pool", i), "min_resolution": min_resolution})
-             for i in range((len(files) + CHUNK - 1) // CHUNK)]
+    tasks = []
+    for i in range((len(files) + CHUNK - 1) // CHUNK):
+        chunk, chunk_keys = files[i * CHUNK:(i + 1) * CHUNK], keys[i * CHUNK:(i + 1) * CHUNK]
+        tasks.append(Task(f"pack-{i:06d}", {"root": str(folder), "files": chunk, "keys": chunk_keys, "out": str(out),
+                                            "name": shard_name("pool", i), "min_resolution": min_resolution},
+                          inputs=fingerprint([folder / rel for rel in chunk], chunk_keys, min_resolution)))
     res = run_stage("pack pool", _pack_chunk, tasks, out, executor, unit="shards")
     if res.errors:
         raise CurateError(f"{len(res.errors)} pool chunk(s) failed to pack", where=str(folder))
     rejected = list(res.stats.get("rejected", []))  # every chunk's list, in task order
-    return sorted(out.glob("pool-*.tar")), rejected
+    return [out / t.args["name"] for t in tasks], rejected  # this run's shards (not one left by a larger pool)
 
 
 def url_list_table(path: Path) -> tuple[Path, str, str | None]:

@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from curate.errors import CurateError
+from curate.fingerprint import fingerprint
 from curate.fsutil import atomic_open
 from curate.ledger import Task, run_stage
 
@@ -252,7 +253,7 @@ def scan_corpus(
         tasks.append(Task(f"{i:05d}-{f.name}", {
             "path": str(f), "column": col, "batch_rows": batch_rows, "table": table.__dict__,
             "out_dir": str(out_dir), "part": part_rel, "part_rel": part_rel,
-        }))
+        }, inputs=fingerprint(f, col, table.__dict__)))  # a file's counts are redone when it or the terms change
     res = run_stage("rarity scan", _scan_file, tasks, out_dir, executor, unit="files")
     if res.errors:
         tid, err = next(iter(res.errors.items()))

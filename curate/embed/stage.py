@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import CurateError
 from ..executor import default_workers, get_executor
+from ..fingerprint import fingerprint
 from ..fsutil import write_json
 from ..images import open_rgb
 from ..ledger import Task, run_stage
@@ -270,7 +271,8 @@ def embed_shards(
     placement = {"devices": devices, "lock_dir": str(lock_dir(out))} if cuda else {}
     with OutputDir(out, "embed", run_cfg, overwrite=overwrite):
         tasks = [Task(id=f"{suffix}-{p.name}", args={"shard": str(p), "out": str(out), "suffix": suffix,
-                                                      "config": asdict(config), **placement})
+                                                      "config": asdict(config), **placement},
+                      inputs=fingerprint(p))  # a shard rewritten since (a repacked pool) is embedded again
                  for p, suffix in zip(paths, part_suffixes(len(paths)), strict=True)]
         ex = get_executor(executor, workers=n_workers, address=address)
         try:
