@@ -17,7 +17,7 @@ import polars as pl
 
 from curate.errors import CurateError
 from curate.executor import LocalExecutor
-from curate.fingerprint import fingerprint
+from curate.fingerprint import fingerprint, spec_paths
 from curate.fsutil import atomic_open
 from curate.ledger import Task, run_global, run_stage
 from curate.shards import iter_shard, shard_name
@@ -31,13 +31,9 @@ CANDIDATE_SCHEMA = {"src_key": pl.String, "attr": pl.String, "obj": pl.String, "
 
 
 def spec_parts(spec: str | None) -> list[Any]:
-    """What a model or generator spec stands for, to fingerprint: the spec, and the content of the
-    local files it names (``mini:PATH``, ``hf:PATH``, ``open_clip:ARCH//PATH``, ``diffusers:PATH``)."""
-    if not spec or ":" not in spec:
-        return [spec]
-    rest = spec.split(":", 1)[1]
-    local = Path(rest.split("//", 1)[1] if "//" in rest else rest)
-    return [spec, local] if rest and local.exists() else [spec]
+    """What a model or generator spec stands for, to fingerprint: the spec and the content of the local
+    files it names (:func:`curate.fingerprint.spec_paths`; a generator's ``?options`` aside)."""
+    return [spec, spec_paths(spec.split("?", 1)[0] if spec else spec)]
 
 
 def cached_text_embeddings(out: Path, rel: str, encoder, names: list[str], templates: list[str],
