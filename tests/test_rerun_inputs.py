@@ -190,3 +190,60 @@ def test_attributes_follow_the_reviewed_manifest_and_skip_when_unchanged(tiny_da
         assert srv.count() == 13  # only the new pair was asked: the other answers came from the cache
         assert attributes(str(tiny_dataset), "--llm", srv.spec(), "--overwrite") == 0
         assert srv.count() == 13 and label.stat().st_mtime_ns != first
+
+
+# -- trainers' and evaluations' caches ----------------------------------------------------------------
+
+def test_trident_token_cache_follows_the_backbone_weights(tmp_path):
+    """New weights under the same spec: another default cache folder, and an explicit --cache-dir is recomputed."""
+    import numpy as np
+    from trident_helpers import make_czsl_root
+
+    from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
+    from training.data.features import open_token_cache, token_cache_dir
+    from training.trident.backbone import Backbone
+    from training.trident.data import load_czsl
+    from training.trident.features import image_store
+
+    data = load_czsl(make_czsl_root(tmp_path / "root", per_pair=1))
+    keys = sorted(it.ref for items in data.items.values() for it in items)
+    store = image_store(data)
+    spec = save_random_open_clip(tmp_path / "m", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=0)
+    default = token_cache_dir(spec, store, keys)
+    folder = tmp_path / "cache"
+
+    def features() -> tuple[np.ndarray, dict]:
+        cache, stats = open_token_cache(folder, store, keys, Backbone(spec, "cpu"))
+        pos = cache.index()
+        return cache.gather(np.array([pos[k] for k in keys]))[0].astype(np.float32), stats
+
+    old, stats = features()
+    assert stats["computed"] == len(keys)
+    assert features()[1] == {"cached_before": len(keys), "computed": 0, "unreadable": 0}
+    save_random_open_clip(tmp_path / "m", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=1)  # same path
+    assert token_cache_dir(spec, store, keys) != default
+    new, stats = features()
+    assert stats == {"cached_before": 0, "computed": len(keys), "unreadable": 0}
+    assert not np.allclose(old, new)
+    assert features()[1]["computed"] == 0
+
+
+def test_cir_feature_cache_follows_the_backbone_weights(tmp_path):
+    import numpy as np
+
+    from curate.embed import backends
+    from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
+    from training.cir.features import FeatureBank
+
+    spec = save_random_open_clip(tmp_path / "m", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=0)
+    text = ["a red circle", "a blue star"]
+    old = FeatureBank(spec, "cpu", cache_dir=tmp_path / "c").texts(text)
+    assert FeatureBank(spec, "cpu", cache_dir=tmp_path / "c").text_cache.rows.keys() == set(text)  # reused
+    save_random_open_clip(tmp_path / "m", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=1)  # same path
+    backends._CACHE.clear()  # the loaded model of this process (a new run is a new process)
+    bank = FeatureBank(spec, "cpu", cache_dir=tmp_path / "c")
+    assert not bank.text_cache.rows
+    new = bank.texts(text)
+    fresh = backends.load_model(spec, "cpu").encode_texts(text)
+    assert not np.allclose(old[text[0]], new[text[0]])
+    assert np.allclose(np.stack([new[t] for t in text]), fresh, atol=1e-5)

@@ -10,7 +10,6 @@ run cost nothing. Every row is L2-normalised (what ``curate embed`` stores).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import CurateError
+from curate.fingerprint import model_fingerprint
 from curate.fsutil import atomic_open
 from curate.log import progress_bar
 
@@ -31,7 +31,9 @@ ENCODE_BATCH = 64
 
 
 def spec_tag(spec: str) -> str:
-    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+    """The cache files' tag: the spec and the content of its weight files (new weights under the same
+    ``mini:PATH`` or checkpoint path are another model, whose features are computed again)."""
+    return model_fingerprint(spec)[:12]
 
 
 @dataclass

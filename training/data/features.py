@@ -10,8 +10,9 @@
   :class:`~training.data.images.ImageStore`'s streaming pass, so under torchrun every rank
   extracts its sample range into its own parts; the reader memory-maps all of them (the cache
   may be larger than RAM) and :meth:`TokenCache.in_memory` loads rows into one tensor when they
-  are small. ``features.json`` names the backbone and the dataset: a cache is never read for
-  another one.
+  are small. ``features.json`` names the backbone, the fingerprint of its weights and the
+  dataset: a cache is never read for another one, and one made by other weights of the same
+  spec (a retrained ``mini:PATH``) is recomputed.
 - :class:`TokenFeatures`: token batches of keys, from the cache or from the tower run online.
 """
 
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from curate.errors import CurateError
+from curate.fingerprint import model_fingerprint
 from curate.fsutil import write_json
 from curate.shards import Sample, image_of
 
@@ -88,10 +90,15 @@ class TokenEncoder(Protocol):
 
 
 def token_cache_dir(spec: str, store: ImageStore, keys: Iterable[str]) -> Path:
-    """``$CURATE_CACHE/trident-features/<digest of the backbone, the dataset root and its keys>``."""
+    """``$CURATE_CACHE/trident-features/<digest of the backbone, the dataset root and its keys>``.
+
+    The backbone is its spec and the content of its weight files (:func:`curate.fingerprint.model_fingerprint`:
+    a retrained ``mini:PATH`` is another backbone), the images their shards' names and sizes (a rebuilt
+    dataset is other images) and the keys (a review that rejects images is another key list)."""
     from curate.paths import cache_dir
 
-    h = hashlib.sha256(f"{spec}\n{store.root.resolve()}\n".encode())
+    shards = sorted({(p.name, p.stat().st_size if p.exists() else None) for p in map(Path, store.shards.values())})
+    h = hashlib.sha256(f"{model_fingerprint(spec)}\n{store.root.resolve()}\n{shards}\n".encode())
     for key in keys:
         h.update(f"{key}\n".encode())
     return cache_dir() / "trident-features" / h.hexdigest()[:16]
@@ -193,6 +200,26 @@ def open_token_cache(folder: Path, store: ImageStore, keys: Sequence[str], encod
     return cache, stats
 
 
+def _drop_other_weights(folder: Path, info: Path, rank: int, world_size: int) -> None:
+    """A cache made by other weights of the backbone (or by a version that did not record them): its
+    rows are not this model's features. Every rank drops its own chunks, rank 0 the rest and the info."""
+    if world_size > 1:  # every rank has read the old info before rank 0 removes it
+        import torch.distributed as td
+
+        td.barrier()
+    log.info("%s: made by other weights of the backbone: recomputing the features", folder)
+    for p in folder.glob("part-*"):
+        owner = int(p.name[5:8]) if p.name[5:8].isdigit() else 0
+        if owner == rank or (rank == 0 and owner >= world_size):
+            p.unlink()
+    if rank == 0:
+        info.unlink()
+    if world_size > 1:
+        import torch.distributed as td
+
+        td.barrier()
+
+
 def build_token_cache(folder: Path, store: ImageStore, keys: Iterable[str], encoder: TokenEncoder,
                       batch_size: int = 64, workers: int = 0, rank: int = 0,
                       world_size: int = 1) -> dict[str, int]:
@@ -203,6 +230,9 @@ def build_token_cache(folder: Path, store: ImageStore, keys: Iterable[str], enco
 
     folder.mkdir(parents=True, exist_ok=True)
     prev = folder / INFO
+    model = model_fingerprint(encoder.spec)
+    if prev.is_file() and json.loads(prev.read_text()).get("model") != model:
+        _drop_other_weights(folder, prev, rank, world_size)
     done = set(TokenCache.open(folder, encoder.spec, store.root).keys) if prev.is_file() else set()
     todo = sorted(set(keys) - done)
     if world_size > 1:  # every rank has read the same `done` before any rank writes
@@ -210,8 +240,8 @@ def build_token_cache(folder: Path, store: ImageStore, keys: Iterable[str], enco
 
         td.barrier()
     if rank == 0 and not prev.is_file():
-        write_json(prev, {"backbone": encoder.spec, "root": str(store.root.resolve()), **encoder.dims(),
-                          "dtype": "float16", "format": 1})
+        write_json(prev, {"backbone": encoder.spec, "model": model, "root": str(store.root.resolve()),
+                          **encoder.dims(), "dtype": "float16", "format": 1})
     stats = {"cached_before": len(done), "computed": 0, "unreadable": 0}
     if not todo:
         return stats
