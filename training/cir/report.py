@@ -74,7 +74,7 @@ def gallery_warning(name: str, fmt: str | None, gallery: Any, keys: list[str]) -
     """One line naming the metrics a too-small gallery makes trivial ("" when none)."""
     if not keys:
         return ""
-    return (f"WARNING {name}: the gallery ({candidates(fmt, gallery)} candidates per query) is not larger than K "
+    return (f"{name}: the gallery ({candidates(fmt, gallery)} candidates per query) is not larger than K "
             f"for {', '.join(short(k) for k in keys)}: these are trivially 100 and say nothing about the model")
 
 
@@ -93,7 +93,7 @@ def metric_table(by_method: dict[str, dict[str, Any]], split_name: str, marks: d
         return head + " (no targets: submission files only)\n"
     warn = gallery_warning(split_name, first.get("format"), first["gallery"],
                            saturated(first.get("format"), first["gallery"], dict.fromkeys(keys)))
-    lines = [head, *(["", f"> **{warn}**"] if warn else []), "",
+    lines = [head, *(["", f"> **WARNING {warn}**"] if warn else []), "",
              "| method | " + " | ".join(short(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for method, r in rows.items():
         label = f"{method} ({marks[method]})" if marks and method in marks else method
