@@ -54,3 +54,21 @@ def test_eval_cir_writes_the_folder_training_writes():
     assert default_out("runs/x", "cirr", "test") == Path("runs/x/eval/cirr-test1")
     assert default_out("runs/x", "cirr", "test1") == Path("runs/x/eval/cirr-test1")
     assert default_out("runs/x", "circo", "test") == Path("runs/x/eval/circo-test")
+
+
+def test_an_average_over_a_trivial_category_is_flagged():
+    from training.cir.benchmark import summary_rows
+
+    def cat(name, r50, sat):
+        return {"name": f"fashioniq {name} test", "format": "fashioniq", "split": "test", "queries": 10,
+                "gallery": 30 if sat else 80, "metrics": {"recall_at10": 0.5, "recall_at50": r50},
+                "saturated": ["recall_at50"] if sat else []}
+
+    (avg,) = summary_rows("fashioniq", "test", [cat("dress", 1.0, True), cat("shirt", 0.8, False)])
+    assert avg["metrics"]["average_recall_at50"] == 0.9  # the value is the official average, untouched
+    assert avg["saturated"] == ["average_recall_at50", "average_recall"]
+    table = metric_table({"m": {avg["name"]: avg}}, avg["name"])
+    assert "gallery per category" in table and "gallery per category images" not in table
+    assert "WARNING fashioniq average test: a gallery this row averages over" in table
+    (clean,) = summary_rows("fashioniq", "test", [cat("dress", 0.7, False), cat("shirt", 0.8, False)])
+    assert clean["saturated"] == [] and "WARNING" not in metric_table({"m": {clean["name"]: clean}}, clean["name"])

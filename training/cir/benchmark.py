@@ -96,15 +96,18 @@ def summary_rows(fmt: str, split: str, results: list[dict[str, Any]]) -> list[di
     scored = [r for r in results if r["metrics"]]
     if len(scored) < 2 or fmt not in ("fashioniq", "genecis"):
         return []
+    sat = sorted({k for r in scored for k in r.get("saturated", [])})  # a trivial input makes its mean trivial
     if fmt == "fashioniq":
         from training.metrics.cir import fashioniq_average
 
         per = {r["name"].split(" ")[1]: r["metrics"] for r in scored}
         avg = fashioniq_average(per)
         metrics = {k: v for k, v in avg.items() if k.startswith("average")}
+        sat = [f"average_{k}" for k in sat] + (["average_recall"] if sat else [])
     else:
         keys = [k for k in scored[0]["metrics"] if all(k in r["metrics"] for r in scored)]
         metrics = {k: statistics.mean(r["metrics"][k] for r in scored) for k in keys}
     return [{"name": f"{fmt} average {split}", "format": fmt, "split": split,
              "queries": sum(r["queries"] for r in scored), "gallery": "per category" if fmt == "fashioniq" else
-             "per query", "metrics": metrics, "skipped": {}, "skipped_examples": {}, "files": []}]
+             "per query", "metrics": metrics, "saturated": [k for k in sat if k in metrics], "skipped": {},
+             "skipped_examples": {}, "files": []}]

@@ -74,7 +74,9 @@ def gallery_warning(name: str, fmt: str | None, gallery: Any, keys: list[str]) -
     """One line naming the metrics a too-small gallery makes trivial ("" when none)."""
     if not keys:
         return ""
-    return (f"{name}: the gallery ({candidates(fmt, gallery)} candidates per query) is not larger than K "
+    n = candidates(fmt, gallery)
+    what = f"the gallery ({n} candidates per query) is" if n is not None else "a gallery this row averages over is"
+    return (f"{name}: {what} not larger than K "
             f"for {', '.join(short(k) for k in keys)}: these are trivially 100 and say nothing about the model")
 
 
@@ -87,12 +89,13 @@ def metric_table(by_method: dict[str, dict[str, Any]], split_name: str, marks: d
     keys = [k for k, v in next(iter(rows.values()))["metrics"].items() if isinstance(v, float)]
     first = next(iter(rows.values()))
     gallery = f"per-query gallery of {first['gallery']}" if first.get("format") == "genecis" else \
-        f"gallery {first['gallery']} images"
+        f"gallery {first['gallery']} images" if isinstance(first["gallery"], int) else f"gallery {first['gallery']}"
     head = f"**{split_name}**: {first['queries']} queries, {gallery}"
     if not keys:
         return head + " (no targets: submission files only)\n"
-    warn = gallery_warning(split_name, first.get("format"), first["gallery"],
-                           saturated(first.get("format"), first["gallery"], dict.fromkeys(keys)))
+    sat = first["saturated"] if "saturated" in first else saturated(first.get("format"), first["gallery"],
+                                                                    dict.fromkeys(keys))
+    warn = gallery_warning(split_name, first.get("format"), first["gallery"], [k for k in sat if k in keys])
     lines = [head, *(["", f"> **WARNING {warn}**"] if warn else []), "",
              "| method | " + " | ".join(short(k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for method, r in rows.items():
@@ -208,7 +211,7 @@ def baseline_marks(results: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     why = (f"`{model}`, the model that filtered the data ({BIASED})" if biased else
            f"`{model}`, independent of the filter model `{filt}`" if filt else
            f"`{model}` (the filter model is not recorded: bias unknown)")
-    return marks, [f"- baselines: {', '.join(base)}, zero-shot with {why}"]
+    return marks, [f"- baselines ({', '.join(base)}): {why}"]
 
 
 def write_report(out: Path, results: dict[str, Any]) -> Path:
