@@ -115,3 +115,18 @@ def test_trident_report_names_splits_seed_best_folder_and_the_biased_backbone(tm
     assert (f"test {test['pairs_seen']} seen / {test['pairs_unseen']} unseen pairs, {test['images_seen']} / "
             f"{test['images_unseen']} images") in report
     assert "biased: this model filtered the data" in report and res["filter_model"] == tiny_clip_spec
+
+
+def test_czsl_zero_shot_by_the_filter_model_is_marked_biased(tmp_path):
+    from training.trident.report import write_zero_shot_report, zero_shot_stem
+
+    data = tmp_path / "ds"
+    data.mkdir()
+    (data / "dataset.json").write_text(json.dumps({"config": {"model": "mini:/m"}}))
+    md = write_zero_shot_report(tmp_path / "a", {"closed": {}, "open": {}}, "mini:/m", data, "test").read_text()
+    assert "biased: this model filtered the data" in md
+    saved = json.loads((tmp_path / "a" / f"{zero_shot_stem('mini:/m', 'test')}.json").read_text())
+    assert saved["biased"] is True and saved["filter_model"] == "mini:/m"
+    md = write_zero_shot_report(tmp_path / "b", {"closed": {}, "open": {}}, "open_clip:ViT-B-32/openai", data,
+                                "test").read_text()
+    assert "biased" not in md and "independent" in md

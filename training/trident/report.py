@@ -189,12 +189,19 @@ def write_zero_shot_report(out: Path, results: dict[str, Any], spec_name: str, d
     from curate.fsutil import write_json
 
     stem = zero_shot_stem(spec_name, split)
+    filt = filter_model(data)
     write_json(out / f"{stem}.json", {"method": "zero-shot", "model": spec_name, "data": str(data), "split": split,
+                                      "filter_model": filt, "biased": bool(filt and filt == spec_name),
                                       **to_json(results)})
     feas = results.get("feasibility", {})
     lines = [f"# CZSL zero-shot: `{spec_name}`", "",
              f"Data `{data}`, split {split}; prompt \"a photo of {{attr}} {{obj}}\", no training. "
-             f"Open-world feasibility: {feas.get('kind', 'not scored')}.", "",
+             f"Open-world feasibility: {feas.get('kind', 'not scored')}.",
+             "",
+             "**This model filtered the data (biased: this model filtered the data): its zero-shot scores are not a "
+             "fair baseline.**" if filt and filt == spec_name else
+             f"Filter model of the data: `{filt}` (this model is independent of it)." if filt else
+             "The data records no filter model.", "",
              "## Metrics (%)", "", metrics_table(results), ""]
     write_text(out / f"{stem}.md", "\n".join(lines))
     return out / f"{stem}.md"
