@@ -41,6 +41,12 @@ def markers(out: Path) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in sorted((out / ".curate" / "ledger").glob("*/*.json"))}
 
 
+def task_markers(out: Path) -> dict[str, int]:
+    """Every task marker of a per-task stage (``embed``: one per shard) and its modification time."""
+    ledger = out / ".curate" / "ledger"
+    return {str(p.relative_to(ledger)): p.stat().st_mtime_ns for p in sorted(ledger.glob("*/*.json"))}
+
+
 def keys_in_outputs(out: Path) -> set[str]:
     """Every image key the exports mention: JSON files, file names, triplet shards' records."""
     text = []
@@ -247,3 +253,36 @@ def test_cir_feature_cache_follows_the_backbone_weights(tmp_path):
     fresh = backends.load_model(spec, "cpu").encode_texts(text)
     assert not np.allclose(old[text[0]], new[text[0]])
     assert np.allclose(np.stack([new[t] for t in text]), fresh, atol=1e-5)
+
+
+def test_new_weights_reembed_and_eval_zeroshot_stops_reusing_the_old_embeddings(tmp_path):
+    """`curate embed` redoes every shard when the model's weights changed under the same spec, and
+    `curate eval zeroshot` / CIR's FeatureTable use stored embeddings only if the weights are the same."""
+    from conftest import make_tiny_dataset
+
+    from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
+    from curate.embed.store import embeddings_info, made_by
+    from training.data.features import FeatureTable
+    from training.metrics.zeroshot import _from_dataset
+
+    ds = make_tiny_dataset(tmp_path / "ds")
+    spec = save_random_open_clip(tmp_path / "m", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=0)
+    emb = ds / "embeddings"
+
+    def embed() -> None:
+        r = curate("-q", "embed", str(ds / "shards"), "--model", spec, "--out", str(emb), "--workers", "1")
+        assert r.returncode == 0, r.stderr
+
+    embed()
+    assert made_by(embeddings_info(emb), spec) and FeatureTable.load(emb).made_by(spec)
+    assert _from_dataset(ds, "all", None, spec, False).emb is not None  # the stored embeddings are used
+    before = task_markers(emb)
+    embed()
+    assert task_markers(emb) == before  # same weights: nothing re-embedded
+    save_random_open_clip(tmp_path / "m", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=1)  # same path
+    assert not made_by(embeddings_info(emb), spec) and not FeatureTable.load(emb).made_by(spec)
+    stale = _from_dataset(ds, "all", None, spec, False)
+    assert stale.emb is None and stale.images  # images are encoded with the model as it is now
+    embed()
+    assert task_markers(emb) != before and made_by(embeddings_info(emb), spec)
+    assert _from_dataset(ds, "all", None, spec, False).emb is not None

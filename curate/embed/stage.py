@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import CurateError
 from ..executor import default_workers, get_executor
-from ..fingerprint import fingerprint
+from ..fingerprint import fingerprint, model_fingerprint
 from ..fsutil import write_json
 from ..images import open_rgb
 from ..ledger import Task, run_stage
@@ -276,7 +276,9 @@ def embed_shards(
                  for p, suffix in zip(paths, part_suffixes(len(paths)), strict=True)]
         ex = get_executor(executor, workers=n_workers, address=address)
         try:
-            res = run_stage("embed", embed_shard_task, tasks, out, executor=ex, unit="shards")
+            # the model's weights are an input of every shard: new weights under the same spec re-embed
+            res = run_stage("embed", embed_shard_task, tasks, out, executor=ex, unit="shards",
+                            inputs=model_fingerprint(config.model))
         finally:
             ex.close()
             _close_local_feeds()
@@ -285,6 +287,7 @@ def embed_shards(
         merged = res.stats
         info = {
             "model": config.model,
+            "model_fingerprint": model_fingerprint(config.model),
             "dim": max((s.get("dim", 0) for s in stats), default=0),
             "counts": {
                 "shards": len(tasks),

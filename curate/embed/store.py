@@ -91,6 +91,16 @@ def embeddings_info(folder: str | os.PathLike) -> dict:
     return read_json(p) if p.exists() else {}
 
 
+def made_by(info: dict, spec: str) -> bool:
+    """Were the embeddings described by ``info`` (embeddings.json) made by the model ``spec`` is now?
+    The same spec, and (when recorded) the same weights: a retrained ``mini:PATH`` is another model."""
+    from ..fingerprint import model_fingerprint
+
+    if info.get("model") != spec:
+        return False
+    return info.get("model_fingerprint") in (None, model_fingerprint(spec))
+
+
 def keys_from_metadata(df, part: str) -> list[str]:
     """Sample keys of one metadata part: ``key``, else the stem of ``image_path`` or ``url``."""
     if "key" in df.columns and df["key"].null_count() == 0:

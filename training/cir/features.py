@@ -75,10 +75,10 @@ class FeatureBank:
         self.backbone = backbone
         self.device = device
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.table = table if table is not None and _same_model(table, backbone) else None
+        self.table = table if table is not None and table.made_by(backbone) else None
         if table is not None and self.table is None:
-            log.warning("features in the embeddings folder were made by %s, not %s: encoding images with %s",
-                        getattr(table, "model", None), backbone, backbone)
+            log.warning("features in the embeddings folder were made by %s, not by %s as it is now: encoding "
+                        "images with %s", getattr(table, "model", None), backbone, backbone)
         self._encoder = None
         tag = spec_tag(backbone)
         self.image_cache = FeatureCache.open(self.cache_dir / f"images-{tag}.npz" if self.cache_dir else None)
@@ -162,11 +162,6 @@ def resolve_backbone(backbone: str | None, table: Any, where: str) -> str:
         raise CurateError("no backbone: pass --backbone SPEC (the features folder names no model)", where=where,
                           fix="e.g. --backbone open_clip:ViT-B-32/laion2b_s34b_b79k or mini:PATH")
     return spec
-
-
-def _same_model(table: Any, backbone: str) -> bool:
-    model = getattr(table, "model", None)
-    return model is None or model == backbone
 
 
 def load_table(folder: str | os.PathLike | None) -> Any:

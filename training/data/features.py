@@ -53,6 +53,7 @@ class FeatureTable:
     keys: list[str]
     matrix: np.ndarray
     model: str | None = None
+    model_fingerprint: str | None = None  # of the weights that made them (embeddings.json), when recorded
 
     @classmethod
     def load(cls, folder: str | os.PathLike, kind: str = "img") -> FeatureTable:
@@ -60,10 +61,16 @@ class FeatureTable:
 
         keys, matrix = read_embeddings(folder, kind=kind)
         try:
-            model = embeddings_info(folder).get("model")
+            info = embeddings_info(folder)
         except (CurateError, OSError, ValueError):
-            model = None
-        return cls(keys, matrix, model)
+            info = {}
+        return cls(keys, matrix, info.get("model"), info.get("model_fingerprint"))
+
+    def made_by(self, spec: str) -> bool:
+        """Made by ``spec`` as it is now (same weights), or by an unnamed model (trusted as before)."""
+        from curate.embed.store import made_by
+
+        return self.model is None or made_by({"model": self.model, "model_fingerprint": self.model_fingerprint}, spec)
 
     @property
     def dim(self) -> int:

@@ -74,6 +74,7 @@ def _from_shards(spec: str | Path, name: str, include_rejected: bool = False) ->
 
 def _from_dataset(p: Path, name: str, rare_only: bool | None, model: str | None, include_rejected: bool) -> EvalSet:
     from curate.dataset import Dataset
+    from curate.embed.store import made_by
 
     ds = Dataset(p)
     df = ds.manifest(include_rejected=include_rejected)
@@ -83,7 +84,7 @@ def _from_dataset(p: Path, name: str, rare_only: bool | None, model: str | None,
         raise CurateError(f"no {'rare' if rare_only else 'common'} samples in the dataset", where=str(p))
     df = df.sort("key")
     info_path = p / "embeddings" / "embeddings.json"
-    if model and info_path.exists() and json.loads(info_path.read_text()).get("model") == model:
+    if model and info_path.exists() and made_by(json.loads(info_path.read_text()), model):  # same spec and weights
         keys, mat = ds.embeddings()
         pos = {k: i for i, k in enumerate(keys)}
         if all(k in pos for k in df["key"]):
