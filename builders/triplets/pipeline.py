@@ -120,11 +120,12 @@ class Run(StepContext):
         for a dataset (whose manifest, in :meth:`source_inputs`, changes with every rebuild)."""
         if "images" not in self._memo:
             src = self.source
-            shards = sorted(set(src.samples["shard_path"].to_list()))
-            if src.kind == "dataset":
-                self._memo["images"] = fingerprint("dataset-shards", [_size_of(Path(s)) for s in shards])
+            if src.kind == "dataset":  # all of them: rejecting every sample of a shard changes no image
+                shards = sorted((Path(src.path) / "shards").glob("*.tar"))
+                self._memo["images"] = fingerprint("dataset-shards", [_size_of(s) for s in shards])
             else:
-                self._memo["images"] = fingerprint("shards", [Path(s) for s in shards])
+                shards = sorted({Path(s) for s in src.samples["shard_path"].to_list()})
+                self._memo["images"] = fingerprint("shards", shards)
         return self._memo["images"]
 
     def source_inputs(self) -> str:
