@@ -109,3 +109,11 @@ def test_split_summary_counts_what_test_shares_with_train():
 def test_unknown_split_by_exits_2(ds, tmp_path):
     r = curate("triplets", str(ds), "--out", str(tmp_path / "o"), "--split-by", "pairs")
     assert r.returncode == 2 and "--split-by" in r.stderr
+
+
+def test_manifest_splits_are_recorded_as_such_with_what_they_share(ds, tmp_path):
+    info = build_triplets(config(ds, tmp_path / "m", formats=[], splits="manifest"))
+    s = info["split"]
+    assert s["split_by"] == "manifest" and sum(s["triplets"].values()) == info["counts"]["triplets"]
+    assert set(s["test_shared_with_train"]) == {"edits", "references_that_are_train_images",
+                                                "images_that_are_train_images", "compositions"}
