@@ -148,10 +148,11 @@ def attributes(
         ctx = StepContext(guard_dir)
         run_steps([step], ctx)
     summary = dict(ctx.stats[step.name])
-    if ctx.summaries[0].skipped:
+    kept = bool(ctx.summaries[0].skipped)
+    if kept:
         console.print("inputs unchanged since the last run (pairs, LLM, prompt, options): outputs kept")
     print_table(_summary_table(summary))
-    console.print(f"wrote {', '.join(str(f) for f in files)}")
+    console.print(f"{'kept' if kept else 'wrote'} {', '.join(str(f) for f in files)}")
 
 
 def attributes_inputs(config: dict, pairs: list, llm: str, cfg, rules, world: Path | None, kind: str) -> list:
