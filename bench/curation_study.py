@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,24 @@ def world_images(world: Path, split: str, pairs: set[tuple[str, str]]) -> list[t
     return out
 
 
+def made_once(study: Path, name: str, inputs: list[Any], make: Callable[[Path], Any]) -> Path:
+    """``study/NAME`` made by ``make(folder)`` once per content of ``inputs`` (a ledger step whose marker
+    records their fingerprint: a changed manifest, world, candidates or backbone remakes it from
+    scratch, unchanged inputs reuse it)."""
+    from curate.fingerprint import fingerprint
+    from curate.ledger import run_global
+
+    folder = study / name
+
+    def run() -> None:
+        if folder.exists():
+            shutil.rmtree(folder)
+        make(folder)
+
+    run_global(f"study {name}", run, study, [name], inputs=fingerprint(*inputs))
+    return folder
+
+
 def build_gt(world: Path, curated: Any, backbone: str, out: Path) -> Path:
     """A dataset folder of the world's ground-truth images of the dataset's pairs (split ``test``)."""
     import polars as pl
@@ -111,8 +130,6 @@ def build_gt(world: Path, curated: Any, backbone: str, out: Path) -> Path:
     from curate.manifest import write_manifest
     from curate.shards import ShardWriter
 
-    if (out / "dataset.json").exists():  # written last
-        return out
     seen = {tuple(p) for p in curated.filter(~pl.col("rare")).select("attr", "obj").unique().iter_rows()}
     rare = {tuple(p) for p in curated.filter(pl.col("rare")).select("attr", "obj").unique().iter_rows()}
     rows = []
@@ -140,8 +157,6 @@ def draw_raw(dataset: Path, curated: Any, backbone: str, out: Path, seed: int) -
     from curate.fsutil import write_json
     from curate.manifest import write_manifest
 
-    if (out / "dataset.json").exists():  # written last
-        return out
     cands = pl.read_parquet(dataset / "candidates.parquet")
     counts = curated.group_by("attr", "obj", "split").len().sort("attr", "obj", "split")
     rng = np.random.default_rng(seed)
@@ -189,8 +204,6 @@ def czsl_root(arm: Path, gt: Path, out: Path) -> Path:
     from training.data import dataset_samples
     from training.trident.data import czsl_name, write_czsl_root
 
-    if (out / "metadata_compositional-split-natural.t7").exists():
-        return out
     man = dataset_samples(arm, None, include_rejected=False)
     test_rare = set(man.filter(pl.col("rare") & (pl.col("split") == "test"))["pair"].to_list())
     gtm = dataset_samples(gt, None, include_rejected=False)
@@ -215,20 +228,20 @@ def czsl_root(arm: Path, gt: Path, out: Path) -> Path:
 
 
 def aux_file(dataset: Path, out: Path) -> Path | None:
-    """Auxiliary attributes for the dataset's pairs (bundled SmolLM2, contradiction check on), made once."""
+    """Auxiliary attributes for the dataset's pairs (bundled SmolLM2, contradiction check on); `curate
+    attributes` remakes them only when the pairs changed (a reviewed manifest), else keeps them."""
     from curate.paths import find_gguf
 
     path = out / "aux" / "aux_label.jsonl"
-    if path.exists():
-        return path
     if find_gguf() is None:
         log("no bundled GGUF: TRIDENT trains without attribute smoothing")
         return None
-    import polars as pl
 
     pairs = out / "aux-pairs.txt"
     pairs.parent.mkdir(parents=True, exist_ok=True)
-    df = pl.read_parquet(dataset / "manifest.parquet").select("attr", "obj").unique().sort("attr", "obj")
+    from curate.manifest import read_manifest
+
+    df = read_manifest(dataset, include_rejected=False).select("attr", "obj").unique().sort("attr", "obj")
     pairs.write_text("".join(f"{a},{o}\n" for a, o in df.iter_rows()))
     subprocess.run([sys.executable, "-m", "curate.cli", "-q", "attributes", "--pairs", str(pairs), "--out",
                     str(out / "aux")], check=True, env={**os.environ, "CURATE_NO_PROGRESS": "1"})
@@ -443,24 +456,34 @@ def main() -> None:
     os.chdir(ROOT)  # candidates.parquet names its shards relative to the repository
     import polars as pl
 
+    from curate.manifest import read_manifest
     from training.trident.run import default_backbone
 
     t0, cpu0, load0 = time.perf_counter(), cpu_seconds(), round(os.getloadavg()[0], 2)
     out = args.out
     backbone = default_backbone(args.dataset)
-    curated = pl.read_parquet(args.dataset / "manifest.parquet")
+    curated = read_manifest(args.dataset, include_rejected=False)  # what the curated arm trains on
     truth = world_truth(args.world, args.dataset)
     log(f"backbone {backbone}; curated {curated.height} images, {curated['pair'].n_unique()} pairs")
-    gt = build_gt(args.world, curated, backbone, out / "ground-truth")
+    dataset = args.dataset
+    gt = made_once(out, "ground-truth", [Path(args.world / "world.json"), Path(dataset / "manifest.parquet"), backbone],
+                   lambda f: build_gt(args.world, curated, backbone, f))
     gt_trip = triplets(gt, out / "ground-truth-triplets", "test=1", ["cirr", "circo"], model=backbone)
     aux = aux_file(args.dataset, out)
     arms: dict[str, dict[str, Any]] = {"curated": {"trident": [], "cir": [], "precision": []},
                                        "raw": {"trident": [], "cir": [], "precision": []}}
-    cur_root = czsl_root(args.dataset, gt, out / "curated" / "czsl")
+    def czsl_inputs(arm: Path) -> list[Any]:
+        return [Path(arm / "manifest.parquet"), Path(arm / "shards"), Path(gt / "manifest.parquet"), Path(gt / "shards"),
+                Path(DEMO / "imagenet-ao" / "pairs.parquet")]
+
+    cur_root = made_once(out, "curated/czsl", czsl_inputs(dataset), lambda f: czsl_root(dataset, gt, f))
     cur_trip = triplets(args.dataset, out / "curated" / "triplets", "train=0.8,val=0.1,test=0.1", [])
     for i, seed in enumerate(args.seeds):
-        raw = draw_raw(args.dataset, curated, backbone, out / f"raw-{seed}" / "dataset", seed)
-        raw_root = czsl_root(raw, gt, out / f"raw-{seed}" / "czsl")
+        raw = made_once(out, f"raw-{seed}/dataset",
+                        [Path(dataset / "candidates.parquet"), Path(dataset / "manifest.parquet"), Path(dataset / "pool" / "embeddings"),
+                         Path(dataset / "generated" / "embeddings"), backbone, seed],
+                        lambda f, seed=seed: draw_raw(dataset, curated, backbone, f, seed))
+        raw_root = made_once(out, f"raw-{seed}/czsl", czsl_inputs(raw), lambda f, raw=raw: czsl_root(raw, gt, f))
         raw_trip = triplets(raw, out / f"raw-{seed}" / "triplets", "train=0.8,val=0.1,test=0.1", [])
         for name, ds, root, trip in (("curated", args.dataset, cur_root, cur_trip), ("raw", raw, raw_root, raw_trip)):
             man = pl.read_parquet(ds / "manifest.parquet")

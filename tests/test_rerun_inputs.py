@@ -286,3 +286,35 @@ def test_new_weights_reembed_and_eval_zeroshot_stops_reusing_the_old_embeddings(
     embed()
     assert task_markers(emb) != before and made_by(embeddings_info(emb), spec)
     assert _from_dataset(ds, "all", None, spec, False).emb is not None
+
+
+def test_the_study_remakes_its_made_once_folders_when_their_inputs_change(tmp_path):
+    """bench/curation_study.py: the ground truth, raw draws and CZSL roots were reused whenever their folder
+    existed (a reviewed manifest kept the old arms); now each is a ledger step keyed by its inputs."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "curation_study.py"
+    spec = importlib.util.spec_from_file_location("curation_study", path)
+    study_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study_module)  # bench/ is not a package on the tests' path
+    made_once = study_module.made_once
+
+    manifest = tmp_path / "manifest.parquet"
+    pl.DataFrame({"key": ["a", "b"]}).write_parquet(manifest)
+    made = []
+
+    def make(folder: Path) -> None:
+        made.append(folder)
+        folder.mkdir(parents=True)
+        (folder / "keys.txt").write_text(",".join(pl.read_parquet(manifest)["key"]))
+
+    study = tmp_path / "study"
+    folder = made_once(study, "raw-0/czsl", [manifest, "backbone"], make)
+    assert (folder / "keys.txt").read_text() == "a,b" and len(made) == 1
+    made_once(study, "raw-0/czsl", [manifest, "backbone"], make)
+    assert len(made) == 1  # same inputs: reused
+    pl.DataFrame({"key": ["a"]}).write_parquet(manifest)  # e.g. a review pull rejected b
+    made_once(study, "raw-0/czsl", [manifest, "backbone"], make)
+    assert (folder / "keys.txt").read_text() == "a" and len(made) == 2
+    made_once(study, "raw-0/czsl", [manifest, "other-backbone"], make)
+    assert len(made) == 3
