@@ -69,6 +69,26 @@ def save(name: str, result: dict[str, Any], markdown: str) -> Path:
     return RESULTS / f"{name}.json"
 
 
+def made_once(study: Path, name: str, inputs: list[Any], make: Callable[[Path], Any]) -> Path:
+    """``study/NAME`` made by ``make(folder)`` once per content of ``inputs`` (a ledger step whose marker
+    records their fingerprint: a changed manifest, world, candidates or backbone remakes it from
+    scratch, unchanged inputs reuse it)."""
+    import shutil
+
+    from curate.fingerprint import fingerprint
+    from curate.ledger import run_global
+
+    folder = study / name
+
+    def run() -> None:
+        if folder.exists():
+            shutil.rmtree(folder)
+        make(folder)
+
+    run_global(f"study {name}", run, study, [name], inputs=fingerprint(*inputs))
+    return folder
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS: ``VmHWM`` of /proc/self/status, which starts afresh at exec. (Linux's
     ``ru_maxrss`` keeps the forking parent's peak across fork + exec, so a child started by a big

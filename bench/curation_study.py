@@ -46,7 +46,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import save  # noqa: E402
+from bench.common import made_once, save  # noqa: E402
 
 DEMO = ROOT / "demo-out"
 TRIDENT_SEED0 = 124  # the preset's seed; seed index i trains with 124 + i
@@ -102,24 +101,6 @@ def world_images(world: Path, split: str, pairs: set[tuple[str, str]]) -> list[t
             if img and (meta.get("attr"), meta.get("obj")) in pairs:
                 out.append((s["__key__"], meta, img[1]))
     return out
-
-
-def made_once(study: Path, name: str, inputs: list[Any], make: Callable[[Path], Any]) -> Path:
-    """``study/NAME`` made by ``make(folder)`` once per content of ``inputs`` (a ledger step whose marker
-    records their fingerprint: a changed manifest, world, candidates or backbone remakes it from
-    scratch, unchanged inputs reuse it)."""
-    from curate.fingerprint import fingerprint
-    from curate.ledger import run_global
-
-    folder = study / name
-
-    def run() -> None:
-        if folder.exists():
-            shutil.rmtree(folder)
-        make(folder)
-
-    run_global(f"study {name}", run, study, [name], inputs=fingerprint(*inputs))
-    return folder
 
 
 def build_gt(world: Path, curated: Any, backbone: str, out: Path) -> Path:

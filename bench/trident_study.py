@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import save  # noqa: E402
+from bench.common import made_once, save  # noqa: E402
 
 METRICS = (("best_seen", "Seen"), ("best_unseen", "Unseen"), ("best_hm", "HM"), ("auc", "AUC"))
 VARIANTS = {
@@ -59,17 +59,17 @@ def prepare(out: Path, llm_cache: Path | None = None) -> dict[str, Path]:
     from training.trident.demo import world_to_czsl
 
     demo = ROOT / "demo-out"
-    roots = {"world": out / "world-czsl", "dataset": out / "dataset-czsl"}
-    if not (roots["world"] / "metadata_compositional-split-natural.t7").exists():
-        world_to_czsl(demo / "world", roots["world"])
-    if not (roots["dataset"] / "metadata_compositional-split-natural.t7").exists():
-        shutil.copytree(demo / "imagenet-ao" / "exports" / "czsl", roots["dataset"], dirs_exist_ok=True)
+    export = demo / "imagenet-ao" / "exports" / "czsl"
+    # each root is remade when what it is made of changed (a regenerated world, a rebuilt or reviewed dataset)
+    roots = {"world": made_once(out, "world-czsl", [Path(demo / "world" / "world.json")],
+                                lambda f: world_to_czsl(demo / "world", f)),
+             "dataset": made_once(out, "dataset-czsl", [export, Path(demo / "imagenet-ao" / "pairs.parquet")],
+                                  lambda f: shutil.copytree(export, f))}
     # the dataset's rarity scan of the world's captions (the world export has the world's own counts)
     shutil.copy(demo / "imagenet-ao" / "pairs.parquet", roots["dataset"] / "pairs.parquet")
-    for root in roots.values():
-        if not (root / "aux_label" / "aux_label.jsonl").exists():  # TRIDENT's place, its keys
-            cmd = [sys.executable, "-m", "curate.cli", "attributes", str(root)]
-            subprocess.run(cmd + (["--cache", str(llm_cache)] if llm_cache else []), check=True)
+    for root in roots.values():  # TRIDENT's place, its keys; `curate attributes` keeps them while the pairs are the same
+        cmd = [sys.executable, "-m", "curate.cli", "attributes", str(root)]
+        subprocess.run(cmd + (["--cache", str(llm_cache)] if llm_cache else []), check=True)
         write_random_aux(root)
     return roots
 
