@@ -260,6 +260,18 @@ def triplets_source(folder: Path) -> Path | None:
     return Path(src) if src and (Path(src) / "manifest.parquet").exists() else None
 
 
+def about_data(folder: Path) -> dict[str, Any]:
+    """What a report says about a triplets folder: itself, its source dataset, the model that filtered
+    that dataset (its build's ``model``: zero-shot scores with it are biased), the split summary
+    ``curate triplets`` recorded and the seed it mined with."""
+    info = read_json(folder / "triplets.json") if (folder / "triplets.json").exists() else {}
+    src = info.get("source_dataset")
+    built = Path(src) / "dataset.json" if src else None
+    filter_model = read_json(built).get("config", {}).get("model") if built and built.exists() else None
+    return {"triplets": str(folder.resolve()), "source_dataset": src, "filter_model": filter_model,
+            "split": info.get("split"), "triplets_seed": info.get("config", {}).get("seed")}
+
+
 def ours_images(folder: Path) -> ImageSource:
     """Images of a triplets folder: the source dataset's shards, staged JPEGs, then triplet shards."""
     src = ImageSource()

@@ -353,9 +353,8 @@ def train_mllm(cfg: Any, opts: Any, out: Path) -> dict[str, Any]:
     from training.data import ShardDataset
     from training.loop import init_distributed
 
-    from .data import folder_splits, read_ours
+    from .data import about_data, folder_splits, read_ours
     from .report import fit_summary, write_report
-    from .train import about_data
 
     folder = Path(cfg.triplets)
     device = resolve_device(opts.device)

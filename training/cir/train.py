@@ -39,6 +39,7 @@ from curate.fsutil import write_json
 from curate.outdir import OutputDir
 
 from .data import (
+    about_data,
     folder_splits,
     ours_images,
     read_ours,
@@ -291,20 +292,6 @@ def train_combiner(cfg: CirTrainConfig, opts: RunOptions, out: Path) -> dict[str
     write_json(out / "results.json", results)
     write_report(out, results)
     return results
-
-
-def about_data(folder: Path) -> dict[str, Any]:
-    """What a report says about a triplets folder: itself, its source dataset, the model that filtered
-    that dataset (its build's ``model``: zero-shot scores with it are biased), the split summary
-    ``curate triplets`` recorded and the seed it mined with."""
-    from curate.fsutil import read_json
-
-    info = read_json(folder / "triplets.json") if (folder / "triplets.json").exists() else {}
-    src = info.get("source_dataset")
-    built = Path(src) / "dataset.json" if src else None
-    filter_model = read_json(built).get("config", {}).get("model") if built and built.exists() else None
-    return {"triplets": str(folder.resolve()), "source_dataset": src, "filter_model": filter_model,
-            "split": info.get("split"), "triplets_seed": info.get("config", {}).get("seed")}
 
 
 def final_evaluation(folder: Path, cfg: CirTrainConfig, methods: dict[str, Retriever], table: Any,
