@@ -117,3 +117,19 @@ def test_manifest_splits_are_recorded_as_such_with_what_they_share(ds, tmp_path)
     assert s["split_by"] == "manifest" and sum(s["triplets"].values()) == info["counts"]["triplets"]
     assert set(s["test_shared_with_train"]) == {"edits", "references_that_are_train_images",
                                                 "images_that_are_train_images", "compositions"}
+
+
+def test_edit_split_holds_out_edits_but_not_compositions(ds, tmp_path):
+    out = tmp_path / "e"
+    info = build_triplets(config(ds, out, formats=["cirr"], modes=["attribute", "object"], split_by="edit",
+                                 splits="train=0.6,val=0.2,test=0.2"))
+    train_edits, _, train_images = _cirr_edits(out, ds, "train")
+    test_edits, test_refs, test_images = _cirr_edits(out, ds, "test")
+    assert test_edits and not test_edits & train_edits
+    # an edit and its reverse are one edit: both directions live in the same split
+    assert not {(b, a) for a, b in test_edits} & train_edits
+    assert not test_images & train_images
+    s = info["split"]
+    assert s["split_by"] == "edit" and s["test_shared_with_train"]["edits"] == 0
+    assert s["test_shared_with_train"]["compositions"] > 0  # seen compositions, unseen edits
+    assert info["mining"]["combos_in_other_splits"] > 0

@@ -38,8 +38,10 @@ def triplets(
     = "train=0.8,val=0.1,test=0.1",
     split_by: Annotated[str, typer.Option(
         "--split-by", help="composition (default: each attribute-object pair, or caption, held out whole, so no "
-                           "test or val edit, reference or target occurs in train) or image (each image on its "
-                           "own: test edits are also training edits).")] = "composition",
+                           "test or val edit, reference or target occurs in train), edit (each edit mined in one "
+                           "split, images split one by one: test compositions are seen in training, test edits "
+                           "and images are not) or image (each image on its own: test edits are also training "
+                           "edits).")] = "composition",
     max_per_pair: Annotated[int, typer.Option("--max-per-pair", help="At most this many triplets per "
                                                                       "(reference, target) composition.")] = 10,
     max_triplets: Annotated[int | None, typer.Option("--max-triplets", help="Overall cap, taken round-robin "

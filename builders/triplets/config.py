@@ -12,7 +12,7 @@ MODES = ("attribute", "object", "caption")
 FORMATS = ("shards", "cirr", "circo", "fashioniq")  # the default exports
 OPTIONAL_FORMATS = ("genecis",)  # written only when asked (--format ...,genecis)
 SPLITS = ("train", "val", "test")
-SPLIT_BY = ("composition", "image")  # --split-by (builders/triplets/splits.py)
+SPLIT_BY = ("composition", "edit", "image")  # --split-by (builders/triplets/splits.py)
 CIRCO_MAX_GTS = 23  # CIRCODataset pads gt_img_ids to 23: more would break its collate
 FASHIONIQ_NAMES = ("dress", "shirt", "toptee")  # the only categories CLIP4Cir's FashionIQDataset accepts
 MIN_SHARDS = 8  # triplet shards per split (fewer only for fewer triplets): a shard per DataLoader worker
@@ -58,7 +58,7 @@ class TripletsConfig:
         parse_splits(self.splits)
         if self.split_by not in SPLIT_BY:
             raise CurateError(f"unknown --split-by {self.split_by!r}",
-                              fix="use composition (held-out compositions: no test edit or image in train) or image")
+                              fix="use composition (held-out compositions), edit (held-out edits) or image")
         parse_fashioniq_categories(self.fashioniq_categories)
         if self.min_shards < 1:
             raise CurateError("--min-shards must be >= 1")

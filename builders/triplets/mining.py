@@ -29,7 +29,7 @@ from curate.log import track
 
 from .captions import CaptionPairStats, find_caption_pairs, normalize_expr
 from .config import SPLITS, TripletsConfig, parse_splits, unit_hash
-from .splits import split_column
+from .splits import edit_split, split_column
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,11 @@ def mine(pool: pl.DataFrame, feats: np.ndarray, cfg: TripletsConfig) -> MiningRe
             found = _compositional_combos(pool, mode)
         stats[f"combos_{mode}"] = len(found)
         combos.extend(found)
+    ratios = parse_splits(cfg.splits)
+    if cfg.split_by == "edit" and ratios is not None:  # each edit is mined in its own split only
+        kept = [c for c in combos if edit_split(c.mode, c.info, ratios, cfg.seed) == c.split]
+        stats["combos_in_other_splits"] = len(combos) - len(kept)
+        combos = kept
     if not combos:
         msg = _nothing_to_mine(pool, cfg)
         if "caption_pairs" in stats:

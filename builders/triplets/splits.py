@@ -10,6 +10,10 @@
   split, until the split holds its share of the images; so every held-out composition has a
   partner to be edited into. What is left goes to train; compositions no edit can reach are
   spread over the splits by the ratios (they only feed hard negatives).
+- ``edit``: images split one by one as ``image``, and every *edit* (two compositions one word
+  apart, either direction) drawn into one split by the ratios and mined there only: no test edit
+  occurs in train and no test image is a training image, but the test compositions are seen in
+  training (through other edits): unseen edits of seen compositions, between the two others.
 - ``image``: every image on its own, by the ratios (the old behaviour): no test image is a
   training image, but test edits are also training edits, so a trained model is scored on
   edits it has learnt.
@@ -29,7 +33,7 @@ from curate.manifest import unit_hash
 
 from .config import SPLIT_BY, SPLITS, assign_split
 
-__all__ = ["SPLIT_BY", "describe", "split_column", "split_summary"]
+__all__ = ["SPLIT_BY", "describe", "edit_split", "split_column", "split_summary"]
 HELD_OUT = ("test", "val")  # grown in this order from the edits, the rest is train
 
 
@@ -121,7 +125,7 @@ def _largest(ratios: dict[str, float]) -> str:
 def split_column(pool: pl.DataFrame, ratios: dict[str, float], seed: int, split_by: str, modes: list[str],
                  max_tokens: int = 32, max_group: int = 64) -> list[str]:
     """The split of each pool row under ``split_by`` (see the module docstring)."""
-    if split_by == "image":
+    if split_by in ("image", "edit"):
         return [assign_split(k, ratios, seed) for k in pool["key"]]
     comps = composition_keys(pool)
     sizes: dict[str, int] = {}
@@ -130,6 +134,15 @@ def split_column(pool: pl.DataFrame, ratios: dict[str, float], seed: int, split_
     split_of = assign_by_composition(sizes, composition_edges(pool, comps, modes, max_tokens, max_group),
                                      ratios, seed)
     return [split_of[c] for c in comps]
+
+
+def edit_split(mode: str, info: dict[str, Any], ratios: dict[str, float], seed: int) -> str:
+    """``--split-by edit``: the one split an edit is mined in, the same for both of its directions."""
+    if mode == "caption":
+        ends = sorted([f"caption:{info.get('ref_caption')}", f"caption:{info.get('tgt_caption')}"])
+    else:
+        ends = sorted([f"pair:{info['ref_attr']}\t{info['ref_obj']}", f"pair:{info['tgt_attr']}\t{info['tgt_obj']}"])
+    return assign_split(f"edit\t{ends[0]}\t{ends[1]}", ratios, seed)
 
 
 # -- what the splits share (measured on the mined triplets) ------------------------------------------
@@ -174,6 +187,8 @@ def describe(summary: dict[str, Any]) -> str:
     mode = summary["split_by"]
     how = {"composition": "by composition (every attribute-object pair, or caption, held out whole: test and "
                           "val edits and images never occur in train)",
+           "edit": "by edit (each edit mined in one split only, images split one by one: test edits and "
+                   "images never occur in train, test compositions do, through other edits)",
            "image": "by image (a test edit may also be a training edit: scores measure memorised edits too)",
            "manifest": "from the dataset's own split column"}.get(mode, mode)
     return (f"Split {how}. Triplets train/val/test {t['train']}/{t['val']}/{t['test']}; reference and target "
