@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 MODELS := models/smollm2/.installed
+# the suite runs in this many processes (pytest-xdist); `make test TEST_WORKERS=1` runs it in one
+TEST_WORKERS ?= auto
 export FIFTYONE_DO_NOT_TRACK := true
 export FIFTYONE_DATABASE_VALIDATION := false
 export HF_HUB_OFFLINE := 1
@@ -37,10 +39,10 @@ demo: install
 	$(VENV)/bin/curate eval zeroshot demo-out/imagenet-ao
 
 test: install
-	$(VENV)/bin/pytest -q -ra --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
-	$(VENV)/bin/pytest -q -ra -m "not slow"
+	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

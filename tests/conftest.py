@@ -3,9 +3,13 @@ a tiny random CLIP, and the uninterrupted build and embed runs the slow end-to-e
 
 from __future__ import annotations
 
+import fcntl
 import io
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,12 @@ def pytest_configure(config):
 
     global _SESSION_TMP
     _SESSION_TMP = Path(tempfile.mkdtemp(prefix="curate-tests-"))
+    # pytest-xdist workers inherit the controller's environment (set here before they start), so the
+    # cache (the demo mini-CLIP, trained once under a lock) is one per test run; FiftyOne's database is
+    # one per worker, so two workers never see each other's datasets.
     os.environ.setdefault("CURATE_CACHE", str(_SESSION_TMP / "cache"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["FIFTYONE_DATABASE_DIR"] = str(_SESSION_TMP / "fiftyone-db")
     os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(_SESSION_TMP / "fiftyone-db"))
     for k, v in {"FIFTYONE_DO_NOT_TRACK": "true", "FIFTYONE_DATABASE_VALIDATION": "false",
                  "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -77,12 +86,32 @@ def tiny_dataset(tmp_path) -> Path:
     return make_tiny_dataset(tmp_path / "tiny-ds")
 
 
+# -- session fixtures shared by the pytest-xdist workers ------------------------------------------
+# `make test` runs the suite in two processes (pytest-xdist). A session fixture would be made once per
+# worker; the expensive ones are made once per test run instead: in a folder beside the workers' own
+# temp folders, under a file lock, the first worker makes it and the others read what it recorded.
+@contextmanager
+def shared_once(tmp_path_factory, name: str) -> Iterator[Path]:
+    """Hold the run-wide lock of ``name`` and yield its folder (shared by every xdist worker)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / f"shared-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield folder
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
-    """The demo world at scale ``small`` (about 15 s to materialise; shared by the session)."""
+    """The demo world at scale ``small`` (about 15 s to materialise; made once per test run)."""
     from builders.synthetic.world import ensure_world
 
-    return ensure_world(tmp_path_factory.mktemp("world") / "small", scale="small", seed=0, workers=1)
+    with shared_once(tmp_path_factory, "world") as folder:
+        return ensure_world(folder / "small", scale="small", seed=0, workers=1)  # loads it when complete
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +119,11 @@ def tiny_clip_spec(tmp_path_factory) -> str:
     """A randomly initialised tiny open_clip model saved as a real checkpoint; returns its spec."""
     from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
 
-    return save_random_open_clip(tmp_path_factory.mktemp("tinyclip"), arch="tiny-test-clip", config=TINY_OPEN_CLIP)
+    with shared_once(tmp_path_factory, "tinyclip") as folder:
+        made = folder / "spec.txt"
+        if not made.exists():
+            made.write_text(save_random_open_clip(folder, arch="tiny-test-clip", config=TINY_OPEN_CLIP))
+        return made.read_text()
 
 
 # -- shared end-to-end runs ------------------------------------------------------------------------
@@ -120,23 +153,43 @@ def run_curate(args: list[str], out: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _shared_run(tmp_path_factory, name: str, make) -> CommandRun:
+    """``make(folder) -> CommandRun`` once per test run; the other workers read the recorded run."""
+    with shared_once(tmp_path_factory, name) as folder:
+        record = folder / "run.json"
+        if record.exists():
+            d = json.loads(record.read_text())
+            return CommandRun(d["args"], Path(d["out"]), d["seconds"])
+        run = make(folder)
+        record.write_text(json.dumps({**asdict(run), "out": str(run.out)}))
+        return run
+
+
 @pytest.fixture(scope="session")
 def small_build(tmp_path_factory, small_world, tiny_clip_spec) -> CommandRun:
     """``curate build imagenet-ao`` on the small world with the tiny random model (8 pairs, CZSL and
-    imagefolder exports, one worker), run once per session."""
-    root = tmp_path_factory.mktemp("small-build")
-    (root / "build.toml").write_text(relaxed_toml())
-    wj = small_world.path / "world.json"
-    args = ["build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
-            str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"),
-            "--generator", "demo", "--model", tiny_clip_spec, "--config", str(root / "build.toml"), "--workers", "1"]
-    out = root / "ref" / "out"
-    return CommandRun(args, out, run_curate(args, out))
+    imagefolder exports, one worker), run once per test run."""
+
+    def make(root: Path) -> CommandRun:
+        (root / "build.toml").write_text(relaxed_toml())
+        wj = small_world.path / "world.json"
+        args = ["build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
+                str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"),
+                "--generator", "demo", "--model", tiny_clip_spec, "--config", str(root / "build.toml"),
+                "--workers", "1"]
+        out = root / "ref" / "out"
+        return CommandRun(args, out, run_curate(args, out))
+
+    return _shared_run(tmp_path_factory, "small-build", make)
 
 
 @pytest.fixture(scope="session")
-def small_build_embeddings(small_build, tiny_clip_spec) -> CommandRun:
-    """``curate embed`` of the small build's pool shards with the tiny random model, once per session."""
-    args = ["embed", str(small_build.out / "pool" / "shards"), "--model", tiny_clip_spec, "--workers", "1"]
-    out = small_build.out.parent.parent / "emb-ref" / "out"
-    return CommandRun(args, out, run_curate(args, out))
+def small_build_embeddings(tmp_path_factory, small_build, tiny_clip_spec) -> CommandRun:
+    """``curate embed`` of the small build's pool shards with the tiny random model, once per test run."""
+
+    def make(root: Path) -> CommandRun:
+        args = ["embed", str(small_build.out / "pool" / "shards"), "--model", tiny_clip_spec, "--workers", "1"]
+        out = root / "out"
+        return CommandRun(args, out, run_curate(args, out))
+
+    return _shared_run(tmp_path_factory, "small-build-embeddings", make)
