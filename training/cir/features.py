@@ -4,8 +4,8 @@ The Combiner and the zero-shot baselines never touch pixels while training: imag
 come from a clip-retrieval embeddings folder (``curate embed`` output, read through
 :class:`training.data.features.FeatureTable`) when it was made by the same backbone, and otherwise are
 encoded once with the backbone (``curate.embed.backends.load_model``) and kept in a cache file
-(``NAME.npz``: names + float32 rows), so the second epoch, the second evaluation and the second
-run cost nothing. Every row is L2-normalised (what ``curate embed`` stores).
+(``NAME.npz``: names + float32 rows, :class:`training.data.features.RowCache`), so the second
+epoch, the second evaluation and the second run cost nothing. Every row is L2-normalised (what ``curate embed`` stores).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import numpy as np
 
 from curate.errors import CurateError
 from curate.fingerprint import model_fingerprint
-from curate.fsutil import atomic_open
 from curate.log import progress_bar
 
+from ..data.features import RowCache
 from .data import ImageSource, triplets_source
 
 log = logging.getLogger(__name__)
@@ -34,33 +33,6 @@ def spec_tag(spec: str) -> str:
     """The cache files' tag: the spec and the content of its weight files (new weights under the same
     ``mini:PATH`` or checkpoint path are another model, whose features are computed again)."""
     return model_fingerprint(spec)[:12]
-
-
-@dataclass
-class FeatureCache:
-    """A names -> float32 rows store in one ``.npz`` file, rewritten atomically when it grows."""
-
-    path: Path | None
-    rows: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @classmethod
-    def open(cls, path: Path | None) -> FeatureCache:
-        cache = cls(path)
-        if path is not None and path.exists():
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    cache.rows = dict(zip(z["names"].tolist(), z["matrix"], strict=True))
-            except (OSError, ValueError, KeyError) as e:
-                log.warning("%s: unreadable feature cache (%s); recomputing", path, e)
-        return cache
-
-    def save(self) -> None:
-        if self.path is None or not self.rows:
-            return
-        names = list(self.rows)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(self.path) as f:
-            np.savez(f, names=np.array(names), matrix=np.stack([self.rows[n] for n in names]).astype(np.float32))
 
 
 class FeatureBank:
@@ -81,8 +53,8 @@ class FeatureBank:
                         "images with %s", getattr(table, "model", None), backbone, backbone)
         self._encoder = None
         tag = spec_tag(backbone)
-        self.image_cache = FeatureCache.open(self.cache_dir / f"images-{tag}.npz" if self.cache_dir else None)
-        self.text_cache = FeatureCache.open(self.cache_dir / f"texts-{tag}.npz" if self.cache_dir else None)
+        self.image_cache = RowCache.open(self.cache_dir / f"images-{tag}.npz" if self.cache_dir else None)
+        self.text_cache = RowCache.open(self.cache_dir / f"texts-{tag}.npz" if self.cache_dir else None)
         self.missing: list[str] = []
 
     @property

@@ -2,6 +2,8 @@
 
 - :class:`FeatureTable`: precomputed features from a clip-retrieval-layout embeddings folder
   (``curate embed`` output: ``img_emb/``, ``metadata/``), looked up by key (CIR, zero-shot).
+- :class:`RowCache`: features computed once and kept by name in one ``.npz`` (CIR's encoded
+  images and texts, when no embeddings folder of the same backbone has them).
 - :class:`TokenCache`: the token features of a frozen image tower (TRIDENT's backbone), one row
   per image key. Because the tower is frozen they never change: :func:`build_token_cache`
   computes them once into ``CACHE/part-RRR-CCCCC.{global,local}.npy`` (fp16; ``local`` is
@@ -25,7 +27,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +35,7 @@ import numpy as np
 
 from curate.errors import CurateError
 from curate.fingerprint import model_fingerprint
-from curate.fsutil import write_json
+from curate.fsutil import atomic_open, write_json
 from curate.shards import Sample, image_of
 
 from .images import ImageStore
@@ -82,6 +84,35 @@ class FeatureTable:
         have = [k for k in keys if k in pos]
         idx = np.array([pos[k] for k in have], dtype=np.int64)
         return have, np.asarray(self.matrix[idx], dtype=np.float32) if len(idx) else np.zeros((0, self.dim), np.float32)
+
+
+# -- features computed once, by name ---------------------------------------------------------
+@dataclass
+class RowCache:
+    """Features by name (image names, texts) in one ``.npz`` file (names + float32 rows), rewritten
+    atomically when it grows; an unreadable file is recomputed (CIR's encoded images and texts)."""
+
+    path: Path | None
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path | None) -> RowCache:
+        cache = cls(path)
+        if path is not None and path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    cache.rows = dict(zip(z["names"].tolist(), z["matrix"], strict=True))
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("%s: unreadable feature cache (%s); recomputing", path, e)
+        return cache
+
+    def save(self) -> None:
+        if self.path is None or not self.rows:
+            return
+        names = list(self.rows)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(self.path) as f:
+            np.savez(f, names=np.array(names), matrix=np.stack([self.rows[n] for n in names]).astype(np.float32))
 
 
 # -- frozen token features -------------------------------------------------------------------
