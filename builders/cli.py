@@ -79,7 +79,7 @@ def imagenet_ao(
     """
     from curate.config import load_toml, merge
 
-    from .imagenet_ao.config import BuildConfig
+    from .imagenet_ao.config import BuildConfig, validate
 
     overrides = {
         "out": str(out) if out else None, "objects": objects, "attributes": attributes, "captions": captions or None,
@@ -93,8 +93,10 @@ def imagenet_ao(
     if demo:
         from .imagenet_ao.demo import demo_config
 
+        validate(merge(BuildConfig(), overrides))  # a typo fails before the demo world is made
         cfg = demo_config(scale=scale, workers=workers)
     cfg = merge(cfg or BuildConfig(), overrides)
+    validate(cfg)  # every option, path and model spec, before the output folder opens or any stage runs
     from .imagenet_ao.pipeline import build
 
     res = build(cfg, workers=workers, executor=executor, address=address, overwrite=overwrite)

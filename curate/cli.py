@@ -102,6 +102,21 @@ def app(debug: bool, verbose: bool, quiet: bool) -> None:
     setup_logging(verbose=verbose or debug, quiet=quiet)
 
 
+# What Ctrl-C tells: commands whose finished stages are kept resume by running them again
+RESUME = "rerun the same command to resume (finished stages are kept)"
+INTERRUPT_HINTS: dict[str, str] = {
+    **{name: RESUME for name in ("build", "triplets", "attributes", "embed", "index", "shards", "demo")},
+    "train": "rerun the same command with --resume to continue from the last checkpoint",
+}
+
+
+def interrupted_message(argv: list[str]) -> str:
+    """The one line Ctrl-C prints: how to resume, for the commands that can."""
+    command = next((a for a in argv if not a.startswith("-")), "")
+    hint = INTERRUPT_HINTS.get(command)
+    return f"Interrupted; {hint}" if hint else "Interrupted."
+
+
 def _typer_exit_code(e: Exception) -> int | None:
     """Exit code for Typer's own Exit/Abort/usage errors, else None.
 
@@ -146,11 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+    except click.exceptions.Abort as e:  # click turns Ctrl-C into Abort (after a blank line closing the ^C)
+        click.echo(interrupted_message(argv) if isinstance(e.__cause__, KeyboardInterrupt) else "Aborted.", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
-        click.echo("Interrupted; finished tasks are kept, rerun the same command to resume.", err=True)
+        click.echo(interrupted_message(argv), err=True)
         sys.exit(130)
     except Exception as e:
         from .errors import CurateError

@@ -50,6 +50,13 @@ def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
         return TaskResult(task, None, f"{type(e).__name__}: {e}\n{tb}", time.perf_counter() - t0)
 
 
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops them: one message, not a traceback per worker."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
@@ -82,28 +89,38 @@ class LocalExecutor(Executor):
                 yield _call(fn, t)
             return
         ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx) as pool:
-            pending = set()
-            it = iter(tasks)
-            for t in it:
-                pending.add(pool.submit(_call, fn, t))
-                if len(pending) >= self.max_pending:
-                    break
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    try:
-                        res = fut.result()
-                    except BrokenProcessPool as e:
-                        raise CurateError(
-                            f"a worker process died ({e})",
-                            fix="rerun the same command to resume (finished tasks are kept); "
-                                "if memory ran out, lower --workers",
-                        ) from e
-                    yield res
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.add(pool.submit(_call, fn, nxt))
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
+                                 initializer=_ignore_sigint) as pool:
+            try:
+                yield from self._run(pool, fn, tasks)
+            except BaseException:  # Ctrl-C in the parent: stop the workers now, not after their tasks
+                for proc in list(pool._processes.values()):  # (no public way to stop running tasks)
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+    def _run(self, pool: ProcessPoolExecutor, fn: Callable[[Any], Any], tasks: list[Any]) -> Iterator[TaskResult]:
+        pending = set()
+        it = iter(tasks)
+        for t in it:
+            pending.add(pool.submit(_call, fn, t))
+            if len(pending) >= self.max_pending:
+                break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    res = fut.result()
+                except BrokenProcessPool as e:
+                    raise CurateError(
+                        f"a worker process died ({e})",
+                        fix="rerun the same command to resume (finished tasks are kept); "
+                            "if memory ran out, lower --workers",
+                    ) from e
+                yield res
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.add(pool.submit(_call, fn, nxt))
 
 
 class RayExecutor(Executor):

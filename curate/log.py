@@ -27,7 +27,27 @@ from rich.table import Table
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+class _Console(Console):
+    """Rich's console, except that when it does not write to a terminal (piped, redirected to a log) a
+    string (a Markdown table, a path) and a table go out whole, at their own width, instead of wrapped at
+    80 columns. Log lines keep the console's width."""
+
+    def print(self, *objects, **kwargs) -> None:  # noqa: ANN002, ANN003 - Console.print's signature
+        if self.is_terminal:
+            return super().print(*objects, **kwargs)
+        kwargs.setdefault("soft_wrap", True)
+        wide = self.options.update(max_width=UNWRAPPED)
+        width = max([self.width] + [self.measure(o, options=wide).maximum for o in objects
+                                    if isinstance(o, Table) and not o.expand])
+        saved, self._width = self._width, width  # print(width=) cannot go beyond the console's width
+        try:
+            super().print(*objects, **kwargs)
+        finally:
+            self._width = saved
+
+
+UNWRAPPED = 100_000  # the width a table may take when nothing wraps it
+console: Console = _Console(stderr=True)
 _state = {"quiet": False, "verbose": False}
 
 logger = logging.getLogger("curate")

@@ -156,6 +156,8 @@ def test_debug_shows_the_traceback(inputs, tmp_path):
 
 def test_missing_inputs_and_id_list(tmp_path, inputs):
     assert_one_line_error(curate("shards", "reshard", tmp_path / "nowhere", "--out", tmp_path / "o"),
+                          f"{tmp_path / 'nowhere'}: does not exist")  # a missing path is named as missing
+    assert_one_line_error(curate("shards", "reshard", f"{inputs}/none-*.tar", "--out", tmp_path / "o"),
                           "no .tar shards found")
     assert_one_line_error(curate("shards", "reshard", inputs, "--out", tmp_path / "o", "--ids", tmp_path / "no.txt"),
                           "ID list not found")
@@ -240,3 +242,161 @@ def test_info_and_verify_report_truncated_shards(inputs, capsys):
     out = info.output + capsys.readouterr().err
     # info reads the same shards and exits like verify (1: a corrupt or truncated shard)
     assert info.exit_code == 1 and "no end-of-archive block" in out and "9 samples" in out  # 4 + 4 + the 1 before the cut
+
+
+# -- a typo costs nothing; an error names the real cause --------------------------------------------------
+def _fake_build_inputs(tmp_path: Path) -> list:
+    """Options of a build whose paths exist (nothing here is read: every case below is refused first)."""
+    (tmp_path / "captions.jsonl").write_text('{"caption": "a red circle"}\n')
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "clip.pt").write_bytes(b"")
+    return ["build", "imagenet-ao", "--captions", tmp_path / "captions.jsonl", "--pool", tmp_path / "pool",
+            "--model", f"open_clip:ViT-B-32/{tmp_path / 'clip.pt'}"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--export", "czls"], "unknown export format 'czls'"),
+    (["--images-per-pair", "0"], "--images-per-pair must be at least 1, got 0"),
+    (["--min-images-per-pair", "5", "--images-per-pair", "4"], "every pair would be dropped"),
+    (["--model", "mini:{tmp}/mini-clip/KEY"], "{tmp}/mini-clip/KEY: model path does not exist"),
+    (["--model", "open_clip:ViT-B-32//{tmp}/nope.pt"], "{tmp}/nope.pt: model path does not exist"),
+    (["--model", "clip-vit"], "unknown model spec 'clip-vit'"),
+    (["--captions", "{tmp}/captons"], "{tmp}/captons: --captions does not exist"),
+    (["--pool", "{tmp}/pol"], "{tmp}/pol: --pool does not exist"),
+    (["--pool", "{tmp}/pool/*.tar"], "no .tar shards found"),
+    (["--objects", "{tmp}/objects.txt"], "{tmp}/objects.txt: --objects does not exist"),
+    (["--reference", "{tmp}/heldot"], "{tmp}/heldot: --reference does not exist"),
+    (["--generator", "diffusers:{tmp}/sdxl"], "{tmp}/sdxl: the diffusers pipeline folder of --generator does not exist"),
+    (["--generator", "dalle"], "unknown generator 'dalle'"),
+    (["--device", "gpu"], "unknown --device 'gpu'"),
+])
+def test_build_typo_is_refused_before_the_output_folder_opens(tmp_path, extra, needle):
+    """Every option, path and model spec is checked before anything runs: one line, and the output
+    folder is not even made, so nothing pins the corrected command's config."""
+    extra = [str(a).replace("{tmp}", str(tmp_path)) for a in extra]
+    out = tmp_path / "ao"
+    r = curate(*_fake_build_inputs(tmp_path), *extra, "--out", out)
+    assert_one_line_error(r, needle.replace("{tmp}", str(tmp_path)))
+    assert not out.exists()
+
+
+def test_demo_build_typo_fails_before_the_demo_world_is_made(tmp_path):
+    r = subprocess.run([CURATE, "build", "imagenet-ao", "--export", "czls"], capture_output=True, text=True,
+                       env={**ENV, "CURATE_DEMO_DIR": str(tmp_path / "demo")})
+    assert_one_line_error(r, "unknown export format 'czls'", "czsl, imagefolder")
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.slow
+def test_corrected_build_runs_without_overwrite(tmp_path, small_world, tiny_clip_spec):
+    from build_helpers import relaxed_toml
+
+    (tmp_path / "build.toml").write_text(relaxed_toml(export=None))
+    wj = small_world.path / "world.json"
+    args = ["build", "imagenet-ao", "--objects", wj, "--attributes", wj, "--captions", small_world.path / "captions",
+            "--pool", small_world.path / "pool" / "images", "--generator", "demo", "--model", tiny_clip_spec,
+            "--config", tmp_path / "build.toml", "--workers", "1", "--out", tmp_path / "ao"]
+    assert_one_line_error(curate(*args, "--export", "czls"), "unknown export format 'czls'")
+    r = curate(*args, "--export", "czsl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "ao" / "exports" / "czsl").is_dir()
+
+
+def test_embed_missing_model_path_is_one_error_and_pins_nothing(inputs, tmp_path, tiny_clip_spec):
+    """The help's placeholder path: one error from the parent (not one per worker), nothing written; the
+    corrected command then runs without --overwrite."""
+    out = tmp_path / "emb"
+    r = curate("embed", inputs, "--model", f"mini:{tmp_path}/mini-clip/KEY", "--out", out, "--workers", "3")
+    line = assert_one_line_error(r, f"{tmp_path}/mini-clip/KEY: model path does not exist",
+                                 "curate model train-mini")
+    assert line.count("fix:") == 1
+    assert not out.exists()
+    r = curate("embed", inputs, "--model", tiny_clip_spec, "--out", out, "--workers", "1", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+
+
+def test_eval_names_missing_paths(tmp_path):
+    (tmp_path / "ds").mkdir()
+    assert_one_line_error(curate("eval", "zeroshot", tmp_path / "imagenet-a0"), f"{tmp_path}/imagenet-a0: does not exist")
+    assert_one_line_error(curate("eval", "zeroshot", tmp_path / "ds", "--reference", tmp_path / "world" / "heldot"),
+                          f"{tmp_path}/world/heldot: --reference does not exist")
+    assert_one_line_error(curate("eval", "czsl", "--zero-shot", "--data", tmp_path / "imagenet-a0"),
+                          f"{tmp_path}/imagenet-a0: --data does not exist")
+    assert_one_line_error(curate("eval", "czsl", tmp_path / "runs" / "nope", "--data", tmp_path / "ds"),
+                          f"{tmp_path}/runs/nope: RUN does not exist")
+
+
+def test_eval_czsl_zero_shot_is_a_flag_that_leaves_data_alone(tmp_path):
+    """`--zero-shot --data DIR` scores the model the dataset was built with (here a missing one, so the
+    error shows --data was read and the model came from DIR/dataset.json); --model names another."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "dataset.json").write_text(json.dumps({"config": {"model": f"mini:{tmp_path}/gone"}}))
+    assert_one_line_error(curate("eval", "czsl", "--zero-shot", "--data", ds), f"{tmp_path}/gone: model path does not exist")
+    assert_one_line_error(curate("eval", "czsl", "--zero-shot", "--model", f"mini:{tmp_path}/other", "--data", ds),
+                          f"{tmp_path}/other: model path does not exist")
+    assert_one_line_error(curate("eval", "czsl", "--zero-shot", f"mini:{tmp_path}/old-form", "--data", ds),
+                          f"{tmp_path}/old-form: model path does not exist")  # `--zero-shot SPEC` still reads
+    (ds / "dataset.json").write_text("{}")
+    assert_one_line_error(curate("eval", "czsl", "--zero-shot", "--data", ds), "no --model given")
+
+
+def test_ctrl_c_mid_build_says_the_same_command_resumes(tmp_path, small_world, tiny_clip_spec):
+    """SIGINT to the process group (Ctrl-C in a terminal) while pool workers run: exit 130 within seconds,
+    one line saying how to resume, no traceback from the parent or the workers."""
+    import signal
+    import time
+
+    from build_helpers import relaxed_toml
+
+    (tmp_path / "build.toml").write_text(relaxed_toml())
+    wj = small_world.path / "world.json"
+    out = tmp_path / "ao"
+    p = subprocess.Popen(
+        [CURATE, "build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
+         str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"), "--generator",
+         "demo", "--model", tiny_clip_spec, "--config", str(tmp_path / "build.toml"), "--workers", "2",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    try:
+        deadline = time.time() + 120
+        while not (out / ".curate" / "ledger").is_dir() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.1)
+        time.sleep(1.0)  # inside the first stages, workers running
+        assert p.poll() is None, p.stderr.read()
+        t0 = time.time()
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        stopped = time.time() - t0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1] == "Interrupted; rerun the same command to resume (finished stages are kept)", err
+    assert "Traceback" not in err and "Aborted" not in err and "worker process died" not in err
+    assert stopped < 30, stopped
+
+
+def test_piped_tables_and_markdown_are_not_wrapped(tmp_path):
+    """stderr to a pipe (no terminal, no COLUMNS): a rich table and a Markdown table go out at their own
+    width, one line per row."""
+    script = textwrap.dedent("""
+        from rich.table import Table
+        from curate.log import console, print_table
+        t = Table(title="wide")
+        for i in range(8):
+            t.add_column(f"column number {i}")
+        t.add_row(*[f"value {i} value {i} value {i}" for i in range(8)])
+        print_table(t)
+        console.print("| " + " | ".join(f"column {i} with a long header" for i in range(8)) + " |")
+    """)
+    env = {k: v for k, v in ENV.items() if k not in ("COLUMNS", "LINES")}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    row = next(ln for ln in lines if "value 0" in ln)
+    assert all(f"value {i} value {i} value {i}" in row for i in range(8)), r.stderr
+    md = next(ln for ln in lines if ln.startswith("| column 0"))
+    assert md.endswith("column 7 with a long header |"), r.stderr

@@ -58,11 +58,20 @@ def zeroshot(
 
     from .metrics.zeroshot import evaluate_dataset, markdown_table
 
+    if not dataset.is_dir():
+        raise CurateError("does not exist" if not dataset.exists() else "is not a folder", where=str(dataset),
+                          fix="give the dataset folder made by `curate build imagenet-ao`")
+    if reference is not None and not set("*?[{") & set(reference) and not Path(reference).exists():
+        raise CurateError("--reference does not exist", where=reference,
+                          fix="give a dataset folder, shards, an image folder or a CZSL root")
     info = dataset / "dataset.json"
     built = json.loads(info.read_text()).get("config", {}) if info.exists() else {}
     model = model or built.get("model")
     if not model:
         raise CurateError("no --model given and the dataset does not name one", where=str(dataset))
+    from curate.embed.backends import check_spec_syntax
+
+    check_spec_syntax(model)
     extra = {}
     if reference is None and built.get("reference"):
         reference = built["reference"]

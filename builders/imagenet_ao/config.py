@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from curate.errors import CurateError
 
 
 @dataclass
@@ -43,3 +48,80 @@ class BuildConfig:
                                             # FILE (key, attr, obj): precision/recall per funnel row
     calibrate: bool = False                 # choose the attribute and composition thresholds from the truth
     target_precision: float = 0.8           # --calibrate: the label precision the chosen point must reach
+
+
+# numeric options: (lowest, highest); None = unbounded
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "max_cooccurrence": (0, None), "generator_images": (1, None), "images_per_pair": (1, None),
+    "min_images_per_pair": (1, None), "retrieve_k": (1, None), "max_pairs": (0, None), "common_pairs": (0, None),
+    "object_topk": (1, None), "min_resolution": (0, None), "image_size": (8, None),
+    "val_fraction": (0.0, 1.0), "seen_val_fraction": (0.0, 0.5), "min_shards_per_split": (1, None),
+    "batch_size": (1, None),
+}
+_GLOB = set("*?[{")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _missing(path: str, what: str, fix: str) -> None:
+    """A path (not a glob) that does not exist is named as such, before anything runs."""
+    if not _GLOB & set(path) and not Path(path).expanduser().exists():
+        raise CurateError(f"{what} does not exist", where=path, fix=fix)
+
+
+def validate(cfg: BuildConfig) -> None:
+    """Check the options that are set before the output folder opens, so a typo costs nothing:
+    export formats, generator spec, pool, caption paths, vocabulary files, model spec, reference,
+    device and numeric ranges (cheap checks: paths exist, specs parse; nothing is loaded). What a
+    build needs at all (out, captions, an image source, a model) and its truth are checked by
+    ``pipeline.check_options`` at the top of ``build``, also before the folder opens."""
+    from curate.embed.backends import check_spec_syntax
+    from curate.shards import list_shards
+
+    from .exports import FORMATS
+    from .generators import GENERATOR_FORMS, split_spec
+    from .pool import URL_LIST_SUFFIXES, pool_kind
+    from .rarity import list_caption_files
+
+    for fmt in cfg.export:
+        if fmt not in FORMATS:
+            raise CurateError(f"unknown export format {fmt!r}", fix=f"--export one of: {', '.join(FORMATS)}")
+    for name, (low, high) in _RANGES.items():
+        value = getattr(cfg, name)
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise CurateError(f"{_option(name)} must be {bounds}, got {value}")
+    if cfg.min_images_per_pair > cfg.images_per_pair:
+        raise CurateError(f"--min-images-per-pair {cfg.min_images_per_pair} is above --images-per-pair "
+                          f"{cfg.images_per_pair}: every pair would be dropped", fix="lower --min-images-per-pair")
+    if cfg.device != "auto" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", cfg.device):
+        raise CurateError(f"unknown --device {cfg.device!r}", fix="use auto, cpu, cuda or cuda:N")
+    if cfg.generator and cfg.generator != "demo":
+        if not cfg.generator.startswith("diffusers:"):
+            raise CurateError(f"unknown generator {cfg.generator!r}", fix=f"use one of: {GENERATOR_FORMS}")
+        path, _options = split_spec(cfg.generator)  # bad ?options are refused here
+        _missing(path, "the diffusers pipeline folder of --generator", fix=GENERATOR_FORMS)
+        if not (Path(path) / "model_index.json").is_file():
+            raise CurateError("not a diffusers pipeline folder (no model_index.json)", where=path,
+                              fix="give a folder written by save_pretrained / huggingface-cli download")
+        if importlib.util.find_spec("diffusers") is None:
+            raise CurateError("--generator diffusers:PATH needs the diffusers package",
+                              fix='pip install -c constraints.txt -e ".[models]"')
+    if cfg.pool:
+        _missing(cfg.pool, "--pool", fix="give a folder of images or shards, a shard glob like 'pool/*.tar', "
+                                        f"or a URL list ({', '.join(URL_LIST_SUFFIXES)})")
+        if pool_kind(cfg.pool) == "shards":
+            list_shards(cfg.pool)
+    for spec in cfg.captions:
+        _missing(spec, "--captions", fix="give parquet/CSV/JSONL files, folders or globs like 'captions/*.parquet'")
+    if cfg.captions:
+        list_caption_files(cfg.captions)
+    for name, value, bundled in (("--objects", cfg.objects, "imagenet"), ("--attributes", cfg.attributes, "vaw")):
+        if value != bundled:  # parsed right after the folder opens (a bad file there still writes nothing)
+            _missing(value, name, fix=f"give a vocabulary file (txt, CSV, a demo world.json) or {bundled!r}")
+    if cfg.model:
+        check_spec_syntax(cfg.model)
+    if cfg.reference:
+        _missing(cfg.reference, "--reference", fix="give a dataset folder, shards or an image folder of ordinary images")

@@ -505,8 +505,33 @@ def cached_model(spec: str, device: str = "auto") -> Encoder:
     return _CACHE[key]
 
 
+# what a spec's local path must be, and how to get one, per scheme
+_SPEC_PATH_FIX = {
+    "mini": "train one with `curate model train-mini --world DIR` (it prints the folder)",
+    "hf": "pass hf:/path/to/folder saved with CLIPModel.save_pretrained",
+    "open_clip": "give the checkpoint's path: open_clip:ARCH//path/to/checkpoint.pt",
+}
+
+
+def spec_path(spec: str) -> Path | None:
+    """The local file or folder a model spec names (None for a named open_clip tag)."""
+    scheme, _, rest = (spec or "").partition(":")
+    if scheme in ("mini", "hf"):
+        return Path(rest).expanduser()
+    if scheme == "open_clip":
+        _arch, _, tail = rest.partition("/")
+        if tail.startswith("/") or tail.endswith(CKPT_SUFFIXES):
+            return Path(tail).expanduser()
+    return None
+
+
 def check_spec_syntax(spec: str) -> None:
-    """Fail fast (before any worker starts) on a spec that cannot be right."""
+    """Fail fast, in the parent before any worker starts, on a spec that cannot be right: an unknown
+    form, or a local path that does not exist (loading the model is left to the workers)."""
     scheme, sep, rest = (spec or "").partition(":")
     if not sep or not rest or scheme not in LOADERS:
         raise bad_spec(spec)
+    path = spec_path(spec)
+    if path is not None and not path.exists():
+        raise CurateError(f"model path does not exist (model spec {spec})", where=str(path),
+                          fix=_SPEC_PATH_FIX.get(scheme, f"valid specs: {spec_forms_text()}"))

@@ -100,8 +100,10 @@ def eval_cmd(
     open_world: Annotated[bool, typer.Option("--open-world", help="Also score every attribute x object pair "
                                                                   "(feasibility threshold chosen on val).")]
     = False,
-    zero_shot: Annotated[str | None, typer.Option("--zero-shot", help="No training: CLIP model spec scored "
-                                                                      "with 'a photo of {attr} {obj}'.")] = None,
+    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="No training: score a CLIP model with 'a photo "
+                                                                "of {attr} {obj}' (--model).")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="--zero-shot: the model spec (default: the "
+                                                                    "one the dataset was built with).")] = None,
     feasibility: Annotated[str, typer.Option("--feasibility", help="auto | captions | words | none.")] = "auto",
     feasibility_table: Annotated[Path | None, typer.Option("--feasibility-table", help="pairs.parquet with "
                                                                                       "caption co-occurrences.")]
@@ -122,7 +124,8 @@ def eval_cmd(
     \b
     Examples:
       curate eval czsl runs/demo --data demo-out/imagenet-ao --split test --open-world
-      curate eval czsl --zero-shot mini:PATH --data demo-out/imagenet-ao/exports/czsl
+      curate eval czsl --zero-shot --data demo-out/imagenet-ao     # the model the dataset was built with
+      curate eval czsl --zero-shot --model open_clip:ViT-B-32/openai --data mit-states/
     """
     from curate.errors import CurateError
     from curate.log import console
@@ -132,11 +135,28 @@ def eval_cmd(
 
     if split not in ("val", "test"):
         raise CurateError(f"--split must be val or test, got {split!r}")
+    if zero_shot and run is not None and model is None and ":" in str(run) and not run.exists():
+        model, run = str(run), None  # the older form `--zero-shot SPEC`
+    for what, path in (("--data", data), ("RUN", run), ("--checkpoint", checkpoint)):
+        if path is not None and not path.exists():
+            raise CurateError(f"{what} does not exist", where=str(path), fix="check the path")
     if zero_shot:
-        res = evaluate_zero_shot(zero_shot, data, split, open_world, device, feasibility, feasibility_table)
-        written = write_zero_shot_report(out or data / "eval", res, zero_shot, data, split)
+        from curate.embed.backends import check_spec_syntax
+
+        from .run import default_backbone
+
+        model = model or default_backbone(data)
+        if not model:
+            raise CurateError("no --model given and the data does not name the model it was built with",
+                              where=str(data), fix="curate eval czsl --zero-shot --model SPEC --data DIR")
+        check_spec_syntax(model)
+        res = evaluate_zero_shot(model, data, split, open_world, device, feasibility, feasibility_table)
+        written = write_zero_shot_report(out or data / "eval", res, model, data, split)
+    elif model is not None:
+        raise CurateError("--model is for --zero-shot; a trained run is scored with its own model",
+                          fix="curate eval czsl --zero-shot --model SPEC --data DIR, or curate eval czsl RUN --data DIR")
     elif run is None:
-        raise CurateError("give a RUN folder, or --zero-shot SPEC", fix="curate eval czsl RUN --data DIR")
+        raise CurateError("give a RUN folder, or --zero-shot", fix="curate eval czsl RUN --data DIR")
     else:
         res = evaluate_run(run, data, split, open_world, device, feasibility, feasibility_table, checkpoint)
         written = run / f"eval-{split}.json"
