@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from curate.fsutil import atomic_open, read_json, write_text
-from curate.hub import card_header, fields_markdown, loading_snippet, scan_shards
+from curate.hub import ShardSchema, card_header, fields_markdown, loading_snippet, scan_shards
 from curate.shards import iter_keys
 
 from .truth import pct
@@ -319,10 +319,11 @@ def split_shards(manifest: pl.DataFrame) -> dict[str, tuple[str, int]]:
     return {s: (f"shards/imagenet-ao-{s}-*.tar", int(counts[s])) for s in SPLITS if counts.get(s)}
 
 
-def write_card(out: Path, info: dict, manifest: pl.DataFrame) -> Path:
-    """``README.md`` + ``sheet_SPLIT.png``, ``funnel.png``, ``hist_attributes.png``, ``hist_objects.png``."""
-    if "review_status" in manifest.columns:
-        manifest = manifest.filter(pl.col("review_status").fill_null("") != "reject")
+def draw_pictures(out: Path, info: dict, manifest: pl.DataFrame) -> tuple[dict, dict[str, dict[str, int] | None]]:
+    """The card's pictures: the histograms, the funnel (and, with truth, its precision/recall chart), the
+    calibration curve (with ``--calibrate``) and a contact sheet per split. Returns ``info``, its
+    ``calibration`` replaced by the curve read from its file (with ``curve``: the file), and the contact
+    sheets' counts by split (None: an empty split)."""
     _histogram(manifest.group_by("attr").len(), "attr", out / "hist_attributes.png")
     _histogram(manifest.group_by("obj").len(), "obj", out / "hist_objects.png")
     funnel_chart(info["funnel"], out / "funnel.png")
@@ -335,33 +336,18 @@ def write_card(out: Path, info: dict, manifest: pl.DataFrame) -> Path:
         info = {**info, "calibration": cal}
         calibration_chart(cal, out / "calibration.png")
     sheets = {s: contact_sheet(out, manifest, s, out / f"sheet_{s}.png") for s in SPLITS}
-    shards = sorted({out / "shards" / s for s in manifest["shard"].unique().to_list()})
-    schema = scan_shards([p for p in shards if p.exists()])
-    if schema.problems:
-        log.warning("dataset shards: %s", "; ".join(schema.problems[:5]))
-    splits = split_shards(manifest)
-    shard_counts = dict(manifest.group_by("split").agg(pl.col("shard").n_unique()).iter_rows())
-    fewest = min((shard_counts[s] for s in splits), default=1)
+    return info, sheets
+
+
+def _summary_markdown(info: dict, manifest: pl.DataFrame, shard_counts: dict[str, int]) -> str:
+    """The card's title and what follows it: what rare means, the sizes, splits, model and license."""
     c = info["counts"]
     rare_kept = c.get("rare_pairs_kept", 0)
-    header = card_header(splits, schema, pretty_name=f"{info['name']}: rare attribute-object images",
-                         task_categories=["zero-shot-image-classification", "image-classification"],
-                         tags=["compositional", "attribute-object", "imagenet-ao", "webdataset", "curate"])
     split_line = ", ".join(f"{k}: {v:,} in {shard_counts.get(k, 0)} shard(s)" for k, v in
                            sorted(c["splits"].items(), key=lambda kv: SPLITS.index(kv[0]) if kv[0] in SPLITS else 9))
-    sheet_md = "\n\n".join(_sheet_markdown(s, st) for s, st in sheets.items() if st) or "No samples."
-    examples = manifest.filter(pl.col("rare")).sort("score_comp", descending=True).head(10) \
-        if "rare" in manifest.columns else manifest.head(0)
-    ex_lines = "\n".join(f"| {r['key']} | {r['pair']} | {r['source']} | {r['score_comp']:.3f} | {r['split']} |"
-                         for r in examples.iter_rows(named=True))
-    ex_md = ("| key | pair | source | composition score | split |\n|---|---|---|---:|---|\n" + ex_lines) if ex_lines \
-        else "No rare pair was kept: every image is of a common (seen) pair."
-    measured = "".join(f"\n\n{md.strip()}" for md in (truth_markdown(info), calibration_markdown(info)) if md)
-    first_split = next(iter(splits), "test")
     sources = ", ".join(f"{k} {v:,}" for k, v in manifest.group_by("source").len().sort("source").iter_rows()) \
         if "source" in manifest.columns else "see dataset.json"
-    text = f"""{header}
-# {info['name']}: rare attribute-object images (ImageNet-AO style)
+    return f"""# {info['name']}: rare attribute-object images (ImageNet-AO style)
 
 Built by `curate build imagenet-ao` (curate {info['versions'].get('curate', '?')}).
 Rare means: the attribute and the object never co-occur (count <= {info['config']['max_cooccurrence']})
@@ -373,10 +359,14 @@ attribute/object co-occurrence in those captions: **{c['nmi']:.4f}**.
 - model used for retrieval and filtering: `{info['config']['model']}`
 - license: **not set** (`license: other` in the header is a placeholder); images by source:
   {sources}: set the license your sources allow before sharing
+"""
 
-## Load it
 
-{loading_snippet(f"path/to/{info['name']}", f"shards/imagenet-ao-{first_split}-*.tar", fewest)}
+def _usage_markdown(name: str, first_split: str, fewest: int, schema: ShardSchema) -> str:
+    """How to load the dataset (``datasets``, curate's loaders, other tools) and the fields of ``KEY.json``."""
+    return f"""## Load it
+
+{loading_snippet(f"path/to/{name}", f"shards/imagenet-ao-{first_split}-*.tar", fewest)}
 
 Columns: `jpg` (the image), `json` (the fields below), `__key__`, `__url__` (the shard). Split
 sizes are in the header: `datasets` refuses shards that lost or gained samples since this card
@@ -393,8 +383,25 @@ Every field is present in every sample with one type; a value the build does not
 sentinel, never null: -1.0 (numbers), -1 (integers), "" (text).
 
 {fields_markdown(schema, FIELD_DOCS)}
+"""
 
-## The data
+
+def _examples_markdown(manifest: pl.DataFrame) -> str:
+    """The ten highest-scoring rare-pair images as a table, or a line saying no rare pair was kept."""
+    examples = manifest.filter(pl.col("rare")).sort("score_comp", descending=True).head(10) \
+        if "rare" in manifest.columns else manifest.head(0)
+    ex_lines = "\n".join(f"| {r['key']} | {r['pair']} | {r['source']} | {r['score_comp']:.3f} | {r['split']} |"
+                         for r in examples.iter_rows(named=True))
+    return ("| key | pair | source | composition score | split |\n|---|---|---|---:|---|\n" + ex_lines) if ex_lines \
+        else "No rare pair was kept: every image is of a common (seen) pair."
+
+
+def _contents_markdown(info: dict, manifest: pl.DataFrame, sheets: dict[str, dict[str, int] | None]) -> str:
+    """The card from ``## The data`` on: contact sheets, funnel (with truth and calibration where measured),
+    histograms, the best rare-pair images and the folder's layout."""
+    sheet_md = "\n\n".join(_sheet_markdown(s, st) for s, st in sheets.items() if st) or "No samples."
+    measured = "".join(f"\n\n{md.strip()}" for md in (truth_markdown(info), calibration_markdown(info)) if md)
+    return f"""## The data
 
 {sheet_md}
 
@@ -411,7 +418,7 @@ sentinel, never null: -1.0 (numbers), -1 (integers), "" (text).
 
 ## Highest-scoring rare-pair images
 
-{ex_md}
+{_examples_markdown(manifest)}
 
 ## Layout
 
@@ -422,6 +429,32 @@ sentinel, never null: -1.0 (numbers), -1 (integers), "" (text).
 - `dataset.json` — config, versions, counts, funnel
 - `exports/` — {', '.join(info.get('exports', {})) or 'none'}
 """
+
+
+def card_markdown(info: dict, manifest: pl.DataFrame, sheets: dict[str, dict[str, int] | None],
+                  schema: ShardSchema) -> str:
+    """The text of ``README.md``: the Hub YAML header, then the sections above."""
+    splits = split_shards(manifest)
+    shard_counts = dict(manifest.group_by("split").agg(pl.col("shard").n_unique()).iter_rows())
+    fewest = min((shard_counts[s] for s in splits), default=1)
+    header = card_header(splits, schema, pretty_name=f"{info['name']}: rare attribute-object images",
+                         task_categories=["zero-shot-image-classification", "image-classification"],
+                         tags=["compositional", "attribute-object", "imagenet-ao", "webdataset", "curate"])
+    first_split = next(iter(splits), "test")
+    return (f"{header}\n" + _summary_markdown(info, manifest, shard_counts)
+            + "\n" + _usage_markdown(info["name"], first_split, fewest, schema)
+            + "\n" + _contents_markdown(info, manifest, sheets))
+
+
+def write_card(out: Path, info: dict, manifest: pl.DataFrame) -> Path:
+    """``README.md`` + ``sheet_SPLIT.png``, ``funnel.png``, ``hist_attributes.png``, ``hist_objects.png``."""
+    if "review_status" in manifest.columns:
+        manifest = manifest.filter(pl.col("review_status").fill_null("") != "reject")
+    info, sheets = draw_pictures(out, info, manifest)
+    shards = sorted({out / "shards" / s for s in manifest["shard"].unique().to_list()})
+    schema = scan_shards([p for p in shards if p.exists()])
+    if schema.problems:
+        log.warning("dataset shards: %s", "; ".join(schema.problems[:5]))
     path = out / "README.md"
-    write_text(path, text)
+    write_text(path, card_markdown(info, manifest, sheets, schema))
     return path
