@@ -94,7 +94,7 @@ def train_cmd(
 
 def eval_cmd(
     data: Annotated[Path, typer.Option("--data", help="The CZSL root, dataset folder or demo world to score.")],
-    run: Annotated[Path | None, typer.Argument(help="Run folder of `curate train trident` (omit with "
+    run_arg: Annotated[str | None, typer.Argument(metavar="RUN", help="Run folder of `curate train trident` (omit with "
                                                     "--zero-shot).")] = None,
     split: Annotated[str, typer.Option("--split", help="val or test.")] = "test",
     open_world: Annotated[bool, typer.Option("--open-world", help="Also score every attribute x object pair "
@@ -124,8 +124,8 @@ def eval_cmd(
     \b
     Examples:
       curate eval czsl runs/demo --data demo-out/imagenet-ao --split test --open-world
-      curate eval czsl --zero-shot --data demo-out/imagenet-ao     # the model the dataset was built with
-      curate eval czsl --zero-shot --model open_clip:ViT-B-32/openai --data mit-states/
+      curate eval czsl --zero-shot --data demo-out/imagenet-ao   # its own model
+      curate eval czsl --zero-shot --model SPEC --data mit-states/
     """
     from curate.errors import CurateError
     from curate.log import console
@@ -135,8 +135,9 @@ def eval_cmd(
 
     if split not in ("val", "test"):
         raise CurateError(f"--split must be val or test, got {split!r}")
-    if zero_shot and run is not None and model is None and ":" in str(run) and not run.exists():
-        model, run = str(run), None  # the older form `--zero-shot SPEC`
+    if zero_shot and run_arg and model is None and ":" in run_arg and not Path(run_arg).exists():
+        model, run_arg = run_arg, None  # the older form `--zero-shot SPEC` (a str: Path would fold ARCH//ckpt)
+    run = Path(run_arg) if run_arg else None
     for what, path in (("--data", data), ("RUN", run), ("--checkpoint", checkpoint)):
         if path is not None and not path.exists():
             raise CurateError(f"{what} does not exist", where=str(path), fix="check the path")
