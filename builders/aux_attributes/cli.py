@@ -89,25 +89,44 @@ def attributes(
       curate attributes DATASET --families families.txt       # lines like "colour: red"
       curate attributes WORLD --out aux/ --llm openai:qwen2.5@http://127.0.0.1:8000/v1 --concurrency 32
       curate attributes DATASET --llm openai:gpt-4o-mini@https://api.example.com/v1 --api-key-env MY_KEY
+    \f
+    Long only because of its 16 options (one ``Annotated`` per line) and its --help text: the work is in
+    ``aux_settings``, ``run_attributes`` and ``_report`` (the text after the form feed is not in --help).
     """
-    from curate.aux_labels import dataset_path, trident_path
-    from curate.errors import CurateError
-    from curate.ledger import Ledger, Step, StepContext, run_steps
-    from curate.llm import load_llm, parse_spec
-    from curate.log import console, print_table
-    from curate.outdir import OutputDir
-
-    from .contradictions import source_world
-    from .generate import AuxConfig, generate_aux
-    from .outputs import AUX_SUMMARY, AUX_TABLE, write_outputs
-    from .pairs import load_pairs, read_vocab
+    from .pairs import load_pairs
 
     pair_list, kind = load_pairs(source, pairs)
+    out = _out_folder(source, kind, out)
+    cfg, rules, config = aux_settings(source, pairs, kind, llm=llm, vocab=vocab, families=families, retries=retries,
+                                      seed=seed, max_tokens=max_tokens, contradiction_check=contradiction_check)
+    client_options = {"concurrency": concurrency, "timeout": timeout, "retries": http_retries,
+                      "api_key_env": api_key_env}
+    summary, kept, files = run_attributes(source, out, kind, pair_list, cfg, rules, config, cache=cache,
+                                          client_options=client_options, overwrite=overwrite)
+    _report(summary, kept, files)
+
+
+def _out_folder(source: Path | None, kind: str, out: Path | None) -> Path:
+    """--out, or SOURCE itself when it is a dataset folder or a CZSL root."""
+    from curate.errors import CurateError
+
     if out is None:
         if kind not in ("dataset", "czsl"):
             raise CurateError("--out is required unless SOURCE is a dataset folder or a CZSL root", fix="pass --out DIR")
         out = source
     assert out is not None
+    return out
+
+
+def aux_settings(source: Path | None, pairs: Path | None, kind: str, *, llm: str, vocab: Path | None,
+                 families: Path | None, retries: int, seed: int, max_tokens: int, contradiction_check: bool):
+    """(generation settings, contradiction rules, the run's config: what the output folder's guard compares).
+    A bad --llm fails here, before anything is written."""
+    from curate.llm import parse_spec
+
+    from .generate import AuxConfig
+    from .pairs import read_vocab
+
     parse_spec(llm)  # a bad --llm fails before anything is written
     words = read_vocab(vocab) if vocab is not None else None
     rules = contradiction_rules(source, kind, families)
@@ -118,14 +137,30 @@ def attributes(
               "retries": cfg.retries, "seed": seed, "max_tokens": max_tokens,
               "retry_temperature": cfg.retry_temperature, "contradiction_check": contradiction_check,
               "contradiction_rules": rules.sources, "families_digest": _file_digest(families)}
+    return cfg, rules, config
+
+
+def run_attributes(source: Path | None, out: Path, kind: str, pair_list: list, cfg, rules, config: dict, *,
+                   cache: Path | None, client_options: dict, overwrite: bool) -> tuple[dict, bool, list[Path]]:
+    """Ask the LLM and write the outputs, as one ledger step under the output folder's guard (kept when its
+    inputs did not change). Returns (summary, whether the outputs were kept, the output files)."""
+    from curate.aux_labels import dataset_path, trident_path
+    from curate.ledger import Ledger, Step, StepContext, run_steps
+    from curate.llm import load_llm
+    from curate.outdir import OutputDir
+
+    from .contradictions import source_world
+    from .generate import generate_aux
+    from .outputs import AUX_SUMMARY, AUX_TABLE, write_outputs
+
+    llm, contradiction_check = config["llm"], config["contradiction_check"]
     # Writing into a dataset folder: guard (lock, config, cache) a private subfolder of it.
     in_dataset = kind in ("dataset", "czsl") and out.resolve() == source.resolve()  # type: ignore[union-attr]
     guard_dir = out / ".curate" / "attributes" if in_dataset else out
     world = source_world(source, kind)
     with OutputDir(guard_dir, "attributes", config, overwrite=overwrite) as guard:
         def run(_ctx) -> dict:
-            client = load_llm(llm, cache_path=cache or guard.meta / "llm_answers.sqlite", concurrency=concurrency,
-                              timeout=timeout, retries=http_retries, api_key_env=api_key_env)
+            client = load_llm(llm, cache_path=cache or guard.meta / "llm_answers.sqlite", **client_options)
             with client:
                 log.info("%d pair(s) from %s; LLM %s", len(pair_list), kind, client.name)
                 results, stats = generate_aux(pair_list, client, cfg)
@@ -147,8 +182,13 @@ def attributes(
             Ledger(guard_dir, step.name).reset()
         ctx = StepContext(guard_dir)
         run_steps([step], ctx)
-    summary = dict(ctx.stats[step.name])
-    kept = bool(ctx.summaries[0].skipped)
+    return dict(ctx.stats[step.name]), bool(ctx.summaries[0].skipped), files
+
+
+def _report(summary: dict, kept: bool, files: list[Path]) -> None:
+    """The console's end of a run: outputs kept or written, and the summary table."""
+    from curate.log import console, print_table
+
     if kept:
         console.print("inputs unchanged since the last run (pairs, LLM, prompt, options): outputs kept")
     print_table(_summary_table(summary))
