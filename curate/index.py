@@ -267,7 +267,9 @@ def index_cmd(
     Example: curate index emb --out idx --kind auto --memory-budget 2GB
     """
     from .log import console
+    from .paths import must_exist
 
+    must_exist(emb, fix="pass a folder made by `curate embed` or `clip-retrieval inference`")
     folder = build_index(emb, out, kind=kind, memory_budget=memory_budget, overwrite=overwrite)
     meta = read_json(folder / META_NAME)
     console.print(f"{meta['kind']} index of {meta['count']} vectors (dim {meta['dim']}) -> {folder}")
@@ -290,9 +292,13 @@ def search_cmd(
     import json
 
     from .embed.backends import load_model
+    from .paths import must_exist
 
     if (text is None) == (image is None):
         raise CurateError("give exactly one of --text or --image", fix='e.g. --text "a photo of a striped heart"')
+    must_exist(index, fix="pass a folder made by `curate index`")
+    if image is not None:
+        must_exist(image, "--image")
     idx = SearchIndex.load(index)
     spec = model or idx.model
     if not spec:

@@ -7,6 +7,17 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+GLOB_CHARS = frozenset("*?[{")
+
+
+def must_exist(path: str | os.PathLike, what: str = "", fix: str | None = None) -> None:
+    """Name a missing path as missing, before anything runs: ``PATH: [WHAT ]does not exist``, not the
+    symptom a later step would report. A glob or brace pattern is left to its reader."""
+    from .errors import CurateError
+
+    s = str(path)
+    if not GLOB_CHARS & set(s) and not Path(s).expanduser().exists():
+        raise CurateError(f"{what} does not exist".strip(), where=s, fix=fix)
 
 
 def cache_dir() -> Path:

@@ -601,6 +601,8 @@ def list_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[P
 
     from braceexpand import braceexpand
 
+    from .paths import must_exist
+
     if isinstance(spec, str | os.PathLike):
         specs = [spec]
     else:
@@ -612,9 +614,7 @@ def list_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> list[P
         if p.is_dir():
             out.extend(sorted(p.glob("*.tar")))
             continue
-        if not set("*?[{") & set(s) and not p.exists():  # a plain path: name it, not "no shards found"
-            raise CurateError("does not exist", where=s,
-                              fix="give a folder holding *.tar, a shard file, a glob or a brace pattern")
+        must_exist(s, fix="give a folder holding *.tar, a shard file, a glob or a brace pattern")  # not "no shards"
         for pat in braceexpand(s):
             hits = sorted(glob.glob(pat))
             if not hits and Path(pat).exists():

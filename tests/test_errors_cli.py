@@ -315,8 +315,26 @@ def test_embed_missing_model_path_is_one_error_and_pins_nothing(inputs, tmp_path
     assert r.returncode == 0, r.stderr
 
 
-def test_eval_names_missing_paths(tmp_path):
+def test_missing_paths_are_named_before_anything_is_written(tmp_path):
+    """`PATH: does not exist`, not a symptom ('no .tar shards found', 'no --model given', 'no triplets.parquet');
+    no output folder is made."""
     (tmp_path / "ds").mkdir()
+    missing = tmp_path / "nope"
+    for args, needle in [
+        (("triplets", missing, "--out", tmp_path / "o"), f"{missing}: does not exist"),
+        (("triplets", tmp_path / "ds", "--model", f"mini:{missing}", "--out", tmp_path / "o"),
+         f"{missing}: model path does not exist"),
+        (("train", "trident", "--data", missing, "--out", tmp_path / "o"), f"{missing}: --data does not exist"),
+        (("train", "trident", "--data", tmp_path / "ds", "--backbone", f"hf:{missing}", "--out", tmp_path / "o"),
+         f"{missing}: model path does not exist"),
+        (("train", "cir", "--triplets", missing, "--out", tmp_path / "o"), f"{missing}: --triplets does not exist"),
+        (("eval", "cir", missing, "--data", tmp_path / "ds"), f"{missing}: RUN does not exist"),
+        (("index", missing, "--out", tmp_path / "o"), f"{missing}: does not exist"),
+        (("search", missing, "--text", "a red circle"), f"{missing}: does not exist"),
+    ]:
+        assert_one_line_error(curate(*args), needle)
+        assert not (tmp_path / "o").exists(), args
+
     assert_one_line_error(curate("eval", "zeroshot", tmp_path / "imagenet-a0"), f"{tmp_path}/imagenet-a0: does not exist")
     assert_one_line_error(curate("eval", "zeroshot", tmp_path / "ds", "--reference", tmp_path / "world" / "heldot"),
                           f"{tmp_path}/world/heldot: --reference does not exist")

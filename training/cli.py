@@ -55,15 +55,13 @@ def zeroshot(
 
     from curate.errors import CurateError
     from curate.log import console
+    from curate.paths import must_exist
 
     from .metrics.zeroshot import evaluate_dataset, markdown_table
 
-    if not dataset.is_dir():
-        raise CurateError("does not exist" if not dataset.exists() else "is not a folder", where=str(dataset),
-                          fix="give the dataset folder made by `curate build imagenet-ao`")
-    if reference is not None and not set("*?[{") & set(reference) and not Path(reference).exists():
-        raise CurateError("--reference does not exist", where=reference,
-                          fix="give a dataset folder, shards, an image folder or a CZSL root")
+    must_exist(dataset, fix="give the dataset folder made by `curate build imagenet-ao`")
+    if reference is not None:
+        must_exist(reference, "--reference", fix="give a dataset folder, shards, an image folder or a CZSL root")
     info = dataset / "dataset.json"
     built = json.loads(info.read_text()).get("config", {}) if info.exists() else {}
     model = model or built.get("model")

@@ -58,17 +58,10 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "val_fraction": (0.0, 1.0), "seen_val_fraction": (0.0, 0.5), "min_shards_per_split": (1, None),
     "batch_size": (1, None),
 }
-_GLOB = set("*?[{")
 
 
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def _missing(path: str, what: str, fix: str) -> None:
-    """A path (not a glob) that does not exist is named as such, before anything runs."""
-    if not _GLOB & set(path) and not Path(path).expanduser().exists():
-        raise CurateError(f"{what} does not exist", where=path, fix=fix)
 
 
 def validate(cfg: BuildConfig) -> None:
@@ -78,6 +71,7 @@ def validate(cfg: BuildConfig) -> None:
     build needs at all (out, captions, an image source, a model) and its truth are checked by
     ``pipeline.check_options`` at the top of ``build``, also before the folder opens."""
     from curate.embed.backends import check_spec_syntax
+    from curate.paths import must_exist
     from curate.shards import list_shards
 
     from .exports import FORMATS
@@ -102,7 +96,7 @@ def validate(cfg: BuildConfig) -> None:
         if not cfg.generator.startswith("diffusers:"):
             raise CurateError(f"unknown generator {cfg.generator!r}", fix=f"use one of: {GENERATOR_FORMS}")
         path, _options = split_spec(cfg.generator)  # bad ?options are refused here
-        _missing(path, "the diffusers pipeline folder of --generator", fix=GENERATOR_FORMS)
+        must_exist(path, "the diffusers pipeline folder of --generator", fix=GENERATOR_FORMS)
         if not (Path(path) / "model_index.json").is_file():
             raise CurateError("not a diffusers pipeline folder (no model_index.json)", where=path,
                               fix="give a folder written by save_pretrained / huggingface-cli download")
@@ -110,18 +104,18 @@ def validate(cfg: BuildConfig) -> None:
             raise CurateError("--generator diffusers:PATH needs the diffusers package",
                               fix='pip install -c constraints.txt -e ".[models]"')
     if cfg.pool:
-        _missing(cfg.pool, "--pool", fix="give a folder of images or shards, a shard glob like 'pool/*.tar', "
+        must_exist(cfg.pool, "--pool", fix="give a folder of images or shards, a shard glob like 'pool/*.tar', "
                                         f"or a URL list ({', '.join(URL_LIST_SUFFIXES)})")
         if pool_kind(cfg.pool) == "shards":
             list_shards(cfg.pool)
     for spec in cfg.captions:
-        _missing(spec, "--captions", fix="give parquet/CSV/JSONL files, folders or globs like 'captions/*.parquet'")
+        must_exist(spec, "--captions", fix="give parquet/CSV/JSONL files, folders or globs like 'captions/*.parquet'")
     if cfg.captions:
         list_caption_files(cfg.captions)
     for name, value, bundled in (("--objects", cfg.objects, "imagenet"), ("--attributes", cfg.attributes, "vaw")):
         if value != bundled:  # parsed right after the folder opens (a bad file there still writes nothing)
-            _missing(value, name, fix=f"give a vocabulary file (txt, CSV, a demo world.json) or {bundled!r}")
+            must_exist(value, name, fix=f"give a vocabulary file (txt, CSV, a demo world.json) or {bundled!r}")
     if cfg.model:
         check_spec_syntax(cfg.model)
     if cfg.reference:
-        _missing(cfg.reference, "--reference", fix="give a dataset folder, shards or an image folder of ordinary images")
+        must_exist(cfg.reference, "--reference", fix="give a dataset folder, shards or an image folder of ordinary images")

@@ -83,13 +83,13 @@ def triplets(
       curate triplets DATASET --edit-text llm --llm openai:qwen2@http://127.0.0.1:8000/v1
       curate triplets DATASET --format shards,cirr,circo,fashioniq,genecis
       curate triplets DATASET --fashioniq-categories 'heart=dress,star=shirt,*=toptee'
+    \f
+    Long only because of its 19 parameters (one per line) and its --help text; the body is 12 lines.
     """
-    from curate.log import console
-
     from .config import TripletsConfig
-    from .pipeline import build_triplets, default_dataset
+    from .pipeline import build_triplets
 
-    ds = dataset if dataset is not None else default_dataset()
+    ds = _checked_dataset(dataset, model)
     cfg = TripletsConfig(
         dataset=str(ds), out=str(out if out is not None else Path(ds) / "triplets"),
         modes=_csv(mode) or ["attribute", "object"], edit_text=edit_text, llm=llm, formats=_csv([formats]),
@@ -97,7 +97,28 @@ def triplets(
         include_rejected=include_rejected, model=model, device=device, circo_max_gts=circo_max_gts,
         fashioniq_categories=fashioniq_categories, min_shards=min_shards,
     )
-    info = build_triplets(cfg, overwrite=overwrite)
+    _report(build_triplets(cfg, overwrite=overwrite), cfg.out)
+
+
+def _checked_dataset(dataset: Path | None, model: str | None) -> Path:
+    """DATASET (default: the demo dataset), checked to exist, and --model's syntax: before the output folder
+    (DATASET/triplets by default) is made."""
+    from curate.embed.backends import check_spec_syntax
+    from curate.paths import must_exist
+
+    from .pipeline import default_dataset
+
+    ds = dataset if dataset is not None else default_dataset()
+    must_exist(ds, fix="give a dataset folder made by `curate build imagenet-ao` or a folder of captioned .tar shards")
+    if model:
+        check_spec_syntax(model)
+    return ds
+
+
+def _report(info: dict, out: str) -> None:
+    """The line saying how many triplets were mined, by mode and split, and where they are."""
+    from curate.log import console
+
     c = info["counts"]
     console.print(f"{c['triplets']} triplets {c['by_mode']} {c['by_split']} (split by {info['split']['split_by']}) "
-                  f"-> {cfg.out}")
+                  f"-> {out}")

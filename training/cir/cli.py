@@ -69,10 +69,18 @@ def train_cir_cmd(
       curate train cir --triplets T --model mllm --mllm hf:/models/llava-phi35 --stage1 captioned/ \\
           --steps 1000 --device cuda --grad-checkpointing --out runs/mllm
     """
+    from curate.embed.backends import check_spec_syntax
     from curate.log import console
+    from curate.paths import must_exist
 
     from .train import CirTrainConfig, RunOptions, train_cir
 
+    must_exist(triplets, "--triplets", fix="give the folder made by `curate triplets`")
+    for what, path in (("--features", features), ("--stage1", stage1)):
+        if path:
+            must_exist(path, what)
+    if backbone:
+        check_spec_syntax(backbone)
     cfg = CirTrainConfig(triplets=str(triplets), out=str(out), model=model, backbone=backbone, features=features,
                          epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, projection_dim=projection_dim,
                          hidden_dim=hidden_dim, include_rejected=include_rejected, mllm=mllm, stage1=stage1,
@@ -139,10 +147,19 @@ def eval_cir_cmd(
       curate eval cir runs/cir --data /data/fashionIQ_dataset --format fashioniq --split val
       curate eval cir baseline:sum --backbone open_clip:ViT-B-32/openai --data T/genecis --format genecis
     """
+    from curate.embed.backends import check_spec_syntax
     from curate.log import console
+    from curate.paths import must_exist
 
     from .benchmark import evaluate_cir
 
+    must_exist(data, "--data", fix="give the benchmark's folder (see --format)")
+    if not run.startswith("baseline:"):
+        must_exist(run, "RUN", fix="give a run folder of `curate train cir`, or baseline:image|text|sum")
+    if features:
+        must_exist(features, "--features")
+    if backbone:
+        check_spec_syntax(backbone)
     report = evaluate_cir(run, data, fmt, split, out=out, backbone=backbone, features=features, device=device,
                           categories=category or None, include_rejected=include_rejected)
     _print_results({report["method"]: {r["name"]: r for r in report["results"]}})

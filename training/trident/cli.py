@@ -75,11 +75,19 @@ def train_cmd(
       torchrun --nproc-per-node 8 -m curate.cli train trident --data cgqa/ --preset cgqa ... --device cuda
       curate train trident --data vaw-czsl/ --preset vaw --out runs/vaw --resume
     """
+    from curate.embed.backends import check_spec_syntax
     from curate.log import console
+    from curate.paths import must_exist
 
     from .report import metrics_table
     from .train import TrainRequest, train_trident
 
+    must_exist(data, "--data", fix="pass a CZSL root (images/, compositional-split-natural/) or a curate dataset")
+    for what, path in (("--aux", aux), ("--projector", projector)):
+        if path is not None:
+            must_exist(path, what)
+    if backbone:
+        check_spec_syntax(backbone)
     overrides: dict[str, Any] = {"model": model, "alpha": alpha, "epochs": epochs, "batch_size": batch_size,
                                  "seed": seed}
     req = TrainRequest(data=data, out=out, preset=preset, backbone=backbone, projector=projector, aux=aux,
@@ -138,9 +146,11 @@ def eval_cmd(
     if zero_shot and run_arg and model is None and ":" in run_arg and not Path(run_arg).exists():
         model, run_arg = run_arg, None  # the older form `--zero-shot SPEC` (a str: Path would fold ARCH//ckpt)
     run = Path(run_arg) if run_arg else None
+    from curate.paths import must_exist
+
     for what, path in (("--data", data), ("RUN", run), ("--checkpoint", checkpoint)):
-        if path is not None and not path.exists():
-            raise CurateError(f"{what} does not exist", where=str(path), fix="check the path")
+        if path is not None:
+            must_exist(path, what)
     if zero_shot:
         from curate.embed.backends import check_spec_syntax
 
