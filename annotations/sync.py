@@ -379,64 +379,54 @@ def _metadata(row: dict) -> dict | None:
     return None
 
 
-def sync_dataset(cfg: SyncConfig) -> SyncReport:
-    """Create or update the FiftyOne dataset for ``cfg.dataset``; returns what was done."""
-    from pymongo import UpdateOne
+class DerivedFields:
+    """Fields computed per manifest row: auxiliary attributes (by pair), metadata, embedding."""
 
-    folder = Dataset(cfg.dataset)  # validates the folder and the manifest before fiftyone starts
-    fo = connect(cfg.database_uri)  # not timed: starting the embedded database is not the sync's work
-    name = resolve_name(fo, folder.path, cfg.name)
-    media_dir = cfg.media_dir or default_media_dir(name)
-    t0 = time.perf_counter()
-    df = folder.manifest(include_rejected=True)  # reviewers must see rejected samples to undo them
-    ds = open_fo_dataset(fo, name, folder.path)
-    report = SyncReport(name=name)
+    def __init__(self, aux: Any, emb: tuple[list[str], np.ndarray] | None) -> None:
+        self.aux, self.emb = aux, emb
+        self.emb_index = {k: i for i, k in enumerate(emb[0])} if emb else {}
+        self.pair_words: dict[str, list[str] | None] = {}
 
-    emb = _load_embeddings(folder.path)
-    report.embeddings = emb is not None
-    scalars = _scalar_columns(df)
-    _declare_schema(ds, scalars, with_embedding=emb is not None)
-    current = _current_documents(ds, ["_id", "key", "filepath", "tags", "image_sha1", "metadata", "aux_attrs",
-                                      "embedding", "dup_group", "created_at", "last_modified_at", SYNCED_AT,
-                                      EDITED_AT, *LABEL_FIELDS, *scalars])
-    keys = df["key"].to_list()
-    in_manifest = set(keys)
-    new = df.filter(~pl.col("key").is_in(list(current)))
-    old = df.filter(pl.col("key").is_in(list(current)))
-    report.existing = old.height
-    aux = read_aux_labels(folder.path / AUX_FILE)
-    emb_index = {k: i for i, k in enumerate(emb[0])} if emb else {}
-    ds_id = ds._doc.id
-    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-
-    pair_words: dict[str, list[str] | None] = {}
-
-    def derived(part: pl.DataFrame) -> dict[str, list[Any]]:
-        """Fields computed per row: auxiliary attributes (by pair), metadata, embedding."""
+    def __call__(self, part: pl.DataFrame) -> dict[str, list[Any]]:
+        """Field name -> one value per row of ``part`` (None: no value)."""
         pairs = part["pair"].to_list() if "pair" in part.columns else \
             [f"{a} {o}" for a, o in zip(part["attr"].to_list(), part["obj"].to_list(), strict=True)] \
             if {"attr", "obj"} <= set(part.columns) else [None] * part.height
         words = []
         for p in pairs:
-            if p not in pair_words:
-                pair_words[p] = aux.by_pair.get(pair_key(p) or "") or None
-            words.append(pair_words[p])
+            if p not in self.pair_words:
+                self.pair_words[p] = self.aux.by_pair.get(pair_key(p) or "") or None
+            words.append(self.pair_words[p])
         w = part["width"].to_list() if "width" in part.columns else [None] * part.height
         h = part["height"].to_list() if "height" in part.columns else [None] * part.height
         out = {"aux_attrs": words, "metadata": [_metadata({"width": a, "height": b}) for a, b in zip(w, h, strict=True)]}
-        if emb is not None:
+        if self.emb is not None:
+            emb, emb_index = self.emb, self.emb_index
             out["embedding"] = [None if emb_index.get(k) is None else _embedding_bytes(emb[1][emb_index[k]])
                                 for k in part["key"].to_list()]
         return out
 
-    # images: new keys, and existing ones whose file is gone or whose shard changed
+
+def _lap(report: SyncReport, phase: str, t0: float) -> None:
+    """``report.phases[phase]``: the seconds since the previous phase ended (since ``t0`` for the first)."""
+    report.phases[phase] = time.perf_counter() - t0 - sum(report.phases.values())
+
+
+def _images_wanted(new: pl.DataFrame, old: pl.DataFrame, current: dict[str, dict]) -> tuple[dict, dict]:
+    """key -> shard of the images to extract: new keys, and existing ones whose file is gone or whose shard
+    changed; and key -> (file, image hash) of the latter, ``extract_images``'s ``keep``."""
     refresh = {r["key"]: r for r in old.select("key", "shard").iter_rows(named=True)
                if current[r["key"]].get("shard", r["shard"]) != r["shard"]
                or not os.path.exists(current[r["key"]].get("filepath", ""))}
     wanted = dict(new.select("key", "shard").iter_rows())
     wanted.update({k: r["shard"] for k, r in refresh.items()})
     keep = {k: (current[k].get("filepath", ""), current[k].get("image_sha1", "")) for k in refresh}
-    report.phases["prepare"] = time.perf_counter() - t0
+    return wanted, keep
+
+
+def _extract(folder: Dataset, wanted: dict, media_dir: Path, keep: dict, report: SyncReport) -> Any:
+    """Extract the wanted images (a progress bar), warn of broken shards and of rows without an image
+    (``report.missing``); returns ``extract_images``'s result."""
     with progress_bar("extract images", total=len(wanted), unit="images") as advance:
         media = extract_images(folder.shard_dir, wanted, media_dir, advance, keep=keep)
     for shard, err in media.shard_errors.items():
@@ -445,21 +435,26 @@ def sync_dataset(cfg: SyncConfig) -> SyncReport:
     if report.missing:
         log.warning("%d manifest row(s) have no image in their shard and were skipped: %s", len(report.missing),
                     ", ".join(report.missing[:20]) + (" ..." if len(report.missing) > 20 else ""))
-    report.phases["extract"] = time.perf_counter() - t0 - sum(report.phases.values())
+    return media
 
+
+def _new_documents(new: pl.DataFrame, media: Any, ds_id: Any, now: datetime, scalars: dict[str, Any],
+                   derived: DerivedFields, report: SyncReport) -> list[dict]:
+    """The documents of the new keys that have an image; counts their auxiliary attributes found."""
     extra_new = derived(new)
     docs = new_documents(new, media.paths, media.sha1, ds_id, now, scalars, extra_new)
     report.aux_matched += sum(w is not None for k, w in zip(new["key"].to_list(), extra_new["aux_attrs"], strict=True)
                               if k in media.paths)
-    report.phases["documents"] = time.perf_counter() - t0 - sum(report.phases.values())
-    with progress_bar("add to FiftyOne", total=len(docs), unit="samples") as advance:
-        insert_documents(ds, docs, advance)
-    report.added = len(docs)
-    report.phases["insert"] = time.perf_counter() - t0 - sum(report.phases.values())
+    return docs
 
-    # existing samples: fields in step with the manifest, images refreshed, stale ones marked
+
+def _update_ops(old: pl.DataFrame, current: dict[str, dict], media: Any, extra_old: dict[str, list[Any]],
+                scalars: dict[str, Any], now: datetime, report: SyncReport) -> list:
+    """``UpdateOne``s bringing the samples FiftyOne holds in step with their manifest rows: fields, images
+    extracted again, the ``stale`` tag of a key that came back; counts into ``report``."""
+    from pymongo import UpdateOne
+
     ops = []
-    extra_old = derived(old)
     for i, row in enumerate(old.iter_rows(named=True)):
         doc = current[row["key"]]
         extra = {name: col[i] for name, col in extra_old.items()}
@@ -478,33 +473,100 @@ def sync_dataset(cfg: SyncConfig) -> SyncReport:
                 update["$pull"] = {"tags": STALE_TAG}
             ops.append(UpdateOne({"_id": doc["_id"]}, update))
             report.updated += bool(sets or unsets)
+    return ops
+
+
+def _stale_ops(ds: Any, current: dict[str, dict], in_manifest: set[str], remove: bool, now: datetime,
+               report: SyncReport) -> list:
+    """Samples whose key left the manifest: deleted now (``remove``), else the ``UpdateOne``s tagging them
+    ``stale`` (those not tagged yet)."""
+    from pymongo import UpdateOne
+
+    ops = []
     stale = [d for k, d in current.items() if k not in in_manifest]
     report.stale = len(stale)
-    if stale and cfg.remove_stale:
+    if stale and remove:
         ds.delete_samples([str(d["_id"]) for d in stale])
         report.stale_removed = len(stale)
     elif stale:
-        ops += [UpdateOne({"_id": d["_id"]}, {"$addToSet": {"tags": STALE_TAG}, "$set": synced(d, now)})
-                for d in stale if STALE_TAG not in (d.get("tags") or [])]
+        ops = [UpdateOne({"_id": d["_id"]}, {"$addToSet": {"tags": STALE_TAG}, "$set": synced(d, now)})
+               for d in stale if STALE_TAG not in (d.get("tags") or [])]
         log.warning("%d FiftyOne sample(s) are no longer in the manifest: tagged %r (saved view 'stale'; "
                     "pass --remove-stale to delete them)", len(stale), STALE_TAG)
+    return ops
+
+
+def _bulk_write(ds: Any, ops: list) -> None:
+    """The updates in unordered batches, then the dataset reloaded."""
     coll = ds._sample_collection
     for i in range(0, len(ops), UPDATE_BATCH):
         coll.bulk_write(ops[i:i + UPDATE_BATCH], ordered=False)
     ds.reload()
-    report.phases["update"] = time.perf_counter() - t0 - sum(report.phases.values())
+
+
+def _held_after(current: dict[str, dict], in_manifest: set[str], remove_stale: bool, media: Any,
+                docs: list[dict]) -> Held:
+    """What FiftyOne holds after the sync, without reading it back: the samples it held (less those
+    removed), images extracted again, and the inserted documents."""
     held = Held()
     for k, d in current.items():
-        if not (cfg.remove_stale and k not in in_manifest):
+        if not (remove_stale and k not in in_manifest):
             held.ids[k], held.sha1[k], held.dup_group[k] = d["_id"], d.get("image_sha1"), d.get("dup_group")
     for k, h in media.sha1.items():
         held.sha1[k] = h
     for d in docs:
         held.ids[d["key"]], held.sha1[d["key"]], held.dup_group[d["key"]] = d["_id"], d["image_sha1"], None
+    return held
+
+
+def sync_dataset(cfg: SyncConfig) -> SyncReport:
+    """Create or update the FiftyOne dataset for ``cfg.dataset``; returns what was done."""
+    folder = Dataset(cfg.dataset)  # validates the folder and the manifest before fiftyone starts
+    fo = connect(cfg.database_uri)  # not timed: starting the embedded database is not the sync's work
+    name = resolve_name(fo, folder.path, cfg.name)
+    media_dir = cfg.media_dir or default_media_dir(name)
+    t0 = time.perf_counter()
+    df = folder.manifest(include_rejected=True)  # reviewers must see rejected samples to undo them
+    ds = open_fo_dataset(fo, name, folder.path)
+    report = SyncReport(name=name)
+
+    emb = _load_embeddings(folder.path)
+    report.embeddings = emb is not None
+    scalars = _scalar_columns(df)
+    _declare_schema(ds, scalars, with_embedding=emb is not None)
+    current = _current_documents(ds, ["_id", "key", "filepath", "tags", "image_sha1", "metadata", "aux_attrs",
+                                      "embedding", "dup_group", "created_at", "last_modified_at", SYNCED_AT,
+                                      EDITED_AT, *LABEL_FIELDS, *scalars])
+    in_manifest = set(df["key"].to_list())
+    new = df.filter(~pl.col("key").is_in(list(current)))
+    old = df.filter(pl.col("key").is_in(list(current)))
+    report.existing = old.height
+    derived = DerivedFields(read_aux_labels(folder.path / AUX_FILE), emb)
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+    # images: new keys, and existing ones whose file is gone or whose shard changed
+    wanted, keep = _images_wanted(new, old, current)
+    _lap(report, "prepare", t0)
+    media = _extract(folder, wanted, media_dir, keep, report)
+    _lap(report, "extract", t0)
+
+    docs = _new_documents(new, media, ds._doc.id, now, scalars, derived, report)
+    _lap(report, "documents", t0)
+    with progress_bar("add to FiftyOne", total=len(docs), unit="samples") as advance:
+        insert_documents(ds, docs, advance)
+    report.added = len(docs)
+    _lap(report, "insert", t0)
+
+    # existing samples: fields in step with the manifest, images refreshed, stale ones marked
+    ops = _update_ops(old, current, media, derived(old), scalars, now, report)
+    ops += _stale_ops(ds, current, in_manifest, cfg.remove_stale, now, report)
+    _bulk_write(ds, ops)
+    _lap(report, "update", t0)
+    held = _held_after(current, in_manifest, cfg.remove_stale, media, docs)
     report.dup_groups = mark_near_duplicates(ds, emb, cfg.dup_threshold, held)
-    report.phases["near-duplicates"] = time.perf_counter() - t0 - sum(report.phases.values())
+    _lap(report, "near-duplicates", t0)
     report.views = save_views(ds, cfg.max_pair_views)
-    report.phases["views"] = time.perf_counter() - t0 - sum(report.phases.values())
+    _lap(report, "views", t0)
     report.total = len(ds)
     report.seconds = time.perf_counter() - t0
     return report
