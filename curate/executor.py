@@ -94,7 +94,7 @@ class LocalExecutor(Executor):
             try:
                 yield from self._run(pool, fn, tasks)
             except BaseException:  # Ctrl-C in the parent: stop the workers now, not after their tasks
-                for proc in list(pool._processes.values()):  # (no public way to stop running tasks)
+                for proc in list((pool._processes or {}).values()):  # (no public way to stop running tasks)
                     proc.terminate()
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
