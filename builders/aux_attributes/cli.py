@@ -90,7 +90,7 @@ def attributes(
       curate attributes WORLD --out aux/ --llm openai:qwen2.5@http://127.0.0.1:8000/v1 --concurrency 32
       curate attributes DATASET --llm openai:gpt-4o-mini@https://api.example.com/v1 --api-key-env MY_KEY
     \f
-    Long only because of its 16 options (one ``Annotated`` per line) and its --help text: the work is in
+    Long only because of its 16 parameters (one per line) and its --help text: the work is in
     ``aux_settings``, ``run_attributes`` and ``_report`` (the text after the form feed is not in --help).
     """
     from .pairs import load_pairs
