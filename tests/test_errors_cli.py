@@ -311,6 +311,10 @@ def test_embed_missing_model_path_is_one_error_and_pins_nothing(inputs, tmp_path
                                  "curate model train-mini")
     assert line.count("fix:") == 1
     assert not out.exists()
+    (tmp_path / "hf").mkdir()  # a folder, but not a model's: also refused by the parent
+    r = curate("embed", inputs, "--model", f"hf:{tmp_path}/hf", "--out", out, "--workers", "3")
+    assert assert_one_line_error(r, f"{tmp_path}/hf: not a transformers model folder").count("fix:") == 1
+    assert not out.exists()
     r = curate("embed", inputs, "--model", tiny_clip_spec, "--out", out, "--workers", "1", "--device", "cpu")
     assert r.returncode == 0, r.stderr
 
