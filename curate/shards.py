@@ -158,7 +158,9 @@ class ShardWriter:
             raise CurateError(f"more samples than fit in the single shard {self.name}")
         name = self.name or shard_name(self.prefix, self.index)
         self._tmp = self.folder / f"{name}{TMP_MARK}{os.getpid()}"
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        # PAX: a member name over ustar's 100 bytes (a 240-character key) gets a PAX header, as
+        # webdataset and img2dataset write; names that fit are written exactly as ustar writes them
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
         self._cur = ShardStats(shard=name)
         self._keys = set()
 
@@ -459,9 +461,7 @@ def iter_shard(
     """
     path = Path(path)
     report = report if report is not None else ReadReport(shard=path.name)
-    current: Sample | None = None
-    seen: set[str] = set()
-    skip_key: str | None = None  # a duplicate key whose members are being skipped
+    group = _SampleGrouper(path.name, report, keys, exts)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
             raise _Corrupt("not a regular file")
@@ -475,52 +475,12 @@ def iter_shard(
                 reader = _PlainTar(f, os.fstat(f.fileno()).st_size)
             try:
                 for m in reader.members():
-                    if m.kind not in _REGULAR:
-                        report.skip(m.name, _SKIP_TYPES.get(m.kind, f"unsupported member type {m.kind!r}"))
-                        continue
-                    why = _unsafe(m.name)
-                    if why:
-                        report.skip(m.name, why)
-                        continue
-                    prefix, _, base = m.name.rpartition("/")
-                    if "." not in base:
-                        report.skip(m.name, "member name without extension")
-                        continue
-                    stem, ext = base.split(".", 1)
-                    key, ext = (f"{prefix}/{stem}" if prefix else stem), ext.lower()
-                    if current is None or current.get("__source_key__", current["__key__"]) != key:
-                        # a new key starts: the previous sample is complete, even if this
-                        # member's data turns out to be truncated
-                        if current is not None:
-                            report.samples += 1
-                            yield current
-                            current = None
-                        if key in seen:
-                            if skip_key != key:
-                                report.skip(key, "duplicate key (a later copy, skipped)")
-                            skip_key = key
-                            continue
-                        seen.add(key)
-                        skip_key = None
-                        name = safe_key(key)
-                        if keys is not None and name not in keys:
-                            skip_key = key
-                            continue
-                        current = {"__key__": name, "__shard__": path.name}
-                        if name != key:
-                            current["__source_key__"] = key
-                            report.renamed += 1
-                    if current is None:
-                        continue  # members of a skipped key
-                    if ext in current:
-                        report.skip(m.name, "duplicate field in one sample (first kept)")
-                        continue
-                    if exts is not None and ext not in exts:
-                        continue
-                    if m.size > MAX_MEMBER_BYTES:
-                        report.skip(m.name, f"member larger than {MAX_MEMBER_BYTES} bytes")
-                        continue
-                    current[ext] = reader.read(m)
+                    # a new key completes the previous sample before this member's data is read,
+                    # so a truncated member never costs the sample before it
+                    done = group.start(m)
+                    if done is not None:
+                        yield done
+                    group.take(m, reader)
             finally:
                 if isinstance(reader, _StreamTar):
                     reader.close()
@@ -530,9 +490,91 @@ def iter_shard(
             raise CurateError(f"corrupt or truncated shard ({report.error})", where=str(path),
                               fix="re-create or remove this shard") from e
         return  # the sample in progress may be incomplete: drop it
-    if current is not None:
-        report.samples += 1
-        yield current
+    last = group.finish()
+    if last is not None:
+        yield last
+
+
+class _SampleGrouper:
+    """Members -> samples for :func:`iter_shard`: the skip rules, key grouping and field selection.
+
+    ``start(member)`` returns the previous sample when the member begins a new key (complete
+    before the member's data is read); ``take(member, reader)`` reads the member's data into the
+    current sample when it is wanted; ``finish()`` returns the last sample.
+    """
+
+    def __init__(self, shard: str, report: ReadReport, keys: Container[str] | None, exts: Container[str] | None):
+        self.shard, self.report, self.keys, self.exts = shard, report, keys, exts
+        self.current: Sample | None = None
+        self.seen: set[str] = set()
+        self.skip_key: str | None = None  # a duplicate (or unwanted) key whose members are being skipped
+        self._wanted: str | None = None   # the extension of the member ``take`` should read
+
+    def start(self, m: Any) -> Sample | None:
+        self._wanted = None
+        report = self.report
+        if m.kind not in _REGULAR:
+            report.skip(m.name, _SKIP_TYPES.get(m.kind, f"unsupported member type {m.kind!r}"))
+            return None
+        why = _unsafe(m.name)
+        if why:
+            report.skip(m.name, why)
+            return None
+        prefix, _, base = m.name.rpartition("/")
+        if "." not in base:
+            report.skip(m.name, "member name without extension")
+            return None
+        stem, ext = base.split(".", 1)
+        key, ext = (f"{prefix}/{stem}" if prefix else stem), ext.lower()
+        done = None
+        if self.current is None or self.current.get("__source_key__", self.current["__key__"]) != key:
+            done = self._complete()
+            if not self._begin(key):
+                return done
+        if self.current is None:
+            return done  # members of a skipped key
+        if ext in self.current:
+            report.skip(m.name, "duplicate field in one sample (first kept)")
+        elif self.exts is not None and ext not in self.exts:
+            pass
+        elif m.size > MAX_MEMBER_BYTES:
+            report.skip(m.name, f"member larger than {MAX_MEMBER_BYTES} bytes")
+        else:
+            self._wanted = ext
+        return done
+
+    def _complete(self) -> Sample | None:
+        done, self.current = self.current, None
+        if done is not None:
+            self.report.samples += 1
+        return done
+
+    def _begin(self, key: str) -> bool:
+        """A new key: the current sample unless it is a duplicate or not among ``keys``."""
+        if key in self.seen:
+            if self.skip_key != key:
+                self.report.skip(key, "duplicate key (a later copy, skipped)")
+            self.skip_key = key
+            return False
+        self.seen.add(key)
+        self.skip_key = None
+        name = safe_key(key)
+        if self.keys is not None and name not in self.keys:
+            self.skip_key = key
+            return False
+        self.current = {"__key__": name, "__shard__": self.shard}
+        if name != key:
+            self.current["__source_key__"] = key
+            self.report.renamed += 1
+        return True
+
+    def take(self, m: Any, reader: Any) -> None:
+        if self._wanted is not None and self.current is not None:
+            self.current[self._wanted] = reader.read(m)
+        self._wanted = None
+
+    def finish(self) -> Sample | None:
+        return self._complete()
 
 
 def image_of(sample: Sample) -> tuple[str, bytes] | None:

@@ -210,3 +210,39 @@ def test_sidecars_that_are_not_json_objects_are_refused_with_a_reason(raw, why):
     assert sample_meta({"__key__": "k", "json": raw}, rep) is None
     assert len(rep.skipped) == 1 and why in next(iter(rep.skipped))
     assert sample_meta({"__key__": "k"}, rep) == {} and sample_meta({"json": b'{"a": 1}'}) == {"a": 1}
+
+
+def test_long_member_names_are_written_as_pax_and_reshard_keeps_every_sample(tmp_path):
+    """A 240-character key (members over ustar's 100-byte name field) used to fail the whole reshard
+    task with 'name is too long', losing the shard's good samples; the writer now adds PAX headers
+    (as webdataset and img2dataset write) and names that fit stay plain ustar, byte for byte."""
+    import subprocess
+    import sys
+
+    import webdataset as wds
+
+    long_key = "k" * 240
+    src = tmp_path / "in"
+    src.mkdir()
+    members = []
+    for key in ("first", long_key, "last"):
+        members += [(_info(f"{key}.jpg", b"IMG-" + key[:3].encode()), b"IMG-" + key[:3].encode()),
+                    (_info(f"{key}.json", b'{"a": 1}'), b'{"a": 1}')]
+    _tar(src / "src-000000.tar", members, fmt=tarfile.PAX_FORMAT)
+    curate = str(Path(sys.executable).with_name("curate"))
+    r = subprocess.run([curate, "shards", "reshard", str(src), "--out", str(tmp_path / "out"), "--workers", "1"],
+                       capture_output=True, text=True, env={**os.environ, "CURATE_NO_PROGRESS": "1"}, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = sorted((tmp_path / "out" / "shards").glob("*.tar"))
+    keys = [s["__key__"] for p in out for s in _read(p)[0]]
+    assert sorted(keys) == sorted(["first", long_key, "last"])
+    assert sorted(s["__key__"] for p in out for s in wds.WebDataset([str(p) for p in out], shardshuffle=False)) \
+        == sorted(keys)
+    # names that fit are written as before: a short-named shard is byte-identical to a ustar one
+    short = [("a", b"x")]
+    write_shard(tmp_path / "pax.tar", [{"__key__": k, "jpg": v} for k, v in short])
+    with tarfile.open(tmp_path / "ustar.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        info = _info("a.jpg", b"x", mtime=tarfile.open(tmp_path / "pax.tar").getmembers()[0].mtime, mode=0o644,
+                     uid=0, gid=0, uname="", gname="")
+        tar.addfile(info, io.BytesIO(b"x"))
+    assert (tmp_path / "pax.tar").read_bytes() == (tmp_path / "ustar.tar").read_bytes()
