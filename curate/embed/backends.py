@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CurateError
+from ..images import DEFAULT_DECODE, decode_target, open_rgb
 from ..log import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,23 @@ class Encoder(ABC):
         raise CurateError(f"{type(self).__name__} ({self.spec}) has no token features",
                           fix="use a ViT backbone: open_clip:ViT-*, hf:CLIP folder, or mini:PATH")
 
+    @property
+    def decode_size(self) -> int | None:
+        """The least shortest side an image needs for :meth:`preprocess` to only shrink it (its
+        resize size), read from the preprocessing; None when it cannot say (full-size decode)."""
+        return None
+
     # -- shared ----------------------------------------------------------------------------
+    def open_image(self, data: bytes, decode: str = DEFAULT_DECODE, fit: str = "short") -> Any:
+        """Image bytes -> the RGB PIL image :meth:`preprocess` wants, decoded at the smallest JPEG
+        DCT scale that still covers :attr:`decode_size` (``decode="exact"``: at full size; see
+        :func:`curate.images.open_rgb`). ``fit="long"`` when the image is padded to a square first."""
+        return open_rgb(data, decode_target(self.decode_size, decode), fit)
+
+    def pixels(self, data: bytes, decode: str = DEFAULT_DECODE) -> Any:
+        """Image bytes -> the CHW tensor of :meth:`preprocess` (decoded by :meth:`open_image`)."""
+        return self.preprocess(self.open_image(data, decode))
+
     @property
     def pad_color(self) -> tuple[int, int, int]:
         """The colour to pad an image to a square with before :meth:`preprocess`: the model's mean
@@ -233,6 +250,11 @@ class OpenClipEncoder(Encoder):
         return self.transform(image)
 
     @property
+    def decode_size(self) -> int | None:
+        """The size of the transform's ``Resize`` (shortest side; the larger of an ``(h, w)``)."""
+        return resize_size(self.transform)
+
+    @property
     def image_mean(self) -> tuple[float, float, float]:
         """The mean of the transform's ``Normalize`` (else the model's ``visual.image_mean``, else
         open_clip's own default, the OpenAI CLIP mean)."""
@@ -282,6 +304,26 @@ class OpenClipEncoder(Encoder):
         if getattr(visual, "class_embedding", None) is None:  # no CLS token (e.g. SigLIP): mean as global
             return x.mean(1), x
         return x[:, 0], x[:, 1:]
+
+
+def resize_size(transform: Any) -> int | None:
+    """The shortest side a torchvision-style transform's first ``Resize`` needs: its ``size``
+    (an int: the shortest side; an ``(h, w)``: both sides, so the larger). None when a crop, pad
+    or other resize comes first, or there is none: such a transform decodes at full size."""
+    for t in getattr(transform, "transforms", [transform]):
+        name = type(t).__name__
+        if name == "Resize":
+            size = t.size
+            if getattr(t, "max_size", None) is not None:
+                return None
+            if isinstance(size, int):
+                return size
+            if isinstance(size, list | tuple) and 1 <= len(size) <= 2 and all(isinstance(v, int) for v in size):
+                return max(size)
+            return None
+        if "Crop" in name or "Resize" in name or "Pad" in name or "Affine" in name or "Rotat" in name:
+            return None
+    return None
 
 
 def _rgb(mean: Any) -> tuple[float, float, float]:
@@ -417,6 +459,18 @@ class HFClipEncoder(Encoder):
 
     def preprocess(self, image: Any) -> Any:
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    @property
+    def decode_size(self) -> int | None:
+        """The processor's resize: ``size.shortest_edge`` (or the larger of height/width)."""
+        if not getattr(self.processor, "do_resize", True):
+            return None
+        size = getattr(self.processor, "size", None) or {}
+        if size.get("shortest_edge"):
+            return int(size["shortest_edge"])
+        if size.get("height") and size.get("width"):
+            return int(max(size["height"], size["width"]))
+        return None
 
     @property
     def image_mean(self) -> tuple[float, float, float]:

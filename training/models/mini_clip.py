@@ -177,6 +177,11 @@ class MiniClipEncoder(Encoder):
         return to_tensor(image, self.cfg.image_size)
 
     @property
+    def decode_size(self) -> int:
+        """:func:`to_tensor` resizes both sides to ``image_size``."""
+        return int(self.cfg.image_size)
+
+    @property
     def image_mean(self) -> tuple[float, float, float]:
         """``MEAN``, what :func:`to_tensor` subtracts from every channel."""
         return MEAN, MEAN, MEAN

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
+from curate.images import DEFAULT_DECODE, check_decode
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,11 @@ log = logging.getLogger(__name__)
 class Backbone:
     """A frozen encoder's token features; ``spec`` names it in configs and caches."""
 
-    def __init__(self, spec: str, device: str = "cpu"):
+    def __init__(self, spec: str, device: str = "cpu", decode: str = DEFAULT_DECODE):
         from curate.embed.backends import load_model
 
         self.spec = spec
+        self.decode = check_decode(decode)
         self.encoder = load_model(spec, device)
         self.device = self.encoder.device
         for p in getattr(getattr(self.encoder, "model", None), "parameters", lambda: [])():
@@ -41,6 +43,15 @@ class Backbone:
 
     def preprocess(self, image: Any) -> Any:
         return self.encoder.preprocess(pad_square(image.convert("RGB"), self.fill))
+
+    def open_image(self, data: bytes) -> Any:
+        """Image bytes -> RGB image, decoded (``decode``) so its longest side covers the encoder's
+        resize: the pad to a square makes that side the one the resize shrinks."""
+        return self.encoder.open_image(data, self.decode, fit="long")
+
+    def pixels(self, data: bytes) -> Any:
+        """Image bytes -> padded, preprocessed CHW tensor."""
+        return self.preprocess(self.open_image(data))
 
     def tokens(self, pixels: Any) -> tuple[Any, Any]:
         """``(global [B, Dg], local [B, T, Dl])`` float32 tensors on the backbone's device."""
