@@ -13,6 +13,7 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from build_helpers import relaxed_toml
@@ -435,3 +436,40 @@ def test_each_build_step_runs_on_its_own(tmp_path, small_world, tiny_clip_spec):
         assert [s.name for s in ctx.summaries][-1] == step.name
         got = {p: p.read_bytes() for p in want}
         assert got == want, [str(p) for p in want if got[p] != want[p]]
+
+
+def test_a_changed_pool_image_is_packed_embedded_and_filtered_again(tmp_path, small_world, tiny_clip_spec):
+    """A pool image replaced under the same name: the rerun repacks its chunk, embeds that shard again
+    and redoes the steps after the rarity scan; the dataset equals a fresh build of the new pool (the
+    old code kept the old shard's embeddings: pack and embed markers were done by existence)."""
+    import dataclasses
+    import shutil
+
+    from builders.imagenet_ao.pipeline import KEPT_EMB, build
+
+    world_pool = sorted((small_world.path / "pool" / "images").glob("*.jpg"))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for p in world_pool[:60]:
+        shutil.copy(p, pool / p.name)
+    cfg = dataclasses.replace(_small_config(small_world, small_world.path / "captions", tiny_clip_spec, tmp_path / "a"),
+                              pool=str(pool), generator=None, retrieve_k=60, images_per_pair=60)
+    build(cfg, workers=1)
+    m = pl.read_parquet(tmp_path / "a" / "manifest.parquet")
+    changed = pool / f"{m['src_key'][0]}.jpg"  # an image of the dataset
+    changed.write_bytes(world_pool[60].read_bytes())
+
+    ran = _ran(build(cfg, workers=1))
+    assert ran["pairs"] == ran["targets"] == (0, 1)
+    assert ran["candidates"] == ran["filters"] == ran["output"] == (1, 0)
+    embed_markers = list((tmp_path / "a" / "pool" / "embeddings" / ".curate" / "ledger" / "embed").glob("*.json"))
+    assert embed_markers and all(json.loads(p.read_text()).get("inputs") for p in embed_markers)
+
+    fresh = dataclasses.replace(cfg, out=str(tmp_path / "b"))
+    build(fresh, workers=1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert np.array_equal(np.load(a / KEPT_EMB), np.load(b / KEPT_EMB))
+    for rel in ["embeddings/img_emb/img_emb_0.npy", *(str(p.relative_to(b)) for p in sorted((b / "shards").glob("*.tar")))]:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    cols = ["key", "attr", "obj", "split", "score_comp", "src_key"]
+    assert pl.read_parquet(a / "manifest.parquet").select(cols).equals(pl.read_parquet(b / "manifest.parquet").select(cols))
