@@ -185,13 +185,15 @@ def _unwrap(model: Any) -> Any:
 
 
 def save_model(model: Any, path: Path) -> None:
-    """The model's state dict as safetensors (atomic)."""
+    """The model's state dict as safetensors (atomic), with the model's ``checkpoint_metadata()``
+    (str -> str: how it was trained, for the loader to check) when it has one."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    about = getattr(_unwrap(model), "checkpoint_metadata", None)
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(tmp))
+    save_file(state, str(tmp), metadata=about() if about else None)
     os.replace(tmp, path)
 
 

@@ -38,6 +38,14 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override the preset's 50.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch (preset: 128).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override the preset's 124.")] = None,
+    bn_groups: Annotated[str | None, typer.Option("--bn-groups", help="official (default): the FAA's BatchNorm "
+                                                                      "per image group, as the official step; "
+                                                                      "joint: one batch of the distinct images."
+                                                  )] = None,
+    partners: Annotated[str | None, typer.Option("--partners", help="official (default): an anchor without a "
+                                                                    "partner gets the last training image, kept "
+                                                                    "in the pair/orthogonality losses; drop: "
+                                                                    "left out.")] = None,
     cache_features: Annotated[bool, typer.Option("--cache-features/--online", help="Compute the frozen token "
                                                                                    "features once (fp16 cache) "
                                                                                    "or run the backbone every "
@@ -89,7 +97,7 @@ def train_cmd(
     if backbone:
         check_spec_syntax(backbone)
     overrides: dict[str, Any] = {"model": model, "alpha": alpha, "epochs": epochs, "batch_size": batch_size,
-                                 "seed": seed}
+                                 "seed": seed, "bn_groups": bn_groups, "partners": partners}
     req = TrainRequest(data=data, out=out, preset=preset, backbone=backbone, projector=projector, aux=aux,
                        word_embeddings=word_embeddings, device=device, cache_features=cache_features,
                        cache_dir=cache_dir, resume=resume, overwrite=overwrite, workers=workers,

@@ -31,6 +31,10 @@ from curate.errors import CurateError
 
 # fields that define the network's shapes: a checkpoint only fits a model with the same ones
 SHAPE_FIELDS = ("model", "global_masks", "local_poolings", "dim", "proj_dim", "local_tokens")
+BN_GROUPS = ("official", "joint")
+PARTNER_RULES = ("official", "drop")
+# what a run.json written before these options trained with (read back as such, not as the defaults)
+BEFORE_OPTIONS = {"bn_groups": "joint", "partners": "drop"}
 
 
 @dataclass
@@ -57,6 +61,11 @@ class TridentConfig:
     milestones: list[int] = field(default_factory=lambda: [30, 40])
     decay: float = 0.1
     seed: int = 124
+    bn_groups: str = "official"       # official: FAA BatchNorm per image group (anchors, same-attribute,
+    #                                   same-object partners; 3 running-stat updates); joint: one batch of the
+    #                                   de-duplicated images (older runs)
+    partners: str = "official"        # official: an anchor without a partner gets the last training image,
+    #                                   kept in the pair and orthogonality losses; drop: left out of them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +73,7 @@ class TridentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TridentConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**BEFORE_OPTIONS, **{k: v for k, v in d.items() if k in names}})
 
 
 _PAPER = {"dim": 1024, "proj_dim": 4096}
@@ -87,4 +96,8 @@ def preset(name: str, **overrides: Any) -> TridentConfig:
         raise CurateError(f"alpha must be in [0, 1), got {cfg.alpha}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise CurateError("epochs and batch size must be at least 1")
+    if cfg.bn_groups not in BN_GROUPS:
+        raise CurateError(f"unknown --bn-groups {cfg.bn_groups!r}", fix=f"use one of: {', '.join(BN_GROUPS)}")
+    if cfg.partners not in PARTNER_RULES:
+        raise CurateError(f"unknown --partners {cfg.partners!r}", fix=f"use one of: {', '.join(PARTNER_RULES)}")
     return cfg

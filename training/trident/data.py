@@ -371,19 +371,24 @@ class Partners:
         return order, g_start[inv], g_len[inv], b_start[inv], b_len[inv]
 
     @staticmethod
-    def _draw(index: tuple[np.ndarray, ...], rows: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _draw(index: tuple[np.ndarray, ...], rows: np.ndarray, u: np.ndarray,
+              fallback: int | None) -> tuple[np.ndarray, np.ndarray]:
         order, g_start, g_len, b_start, b_len = index
         free = g_len[rows] - b_len[rows]
         valid = free > 0
         r = np.minimum((u * np.maximum(free, 1)).astype(np.int64), np.maximum(free - 1, 0))
         pos = r + (r >= b_start[rows]) * b_len[rows]
-        partner = np.where(valid, order[g_start[rows] + np.where(valid, pos, 0)], rows)
+        none = rows if fallback is None else np.full_like(rows, fallback)
+        partner = np.where(valid, order[g_start[rows] + np.where(valid, pos, 0)], none)
         return partner, valid
 
-    def sample(self, rows: np.ndarray, u_attr: np.ndarray, u_obj: np.ndarray) -> dict[str, np.ndarray]:
-        """Partners of ``rows`` from uniforms in [0, 1); an invalid partner is the image itself."""
-        pa, ma = self._draw(self.by_attr, rows, u_attr)
-        po, mo = self._draw(self.by_obj, rows, u_obj)
+    def sample(self, rows: np.ndarray, u_attr: np.ndarray, u_obj: np.ndarray,
+               fallback: int | None = None) -> dict[str, np.ndarray]:
+        """Partners of ``rows`` from uniforms in [0, 1); an invalid partner (masked) is row
+        ``fallback`` (the official loader's ``self.data[-1]``: the last training image), else the
+        image itself."""
+        pa, ma = self._draw(self.by_attr, rows, u_attr, fallback)
+        po, mo = self._draw(self.by_obj, rows, u_obj, fallback)
         return {"same_attr": pa, "attr_mask": ma, "same_obj": po, "obj_mask": mo}
 
 

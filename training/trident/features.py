@@ -43,7 +43,7 @@ def prepare_features(data: CZSLData, backbone: Backbone, cache: bool, cache_dir:
     if not cache:
         return TokenFeatures(store, backbone, None), {}
     keys = [it.ref for split in sorted(data.items) for it in data.items[split]]
-    folder = cache_dir or token_cache_dir(backbone.spec, store, keys)
+    folder = cache_dir or token_cache_dir(backbone.spec, store, keys, backbone.decode)
     tokens, stats = open_token_cache(folder, store, keys, backbone, workers, rank, world_size)
     index = tokens.index()
     for split in list(data.items):
@@ -81,9 +81,11 @@ class TrainTable:
 
 
 def epoch_plans(table: TrainTable, batch_size: int, generator: Any, rank: int = 0,
-                world_size: int = 1) -> list[dict[str, np.ndarray]]:
+                world_size: int = 1, partners: str = "official") -> list[dict[str, np.ndarray]]:
     """The batches of one epoch for this rank: a shuffled order (the same on every rank, each
-    taking every ``world_size``-th image, padded like ``DistributedSampler``) and partners."""
+    taking every ``world_size``-th image, padded like ``DistributedSampler``) and partners
+    (``partners`` official: a partnerless anchor gets the last training image, as the official
+    loader's ``self.data[-1]``; drop: the anchor itself, masked out of every loss)."""
     import torch
 
     n = len(table.items)
@@ -94,9 +96,10 @@ def epoch_plans(table: TrainTable, batch_size: int, generator: Any, rank: int = 
         perm = np.r_[perm, perm[: total - n]][rank::world_size]
         batch_size = max(1, batch_size // world_size)
     plans = []
+    fallback = n - 1 if partners == "official" else None
     for b in range(0, len(perm), batch_size):
         idx = perm[b:b + batch_size]
-        part = table.partners.sample(idx, u[0][idx], u[1][idx])
+        part = table.partners.sample(idx, u[0][idx], u[1][idx], fallback)
         plans.append({"anchor": idx, **part})
     return plans
 
@@ -144,6 +147,6 @@ class ImageBatches:
 
         batch = plan_labels(self.table, plan)
         uniq = batch.pop("uniq")
-        batch["pixels"] = torch.stack([self.backbone.preprocess(self.store.open(self.table.items[i].ref))
+        batch["pixels"] = torch.stack([self.backbone.pixels(self.store.read(self.table.items[i].ref))
                                        for i in uniq.tolist()])
         return batch

@@ -21,10 +21,17 @@ The network, as the official code builds it (names kept where they help a reader
   local and of the global templates + 0.25 disentanglement.
 
 Fixed here: the official per-sample Python loops (pair CE, smoothing CE) are single tensor
-expressions; a batch with no valid partner gives 0, not NaN (0/0); invalid partners (none
-shares the attribute or the object) are left out of every term instead of entering the pair
-CE and the orthogonality term as an arbitrary image; the token features of an image that is
-both an anchor and a partner are computed once.
+expressions; a batch with no valid partner gives 0, not NaN (0/0).
+
+The official step, kept by default (``TridentConfig.bn_groups`` / ``partners`` "official"): the
+FAA runs once per image group (anchors, same-attribute, same-object partners), so its BatchNorm
+normalises each group by its own statistics and updates its running statistics three times; an
+anchor without a partner gets the dataset's last training image (``self.data[-1]``), which
+enters the pair CE and the orthogonality term (not the disentanglement terms). Options:
+``bn_groups="joint"`` runs the FAA once over the batch's de-duplicated images (one BatchNorm
+batch, one update: other numbers in training and other running statistics in evaluation);
+``partners="drop"`` leaves partnerless anchors' partners out of every term. The projection is
+per token, so it runs once per distinct image in either grouping.
 
 Attribute smoothing (per sample, over the word logits z): ``-(1-a) z[y] + logsumexp(z) -
 (a/|aux|) sum_k z[aux_k]``; a pair without auxiliaries has ``a = 0`` (plain cross-entropy).
@@ -51,6 +58,11 @@ from .config import TridentConfig
 from .run import RunSpec
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 at least (half/bf16 upcast; float64 kept, so a float64 model computes in float64)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` where ``mask``; 0 (with a gradient path) when nothing is selected."""
     m = mask.to(values.dtype)
@@ -60,7 +72,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def smoothed_ce(logits: torch.Tensor, target: torch.Tensor, aux: torch.Tensor, aux_mask: torch.Tensor,
                 alpha: torch.Tensor) -> torch.Tensor:
     """Per-sample attribute-smoothing loss; ``alpha`` [B] (0 rows are plain cross-entropy)."""
-    z = logits.float()
+    z = wide(logits)
     n_aux = aux_mask.sum(1).clamp(min=1).to(z.dtype)
     aux_sum = (z.gather(1, aux) * aux_mask.to(z.dtype)).sum(1)
     true = z.gather(1, target[:, None])[:, 0]
@@ -68,13 +80,13 @@ def smoothed_ce(logits: torch.Tensor, target: torch.Tensor, aux: torch.Tensor, a
 
 
 def cosine_logits(x: torch.Tensor, classes: torch.Tensor, temperature: float | None) -> torch.Tensor:
-    s = F.normalize(x.float(), dim=-1) @ F.normalize(classes.float(), dim=-1).T
+    s = F.normalize(wide(x), dim=-1) @ F.normalize(wide(classes), dim=-1).T
     return s / temperature if temperature else s
 
 
 def orthogonality(templates: torch.Tensor) -> torch.Tensor:
     """Per-image MSE between the templates' cosine matrix and the identity ([U])."""
-    t = F.normalize(templates.float(), dim=-1)
+    t = F.normalize(wide(templates), dim=-1)
     eye = torch.eye(t.shape[1], device=t.device, dtype=t.dtype)
     return ((t @ t.transpose(1, 2) - eye) ** 2).mean((1, 2))
 
@@ -176,6 +188,11 @@ class Trident(nn.Module):
         self.dis = Disentangler(dim, word_dim, cfg.compose_dropout, cfg.temperature)
         add_vocabulary_buffers(self)
 
+    def checkpoint_metadata(self) -> dict[str, str]:
+        """Written into every checkpoint (``training.loop.save_model``): how its BatchNorm statistics
+        and losses were made, checked by :func:`load_weights`."""
+        return {"bn_groups": self.cfg.bn_groups, "partners": self.cfg.partners}
+
     def _apply(self, fn: Any, recurse: bool = True) -> Trident:
         super()._apply(fn, recurse)
         for m in self._frozen:  # the frozen projector follows .to(device) but stays out of state_dict
@@ -183,24 +200,47 @@ class Trident(nn.Module):
         return self
 
     # -- features ------------------------------------------------------------------------------
-    def templates(self, g: torch.Tensor, loc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(local templates [U, L, dim], global templates [U, G, dim]) of token features."""
-        x = pool_tokens(loc.float(), self.cfg.local_tokens)
+    def projected(self, loc: torch.Tensor) -> torch.Tensor:
+        """Local tokens, pooled and projected, channels first ([U, proj_dim, T]): the FAA's input."""
+        x = pool_tokens(wide(loc), self.cfg.local_tokens)
         if self.project is not None:
             x = self.project(x)
         else:
             with torch.no_grad():
                 x = self._frozen[0](x)
-        x = self.faa(x.transpose(1, 2))                                   # [U, dim, T]
+        return x.transpose(1, 2)
+
+    def local_templates(self, x: torch.Tensor) -> torch.Tensor:
+        """The L sigmoid-weighted poolings of FAA features [U, dim, T] -> [U, L, dim]."""
         weight = torch.cat([m[0].weight for m in self.local_agg])         # [L, dim, 1]
         bias = torch.cat([m[0].bias for m in self.local_agg])
         w = torch.sigmoid(F.conv1d(x, weight, bias))                      # [U, L, T]
-        local = torch.einsum("bct,blt->blc", x, w) / x.shape[-1]
-        gf = g.float()
+        return torch.einsum("bct,blt->blc", x, w) / x.shape[-1]
+
+    def global_templates(self, g: torch.Tensor) -> torch.Tensor:
+        gf = wide(g)
         if self.global_pre is not None:
             gf = self.global_pre(gf)
-        glob = gf[:, None, :] * F.relu(self.global_cond_masks.weight)[None]
-        return local, glob
+        return gf[:, None, :] * F.relu(self.global_cond_masks.weight)[None]
+
+    def templates(self, g: torch.Tensor, loc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local templates [U, L, dim], global templates [U, G, dim]) of token features."""
+        return self.local_templates(self.faa(self.projected(loc))), self.global_templates(g)
+
+    def group_templates(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Templates of the batch's three image groups, rows in ``inv`` order ([3B, L|G, dim]).
+
+        ``bn_groups`` official: the FAA (its BatchNorm) runs once per group, anchors, same-attribute
+        then same-object partners, as ``train_forward`` does (each group normalised by its own
+        statistics, the running statistics updated three times, repeated images counted each time);
+        joint: once over the batch's de-duplicated images."""
+        inv = batch["inv"]
+        if self.cfg.bn_groups == "joint":
+            local, glob = self.templates(batch["g"], batch["l"])
+            return local[inv.reshape(-1)], glob[inv.reshape(-1)]
+        x = self.projected(batch["l"])                                    # per token: gathering commutes
+        local = torch.cat([self.local_templates(self.faa(x[inv[k]])) for k in range(3)])
+        return local, self.global_templates(batch["g"])[inv.reshape(-1)]
 
     def embed(self, local: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
         return self.image_embedder(torch.cat([local.mean(1), glob.mean(1)], -1))
@@ -214,17 +254,21 @@ class Trident(nn.Module):
 
     # -- training --------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Training losses of a batch (see ``features.plan_labels`` for its fields)."""
-        local, glob = self.templates(batch["g"], batch["l"])
-        inv = batch["inv"]                                                # [3, B] -> unique images
-        valid = torch.stack([torch.ones_like(batch["attr_mask"]), batch["attr_mask"], batch["obj_mask"]])
-        concept = self.pair_embeddings(self.train_attr_word, self.train_obj_word)
-        logits = cosine_logits(self.embed(local, glob), concept, self.cfg.temperature)   # [U, S]
-        ce = F.cross_entropy(logits[inv.reshape(-1)], batch["pair"].reshape(-1), reduction="none")
-        pair_loss = masked_mean(ce, valid.reshape(-1))
-        ortho_img = orthogonality(local) + orthogonality(glob)            # per unique image
-        ortho = masked_mean(ortho_img[inv.reshape(-1)], valid.reshape(-1)) / 2
-        tokens = torch.cat([local, glob], 1)
+        """Training losses of a batch (see ``features.plan_labels`` for its fields).
+
+        ``partners`` official: every partner (an anchor's fallback one too) is in the pair and
+        orthogonality losses; drop: partners that share nothing with their anchor are left out."""
+        concept = self.pair_embeddings(self.train_attr_word, self.train_obj_word)  # first, as the official
+        local, glob = self.group_templates(batch)                        # [3B, ...] anchors, attr, obj
+        b = batch["inv"].shape[1]
+        ones = torch.ones_like(batch["attr_mask"])
+        keep = (ones, ones) if self.cfg.partners == "official" else (batch["attr_mask"], batch["obj_mask"])
+        valid = torch.cat([ones, *keep])
+        logits = cosine_logits(self.embed(local, glob), concept, self.cfg.temperature)   # [3B, S]
+        ce = F.cross_entropy(logits, batch["pair"].reshape(-1), reduction="none")
+        pair_loss = masked_mean(ce, valid)
+        ortho = masked_mean(orthogonality(local) + orthogonality(glob), valid) / 2
+        tokens = torch.cat([local, glob], 1).reshape(3, b, -1, local.shape[-1])
         lab = {k: batch[k] for k in ("attr", "obj", "attr_mask", "obj_mask")}
         pair = batch["pair"]
         smooth = {}
@@ -232,7 +276,7 @@ class Trident(nn.Module):
             smooth[f"aux_{who}"] = self.aux_words[pair[row]]
             smooth[f"aux_mask_{who}"] = self.aux_mask[pair[row]]
             smooth[f"alpha_{who}"] = self.aux_alpha[pair[row]]
-        dis = self.dis(tokens[inv[0]], tokens[inv[1]], tokens[inv[2]], self.word_embedder.weight, lab, smooth)
+        dis = self.dis(tokens[0], tokens[1], tokens[2], self.word_embedder.weight, lab, smooth)
         loss = pair_loss + self.cfg.w_ortho * ortho + self.cfg.w_dis * dis
         return {"loss": loss, "pair_loss": pair_loss.detach(), "ortho_loss": ortho.detach(), "dis_loss": dis.detach()}
 
@@ -323,6 +367,7 @@ def load_weights(model: Any, path: Path, spec: RunSpec) -> None:
     want = (f"preset {spec.config.preset!r} ({spec.config.model}, G={spec.config.global_masks}, "
             f"L={spec.config.local_poolings}, dim={spec.config.dim}) on backbone {spec.backbone!r} "
             f"({spec.dims.get('local_dim')}-d tokens)")
+    _check_training_step(path, spec)
     try:
         load_model_weights(model, path, want)
     except CurateError as e:
@@ -331,6 +376,34 @@ def load_weights(model: Any, path: Path, spec: RunSpec) -> None:
         raise CurateError(f"checkpoint does not fit this run: it holds {describe_state(path)}; the run is {want}",
                           where=str(path), fix="evaluate it with the run folder it was trained in, or retrain "
                                                "with that preset and backbone") from e
+
+
+def checkpoint_step(path: Path) -> dict[str, str]:
+    """How a TRIDENT checkpoint was trained (its metadata); one written before the options
+    existed holds none and was trained with the joint BatchNorm batch and dropped partners."""
+    from safetensors import safe_open
+
+    from .config import BEFORE_OPTIONS
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - unreadable: load_model_weights names it
+        return {}
+    return {k: meta.get(k, v) for k, v in BEFORE_OPTIONS.items()}
+
+
+def _check_training_step(path: Path, spec: RunSpec) -> None:
+    """Refuse a checkpoint whose BatchNorm grouping is not the run's: its running statistics were
+    made by another training step, so it would be reported as what it is not."""
+    if spec.config.model != "trident":
+        return
+    got = checkpoint_step(path).get("bn_groups")
+    if got and got != spec.config.bn_groups:
+        raise CurateError(f"checkpoint was trained with --bn-groups {got}, the run says {spec.config.bn_groups} "
+                          f"(its BatchNorm running statistics come from the {got} training step)", where=str(path),
+                          fix="evaluate it with the run folder it was trained in (its run.json names its "
+                              "grouping), or retrain with the grouping you want to report")
 
 
 def describe_state(path: Path) -> str:

@@ -33,7 +33,7 @@ from .evaluate import (
 )
 from .feasibility import caption_vectors, compcos_scores, find_cooccurrence
 from .features import image_store, prepare_features
-from .model import load_weights, make_model, word_vectors_of
+from .model import checkpoint_step, load_weights, make_model, word_vectors_of
 from .run import RunSpec
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,8 @@ def evaluate_run(run: Path, data_dir: Path, split: str, open_world: bool, device
     feas, info = (feasibility_scores(feasibility, data, spec, model, table) if open_world else (None, {}))
     res = evaluate_splits(_model_scorer(model, features, data, spec, dev), data, spec, [split], open_world, feas, info)
     res["model_file"] = str(path)
+    if spec.config.model == "trident":
+        res["training_step"] = checkpoint_step(path)  # BatchNorm grouping and partner rule it was trained with
     write_json(run / f"eval-{split}.json", to_json(res))
     return res
 

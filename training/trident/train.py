@@ -1,7 +1,9 @@
 """``curate train trident``: TRIDENT on a CZSL dataset through ``training.loop.fit``.
 
 One epoch = every training image once as an anchor, each with a random same-attribute and a
-same-object partner (masked where none exists). After each epoch the model is scored on the
+same-object partner (where none exists, the last training image, masked out of the
+disentanglement terms, as the official loader; ``partners="drop"`` masks it out of every term).
+The FAA's BatchNorm sees the three image groups one by one (``bn_groups``). After each epoch the model is scored on the
 validation split (closed world) and the best validation AUC picks ``RUN/best`` (the
 official ``train.py`` tracks it wrongly and saves every epoch instead). At the end the best
 model is evaluated on val and test, closed and open world (feasibility threshold chosen on
@@ -246,7 +248,7 @@ def _batches(data: CZSLData, features: TokenFeatures, backbone: Any, cfg: Triden
     steps = math.ceil(math.ceil(len(items) / dist.world_size) / per_rank)
 
     def batches(epoch: int):
-        plans = epoch_plans(table, cfg.batch_size, gen, dist.rank, dist.world_size)
+        plans = epoch_plans(table, cfg.batch_size, gen, dist.rank, dist.world_size, cfg.partners)
         yield from torch.utils.data.DataLoader(source, batch_size=None, sampler=plans, num_workers=workers,
                                                pin_memory=pin)
 
