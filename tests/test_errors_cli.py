@@ -249,9 +249,10 @@ def _fake_build_inputs(tmp_path: Path) -> list:
     """Options of a build whose paths exist (nothing here is read: every case below is refused first)."""
     (tmp_path / "captions.jsonl").write_text('{"caption": "a red circle"}\n')
     (tmp_path / "pool").mkdir()
+    (tmp_path / "mini").mkdir()
     (tmp_path / "clip.pt").write_bytes(b"")
     return ["build", "imagenet-ao", "--captions", tmp_path / "captions.jsonl", "--pool", tmp_path / "pool",
-            "--model", f"open_clip:ViT-B-32/{tmp_path / 'clip.pt'}"]
+            "--model", f"mini:{tmp_path / 'mini'}"]
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -261,6 +262,8 @@ def _fake_build_inputs(tmp_path: Path) -> list:
     (["--model", "mini:{tmp}/mini-clip/KEY"], "{tmp}/mini-clip/KEY: model path does not exist"),
     (["--model", "open_clip:ViT-B-32//{tmp}/nope.pt"], "{tmp}/nope.pt: model path does not exist"),
     (["--model", "clip-vit"], "unknown model spec 'clip-vit'"),
+    (["--model", "open_clip:ViT-B-32/laion9b"], "open_clip ViT-B-32 has no pretrained tag 'laion9b'"),
+    (["--model", "open_clip:ViT-B-33//{tmp}/clip.pt"], "unknown open_clip architecture 'ViT-B-33'"),
     (["--captions", "{tmp}/captons"], "{tmp}/captons: --captions does not exist"),
     (["--pool", "{tmp}/pol"], "{tmp}/pol: --pool does not exist"),
     (["--pool", "{tmp}/pool/*.tar"], "no .tar shards found"),

@@ -70,7 +70,7 @@ def validate(cfg: BuildConfig) -> None:
     device and numeric ranges (cheap checks: paths exist, specs parse; nothing is loaded). What a
     build needs at all (out, captions, an image source, a model) and its truth are checked by
     ``pipeline.check_options`` at the top of ``build``, also before the folder opens."""
-    from curate.embed.backends import check_spec_syntax
+    from curate.embed.backends import check_model_available
     from curate.paths import must_exist
     from curate.shards import list_shards
 
@@ -116,6 +116,6 @@ def validate(cfg: BuildConfig) -> None:
         if value != bundled:  # parsed right after the folder opens (a bad file there still writes nothing)
             must_exist(value, name, fix=f"give a vocabulary file (txt, CSV, a demo world.json) or {bundled!r}")
     if cfg.model:
-        check_spec_syntax(cfg.model)
+        check_model_available(cfg.model)
     if cfg.reference:
         must_exist(cfg.reference, "--reference", fix="give a dataset folder, shards or an image folder of ordinary images")

@@ -402,7 +402,10 @@ def _pretrained_cached(arch: str, tag: str) -> bool:
 CKPT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
-def load_open_clip(spec: str, rest: str, device: str) -> OpenClipEncoder:
+def _check_open_clip(spec: str, rest: str) -> tuple[str, Path | None, str | None]:
+    """What can be checked of an ``open_clip:`` spec before loading it: the architecture is known (a
+    custom ARCH.json beside the checkpoint registered), a named tag exists and its weights are in the
+    local cache. Returns (arch, checkpoint path or None, tag or None)."""
     import open_clip
 
     arch, _, tail = rest.partition("/")
@@ -412,10 +415,7 @@ def load_open_clip(spec: str, rest: str, device: str) -> OpenClipEncoder:
         _register_local_config(arch, ckpt)
         if arch not in open_clip.list_models():
             raise _unknown_arch(arch)
-        state = load_state_file(ckpt)
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cpu")
-        apply_state(model, state, ckpt, f"open_clip {arch}")
-        return OpenClipEncoder(spec, model, preprocess, open_clip.get_tokenizer(arch), device)
+        return arch, ckpt, None
     tag = tail
     if not arch or not tag:
         raise bad_spec(spec)
@@ -431,6 +431,18 @@ def load_open_clip(spec: str, rest: str, device: str) -> OpenClipEncoder:
             fix=f"copy the checkpoint here and use open_clip:{arch}//path/to/checkpoint.pt, "
                 "or use the offline demo model (mini:PATH)",
         )
+    return arch, None, tag
+
+
+def load_open_clip(spec: str, rest: str, device: str) -> OpenClipEncoder:
+    import open_clip
+
+    arch, ckpt, tag = _check_open_clip(spec, rest)
+    if ckpt is not None:
+        state = load_state_file(ckpt)
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device="cpu")
+        apply_state(model, state, ckpt, f"open_clip {arch}")
+        return OpenClipEncoder(spec, model, preprocess, open_clip.get_tokenizer(arch), device)
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device="cpu")
     return OpenClipEncoder(spec, model, preprocess, open_clip.get_tokenizer(arch), device)
 
@@ -589,3 +601,13 @@ def check_spec_syntax(spec: str) -> None:
     if scheme == "hf" and path is not None and not (path / "config.json").is_file():
         raise CurateError("not a transformers model folder (no config.json)", where=str(path),
                           fix=_SPEC_PATH_FIX["hf"])
+
+
+def check_model_available(spec: str) -> None:
+    """:func:`check_spec_syntax`, and for ``open_clip:`` specs what its loader checks before loading
+    (architecture known, named weights cached). Imports open_clip (torch): for commands that load
+    the model in this process anyway (a build), before their output folder opens."""
+    check_spec_syntax(spec)
+    scheme, _, rest = spec.partition(":")
+    if scheme == "open_clip":
+        _check_open_clip(spec, rest)
