@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from curate.options import ConfigFile, ExecutorName, Overwrite, RayAddress, Workers
+from curate.options import ConfigFile, Decode, ExecutorName, Overwrite, RayAddress, Workers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build a dataset. `curate build imagenet-ao` with no options builds the offline demo.")
@@ -52,6 +52,7 @@ def imagenet_ao(
     workers: Workers = None,
     executor: ExecutorName = "local",
     address: RayAddress = None,
+    decode: Decode = None,
     overwrite: Overwrite = False,
     scale: Annotated[str, typer.Option(help="Demo only: world scale (small|medium|large).")] = "medium",
 ) -> None:
@@ -87,6 +88,7 @@ def imagenet_ao(
         "model": model, "images_per_pair": images_per_pair, "min_images_per_pair": min_images_per_pair,
         "max_pairs": max_pairs, "common_pairs": common_pairs, "export": export or None, "reference": reference,
         "seed": seed, "device": device, "truth": truth, "calibrate": calibrate, "target_precision": target_precision,
+        "decode": decode,
     }
     cfg = load_toml(config, BuildConfig) if config else None
     demo = cfg is None and not captions and not pool and not generator

@@ -13,6 +13,10 @@ RayAddress = Annotated[str | None, typer.Option("--address", help="Ray cluster a
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an output folder made by a different run/config.")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML file with the same options (CLI flags win).")]
 Device = Annotated[str, typer.Option("--device", help="Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1.")]
+Decode = Annotated[str, typer.Option(
+    "--decode", help="How JPEGs are decoded for the model: fast (at the smallest 1/2, 1/4 or 1/8 DCT scale that "
+                     "still covers the model's input size; embeddings within 0.995 cosine of exact) or exact "
+                     "(full size, bit-exact preprocessing as before).")]
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -76,7 +76,8 @@ def embed_into(shards: list[Path], out: Path, cfg: BuildConfig, workers: int, ex
     from curate.embed.stage import EmbedConfig, embed_shards
 
     embed_shards([str(s) for s in shards], out, EmbedConfig(model=cfg.model, batch_size=cfg.batch_size,
-                                                            captions=False, device=cfg.device),
+                                                            captions=False, device=cfg.device,
+                                                            decode=cfg.decode),
                  workers=workers, executor=executor, address=address, overwrite=True)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curate.errors import CurateError
+from curate.images import check_decode
 
 
 @dataclass
@@ -43,6 +44,7 @@ class BuildConfig:
                                             # a DataLoader / clip-retrieval with up to 8 workers gets a shard each
     batch_size: int = 64
     device: str = "auto"
+    decode: str = "fast"                    # JPEG decode for the model: fast (DCT scaling) | exact (full size)
     reference: str | None = None            # reference (ordinary) images for the zero-shot table
     truth: str = "auto"                     # ground truth: auto (a demo world's) | none | world folder |
                                             # FILE (key, attr, obj): precision/recall per funnel row
@@ -92,6 +94,7 @@ def validate(cfg: BuildConfig) -> None:
                           f"{cfg.images_per_pair}: every pair would be dropped", fix="lower --min-images-per-pair")
     if cfg.device != "auto" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", cfg.device):
         raise CurateError(f"unknown --device {cfg.device!r}", fix="use auto, cpu, cuda or cuda:N")
+    check_decode(cfg.decode)
     if cfg.generator and cfg.generator != "demo":
         if not cfg.generator.startswith("diffusers:"):
             raise CurateError(f"unknown generator {cfg.generator!r}", fix=f"use one of: {GENERATOR_FORMS}")

@@ -174,7 +174,7 @@ def pool_parts(spec: str | None) -> list[Any]:
 def candidates_inputs(ctx: BuildContext) -> list[Any]:
     cfg = ctx.cfg
     return [pool_parts(cfg.pool), spec_parts(cfg.generator), spec_parts(cfg.model),
-            ctx.options("retrieve_k", "generator_images", "image_size", "min_resolution", "seed")]
+            ctx.options("retrieve_k", "generator_images", "image_size", "min_resolution", "seed", "decode")]
 
 
 def candidates_outputs(ctx: BuildContext) -> list[str]:
@@ -200,7 +200,7 @@ def candidates_step(ctx: BuildContext) -> dict[str, Any]:
                                    how="left").sort("source", "src_key", "attr", "obj")
     write_parquet(cands, out / "candidates.parquet")
     by_source = dict(cands.group_by("source").len().sort("source").iter_rows())
-    return {"items": cands.height, "sources": sources, "by_source": by_source}
+    return {"items": cands.height, "sources": sources, "by_source": by_source, "decode": cfg.decode}
 
 
 # --- step: filters ---------------------------------------------------------------------------------
@@ -421,6 +421,7 @@ def fingerprint_config(cfg: BuildConfig) -> dict[str, Any]:
     (``calibrate``): without calibration these keys are left out, so adding ``--truth`` to a
     finished build only adds the numbers, and folders built before the keys existed resume."""
     d = to_dict(cfg)
+    d.pop("decode", None)  # how JPEGs are decoded is an input of the candidates step: a change redoes it
     if not cfg.calibrate:
         for k in CALIBRATION_ONLY:
             d.pop(k, None)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..options import ExecutorName, Overwrite, RayAddress, Workers
+from ..options import Decode, ExecutorName, Overwrite, RayAddress, Workers
 
 embed_app = typer.Typer(add_completion=False)
 
@@ -37,6 +37,7 @@ def embed(
     dtype: Annotated[str, typer.Option(
         "--dtype", help="Stored embeddings: float32, or float16 as clip-retrieval stores them (half the disk).")]
         = "float32",
+    decode: Decode = "fast",
     overwrite: Overwrite = False,
 ) -> None:
     """Compute L2-normalised CLIP embeddings of images (and captions) in WebDataset shards.
@@ -64,7 +65,8 @@ def embed(
     from .stage import EmbedConfig, embed_shards
 
     cfg = EmbedConfig(model=model, batch_size=batch_size, captions=captions, device=device,
-                      decode_workers=decode_workers, precision=precision, dtype=dtype)
+                      decode_workers=decode_workers, precision=precision, dtype=dtype,
+                      decode=decode)
     info = embed_shards(shards, out, cfg, workers=workers, executor=executor, address=address, overwrite=overwrite)
     c = info["counts"]
     console.print(f"{c['images']} images, {c['texts']} captions, {c['bad_images']} undecodable -> {out}")

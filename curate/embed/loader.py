@@ -26,6 +26,7 @@ import multiprocessing as mp
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..images import open_rgb
+from ..images import DEFAULT_DECODE
 from ..shards import ReadReport, image_of, iter_shard
 from .backends import Encoder, _normalise
 
@@ -98,15 +99,15 @@ class DecodeBatch(Dataset):
     else the reason (the image is then left out of the tensor).
     """
 
-    def __init__(self, preprocess: Callable[[Any], Any]):
-        self.preprocess = preprocess
+    def __init__(self, pixels: Callable[[bytes], Any]):
+        self.pixels = pixels
 
     def __getitem__(self, images: list[bytes]) -> tuple[torch.Tensor, list[str | None]]:  # type: ignore[override]
         tensors: list[torch.Tensor] = []
         errors: list[str | None] = []
         for data in images:
             try:
-                tensors.append(self.preprocess(open_rgb(data)))
+                tensors.append(self.pixels(data))
                 errors.append(None)
             except Exception as e:  # noqa: BLE001 - a broken image is data: counted by the consumer
                 errors.append(f"undecodable image ({type(e).__name__})")
@@ -126,10 +127,11 @@ class Feed:
 _FEEDS: dict[tuple, Feed] = {}
 
 
-def feed_for(encoder: Encoder, batch_size: int, decode_workers: int, caption: Caption) -> Feed:
+def feed_for(encoder: Encoder, batch_size: int, decode_workers: int, caption: Caption,
+             decode: str = DEFAULT_DECODE) -> Feed:
     """This process's loader for ``encoder`` (created once; its workers persist between shards)."""
     pin = str(encoder.device).startswith("cuda")
-    key = (id(encoder), batch_size, decode_workers, pin)
+    key = (id(encoder), batch_size, decode_workers, pin, decode)
     if key not in _FEEDS:
         sampler = ShardSampler(batch_size, caption)
         kwargs: dict[str, Any] = {}
@@ -137,7 +139,7 @@ def feed_for(encoder: Encoder, batch_size: int, decode_workers: int, caption: Ca
             # fork: the workers inherit the preprocessing without pickling the model it may be bound to
             ctx = "fork" if "fork" in mp.get_all_start_methods() else None
             kwargs = {"persistent_workers": True, "prefetch_factor": 2, "multiprocessing_context": ctx}
-        loader = DataLoader(DecodeBatch(encoder.preprocess), batch_size=None, sampler=sampler,
+        loader = DataLoader(DecodeBatch(partial(encoder.pixels, decode=decode)), batch_size=None, sampler=sampler,
                             num_workers=decode_workers, collate_fn=_identity, pin_memory=pin, **kwargs)
         _FEEDS[key] = Feed(loader, sampler)
     return _FEEDS[key]
@@ -220,12 +222,12 @@ class _Batcher:
 
 
 def embed_fed(shard: Path, encoder: Encoder, report: ReadReport, batch_size: int, precision: str,
-              decode_workers: int, caption: Caption) -> FedResult:
+              decode_workers: int, caption: Caption, decode: str = DEFAULT_DECODE) -> FedResult:
     """Image embeddings of one shard through the decode workers (see the module docstring).
 
     Keys, captions, bad keys and ``report`` come out exactly as the in-process path makes them.
     """
-    feed = feed_for(encoder, batch_size, decode_workers, caption)
+    feed = feed_for(encoder, batch_size, decode_workers, caption, decode)
     feed.sampler.start(shard, report)
     items = feed.sampler.items
     out = FedResult([], [], np.zeros((0, encoder.dim), np.float32), [])

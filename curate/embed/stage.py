@@ -35,7 +35,7 @@ from ..errors import CurateError
 from ..executor import default_workers, get_executor
 from ..fingerprint import fingerprint, model_fingerprint
 from ..fsutil import write_json
-from ..images import open_rgb
+from ..images import DEFAULT_DECODE, check_decode
 from ..ledger import Task, run_stage
 from ..log import print_table, summary_table
 from ..outdir import OutputDir
@@ -58,6 +58,7 @@ class EmbedConfig:
     decode_workers: int = -1  # decode processes per model; -1 = auto (see auto_decode_workers)
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 elsewhere) | fp32 | fp16 | bf16 (autocast)
     dtype: str = "float32"  # stored embeddings: float32 | float16 (clip-retrieval's)
+    decode: str = DEFAULT_DECODE  # fast (JPEG DCT scaling to the model's size) | exact (full-size decode)
 
 
 MAX_AUTO_DECODE_WORKERS = 16
@@ -96,7 +97,8 @@ def sample_caption(sample: dict[str, Any], report: ReadReport | None = None) -> 
     return caption
 
 
-def _decoded(shard: Path, encoder: Encoder, report: ReadReport, bad: list[str]) -> Iterator[tuple[str, Any, str | None]]:
+def _decoded(shard: Path, encoder: Encoder, report: ReadReport, bad: list[str],
+             decode: str = DEFAULT_DECODE) -> Iterator[tuple[str, Any, str | None]]:
 
     for s in iter_shard(shard, report):
         key = s["__key__"]
@@ -107,7 +109,7 @@ def _decoded(shard: Path, encoder: Encoder, report: ReadReport, bad: list[str]) 
             continue
         data = img[1]
         try:
-            tensor = encoder.preprocess(open_rgb(data))
+            tensor = encoder.pixels(data, decode)
         except Exception as e:  # noqa: BLE001 - a broken image is data: count it, skip it
             bad.append(key)
             report.skip(key, f"undecodable image ({type(e).__name__})")
@@ -173,10 +175,10 @@ def embed_shard_task(task: Task) -> dict[str, Any]:
         from .loader import embed_fed
 
         fed = embed_fed(shard, encoder, report, cfg.batch_size, precision, max(0, cfg.decode_workers),
-                        sample_caption)
+                        sample_caption, cfg.decode)
         keys, captions, img, bad = fed.keys, fed.captions, fed.images, fed.bad
     else:
-        keys, captions, img, bad = _embed_in_process(shard, encoder, report, cfg.batch_size, precision)
+        keys, captions, img, bad = _embed_in_process(shard, encoder, report, cfg.batch_size, precision, cfg.decode)
     img_path, meta_path = part_paths(out, suffix, "img")
     outputs = [img_path, meta_path]
     have_text = [i for i, c in enumerate(captions) if c]
@@ -206,8 +208,8 @@ def embed_shard_task(task: Task) -> dict[str, Any]:
     return {"outputs": [str(p.relative_to(out)) for p in outputs], "stats": stats}
 
 
-def _embed_in_process(shard: Path, encoder: Encoder, report: ReadReport, batch_size: int,
-                      precision: str) -> tuple[list[str], list[str | None], np.ndarray, list[str]]:
+def _embed_in_process(shard: Path, encoder: Encoder, report: ReadReport, batch_size: int, precision: str,
+                      decode: str = DEFAULT_DECODE) -> tuple[list[str], list[str | None], np.ndarray, list[str]]:
     """The CPU path: decode in a background thread of this process, forward here."""
     import torch
 
@@ -215,7 +217,7 @@ def _embed_in_process(shard: Path, encoder: Encoder, report: ReadReport, batch_s
     keys: list[str] = []
     captions: list[str | None] = []
     img_parts: list[np.ndarray] = []
-    for batch in _prefetch(_batches(_decoded(shard, encoder, report, bad), batch_size)):
+    for batch in _prefetch(_batches(_decoded(shard, encoder, report, bad, decode), batch_size)):
         keys.extend(k for k, _, _ in batch)
         captions.extend(c for _, _, c in batch)
         img_parts.append(encoder.encode_image_tensors(torch.stack([t for _, t, _ in batch]), precision))
@@ -246,6 +248,7 @@ def embed_shards(
         raise CurateError(f"unknown --precision {config.precision!r}", fix=f"use one of {', '.join(PRECISIONS)}")
     if config.dtype not in STORE_DTYPES:
         raise CurateError(f"unknown --dtype {config.dtype!r}", fix=f"use one of {', '.join(STORE_DTYPES)}")
+    check_decode(config.decode)
     paths = list_shards(shards)
     out = Path(out)
     devices = embed_devices(config.device)
@@ -272,7 +275,8 @@ def embed_shards(
     with OutputDir(out, "embed", run_cfg, overwrite=overwrite):
         tasks = [Task(id=f"{suffix}-{p.name}", args={"shard": str(p), "out": str(out), "suffix": suffix,
                                                       "config": asdict(config), **placement},
-                      inputs=fingerprint(p))  # a shard rewritten since (a repacked pool) is embedded again
+                      # a shard rewritten since (a repacked pool) is embedded again; so is one decoded another way
+                      inputs=fingerprint(p, {"decode": config.decode}))
                  for p, suffix in zip(paths, part_suffixes(len(paths)), strict=True)]
         ex = get_executor(executor, workers=n_workers, address=address)
         try:
@@ -302,6 +306,7 @@ def embed_shards(
             "renamed_keys": int(merged.get("renamed_keys", 0)),
             "failed_shards": {tid: err.splitlines()[0] for tid, err in sorted(res.errors.items())},
             "layout": "clip-retrieval",
+            "decode": config.decode,
         }
         precision = resolve_precision(config.precision, devices[0])
         if precision != "fp32":  # only what differs from the CPU default, so CPU outputs stay as they were
