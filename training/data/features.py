@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -121,24 +120,29 @@ class TokenEncoder(Protocol):
 
     spec: str
     device: str
+    decode: str
 
     def preprocess(self, image: Any) -> Any: ...
+    def pixels(self, data: bytes) -> Any: ...
     def tokens(self, pixels: Any) -> tuple[Any, Any]: ...
     def dims(self) -> dict[str, int]: ...
 
 
-def token_cache_dir(spec: str, store: ImageStore, keys: Iterable[str]) -> Path:
+def token_cache_dir(spec: str, store: ImageStore, keys: Iterable[str], decode: str = "exact") -> Path:
     """``$CURATE_CACHE/trident-features/<digest of the backbone, the dataset root and its keys>``.
 
     The backbone is its spec and the content of its weight files (:func:`curate.fingerprint.model_fingerprint`:
     a retrained ``mini:PATH`` is another backbone), the images their shards' names and sizes (a rebuilt
-    dataset is other images) and the keys (a review that rejects images is another key list)."""
+    dataset is other images) and the keys (a review that rejects images is another key list); a decode
+    other than ``exact`` (``curate.images.DECODE_MODES``) is other pixels, so another folder."""
     from curate.paths import cache_dir
 
     shards = sorted({(p.name, p.stat().st_size if p.exists() else None) for p in map(Path, store.shards.values())})
     h = hashlib.sha256(f"{model_fingerprint(spec)}\n{store.root.resolve()}\n{shards}\n".encode())
     for key in keys:
         h.update(f"{key}\n".encode())
+    if decode != "exact":  # exact is how caches were made before the choice existed: they stay valid
+        h.update(f"decode={decode}\n".encode())
     return cache_dir() / "trident-features" / h.hexdigest()[:16]
 
 
@@ -279,7 +283,8 @@ def build_token_cache(folder: Path, store: ImageStore, keys: Iterable[str], enco
         td.barrier()
     if rank == 0 and not prev.is_file():
         write_json(prev, {"backbone": encoder.spec, "model": model, "root": str(store.root.resolve()),
-                          **encoder.dims(), "dtype": "float16", "format": 1})
+                          **encoder.dims(), "dtype": "float16", "format": 1,
+                          "decode": getattr(encoder, "decode", "exact")})
     stats = {"cached_before": len(done), "computed": 0, "unreadable": 0}
     if not todo:
         return stats
@@ -342,14 +347,11 @@ class _PixelDecode:
         self.encoder = encoder
 
     def __call__(self, sample: Sample) -> tuple[str, Any]:
-        from PIL import Image
-
         img = image_of(sample)
         try:
             if img is None:
                 return sample["__key__"], None
-            with Image.open(io.BytesIO(img[1])) as im:
-                return sample["__key__"], self.encoder.preprocess(im.convert("RGB"))
+            return sample["__key__"], self.encoder.pixels(img[1])
         except Exception as e:  # noqa: BLE001 - an unreadable image is counted and skipped
             log.debug("unreadable image %s: %s", sample["__key__"], e)
             return sample["__key__"], None
@@ -388,5 +390,5 @@ class TokenFeatures:
         assert self.encoder is not None
         self.store.load(keys)
         for i in range(0, len(keys), size):
-            pixels = torch.stack([self.encoder.preprocess(self.store.open(k)) for k in keys[i:i + size]])
+            pixels = torch.stack([self.encoder.pixels(self.store.read(k)) for k in keys[i:i + size]])
             yield self.encoder.tokens(pixels)

@@ -15,7 +15,6 @@ shard sample shape (``__key__`` + ``ext -> bytes``), so whatever decodes a sampl
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 from torch.utils.data import IterableDataset
 
 from curate.errors import CurateError
+from curate.images import open_rgb
 from curate.shards import IMAGE_EXTS, Sample, image_of, iter_keys
 
 from . import ShardDataset, consumer_of, consumer_range
@@ -62,18 +62,19 @@ class ImageStore:
                 self._bytes[sample["__key__"]] = img[1]
         return sum(1 for k in wanted if k not in self._bytes)
 
-    def open(self, key: str) -> Any:
-        """The decoded RGB image of ``key`` (a shard image must be :meth:`load`-ed first)."""
-        from PIL import Image
-
+    def read(self, key: str) -> bytes:
+        """The encoded image of ``key`` (a shard image must be :meth:`load`-ed first)."""
         raw = self._bytes.get(key)
         if raw is None and self.folder is not None:
-            with Image.open(self.folder / key) as im:
-                return im.convert("RGB")
+            return (self.folder / key).read_bytes()
         if raw is None:
             raise CurateError(f"image {key} not loaded", where=str(self.root))
-        with Image.open(io.BytesIO(raw)) as im:
-            return im.convert("RGB")
+        return raw
+
+    def open(self, key: str, size: int | None = None, fit: str = "short") -> Any:
+        """The decoded RGB image of ``key`` through ``curate.images.open_rgb``: ``size`` lets a JPEG
+        decode at a DCT scale that still covers it (None: full size)."""
+        return open_rgb(self.read(key), size, fit)
 
 
 class FileSamples(IterableDataset):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ import numpy as np
 from curate.embed.backends import Encoder, apply_state
 from curate.errors import CurateError
 from curate.fsutil import TMP_MARK, read_json, write_json
+from curate.images import DEFAULT_DECODE, decode_target, open_rgb
 from curate.log import progress_bar
 from curate.paths import mini_clip_cache_dir
 from curate.shards import iter_shard, list_shards
@@ -224,8 +224,9 @@ class Split:
     bad: int = 0
 
 
-def load_split(folder: Path, size: int, desc: str) -> Split:
-    """Decode every KEY.jpg of a world split once, resized to ``size`` (tiny: fits in RAM)."""
+def load_split(folder: Path, size: int, desc: str, decode: str = DEFAULT_DECODE) -> Split:
+    """Decode every KEY.jpg of a world split once (at a JPEG DCT scale that still covers ``size``
+    unless ``decode`` is exact), resized to ``size`` (tiny: fits in RAM)."""
     import torch
     from PIL import Image
 
@@ -236,8 +237,8 @@ def load_split(folder: Path, size: int, desc: str) -> Split:
             for s in iter_shard(shard):
                 meta = json.loads(s["json"]) if "json" in s else {}
                 try:
-                    with Image.open(io.BytesIO(s["jpg"])) as im:
-                        arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+                    im = open_rgb(s["jpg"], decode_target(size, decode))
+                    arr = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
                 except Exception:  # noqa: BLE001 - an undecodable sample is skipped, counted
                     bad += 1
                     continue
