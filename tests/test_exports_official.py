@@ -63,6 +63,8 @@ def test_czsl_export_loads_in_composition_dataset(ao):
 
 # -- CLIP4Cir: FashionIQ and CIRR ------------------------------------------------------------
 def test_fashioniq_export_passes_clip4cir_category_check(ao):
+    from builders.triplets.exports import category_of
+
     root = ao / "triplets" / "fashioniq"
     info = json.loads((ao / "triplets" / "triplets.json").read_text())
     mapping = info["fashioniq_categories"]["map"]
@@ -70,13 +72,19 @@ def test_fashioniq_export_passes_clip4cir_category_check(ao):
     assert json.loads((root / "category_map.json").read_text()) == mapping
     assert json.loads((root / "categories.json").read_text()) == ["dress", "shirt", "toptee"]
     t = pl.read_parquet(ao / "triplets" / "triplets.parquet")
-    assert set(mapping) == {c.replace(" ", "_") for c in t["ref_obj"].unique().to_list()}
+    objects = set(t["ref_obj"].unique().to_list()) | set(t["tgt_obj"].unique().to_list())
+    assert set(mapping) == {c.replace(" ", "_") for c in objects}
+    dropped = info["exports"]["fashioniq"]["dropped"]
     for split in ("train", "val", "test"):
         # what CLIP4Cir's scripts pass: all three categories
         rel = FashionIQDataset(root, split, ["dress", "toptee", "shirt"], "relative")
         classic = FashionIQDataset(root, split, ["dress", "toptee", "shirt"], "classic")
-        assert len(rel) == t.filter(pl.col("split") == split).height
-        names = {classic[i][0] for i in range(len(classic))}
+        rows = t.filter(pl.col("split") == split)
+        of = {o: mapping[category_of({"ref_obj": o})] for o in objects}
+        same = rows.filter(pl.col("ref_obj").replace_strict(of) == pl.col("tgt_obj").replace_strict(of))
+        assert len(rel) == same.height == rows.height - sum(dropped[split].values())
+        names = [classic[i][0] for i in range(len(classic))]
+        assert len(names) == len(set(names))  # each category's gallery is its own
         for i in range(len(rel)):
             item = rel[i]
             assert len(item[2]) == 2

@@ -57,12 +57,14 @@ def test_fashioniq_export_loads_with_clip4cir_logic(exported):
     # our objects are mapped onto the three names CLIP4Cir's loader accepts (issue 16), all written
     assert cats == ["dress", "shirt", "toptee"]
     mapping = json.loads((root / "category_map.json").read_text())
-    assert set(mapping) == set(df["ref_obj"]) and set(mapping.values()) <= set(cats)
+    assert set(mapping) == set(df["ref_obj"]) | set(df["tgt_obj"]) and set(mapping.values()) <= set(cats)
     for split in ("train", "val", "test"):
         present = [c for c in cats if (root / "captions" / f"cap.{c}.{split}.json").exists()]
         rel = FashionIQDataset(root, split, present, "relative")
         classic = FashionIQDataset(root, split, present, "classic")
-        assert len(rel) == df.filter(pl.col("split") == split).height
+        rows = df.filter(pl.col("split") == split)
+        same = rows.filter(pl.col("ref_obj").replace_strict(mapping) == pl.col("tgt_obj").replace_strict(mapping))
+        assert len(rel) == same.height  # FashionIQ: reference and target of one category
         names = {classic[i][0] for i in range(len(classic))}
         for i in range(len(rel)):
             item = rel[i]

@@ -59,8 +59,9 @@ def write_triplets_card(out: Path, info: dict[str, Any]) -> Path | None:
     first = next(iter(splits), "test")
     exports = "\n".join(f"- `{f}`: {where}" for f, where in info.get("export_roots", {}).items())
     fiq = info.get("fashioniq_categories")
-    fiq_md = ("\n\nFashionIQ categories (reference object -> name): "
-              + ", ".join(f"{o} -> {n}" for o, n in fiq["map"].items())) if fiq else ""
+    fiq_md = ("\n\nFashionIQ categories (object -> name): "
+              + ", ".join(f"{o} -> {n}" for o, n in fiq["map"].items())
+              + _fiq_dropped(fiq.get("dropped", {}))) if fiq else ""
     c = info.get("counts", {})
     split_md = f"\n\n{describe(info['split'])}" if info.get("split") else ""
     body = f"""# composed image retrieval triplets
@@ -90,3 +91,13 @@ Every field is in every sample with one type (lists may be empty).
     path = out / "README.md"
     write_text(path, header + "\n" + body)
     return path
+
+
+def _fiq_dropped(dropped: dict[str, dict[str, int]]) -> str:
+    """FashionIQ keeps a triplet only within one category: what its export left out, by reason."""
+    cross = sum(d.get("cross_category", 0) for d in dropped.values())
+    unknown = sum(d.get("unknown_category", 0) for d in dropped.values())
+    if not cross and not unknown:
+        return ""
+    return (f". Left out of the FashionIQ export: {cross:,} triplets whose reference and target are of "
+            f"different categories, {unknown:,} with an object of no known category")

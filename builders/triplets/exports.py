@@ -139,12 +139,18 @@ def _img_set(r: dict[str, Any]) -> list[str]:
 
 # -- FashionIQ ----------------------------------------------------------------------------
 
+def _category(obj: str | None) -> str | None:
+    """An object's category name (file-name safe); None when the object has no name."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", obj or "").strip("_") or None
+
+
 def category_of(r: dict[str, Any]) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", r["ref_obj"] or "all").strip("_") or "all"
+    return _category(r["ref_obj"]) or "all"
 
 
 def fashioniq_mapping(rows: list[dict[str, Any]], spec: str) -> dict[str, str]:
-    """Reference-object category -> FashionIQ category name (see ``parse_fashioniq_categories``).
+    """Object category -> FashionIQ category name (see ``parse_fashioniq_categories``), for the
+    reference and the target objects of ``rows`` (an object without a name gets none).
 
     ``auto`` (and objects an explicit mapping leaves out, without ``*``) fills dress, shirt and
     toptee greedily, the object with most triplets first into the emptiest name, so the three
@@ -153,9 +159,11 @@ def fashioniq_mapping(rows: list[dict[str, Any]], spec: str) -> dict[str, str]:
     counts: dict[str, int] = {}
     raw: dict[str, str] = {}
     for r in rows:
-        cat = category_of(r)
-        counts[cat] = counts.get(cat, 0) + 1
-        raw.setdefault(cat, r["ref_obj"] or "all")
+        for col, n in (("ref_obj", 1), ("tgt_obj", 0)):  # balanced by reference triplets; targets mapped too
+            cat = _category(r.get(col))
+            if cat is not None:
+                counts[cat] = counts.get(cat, 0) + n
+                raw.setdefault(cat, r[col])
     if explicit is None:
         return {c: c for c in sorted(counts)}
     out: dict[str, str] = {}
@@ -171,31 +179,75 @@ def fashioniq_mapping(rows: list[dict[str, Any]], spec: str) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+def fashioniq_placement(rows: list[dict[str, Any]], mapping: dict[str, str]) -> tuple[
+        dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """FashionIQ's rule: a triplet's reference and target are of one category. ``rows`` -> the
+    triplets of each category and the dropped ones by reason: ``cross_category`` (reference and
+    target mapped to different categories), ``unknown_category`` (an object without a name or
+    absent from ``mapping``)."""
+    kept: dict[str, list[dict[str, Any]]] = {}
+    dropped = {"cross_category": 0, "unknown_category": 0}
+    for r in rows:
+        ref, tgt = (mapping.get(_category(r.get(c)) or "") for c in ("ref_obj", "tgt_obj"))
+        if ref is None or tgt is None:
+            dropped["unknown_category"] += 1
+        elif ref != tgt:
+            dropped["cross_category"] += 1
+        else:
+            kept.setdefault(ref, []).append(r)
+    return kept, dropped
+
+
+def image_categories(rows: Iterable[dict[str, Any]], mapping: dict[str, str]) -> dict[str, str]:
+    """The category of every image seen as a reference or a target (its object's)."""
+    out: dict[str, str] = {}
+    for r in rows:
+        for img, col in (("reference", "ref_obj"), ("target", "tgt_obj")):
+            cat = mapping.get(_category(r.get(col)) or "")
+            if cat is not None:
+                out.setdefault(r[img], cat)
+    return out
+
+
 def export_fashioniq(df: pl.DataFrame, out: Path, staged: Path, spec: str = "auto") -> dict[str, Any]:
     """``fashioniq/``: one caption and image-split file per (FashionIQ category, split).
 
-    Our categories are reference objects; CLIP4Cir's FashionIQDataset accepts only dress, shirt
-    and toptee, so objects are mapped onto those (``spec``, recorded in ``category_map.json`` and
-    in triplets.json) and a category's files hold the triplets of all its objects."""
+    Our categories are objects; CLIP4Cir's FashionIQDataset accepts only dress, shirt and toptee,
+    so objects are mapped onto those (``spec``, recorded in ``category_map.json`` and in
+    triplets.json). As in FashionIQ, a triplet's reference and target belong to one category:
+    the others are left out and counted by reason (``dropped``, see :func:`fashioniq_placement`).
+    Each category's gallery (``split.CAT.SPLIT.json``) holds the images of that category its
+    triplets use (references, targets, ground truths and negatives of the category; a negative of
+    another category or of no known one is left out), so the galleries of a split are disjoint."""
     root = out / "fashioniq"
-    mapping = fashioniq_mapping(df.to_dicts(), spec)
+    all_rows = df.to_dicts()
+    mapping = fashioniq_mapping(all_rows, spec)
+    category = image_categories(all_rows, mapping)
     counts: dict[str, Any] = {}
+    dropped: dict[str, dict[str, int]] = {}
     # CLIP4Cir opens cap./split. files of every category it is given (all three, as its scripts do):
     # a category without triplets in a split gets empty files
     always = FASHIONIQ_NAMES if parse_fashioniq_categories(spec) is not None else ()
     for split, rows in _by_split(df).items():
+        placed, dropped[split] = fashioniq_placement(rows, mapping)
         cats: dict[str, list[dict[str, Any]]] = {n: [] for n in always}
-        for r in rows:
-            cats.setdefault(mapping[category_of(r)], []).append(r)
+        cats.update(placed)
         for cat, crs in sorted(cats.items()):
             items = [{"candidate": r["reference"], "target": r["target"],
                       "captions": [r["edit_text"], r["edit_text_2"]]} for r in crs]
-            names = sorted(images_of(crs))
+            names = sorted(n for n in images_of(crs) if category.get(n) == cat)
             for n in names:
                 place(staged, n, root / "images" / f"{n}.jpg")
             write_json(root / "captions" / f"cap.{cat}.{split}.json", items)
             write_json(root / "image_splits" / f"split.{cat}.{split}.json", names)
             counts[f"{cat}.{split}"] = len(items)
+            counts[f"gallery.{cat}.{split}"] = len(names)
+    counts["dropped"] = dropped
+    lost = {why: sum(d[why] for d in dropped.values()) for why in ("cross_category", "unknown_category")}
+    if any(lost.values()):
+        logger.warning("fashioniq: %d of %d triplets left out: %d cross categories (reference and target in "
+                    "different categories), %d with an object of no known category", sum(lost.values()),
+                    len(all_rows), lost["cross_category"], lost["unknown_category"])
     write_json(root / "categories.json", sorted(set(mapping.values()) | set(always)))
     write_json(root / "category_map.json", mapping)
     counts["category_map"] = mapping

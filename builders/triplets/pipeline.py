@@ -275,8 +275,11 @@ def _run(cfg: TripletsConfig, out: Path, force: bool = False) -> dict[str, Any]:
             out / "fashioniq" / "category_map.json")
         info["fashioniq_categories"] = {
             "spec": cfg.fashioniq_categories, "map": mapping,
-            "note": "reference objects -> the FashionIQ category names CLIP4Cir's FashionIQDataset accepts "
-                    "(dress, shirt, toptee); fashioniq/category_map.json holds the same map"}
+            "dropped": info["exports"]["fashioniq"].get("dropped", {}),
+            "note": "objects -> the FashionIQ category names CLIP4Cir's FashionIQDataset accepts "
+                    "(dress, shirt, toptee); fashioniq/category_map.json holds the same map. A triplet is "
+                    "exported only when its reference and target are of one category (dropped: by split, "
+                    "cross_category or unknown_category); each category's gallery holds only its own images"}
     if "circo" in info["exports"]:
         info["circo_semantic_aspects"] = {m: list(a) for m, a in exports.SEMANTIC_ASPECTS.items()}
     write_json(out / "triplets.json", info)
