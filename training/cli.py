@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from curate.options import Device, Overwrite
+from curate.options import Decode, Device, Overwrite
 
 model_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Models: list the backend spec forms, train and evaluate the demo mini-CLIP.")
@@ -37,6 +37,7 @@ def zeroshot(
     out: Annotated[Path | None, typer.Option(help="Where to write zeroshot.json/.md (default DATASET/eval).")] = None,
     include_rejected: Annotated[bool, typer.Option(help="Also evaluate samples a reviewer rejected.")] = False,
     device: Device = "auto",
+    decode: Decode = "fast",
 ) -> None:
     """Zero-shot object and composition top-1/top-5 on the rare set vs a reference set.
 
@@ -54,6 +55,7 @@ def zeroshot(
     import json
 
     from curate.errors import CurateError
+    from curate.images import check_decode
     from curate.log import console
     from curate.paths import must_exist
 
@@ -79,7 +81,7 @@ def zeroshot(
         if is_world(world) and split_dir(world, RARE).is_dir():  # the demo world
             extra["world rare pairs (unfiltered)"] = split_dir(world, RARE)
     report = evaluate_dataset(dataset, model, reference=reference, device=device, out=out,
-                              include_rejected=include_rejected, extra=extra)
+                              include_rejected=include_rejected, extra=extra, decode=check_decode(decode))
     console.print(markdown_table(report))
 
 

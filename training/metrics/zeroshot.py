@@ -30,7 +30,7 @@ import polars as pl
 
 from curate.errors import CurateError
 from curate.fsutil import write_json, write_text
-from curate.images import open_rgb
+from curate.images import DEFAULT_DECODE
 from curate.shards import image_of, iter_shard, list_shards
 from curate.world import HELDOUT, RARE, TRAIN, split_dir
 
@@ -228,20 +228,21 @@ def load_eval_set(path: str | Path, name: str, rare_only: bool | None = None, mo
     return _from_shards(p, name, include_rejected)
 
 
-def _embed(encoder, s: EvalSet, batch_size: int = 64) -> np.ndarray:
-    """Image embeddings, decoding ``batch_size`` images at a time (files are read as needed)."""
+def _embed(encoder, s: EvalSet, batch_size: int = 64, decode: str = DEFAULT_DECODE) -> np.ndarray:
+    """Image embeddings, decoding ``batch_size`` images at a time (files are read as needed) at the
+    size the encoder needs (``decode``: ``curate.images.DECODE_MODES``)."""
     if s.emb is not None:
         return s.emb
     sources: list[Any] = list(s.images) if s.images is not None else list(s.files or [])
     out = []
     for i in range(0, len(sources), batch_size):
-        chunk = [open_rgb(x if isinstance(x, bytes | bytearray) else Path(x).read_bytes())
+        chunk = [encoder.open_image(x if isinstance(x, bytes | bytearray) else Path(x).read_bytes(), decode)
                  for x in sources[i:i + batch_size]]
         out.append(encoder.encode_images(chunk, batch_size=batch_size))
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
-def evaluate_sets(encoder, sets: list[EvalSet], objects: list[str]) -> dict[str, Any]:
+def evaluate_sets(encoder, sets: list[EvalSet], objects: list[str], decode: str = DEFAULT_DECODE) -> dict[str, Any]:
     from curate.embed.zeroshot import OPENAI_IMAGENET_TEMPLATES, class_text_embeddings, topk_accuracy
 
     obj_text = class_text_embeddings(encoder, objects, OPENAI_IMAGENET_TEMPLATES)
@@ -253,7 +254,7 @@ def evaluate_sets(encoder, sets: list[EvalSet], objects: list[str]) -> dict[str,
         if pairs else None
     out: dict[str, Any] = {}
     for s in sets:
-        img = _embed(encoder, s)
+        img = _embed(encoder, s, decode=decode)
         obj_acc = topk_accuracy(img, obj_text, [oi[o] for o in s.objs])
         labelled = [i for i, a in enumerate(s.attrs) if a is not None]
         comp_acc: dict[int, float | None] = {1: None, 5: None}
@@ -286,8 +287,9 @@ def _objects_for(dataset: Path, sets: list[EvalSet]) -> list[str]:
 
 def evaluate_dataset(dataset: str | Path, model: str, reference: str | Path | None = None, device: str = "auto",
                      out: Path | None = None, include_rejected: bool = False,
-                     extra: dict[str, str | Path] | None = None) -> dict[str, Any]:
-    """Evaluate the dataset's rare set, the ``reference`` set and any ``extra`` named sets."""
+                     extra: dict[str, str | Path] | None = None, decode: str = DEFAULT_DECODE) -> dict[str, Any]:
+    """Evaluate the dataset's rare set, the ``reference`` set and any ``extra`` named sets (images
+    without stored embeddings decoded as ``decode`` says)."""
     from curate.embed.backends import cached_model
 
     dataset = Path(dataset)
@@ -302,9 +304,9 @@ def evaluate_dataset(dataset: str | Path, model: str, reference: str | Path | No
     objects = _objects_for(dataset, sets)
     missing = sorted({o for s in sets for o in s.objs} - set(objects))
     objects = objects + missing
-    results = evaluate_sets(encoder, sets, objects)
+    results = evaluate_sets(encoder, sets, objects, decode)
     report = {"model": model, "dataset": str(dataset), "reference": str(reference) if reference else None,
-              "object_classes": len(objects), "templates": 80, "results": results}
+              "object_classes": len(objects), "templates": 80, "decode": decode, "results": results}
     out = out or dataset / "eval"
     write_json(out / "zeroshot.json", report)
     write_text(out / "zeroshot.md", markdown_table(report) + "\n")
