@@ -104,6 +104,8 @@ def train_mini_cmd(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs (default from the config).")] = None,
     seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop training after this many seconds.")] = None,
     threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads.")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Training seed (initialisation, batch order); another seed "
+                                      "gives an independent evaluator (`curate eval study`).")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
     """Train the demo mini-CLIP on the world's common pairs, then report zero-shot accuracy.
@@ -124,6 +126,7 @@ def train_mini_cmd(
     if seconds is not None:
         cfg.max_seconds = seconds
     cfg.threads = threads
+    cfg.seed = seed
     folder = ensure_mini_clip(world, config=cfg, out=out, overwrite=overwrite)
     print_world_report(read_report(folder))
     typer.echo(str(folder))
@@ -145,7 +148,7 @@ def eval_mini_cmd(
 
 # Each trainer registers its `curate train NAME` and `curate eval NAME` commands: a module
 # with ``register(train_app, eval_app)``.
-TRAINER_CLIS = ("training.trident.cli", "training.cir.cli")
+TRAINER_CLIS = ("training.trident.cli", "training.cir.cli", "training.study.cli")
 
 
 def _register_trainers() -> None:

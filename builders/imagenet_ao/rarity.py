@@ -33,6 +33,7 @@ from curate.errors import CurateError
 from curate.fingerprint import fingerprint
 from curate.fsutil import atomic_open
 from curate.ledger import Task, run_stage
+from curate.stats import nmi
 
 from .vocab import Vocabulary
 
@@ -204,24 +205,6 @@ def _scan_file(task: Task) -> dict[str, Any]:
     with atomic_open(out, "wb") as f:
         np.savez(f, **totals)
     return {"outputs": [a["part_rel"]], "stats": {"items": int(totals["captions"]), "file": str(path)}}
-
-
-def nmi(pairs: np.ndarray) -> float:
-    """Normalised mutual information of attribute/object co-occurrence, 2 I(A;O) / (H(A) + H(O)).
-
-    The joint distribution is the normalised co-occurrence matrix (one event per caption that
-    names an attribute and an object), as in the ImageNet-AO analysis of LAION captions.
-    """
-    total = pairs.sum()
-    if total <= 0:
-        return 0.0
-    p = pairs / total
-    pa, po = p.sum(1), p.sum(0)
-    nz = p > 0
-    mi = float((p[nz] * np.log(p[nz] / np.outer(pa, po)[nz])).sum())
-    ha = -float((pa[pa > 0] * np.log(pa[pa > 0])).sum())
-    ho = -float((po[po > 0] * np.log(po[po > 0])).sum())
-    return 0.0 if ha + ho == 0 else max(0.0, 2 * mi / (ha + ho))
 
 
 @dataclass

@@ -1,0 +1,113 @@
+"""``curate eval study``: many models, one table (registered on the eval app by training/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curate.options import Device, Overwrite
+
+
+def study_cmd(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder built by `curate build imagenet-ao` (its rare set is OoD).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder (scores cached per model; reused to add models).")],
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Zero-shot model spec, or LABEL=SPEC (repeatable); group `clip`.")] = None,
+    models: Annotated[Path | None, typer.Option(
+        "--models", help="Models file: CSV/TSV with a header (spec,label,group,method,corpus,nmi) or a JSON list.")] = None,
+    probe: Annotated[list[str] | None, typer.Option(
+        "--probe", help="A linear probe (SPEC or LABEL=SPEC) on this model's frozen image tower, trained on --train with object labels "
+                        "only (group `supervised`, 3 seeds; repeatable).")] = None,
+    shots: Annotated[str, typer.Option(
+        "--shots", help="Few-shot probes per --probe spec: k images per object class (group `few-shot`); '' for none.")]
+        = "1,2,4,8,16",
+    reference: Annotated[str | None, typer.Option(
+        help="In-distribution images (default: the reference the dataset was built with).")] = None,
+    train: Annotated[str | None, typer.Option(
+        help="Labelled training images for the probes (default: the demo world's train/ when the reference is its heldout/).")] = None,
+    unfiltered: Annotated[str | None, typer.Option(
+        help="The images the filter chose the rare set from, to measure the filter model's bias "
+             "(default: the demo world's rare/).")] = None,
+    baseline: Annotated[str, typer.Option(
+        help="The groups (comma-separated) the effective-robustness line is fitted over.")] = "supervised,few-shot",
+    include_rejected: Annotated[bool, typer.Option(help="Also evaluate samples a reviewer rejected.")] = False,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+) -> None:
+    """Evaluate many models on one dataset: ID vs OoD accuracy, effective robustness, NMI, plots.
+
+    Per model: object top-1/top-5 and composition top-1 on the reference set (ID) and on the
+    dataset's rare set (OoD), the effective robustness against a line fitted (logit axes) over the
+    --baseline group, and the training corpus's NMI where the models file names the corpus.
+    Rows scored by the model that filtered the dataset are marked "filter model: biased upwards".
+    Writes OUT/study.{json,md}, OUT/id_vs_ood.png, OUT/ood_vs_nmi.png, OUT/scores/ (per-model cache:
+    rerunning with one more model scores only that one). Exit code 1 when a row failed (its reason is
+    in the table; the others are evaluated).
+
+    \b
+    Examples:
+      curate eval study demo-out/imagenet-ao --out study --models models.csv --probe mini:/path/to/mini-clip
+      curate eval study ao --out study --model open_clip:ViT-B-32/openai --model hf:/models/clip-l \\
+          --reference imagenet/val --train imagenet/train --probe open_clip:ViT-B-32/openai --device cuda
+    """
+    import json
+
+    from curate.errors import CurateError
+    from curate.log import console
+    from curate.paths import must_exist
+
+    from .rows import PROBE, make_row, read_models_file
+    from .run import StudyRequest, run_study
+
+    must_exist(dataset, fix="give the dataset folder made by `curate build imagenet-ao`")
+    rows = []
+    def labelled(value: str) -> tuple[str, str | None]:
+        label, sep, spec = value.partition("=")
+        return (spec, label) if sep and ":" not in label else (value, None)
+
+    for m in model or []:
+        rows.append(make_row(*labelled(m)))
+    if models is not None:
+        must_exist(models, "--models", fix="a CSV with a header row: spec,label,group,method,corpus,nmi")
+        rows += read_models_file(models)
+    try:
+        ks = [int(k) for k in shots.split(",") if k.strip()]
+    except ValueError as e:
+        raise CurateError(f"--shots {shots!r} is not a list of numbers", fix="e.g. --shots 1,2,4,8,16") from e
+    for p in probe or []:
+        spec, label = labelled(p)
+        rows.append(make_row(spec, f"probe {label}" if label else None, method=PROBE, where="--probe"))
+        rows += [make_row(spec, f"probe-k{k} {label}" if label else None, method=f"probe-k{k}", where="--shots")
+                 for k in ks]
+    info = dataset / "dataset.json"
+    built = json.loads(info.read_text()).get("config", {}) if info.is_file() else {}
+    reference = reference or built.get("reference")
+    if not reference:
+        raise CurateError("no --reference given and the dataset does not name one", where=str(dataset),
+                          fix="pass --reference: labelled in-distribution images")
+    must_exist(reference, "--reference")
+    from curate.world import RARE, TRAIN, is_world, split_dir
+
+    world = Path(reference).parent
+    if is_world(world):  # the demo world: its train/ for the probes, its rare/ (what the filter chose from)
+        train = train or (str(split_dir(world, TRAIN)) if split_dir(world, TRAIN).is_dir() else None)
+        unfiltered = unfiltered or (str(split_dir(world, RARE)) if split_dir(world, RARE).is_dir() else None)
+    for name, path in (("--train", train), ("--unfiltered", unfiltered)):
+        if path is not None:
+            must_exist(path, name)
+    report = run_study(StudyRequest(dataset=dataset, reference=Path(reference), out=out, rows=rows,
+                                    train=Path(train) if train else None, baseline=baseline, device=device,
+                                    include_rejected=include_rejected,
+                                    unfiltered=Path(unfiltered) if unfiltered else None, overwrite=overwrite))
+    from .report import markdown
+
+    console.print(markdown(report))
+    typer.echo(str(out / "study.md"))
+    if report["failed"]:
+        raise typer.Exit(1)
+
+
+def register(train_app: typer.Typer, eval_app: typer.Typer) -> None:
+    eval_app.command("study")(study_cmd)

@@ -1,0 +1,190 @@
+"""``study.md`` and the paper's plots (``id_vs_ood.png``, ``ood_vs_nmi.png``) from a study report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate.fsutil import write_text
+
+from ..metrics.robustness import logit
+
+ID, OOD = "reference", "rare"
+
+
+def _num(m: dict[str, Any] | None, k: str) -> str:
+    if not m or m.get(k) is None:
+        return "—"
+    std = m.get(f"{k}_std")
+    return f"{m[k]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+
+def _signed(v: float | None) -> str:
+    return "—" if v is None else f"{v:+.3f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    sz = report["sizes"]
+    lines = [f"# Study: `{report['dataset']}`", "",
+             "Sizes: " + "; ".join(f"{name} {s['images']} images, {s['pairs']} pairs, {s['objects']} objects"
+                                   for name, s in sz.items())
+             + f". Classes: {report['object_classes']} objects, {report['composition_classes']} compositions "
+               "(80 OpenAI templates for zero-shot rows).",
+             "",
+             f"ID = the reference set (`{report['reference']}`), OoD = the dataset's rare set. Probes: mean ± std over "
+             "their seeds (the seed draws the shots and the initialisation). ER: OoD object top-1 minus what the "
+             f"baseline line predicts from ID object top-1 (logit axes, fitted over `{report['baseline']['group']}`"
+             + (f": {', '.join(report['baseline']['models'])}" if report["baseline"]["models"] else "") + ").",
+             "",
+             "| model | group | ID obj top-1 | OoD obj top-1 | OoD obj top-5 | ID comp top-1 | OoD comp top-1 | ER | NMI | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in report["rows"]:
+        if not r["ok"]:
+            lines.append(f"| {r['label']} | {r['group']} | failed | | | | | | | {r['error']} |")
+            continue
+        i, o = r["sets"].get(ID), r["sets"].get(OOD)
+        note = report["filter_note"] if r["filter_model"] else ""
+        lines.append(f"| {r['label']} | {r['group']} | {_num(i, 'object_top1')} | {_num(o, 'object_top1')} | "
+                     f"{_num(o, 'object_top5')} | {_num(i, 'composition_top1')} | {_num(o, 'composition_top1')} | "
+                     f"{_signed(r.get('effective_robustness'))} | "
+                     f"{_num(r, 'nmi')} | {note} |")
+    fit = report["baseline"]["fit"]
+    lines += ["", f"Baseline line: logit(OoD) = {fit['slope']:.3f} · logit(ID) + {fit['intercept']:.3f} over "
+                  f"{fit['points']} model(s)." if fit else
+              f"No baseline line: `{report['baseline']['group']}` has fewer than two models with different ID "
+              "accuracy, so ER is not computed."]
+    groups = _groups(report)
+    if groups:
+        lines += ["", "| group | models | ID obj top-1 | OoD obj top-1 | OoD comp top-1 |", "|---|---:|---:|---:|---:|"]
+        for g, x in groups.items():
+            lines.append(f"| {g} | {x['n']} | " + " | ".join(
+                "—" if x[k] is None else f"{x[k][0]:.3f}" + (f" ± {x[k][1]:.3f}" if x["n"] > 1 else "")
+                for k in ("id", "ood", "comp")) + " |")
+        lines.append("(mean ± std over the group's models, the filter model left out)")
+    bias = report.get("filter_bias")
+    if bias:
+        lines += ["", "## Filter-model bias", "",
+                  f"The filter model `{bias['filter']}` chose the rare set's images from `{report['unfiltered']}`. Gain "
+                  "= accuracy on the filtered rare set minus on the images it chose from; bias = the filter model's "
+                  f"gain minus the independent models' ({', '.join(bias['independent'])}) mean gain.", "",
+                  "| metric | filter on rare | independent on rare | filter gain | independent gain | bias |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for k in ("object_top1", "composition_top1"):
+            if k in bias:
+                b = bias[k]
+                lines.append(f"| {k} | {b['filter_rare']:.3f} | {b['independent_rare']:.3f} | {b['filter_gain']:+.3f} | "
+                             f"{b['independent_gain']:+.3f} ± {b['independent_gain_std']:.3f} | {b['bias']:+.3f} |")
+    notes = [f"{name}: {sum(x.values())} image(s) of {len(x)} object(s) absent from the dataset left out "
+             f"({', '.join(f'{o} {n}' for o, n in list(x.items())[:5])})" for name, x in report["excluded_objects"].items()]
+    notes += [f"{r['label']} failed: {r['error']}" for r in report["rows"] if not r["ok"]]
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def _groups(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    rows = [r for r in report["rows"] if r["ok"] and not r["filter_model"] and ID in r["sets"]]
+    for g in dict.fromkeys(r["group"] for r in rows):
+        rs = [r for r in rows if r["group"] == g]
+
+        def stat(name, k, rs=rs):
+            v = [r["sets"][name][k] for r in rs if r["sets"][name].get(k) is not None]
+            return (float(np.mean(v)), float(np.std(v))) if v else None
+
+        out[g] = {"n": len(rs), "id": stat(ID, "object_top1"), "ood": stat(OOD, "object_top1"),
+                  "comp": stat(OOD, "composition_top1")}
+    return out
+
+
+def _logit_axis(ax, axis: str, lo: float, hi: float) -> None:
+    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99) if lo <= logit(t) <= hi]
+    (ax.set_xticks if axis == "x" else ax.set_yticks)([logit(t) for t in ticks])
+    (ax.set_xticklabels if axis == "x" else ax.set_yticklabels)([f"{t:.0%}" for t in ticks])
+    (ax.set_xlim if axis == "x" else ax.set_ylim)(lo, hi)
+
+
+def plot_id_vs_ood(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["ok"] and ID in r["sets"]]
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    if rows:
+        xs = np.array([logit(r["sets"][ID]["object_top1"]) for r in rows])
+        ys = np.array([logit(r["sets"][OOD]["object_top1"]) for r in rows])
+        lo = float(min(xs.min(), ys.min())) - 0.5
+        hi = float(max(xs.max(), ys.max())) + 0.5
+        ax.plot([lo, hi], [lo, hi], ls=":", c="grey", lw=1, label="y = x")
+        fit = report["baseline"]["fit"]
+        if fit:
+            ax.plot([lo, hi], [fit["slope"] * lo + fit["intercept"], fit["slope"] * hi + fit["intercept"]], c="black",
+                    lw=1.2, label=f"baseline fit ({report['baseline']['group']})")
+        colours = dict(zip(dict.fromkeys(r["group"] for r in rows), plt.rcParams["axes.prop_cycle"].by_key()["color"],
+                           strict=False))
+        for r, x, y in zip(rows, xs, ys, strict=True):
+            i, o = r["sets"][ID], r["sets"][OOD]
+            xerr = yerr = None
+            if "object_top1_std" in i:  # the std band, mapped through the logit
+                xerr = [[x - logit(max(i["object_top1"] - i["object_top1_std"], 1e-4))],
+                        [logit(min(i["object_top1"] + i["object_top1_std"], 1 - 1e-4)) - x]]
+                yerr = [[y - logit(max(o["object_top1"] - o["object_top1_std"], 1e-4))],
+                        [logit(min(o["object_top1"] + o["object_top1_std"], 1 - 1e-4)) - y]]
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", ms=7, color=colours.get(r["group"]),
+                        mfc="none" if r["filter_model"] else colours.get(r["group"]), capsize=2,
+                        label=r["group"] if r["group"] not in ax.get_legend_handles_labels()[1] else None)
+            ax.annotate(r["label"] + (" (filter model: biased)" if r["filter_model"] else ""), (x, y),
+                        textcoords="offset points", xytext=(6, 4), fontsize=7)
+        _logit_axis(ax, "x", lo, hi)
+        _logit_axis(ax, "y", lo, hi)
+        ax.legend(loc="upper left", fontsize=8)
+    sz = report["sizes"]
+    ax.set_xlabel(f"ID object top-1 (reference, {sz.get(ID, {}).get('images', 0)} images; logit axis)")
+    ax.set_ylabel(f"OoD object top-1 (rare set, {sz.get(OOD, {}).get('images', 0)} images; logit axis)")
+    ax.set_title("In-distribution vs rare compositions")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_ood_vs_nmi(report: dict[str, Any], path: Path) -> bool:
+    """OoD object and composition top-1 vs the training corpus's NMI; False (no file) when no row knows its NMI."""
+    rows = [r for r in report["rows"] if r["ok"] and r.get("nmi") is not None]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for k, marker, name in (("object_top1", "o", "object top-1"), ("composition_top1", "s", "composition top-1")):
+        pts = [(r["nmi"], r["sets"][OOD][k], r["label"]) for r in rows if r["sets"][OOD].get(k) is not None]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"OoD {name}")
+            for x, y, label in pts:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.set_xlabel("training corpus NMI (attribute/object co-occurrence)")
+    ax.set_ylabel(f"accuracy on the rare set ({report['sizes'][OOD]['images']} images)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Rare-composition accuracy vs training-corpus NMI")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    write_text(out / "study.md", markdown(report))
+    plot_id_vs_ood(report, out / "id_vs_ood.png")
+    if not plot_ood_vs_nmi(report, out / "ood_vs_nmi.png"):
+        (out / "ood_vs_nmi.png").unlink(missing_ok=True)
+
+
