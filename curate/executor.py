@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +55,25 @@ def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
 
 def _ignore_sigint() -> None:
     """Pool workers leave Ctrl-C to the parent, which stops them: one message, not a traceback per worker."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Workers started inside ignore Ctrl-C from their first instruction: an ignored signal stays ignored
+    across exec, while the initializer runs only after the interpreter has started and imported the main
+    module (a Ctrl-C then printed the worker's traceback and broke the pool). The parent blocks SIGINT
+    meanwhile, so a Ctrl-C in that moment is delivered when the block ends instead of being lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def default_workers() -> int:
@@ -103,7 +122,8 @@ class LocalExecutor(Executor):
         pending = set()
         it = iter(tasks)
         for t in it:
-            pending.add(pool.submit(_call, fn, t))
+            with _children_ignore_sigint():  # submit starts the worker processes
+                pending.add(pool.submit(_call, fn, t))
             if len(pending) >= self.max_pending:
                 break
         while pending:
@@ -120,7 +140,8 @@ class LocalExecutor(Executor):
                 yield res
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.add(pool.submit(_call, fn, nxt))
+                    with _children_ignore_sigint():
+                        pending.add(pool.submit(_call, fn, nxt))
 
 
 class RayExecutor(Executor):

@@ -425,3 +425,41 @@ def test_piped_tables_and_markdown_are_not_wrapped(tmp_path):
     assert all(f"value {i} value {i} value {i}" in row for i in range(8)), r.stderr
     md = next(ln for ln in lines if ln.startswith("| column 0"))
     assert md.endswith("column 7 with a long header |"), r.stderr
+
+
+SLOW_START = textwrap.dedent("""
+    import signal, sys, time
+    if __name__ == "__mp_main__":       # a spawned worker importing the main module: its start-up
+        print("worker starting, SIGINT ignored:", signal.getsignal(signal.SIGINT) == signal.SIG_IGN, flush=True)
+        time.sleep(5)
+    from curate.executor import LocalExecutor
+
+    def task(t):
+        return t
+
+    if __name__ == "__main__":
+        print(sorted(r.value for r in LocalExecutor(2).map(task, [1, 2, 3, 4])), flush=True)
+""")
+
+
+def test_ctrl_c_while_workers_start_reaches_only_the_parent(tmp_path):
+    """Ctrl-C while the pool's workers are still starting (before any initializer could run): the workers
+    ignore it from their first instruction, the parent alone stops (one traceback, its own)."""
+    import signal
+    import time
+
+    script = tmp_path / "slow_start.py"
+    script.write_text(SLOW_START)
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=tmp_path, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        started = p.stdout.readline().strip()
+        assert started == "worker starting, SIGINT ignored: True", started  # before any initializer could run
+        time.sleep(0.5)
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode != 0 and err.count("Traceback") == 1 and err.rstrip().endswith("KeyboardInterrupt"), err
