@@ -356,7 +356,9 @@ attribute/object co-occurrence in those captions: **{c['nmi']:.4f}**.
 
 - samples: **{c['samples']:,}** in {c['pairs']} pairs ({rare_kept} rare / unseen, {c['seen_pairs_kept']} common / seen)
 - splits: {split_line}
-- model used for retrieval and filtering: `{info['config']['model']}`
+- model used for retrieval and filtering: `{info['config']['model']}`. Zero-shot numbers by this model are
+  **biased upwards** (filter model: it chose images it finds easy); `curate eval study` scores the rare
+  set with independent models beside it
 - license: **not set** (`license: other` in the header is a placeholder); images by source:
   {sources}: set the license your sources allow before sharing
 """

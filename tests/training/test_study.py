@@ -161,3 +161,15 @@ def test_study_refuses_bad_input(study_inputs, tmp_path):
     with pytest.raises(CurateError, match="duplicate label"):
         run_study(req)
     assert not (tmp_path / "s").exists()  # refused before the folder was made
+
+
+def test_eval_zeroshot_labels_the_filter_model(study_inputs, tmp_path):
+    """`curate eval zeroshot` by the model that filtered the data says so; by another model it does not."""
+    from training.metrics.zeroshot import FILTER_NOTE, evaluate_dataset, markdown_table
+
+    x = study_inputs
+    rep = evaluate_dataset(x["ds"], x["filter"], reference=x["ref"], device="cpu", out=tmp_path / "a")
+    assert rep["biased"] and rep["filter_model"] == x["filter"] and FILTER_NOTE in markdown_table(rep)
+    assert FILTER_NOTE in (tmp_path / "a" / "zeroshot.md").read_text()
+    rep = evaluate_dataset(x["ds"], x["other"], reference=x["ref"], device="cpu", out=tmp_path / "b")
+    assert not rep["biased"] and FILTER_NOTE not in markdown_table(rep)

@@ -305,19 +305,39 @@ def evaluate_dataset(dataset: str | Path, model: str, reference: str | Path | No
     missing = sorted({o for s in sets for o in s.objs} - set(objects))
     objects = objects + missing
     results = evaluate_sets(encoder, sets, objects, decode)
+    filter_model = filter_model_of(dataset)
     report = {"model": model, "dataset": str(dataset), "reference": str(reference) if reference else None,
-              "object_classes": len(objects), "templates": 80, "decode": decode, "results": results}
+              "object_classes": len(objects), "templates": 80, "decode": decode, "results": results,
+              "filter_model": filter_model, "biased": is_filter_model(model, filter_model)}
     out = out or dataset / "eval"
     write_json(out / "zeroshot.json", report)
     write_text(out / "zeroshot.md", markdown_table(report) + "\n")
     return report
 
 
+FILTER_NOTE = "filter model: biased upwards (this model filtered the data)"
+
+
+def filter_model_of(dataset: Path) -> str | None:
+    """The model spec the dataset's build retrieved and filtered its images with (``dataset.json``)."""
+    info = dataset / "dataset.json"
+    return json.loads(info.read_text()).get("config", {}).get("model") if info.is_file() else None
+
+
+def is_filter_model(spec: str | None, filter_spec: str | None) -> bool:
+    """Is ``spec`` the model that filtered the data (same spec, or the same weights under another spec)?"""
+    from curate.fingerprint import model_fingerprint
+
+    return bool(spec and filter_spec and (spec == filter_spec or model_fingerprint(spec) == model_fingerprint(filter_spec)))
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """One row per evaluated set, the columns of the papers' zero-shot tables."""
     n_comp = next(iter(report["results"].values()))["composition_classes"] if report["results"] else 0
     lines = [f"Zero-shot, `{report['model']}`: {report['object_classes']} object classes, {n_comp} composition "
-             "classes, 80 OpenAI ImageNet templates",
+             "classes, 80 OpenAI ImageNet templates"
+             + (f". **{FILTER_NOTE}**: score the rare set with an independent model (`curate eval study`)"
+                if report.get("biased") else ""),
              "", "| set | images | pairs | object top-1 | object top-5 | composition top-1 | composition top-5 |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     def num(v: float | None) -> str:

@@ -31,13 +31,12 @@ from curate.fsutil import atomic_open, write_json
 from curate.outdir import META, OutputDir
 
 from ..metrics.robustness import effective_robustness, fit_logit_line, topk
-from ..metrics.zeroshot import EvalSet, load_eval_set
+from ..metrics.zeroshot import FILTER_NOTE, EvalSet, filter_model_of, is_filter_model, load_eval_set
 from .rows import ModelRow, check_rows
 
 log = logging.getLogger(__name__)
 
 OOD, ID = "rare", "reference"
-FILTER_NOTE = "filter model: biased upwards (this model filtered the data)"
 
 
 @dataclass
@@ -270,10 +269,7 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
     _check_study_folder(req, inputs)
     config = {**inputs, **{f"{k}_path": str(getattr(req, k)) if getattr(req, k) else None
                            for k in ("dataset", "reference", "train", "unfiltered")}}
-    built = json.loads((req.dataset / "dataset.json").read_text()).get("config", {}) \
-        if (req.dataset / "dataset.json").is_file() else {}
-    filter_spec = built.get("model")
-    filter_fp = model_fingerprint(filter_spec) if filter_spec else None
+    filter_spec = filter_model_of(req.dataset)
     with OutputDir(req.out, "eval study", config, overwrite=req.overwrite):
         sets = load_sets(req)
         results: list[dict[str, Any]] = []
@@ -298,8 +294,8 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
             except Exception as e:  # noqa: BLE001 - one model's failure (a bad checkpoint) is its row's
                 res["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
             res["seconds"] = round(time.perf_counter() - t0, 2)
-            res["filter_model"] = bool(filter_fp and not row.is_probe and row.spec and
-                                       (row.spec == filter_spec or model_fingerprint(row.spec) == filter_fp))
+            # a probe on the filter model's image tower is marked too: that tower chose the images
+            res["filter_model"] = is_filter_model(row.spec, filter_spec)
             if res.get("error"):
                 log.error("%s: %s", row.label, res["error"])
             results.append(res)
