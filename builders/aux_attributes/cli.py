@@ -164,7 +164,7 @@ def run_attributes(source: Path | None, out: Path, kind: str, pair_list: list, c
             with client:
                 log.info("%d pair(s) from %s; LLM %s", len(pair_list), kind, client.name)
                 results, stats = generate_aux(pair_list, client, cfg)
-            plaus = measure_plausibility(results, rules, world)
+            plaus = measure_plausibility(results, rules, world, cfg.vocab)
             summary = {**stats.summary(), "llm": llm, "source": kind, "retries": cfg.retries,
                        "contradiction_check": contradiction_check, "contradiction_rules": rules.describe(),
                        "contradiction_share": plaus["all"]["contradiction_share"], "plausibility": plaus}
@@ -225,13 +225,14 @@ def contradiction_rules(source: Path | None, kind: str, families: Path | None):
     return rules
 
 
-def measure_plausibility(results: list, rules, world: Path | None) -> dict:
-    """Contradiction shares of the final answers, and against a demo world's images when given."""
+def measure_plausibility(results: list, rules, world: Path | None, vocab: frozenset[str] | None = None) -> dict:
+    """Contradiction and non-adjective shares of the final answers, and against a demo world's images
+    when given."""
     from .plausibility import WorldTruth, judge, summarise
 
     truth = WorldTruth.load(world) if world is not None else None
     rows = [r.row() for r in results]
-    return summarise(judge(rows, rules, truth), with_truth=truth is not None)
+    return summarise(judge(rows, rules, truth, vocab), with_truth=truth is not None)
 
 
 def write_plausibility(out: Path, plaus: dict) -> list[Path]:

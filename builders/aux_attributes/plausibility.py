@@ -4,7 +4,9 @@ A well-formed answer can still be wrong: "red, shiny, round" for a *blue heart*.
 
 - **contradiction share** (any source, no ground truth needed): the share of auxiliary words
   that :meth:`ContradictionRules.clash` flags (another value of the pair's own attribute, or
-  a value the object's name rules out), and the share of pairs with at least one;
+  a value the object's name rules out: "gold" for a *paper* plane), and the share of pairs with
+  at least one; and the share that is no adjective of how a thing looks (*not_adjective*:
+  "slightly", "frank"; :func:`.answers.is_adjective`);
 - **world truth** (a demo world, which knows what every rendered image shows: its colour,
   pattern and state, ``plain`` and ``normal`` included): each word that names a value of one
   of those families is checked against the images of its pair. *contradicts*: flagged by the
@@ -29,7 +31,8 @@ from curate.errors import CurateError
 
 from .contradictions import ContradictionRules
 
-VERDICTS = ("contradicts", "implausible", "grounded", "unverifiable")
+VERDICTS = ("contradicts", "not_adjective", "implausible", "grounded", "unverifiable")
+WORLD_VERDICTS = VERDICTS[2:]  # judged against a demo world's images
 IMPLAUSIBLE_BELOW = 0.10
 Pair = tuple[str, str]
 
@@ -118,9 +121,11 @@ def _names(rules: ContradictionRules, word: str) -> set[str]:
     return out
 
 
-def judge(rows: list[dict[str, Any]], rules: ContradictionRules, truth: WorldTruth | None = None
-          ) -> list[WordVerdict]:
+def judge(rows: list[dict[str, Any]], rules: ContradictionRules, truth: WorldTruth | None = None,
+          vocab: frozenset[str] | None = None) -> list[WordVerdict]:
     """One verdict per auxiliary word of ``rows`` (``attr``, ``obj``, ``aux``, ``source``)."""
+    from .answers import is_adjective
+
     out = []
     for r in rows:
         attr, obj = str(r["attr"]), str(r["obj"])
@@ -128,6 +133,10 @@ def judge(rows: list[dict[str, Any]], rules: ContradictionRules, truth: WorldTru
             reason = rules.clash(word, attr, obj)
             if reason:
                 out.append(WordVerdict(attr, obj, word, r.get("source", ""), "contradicts", 0.0, reason))
+                continue
+            if not is_adjective(word, vocab):
+                out.append(WordVerdict(attr, obj, word, r.get("source", ""), "not_adjective", None,
+                                       f"'{word}' is not an adjective that describes how a thing looks"))
                 continue
             if truth is None:
                 out.append(WordVerdict(attr, obj, word, r.get("source", ""), "unverifiable", None))
@@ -155,16 +164,18 @@ def summarise(verdicts: list[WordVerdict], with_truth: bool) -> dict[str, Any]:
         d: dict[str, Any] = {"words": n, "pairs": len(pairs),
                              "contradiction_share": round(c["contradicts"] / n, 4) if n else None,
                              "pairs_with_contradiction": len(bad),
-                             "pairs_with_contradiction_share": round(len(bad) / len(pairs), 4) if pairs else None}
+                             "pairs_with_contradiction_share": round(len(bad) / len(pairs), 4) if pairs else None,
+                             "not_adjective_share": round(c["not_adjective"] / n, 4) if n else None}
         if with_truth:
-            d.update({f"{k}_share": round(c[k] / n, 4) if n else None for k in VERDICTS[1:]})
+            d.update({f"{k}_share": round(c[k] / n, 4) if n else None for k in WORLD_VERDICTS})
         return d
 
     out = {"all": shares(verdicts)}
     for src in sorted({v.source for v in verdicts}):
         out[src] = shares([v for v in verdicts if v.source == src])
     out["examples"] = {k: [f"{v.word} ({v.attr} {v.obj})" for v in verdicts if v.verdict == k][:8]
-                       for k in ("contradicts", "implausible") if any(v.verdict == k for v in verdicts)}
+                       for k in ("contradicts", "not_adjective", "implausible")
+                       if any(v.verdict == k for v in verdicts)}
     out["implausible_below"] = IMPLAUSIBLE_BELOW if with_truth else None
     return out
 
@@ -172,10 +183,10 @@ def summarise(verdicts: list[WordVerdict], with_truth: bool) -> dict[str, Any]:
 def markdown(summary: dict[str, Any], title: str = "Plausibility of the auxiliary attributes") -> str:
     """The summary as a Markdown table (rows: all words, then per source)."""
     with_truth = summary.get("implausible_below") is not None
-    cols = ["words", "pairs", "contradiction_share", "pairs_with_contradiction_share"]
+    cols = ["words", "pairs", "contradiction_share", "pairs_with_contradiction_share", "not_adjective_share"]
     if with_truth:
         cols += ["implausible_share", "grounded_share", "unverifiable_share"]
-    head = ["answers", "words", "pairs", "contradict the pair", "pairs with one"]
+    head = ["answers", "words", "pairs", "contradict the pair", "pairs with one", "not an adjective"]
     if with_truth:
         head += ["implausible for its images", "grounded in its images", "unverifiable"]
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -185,14 +196,14 @@ def markdown(summary: dict[str, Any], title: str = "Plausibility of the auxiliar
                  ("-" if row.get(c) is None else f"{100 * row[c]:.1f} %") for c in cols]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     for k, ex in summary.get("examples", {}).items():
-        lines += ["", f"{k.capitalize()}, e.g.: " + ", ".join(ex)]
+        lines += ["", f"{k.replace('_', ' ').capitalize()}, e.g.: " + ", ".join(ex)]
     if with_truth:
         lines += ["", f"Implausible: the pair's world images show what the word names in under "
                       f"{100 * summary['implausible_below']:.0f} % of cases."]
     return "\n".join(lines) + "\n"
 
 
-COLOURS = {"contradicts": "#c0392b", "implausible": "#e67e22", "grounded": "#27ae60", "unverifiable": "#bdc3c7"}
+COLOURS = {"contradicts": "#c0392b", "not_adjective": "#8e44ad", "implausible": "#e67e22", "grounded": "#27ae60", "unverifiable": "#bdc3c7"}
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
@@ -209,11 +220,12 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 1.2 + 0.55 * len(rows)))
     for i, key in enumerate(rows):
         row, left = summary[key], 0.0
-        parts = [("contradicts", row["contradiction_share"] or 0.0)]
+        parts = [("contradicts", row["contradiction_share"] or 0.0),
+                 ("not_adjective", row.get("not_adjective_share") or 0.0)]
         if with_truth:
-            parts += [(k, row[f"{k}_share"] or 0.0) for k in VERDICTS[1:]]
+            parts += [(k, row[f"{k}_share"] or 0.0) for k in WORLD_VERDICTS]
         else:
-            parts += [("unverifiable", 1.0 - (row["contradiction_share"] or 0.0))]
+            parts += [("unverifiable", 1.0 - sum(share for _, share in parts))]
         for verdict, share in parts:
             ax.barh(i, 100 * share, left=100 * left, color=COLOURS[verdict],
                     label=verdict if i == 0 else None)
@@ -224,7 +236,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of auxiliary words (%)")
-    ax.set_title("Auxiliary words: contradicting the pair" + (", and against the world's images" if with_truth else ""),
+    ax.set_title("Auxiliary words: contradicting the pair, not adjectives" + (", and against the world's images" if with_truth else ""),
                  fontsize=9)
     ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.12), frameon=False)
     fig.tight_layout()
