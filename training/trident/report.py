@@ -143,7 +143,9 @@ def write_report(run: Path, spec: RunSpec, data: CZSLData, results: dict[str, An
         f"{len(data.items['test'])}.",
         f"Model: {cfg.model}, preset `{cfg.preset}` (G={cfg.global_masks}, L={cfg.local_poolings}, dim {cfg.dim}, "
         f"alpha {cfg.alpha}, top-{cfg.topk}); backbone `{spec.backbone}`"
-        + (f", projector `{spec.projector}`" if spec.projector else ", learned projection") + ".",
+        + (f", projector `{spec.projector}`" if spec.projector else ", learned projection") + "."
+        + (f" Training step: BatchNorm {cfg.bn_groups} (official: per image group), partners {cfg.partners}."
+           if cfg.model == "trident" else ""),
         f"Word embeddings: `{spec.word_embeddings}` ({spec.dims.get('word_dim')}-d"
         f"{f', {missing} missing' if missing else ''}"
         f"). Auxiliary attributes: {len(spec.aux)}/{len(spec.train_pairs)} training pairs"
