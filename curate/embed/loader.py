@@ -196,7 +196,7 @@ class _Batcher:
         return np.concatenate(self.parts) if self.parts else np.zeros((0, dim), np.float32)
 
     def _pinned(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows.contiguous().pin_memory() if self.pin else rows.contiguous()
+        return rows.contiguous().pin_memory() if self.pin and not rows.is_cuda else rows.contiguous()
 
     def _forward(self, pixels: torch.Tensor) -> None:
         feats = self.encoder.image_features(pixels, self.precision)
@@ -221,9 +221,37 @@ class _Batcher:
         self.parts.append(_normalise(result))
 
 
+_GPU_CHOICE: dict[tuple, bool] = {}  # --gpu-decode auto: the probe's answer, per encoder and decode mode
+
+
+def _pixel_batches(feed: Feed, encoder: Encoder, decode: str, gpu_decode: str,
+                   decode_workers: int) -> Iterator[tuple[torch.Tensor, list[str | None]]]:
+    """The shard's ``(pixels, errors)`` batches: from the decode workers, or decoded on the GPU
+    (:mod:`curate.embed.gpu_decode`) when ``gpu_decode`` says so (auto: the first batch this
+    process sees is timed both ways; that shard then finishes on the GPU decoder)."""
+    from .gpu_decode import choose, gpu_decoder
+
+    decoder = gpu_decoder(encoder, decode) if gpu_decode != "off" else None
+    key = (id(encoder), decode)
+    if decoder is None or _GPU_CHOICE.get(key) is False:
+        yield from feed.loader
+        return
+    batches = iter(feed.sampler)
+    if gpu_decode == "auto" and key not in _GPU_CHOICE:
+        first = next(batches, None)
+        if first is None:
+            return
+        _GPU_CHOICE[key] = choose(decoder, partial(encoder.pixels, decode=decode), first, decode_workers)
+        yield decoder(first)
+    for images in batches:
+        yield decoder(images)
+
+
 def embed_fed(shard: Path, encoder: Encoder, report: ReadReport, batch_size: int, precision: str,
-              decode_workers: int, caption: Caption, decode: str = DEFAULT_DECODE) -> FedResult:
-    """Image embeddings of one shard through the decode workers (see the module docstring).
+              decode_workers: int, caption: Caption, decode: str = DEFAULT_DECODE,
+              gpu_decode: str = "auto") -> FedResult:
+    """Image embeddings of one shard through the decode workers (see the module docstring), or
+    through the GPU's JPEG decoder (``gpu_decode``; CUDA only).
 
     Keys, captions, bad keys and ``report`` come out exactly as the in-process path makes them.
     """
@@ -238,7 +266,7 @@ def embed_fed(shard: Path, encoder: Encoder, report: ReadReport, batch_size: int
         report.skip(item.key, "no image field")
 
     try:
-        for pixels, errors in feed.loader:
+        for pixels, errors in _pixel_batches(feed, encoder, decode, gpu_decode, decode_workers):
             for err in errors:
                 while not items[0].has_image:
                     no_image(items.popleft())

@@ -42,6 +42,7 @@ from ..outdir import OutputDir
 from ..shards import ReadReport, image_of, iter_shard, list_shards, sample_meta
 from .backends import PRECISIONS, Encoder, cached_model, check_spec_syntax, resolve_precision
 from .devices import embed_devices, lock_dir
+from .gpu_decode import check_gpu_decode
 from .store import INFO_NAME, STORE_DTYPES, part_paths, save_npy, save_parquet
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class EmbedConfig:
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 elsewhere) | fp32 | fp16 | bf16 (autocast)
     dtype: str = "float32"  # stored embeddings: float32 | float16 (clip-retrieval's)
     decode: str = DEFAULT_DECODE  # fast (JPEG DCT scaling to the model's size) | exact (full-size decode)
+    gpu_decode: str = "auto"  # CUDA: decode JPEGs on the GPU: auto (when faster) | on | off (gpu_decode.py)
 
 
 MAX_AUTO_DECODE_WORKERS = 16
@@ -175,7 +177,7 @@ def embed_shard_task(task: Task) -> dict[str, Any]:
         from .loader import embed_fed
 
         fed = embed_fed(shard, encoder, report, cfg.batch_size, precision, max(0, cfg.decode_workers),
-                        sample_caption, cfg.decode)
+                        sample_caption, cfg.decode, cfg.gpu_decode)
         keys, captions, img, bad = fed.keys, fed.captions, fed.images, fed.bad
     else:
         keys, captions, img, bad = _embed_in_process(shard, encoder, report, cfg.batch_size, precision, cfg.decode)
@@ -249,6 +251,7 @@ def embed_shards(
     if config.dtype not in STORE_DTYPES:
         raise CurateError(f"unknown --dtype {config.dtype!r}", fix=f"use one of {', '.join(STORE_DTYPES)}")
     check_decode(config.decode)
+    check_gpu_decode(config.gpu_decode)
     paths = list_shards(shards)
     out = Path(out)
     devices = embed_devices(config.device)
