@@ -20,3 +20,46 @@ def relaxed_toml(**keys: Any) -> str:
     so the build's default applies)."""
     merged = {**RELAXED_FILTERS, **SMALL, **keys}
     return "".join(f"{k} = {json.dumps(v)}\n" for k, v in merged.items() if v is not None)
+
+
+# The dataset (+ triplets) the output tests share (test_datasets_load, test_exports_official,
+# test_zeroshot_reference): built once per test run by conftest's ``ao_with_triplets``.
+AO_BUILD = """
+object_topk = 1000
+attribute_check = false
+comp_threshold = -1.0
+dedup_threshold = 1.01
+min_resolution = 32
+max_pairs = 6
+common_pairs = 4
+generator_images = 3
+images_per_pair = 9
+min_images_per_pair = 1
+retrieve_k = 6
+export = ["czsl", "imagefolder"]
+"""
+
+
+def build_ao_with_triplets(base, small_world, tiny_clip_spec):
+    """``curate build imagenet-ao`` (AO_BUILD) then ``curate triplets`` into ``base/ao``; returns the folder."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    curate = str(Path(sys.executable).with_name("curate"))
+    out = base / "ao"
+    if (out / "triplets" / "triplets.json").exists():
+        return out
+    (base / "build.toml").write_text(AO_BUILD)
+    wj = small_world.path / "world.json"
+    env = {**os.environ, "CURATE_NO_PROGRESS": "1"}
+    r = subprocess.run([curate, "build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
+                        str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"),
+                        "--generator", "demo", "--model", tiny_clip_spec, "--config", str(base / "build.toml"),
+                        "--out", str(out), "--workers", "2"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([curate, "-q", "triplets", str(out), "--splits", "train=0.5,val=0.25,test=0.25",
+                        "--max-per-pair", "3"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out

@@ -193,3 +193,13 @@ def small_build_embeddings(tmp_path_factory, small_build, tiny_clip_spec) -> Com
         return CommandRun(args, out, run_curate(args, out))
 
     return _shared_run(tmp_path_factory, "small-build-embeddings", make)
+
+
+@pytest.fixture(scope="session")
+def ao_with_triplets(tmp_path_factory, small_world, tiny_clip_spec) -> Path:
+    """A small dataset and its triplets (build_helpers.build_ao_with_triplets), made once per test run;
+    the tests that read outputs (datasets.load_dataset, official loaders, zero-shot reference) share it."""
+    from build_helpers import build_ao_with_triplets
+
+    with shared_once(tmp_path_factory, "ao") as folder:
+        return build_ao_with_triplets(folder, small_world, tiny_clip_spec)

@@ -540,4 +540,4 @@ def test_accepts_lists_and_tensors():
 
 def test_import_is_cheap():
     code = "import sys, training.metrics.czsl; assert 'torch' not in sys.modules and 'scipy' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

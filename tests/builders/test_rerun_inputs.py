@@ -293,7 +293,7 @@ def test_the_study_remakes_its_made_once_folders_when_their_inputs_change(tmp_pa
     existed (a reviewed manifest kept the old arms); now each is a ledger step keyed by its inputs."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "curation_study.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "curation_study.py"
     spec = importlib.util.spec_from_file_location("curation_study", path)
     study_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study_module)  # bench/ is not a package on the tests' path

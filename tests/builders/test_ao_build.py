@@ -343,7 +343,7 @@ def test_pool_download_interrupted_then_rerun_downloads_only_the_rest(tmp_path, 
     with serve_folder(pool) as base:
         urls, _ = write_url_list(pool, base, tmp_path)
         pl.concat([pl.read_parquet(urls).select("url", "caption")] * 8).write_parquet(tmp_path / "u.parquet")  # 4 shards
-        code = INTERRUPTIBLE.format(repo=str(Path(__file__).resolve().parent.parent), urls=str(tmp_path / "u.parquet"),
+        code = INTERRUPTIBLE.format(repo=str(Path(__file__).resolve().parents[2]), urls=str(tmp_path / "u.parquet"),
                                     out=str(out))
         p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)

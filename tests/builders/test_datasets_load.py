@@ -12,10 +12,8 @@ and builds on a dataset of one pair and on one with no rare pair.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,48 +23,13 @@ import pytest
 CURATE = str(Path(sys.executable).with_name("curate"))
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-BUILD = """
-object_topk = 1000
-attribute_check = false
-comp_threshold = -1.0
-dedup_threshold = 1.01
-min_resolution = 32
-max_pairs = 6
-common_pairs = 4
-generator_images = 3
-images_per_pair = 9
-min_images_per_pair = 1
-retrieve_k = 6
-export = ["czsl", "imagefolder"]
-"""
 MIN_SHARDS = 8  # the build's default min_shards_per_split
 WORKERS = 2
 
 
-def built_ao(tmp_path_factory, small_world, tiny_clip_spec) -> Path:
-    """The session's dataset (+ triplets), built once and shared by the modules that test outputs."""
-    base = tmp_path_factory.getbasetemp() / "ao-shared"
-    out = base / "ao"
-    if (out / "triplets" / "triplets.json").exists():
-        return out
-    base.mkdir(exist_ok=True)
-    (base / "build.toml").write_text(BUILD)
-    wj = small_world.path / "world.json"
-    env = {**os.environ, "CURATE_NO_PROGRESS": "1"}
-    r = subprocess.run([CURATE, "build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
-                        str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"),
-                        "--generator", "demo", "--model", tiny_clip_spec, "--config", str(base / "build.toml"),
-                        "--out", str(out), "--workers", "2"], capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([CURATE, "-q", "triplets", str(out), "--splits", "train=0.5,val=0.25,test=0.25",
-                        "--max-per-pair", "3"], capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
 @pytest.fixture(scope="module")
-def ao(tmp_path_factory, small_world, tiny_clip_spec) -> Path:
-    return built_ao(tmp_path_factory, small_world, tiny_clip_spec)
+def ao(ao_with_triplets) -> Path:
+    return ao_with_triplets
 
 
 def outputs(ao: Path) -> dict[str, Path]:

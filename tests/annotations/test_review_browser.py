@@ -24,7 +24,7 @@ from conftest import make_tiny_dataset
 
 from curate.manifest import read_manifest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CURATE = str(Path(sys.executable).with_name("curate"))
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from test_datasets_load import built_ao
 
 CURATE = str(Path(sys.executable).with_name("curate"))
 
 
 @pytest.fixture(scope="module")
-def ao(tmp_path_factory, small_world, tiny_clip_spec) -> Path:
-    return built_ao(tmp_path_factory, small_world, tiny_clip_spec)
+def ao(ao_with_triplets) -> Path:
+    return ao_with_triplets
 
 
 def test_class_names_become_labels():

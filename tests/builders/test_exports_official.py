@@ -11,7 +11,7 @@ file access, the preprocessing left out), each citing its source:
   ``src/evaluation.py`` calls it, and that script's semantic mAP@10;
 * clip-retrieval: the real ``clip-retrieval index`` command and its ``ParquetMetadataProvider``.
 
-The dataset and triplets are the session's build (``test_datasets_load.built_ao``).
+The dataset and triplets are the session's build (``conftest.ao_with_triplets``).
 """
 
 from __future__ import annotations
@@ -33,14 +33,13 @@ from official_loaders import (
     FashionIQDataset,
     circo_semantic_map10,
 )
-from test_datasets_load import built_ao
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def ao(tmp_path_factory, small_world, tiny_clip_spec) -> Path:
-    return built_ao(tmp_path_factory, small_world, tiny_clip_spec)
+def ao(ao_with_triplets) -> Path:
+    return ao_with_triplets
 
 
 # -- CZSL ----------------------------------------------------------------------------------
