@@ -215,7 +215,7 @@ def contact_sheet(out: Path, manifest: pl.DataFrame, split: str, path: Path) -> 
     images = {}
     for s in iter_keys(wanted, exts=("jpg",)):
         try:
-            images[s["__key__"]] = open_rgb(s["jpg"])
+            images[s["__key__"]] = open_rgb(s["jpg"], THUMB, fit="long")  # a JPEG decodes near thumbnail size
         except OSError as e:
             log.warning("contact sheet: %s not decodable (%s)", s["__key__"], e)
     pad, head = 6, 34

@@ -50,6 +50,9 @@ def check_image(data: bytes, min_resolution: int) -> tuple[bool, str, int, int]:
             w, h = im.size
             if w * h > MAX_PIXELS:
                 return False, f"too large ({w}x{h}, decompression-bomb guard)", w, h
+            if im.format == "JPEG":  # every coefficient is still entropy-decoded (a truncated or corrupt
+                im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))  # file fails as at full size), the
+                # pixels are made at 1/8 scale: whether it decodes is all this check keeps
             im.load()
             if min(w, h) < min_resolution:
                 return False, f"too small ({w}x{h} < {min_resolution})", w, h

@@ -188,3 +188,4 @@ def test_encoders_say_the_size_they_need():
     assert resize_size(T.Compose([T.Resize((256, 320)), T.ToTensor()])) == 320
     assert resize_size(T.Compose([T.CenterCrop(224), T.Resize(224)])) is None   # crop first: full decode
     assert resize_size(T.Compose([T.ToTensor()])) is None
+
