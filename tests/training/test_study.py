@@ -86,7 +86,8 @@ def study_inputs(tmp_path_factory, tiny_clip_spec):
                       f"{other},independent,clip,,{train}\n"
                       f"mini:{root / 'gone'},missing,clip,,\n"
                       f"{other},probe,supervised,probe,\n"
-                      f"{other},probe k1,few-shot,probe-k1,\n")
+                      f"{other},probe k1,few-shot,probe-k1,\n"
+                      "scratch,cnn,supervised,scratch,\n")
     return {"root": root, "ds": ds, "ref": ref, "train": train, "models": models, "other": other,
             "filter": tiny_clip_spec}
 
@@ -106,7 +107,7 @@ def test_study_table_cache_and_bad_rows(study_inputs, tmp_path):
     rep = json.loads((out / "study.json").read_text())
     rows = {row["label"]: row for row in rep["rows"]}
     assert rep["failed"] == ["missing"] and "does not exist" in rows["missing"]["error"]
-    assert all(rows[k]["ok"] for k in ("filter", "independent", "probe", "probe k1"))
+    assert all(rows[k]["ok"] for k in ("filter", "independent", "probe", "probe k1", "cnn"))
     assert rows["filter"]["filter_model"] and not rows["independent"]["filter_model"]
     assert not rows["probe"]["filter_model"]
     # the reference's hexagons are not objects of the dataset: counted, left out, reported
@@ -131,8 +132,10 @@ def test_study_table_cache_and_bad_rows(study_inputs, tmp_path):
     assert "filter model: biased upwards" in md and "hexagon 8" in md and "missing failed" in md
     assert "24 images" in md and "## Filter-model bias" in md
     assert (out / "id_vs_ood.png").stat().st_size > 10_000 and (out / "ood_vs_nmi.png").is_file()
-    # the baseline (supervised + few-shot: two probes) gives a line and every row an ER
-    assert rep["baseline"]["models"] == ["probe", "probe k1"]
+    # the baseline (supervised + few-shot: two probes, the scratch CNN) gives a line and every row an ER
+    assert rep["baseline"]["models"] == ["probe", "probe k1", "cnn"]
+    assert len(rows["cnn"]["sets"]["rare"]["object_top1_seeds"]) == 3 and not rows["cnn"]["filter_model"]
+    assert (out / "runs" / "cnn-seed2" / "metrics.jsonl").is_file()  # trained through fit()
     if rep["baseline"]["fit"]:
         assert rows["independent"]["effective_robustness"] is not None
     # adding one model scores only that one; the others come from their cached scores
@@ -140,7 +143,7 @@ def test_study_table_cache_and_bad_rows(study_inputs, tmp_path):
     assert r.returncode == 1
     rows2 = {row["label"]: row for row in json.loads((out / "study.json").read_text())["rows"]}
     assert [k for k, v in rows2.items() if v.get("cached") is False] == ["again"]
-    assert all(rows2[k]["cached"] for k in ("filter", "independent", "probe", "probe k1"))
+    assert all(rows2[k]["cached"] for k in ("filter", "independent", "probe", "probe k1", "cnn"))
     assert rows2["again"]["sets"] == rows["independent"]["sets"]  # same weights, same numbers
     # a study folder reused with another dataset is refused, naming the mismatch
     r = _run([str(x["ref"]), "--out", str(out), "--reference", str(x["ref"]), "--train", str(x["train"]),

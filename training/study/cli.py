@@ -20,6 +20,9 @@ def study_cmd(
     probe: Annotated[list[str] | None, typer.Option(
         "--probe", help="A linear probe (SPEC or LABEL=SPEC) on this model's frozen image tower, trained on --train with object labels "
                         "only (group `supervised`, 3 seeds; repeatable).")] = None,
+    scratch: Annotated[bool, typer.Option(
+        "--scratch", help="Also train a small CNN from scratch on --train's object labels (group `supervised`, "
+                          "3 seeds, a few CPU minutes each).")] = False,
     shots: Annotated[str, typer.Option(
         "--shots", help="Few-shot probes per --probe spec: k images per object class (group `few-shot`); '' for none.")]
         = "1,2,4,8,16",
@@ -28,8 +31,8 @@ def study_cmd(
     train: Annotated[str | None, typer.Option(
         help="Labelled training images for the probes (default: the demo world's train/ when the reference is its heldout/).")] = None,
     unfiltered: Annotated[str | None, typer.Option(
-        help="The images the filter chose the rare set from, to measure the filter model's bias "
-             "(default: the demo world's rare/).")] = None,
+        help="Unfiltered images of rare pairs, to measure the filter model's bias (default: the demo world's "
+             "rare/).")] = None,
     baseline: Annotated[str, typer.Option(
         help="The groups (comma-separated) the effective-robustness line is fitted over.")] = "supervised,few-shot",
     include_rejected: Annotated[bool, typer.Option(help="Also evaluate samples a reviewer rejected.")] = False,
@@ -58,7 +61,7 @@ def study_cmd(
     from curate.log import console
     from curate.paths import must_exist
 
-    from .rows import PROBE, make_row, read_models_file
+    from .rows import PROBE, SCRATCH, make_row, read_models_file
     from .run import StudyRequest, run_study
 
     must_exist(dataset, fix="give the dataset folder made by `curate build imagenet-ao`")
@@ -81,6 +84,8 @@ def study_cmd(
         rows.append(make_row(spec, f"probe {label}" if label else None, method=PROBE, where="--probe"))
         rows += [make_row(spec, f"probe-k{k} {label}" if label else None, method=f"probe-k{k}", where="--shots")
                  for k in ks]
+    if scratch:
+        rows.append(make_row(SCRATCH, "CNN from scratch", method=SCRATCH, where="--scratch"))
     info = dataset / "dataset.json"
     built = json.loads(info.read_text()).get("config", {}) if info.is_file() else {}
     reference = reference or built.get("reference")
@@ -91,7 +96,7 @@ def study_cmd(
     from curate.world import RARE, TRAIN, is_world, split_dir
 
     world = Path(reference).parent
-    if is_world(world):  # the demo world: its train/ for the probes, its rare/ (what the filter chose from)
+    if is_world(world):  # the demo world: its train/ for the probes, its rare/ (unfiltered rare-pair images)
         train = train or (str(split_dir(world, TRAIN)) if split_dir(world, TRAIN).is_dir() else None)
         unfiltered = unfiltered or (str(split_dir(world, RARE)) if split_dir(world, RARE).is_dir() else None)
     for name, path in (("--train", train), ("--unfiltered", unfiltered)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,10 @@ def markdown(report: dict[str, Any]) -> str:
     bias = report.get("filter_bias")
     if bias:
         lines += ["", "## Filter-model bias", "",
-                  f"The filter model `{bias['filter']}` chose the rare set's images from `{report['unfiltered']}`. Gain "
-                  "= accuracy on the filtered rare set minus on the images it chose from; bias = the filter model's "
-                  f"gain minus the independent models' ({', '.join(bias['independent'])}) mean gain.", "",
+                  f"The filter model `{bias['filter']}` chose the rare set's images. `{report['unfiltered']}` holds "
+                  "unfiltered images of rare pairs (no model chose them). Gain = accuracy on the filtered rare set "
+                  "minus on the unfiltered images; bias = the filter model's gain minus the independent models' "
+                  f"({', '.join(bias['independent'])}) mean gain: how much of its number the filter chose.", "",
                   "| metric | filter on rare | independent on rare | filter gain | independent gain | bias |",
                   "|---|---:|---:|---:|---:|---:|"]
         for k in ("object_top1", "composition_top1"):
@@ -100,7 +102,8 @@ def _groups(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _logit_axis(ax, axis: str, lo: float, hi: float) -> None:
-    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99) if lo <= logit(t) <= hi]
+    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+             if lo <= logit(t) <= hi]
     (ax.set_xticks if axis == "x" else ax.set_yticks)([logit(t) for t in ticks])
     (ax.set_xticklabels if axis == "x" else ax.set_yticklabels)([f"{t:.0%}" for t in ticks])
     (ax.set_xlim if axis == "x" else ax.set_ylim)(lo, hi)
@@ -113,17 +116,18 @@ def plot_id_vs_ood(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in report["rows"] if r["ok"] and ID in r["sets"]]
-    fig, ax = plt.subplots(figsize=(7.5, 6))
+    fig, ax = plt.subplots(figsize=(8, 6.5))
     if rows:
         xs = np.array([logit(r["sets"][ID]["object_top1"]) for r in rows])
         ys = np.array([logit(r["sets"][OOD]["object_top1"]) for r in rows])
-        lo = float(min(xs.min(), ys.min())) - 0.5
-        hi = float(max(xs.max(), ys.max())) + 0.5
-        ax.plot([lo, hi], [lo, hi], ls=":", c="grey", lw=1, label="y = x")
+        x_lo, x_hi = float(xs.min()) - 0.4, float(xs.max()) + 0.4
+        y_lo, y_hi = float(ys.min()) - 0.4, float(ys.max()) + 0.4
+        lo, hi = min(x_lo, y_lo), max(x_hi, y_hi)
+        ax.plot([lo, hi], [lo, hi], ls=":", c="grey", lw=1, label="y = x (no drop)")
         fit = report["baseline"]["fit"]
         if fit:
-            ax.plot([lo, hi], [fit["slope"] * lo + fit["intercept"], fit["slope"] * hi + fit["intercept"]], c="black",
-                    lw=1.2, label=f"baseline fit ({report['baseline']['group']})")
+            ax.plot([x_lo, x_hi], [fit["slope"] * x_lo + fit["intercept"], fit["slope"] * x_hi + fit["intercept"]],
+                    c="black", lw=1.2, label=f"baseline fit ({report['baseline']['group']})")
         colours = dict(zip(dict.fromkeys(r["group"] for r in rows), plt.rcParams["axes.prop_cycle"].by_key()["color"],
                            strict=False))
         for r, x, y in zip(rows, xs, ys, strict=True):
@@ -134,14 +138,21 @@ def plot_id_vs_ood(report: dict[str, Any], path: Path) -> None:
                         [logit(min(i["object_top1"] + i["object_top1_std"], 1 - 1e-4)) - x]]
                 yerr = [[y - logit(max(o["object_top1"] - o["object_top1_std"], 1e-4))],
                         [logit(min(o["object_top1"] + o["object_top1_std"], 1 - 1e-4)) - y]]
-            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", ms=7, color=colours.get(r["group"]),
-                        mfc="none" if r["filter_model"] else colours.get(r["group"]), capsize=2,
-                        label=r["group"] if r["group"] not in ax.get_legend_handles_labels()[1] else None)
-            ax.annotate(r["label"] + (" (filter model: biased)" if r["filter_model"] else ""), (x, y),
-                        textcoords="offset points", xytext=(6, 4), fontsize=7)
-        _logit_axis(ax, "x", lo, hi)
-        _logit_axis(ax, "y", lo, hi)
-        ax.legend(loc="upper left", fontsize=8)
+            colour = colours.get(r["group"])
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", ms=7, color=colour, mfc="none" if r["filter_model"] else colour,
+                        capsize=2, elinewidth=0.8)
+            shots = re.match(r"^probe-k(\d+)$", r["method"])
+            text = f"k{shots.group(1)}" if shots else r["label"] + (" (filter model: biased)" if r["filter_model"] else "")
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7 if shots else 8)
+        from matplotlib.lines import Line2D
+
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], ls="", marker="o", color=c, label=g) for g, c in colours.items()]
+        if any(r["filter_model"] for r in rows):
+            handles.append(Line2D([], [], ls="", marker="o", mfc="none", color="grey", label="filter model (biased)"))
+        _logit_axis(ax, "x", x_lo, x_hi)
+        _logit_axis(ax, "y", y_lo, y_hi)
+        ax.legend(handles=handles, loc="upper left", fontsize=8)
     sz = report["sizes"]
     ax.set_xlabel(f"ID object top-1 (reference, {sz.get(ID, {}).get('images', 0)} images; logit axis)")
     ax.set_ylabel(f"OoD object top-1 (rare set, {sz.get(OOD, {}).get('images', 0)} images; logit axis)")
@@ -164,7 +175,8 @@ def plot_ood_vs_nmi(report: dict[str, Any], path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for k, marker, name in (("object_top1", "o", "object top-1"), ("composition_top1", "s", "composition top-1")):
-        pts = [(r["nmi"], r["sets"][OOD][k], r["label"]) for r in rows if r["sets"][OOD].get(k) is not None]
+        pts = [(r["nmi"], r["sets"][OOD][k], r["label"] + (" (filter model: biased)" if r["filter_model"] else ""))
+               for r in rows if r["sets"][OOD].get(k) is not None]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"OoD {name}")
             for x, y, label in pts:

@@ -14,6 +14,7 @@ from curate.errors import CurateError
 
 ZEROSHOT = "zeroshot"
 PROBE = "probe"          # a linear probe on the frozen image tower, every training image
+SCRATCH = "scratch"      # a small CNN trained from scratch on the training images' object labels (spec: "scratch")
 SHOTS = re.compile(r"^probe-k(\d+)$")  # a linear probe on k images per object class
 COLUMNS = ("spec", "label", "group", "method", "corpus", "nmi")
 PROBE_SEEDS = (0, 1, 2)
@@ -38,6 +39,11 @@ class ModelRow:
     def is_probe(self) -> bool:
         return self.method == PROBE or self.shots is not None
 
+    @property
+    def trained(self) -> bool:
+        """Trained here on the training images (probes, the scratch network): one result per seed."""
+        return self.is_probe or self.method == SCRATCH
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "seeds": list(self.seeds)}
 
@@ -48,8 +54,9 @@ def make_row(spec: str, label: str | None = None, group: str | None = None, meth
     if not spec:
         raise CurateError("a model row has no spec", where=where, fix=f"columns: {', '.join(COLUMNS)}")
     method = (method or ZEROSHOT).strip()
-    if method not in (ZEROSHOT, PROBE) and not SHOTS.match(method):
-        raise CurateError(f"unknown method {method!r}", where=where, fix="zeroshot, probe or probe-kN (N shots)")
+    if method not in (ZEROSHOT, PROBE, SCRATCH) and not SHOTS.match(method):
+        raise CurateError(f"unknown method {method!r}", where=where,
+                          fix="zeroshot, probe, probe-kN (N shots) or scratch (spec: scratch)")
     probe = method != ZEROSHOT
     value = None
     if nmi not in (None, ""):
@@ -57,9 +64,9 @@ def make_row(spec: str, label: str | None = None, group: str | None = None, meth
             value = float(nmi)
         except ValueError as e:
             raise CurateError(f"nmi {nmi!r} is not a number", where=where) from e
-    default_label = spec if not probe else f"{method} {spec}"
+    default_label = spec if not probe or method == SCRATCH else f"{method} {spec}"
     return ModelRow(spec=spec, label=(label or "").strip() or default_label,
-                    group=(group or "").strip() or ("supervised" if method == PROBE else "few-shot" if probe else "clip"),
+                    group=(group or "").strip() or ("supervised" if method in (PROBE, SCRATCH) else "few-shot" if probe else "clip"),
                     method=method, corpus=(corpus or "").strip() or None, nmi=value,
                     seeds=PROBE_SEEDS if probe else (0,))
 

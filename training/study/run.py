@@ -32,7 +32,7 @@ from curate.outdir import META, OutputDir
 
 from ..metrics.robustness import effective_robustness, fit_logit_line, topk
 from ..metrics.zeroshot import FILTER_NOTE, EvalSet, filter_model_of, is_filter_model, load_eval_set
-from .rows import ModelRow, check_rows
+from .rows import SCRATCH, ModelRow, check_rows
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class StudyRequest:
     baseline: str = "supervised,few-shot"  # the groups (comma-separated) the ER line is fitted over
     device: str = "auto"
     include_rejected: bool = False
-    unfiltered: Path | None = None     # the images the filter chose from (the demo world's rare/): bias check
+    unfiltered: Path | None = None     # unfiltered images of rare pairs (the demo world's rare/): bias check
     overwrite: bool = False
 
 
@@ -177,13 +177,32 @@ def probe_scores(row: ModelRow, sets: Sets, device: str, features: dict[str, dic
     return out
 
 
+def scratch_scores(row: ModelRow, sets: Sets, runs: Path) -> dict[str, np.ndarray]:
+    """The scratch network per seed (its checkpoints under ``runs``): ``NAME/object/SEED`` logits."""
+    from .scratch import logits, pixels, train_scratch
+
+    if "train" not in sets.sets:
+        raise CurateError(f"{row.label}: the scratch network needs training images", fix="pass --train")
+    images = {name: pixels(sets.sets[name]) for name in ("train", *EVALUATED) if name in sets.sets}
+    y, _ = sets.labels("train")
+    out = {}
+    for seed in row.seeds:
+        model = train_scratch(images["train"], y, len(sets.objects), seed, runs / f"{_slug(row.label)}-seed{seed}")
+        for name in EVALUATED:
+            if name in images:
+                out[f"{name}/object/{seed}"] = logits(model, images[name])
+    return out
+
+
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")[:60] or "model"
 
 
 def row_key(row: ModelRow, inputs: dict[str, Any]) -> str:
+    from .scratch import EPOCHS, SIZE
+
     return fingerprint(model_fingerprint(row.spec), row.method, list(row.seeds), inputs,
-                       inputs["train"] if row.is_probe else None)
+                       inputs["train"] if row.trained else None, [EPOCHS, SIZE] if row.method == SCRATCH else None)
 
 
 def cached_scores(row: ModelRow, key: str, folder: Path, compute) -> tuple[dict[str, np.ndarray], bool]:
@@ -218,7 +237,7 @@ def row_metrics(row: ModelRow, scores: dict[str, np.ndarray], sets: Sets) -> dic
     for name in EVALUATED:
         if name not in sets.sets:
             continue
-        runs = [set_metrics(scores, sets, name, seed if row.is_probe else None) for seed in row.seeds]
+        runs = [set_metrics(scores, sets, name, seed if row.trained else None) for seed in row.seeds]
         m: dict[str, Any] = {}
         for k in runs[0]:
             vals = [r[k] for r in runs if r[k] is not None]
@@ -281,12 +300,13 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
             try:
                 from curate.embed.backends import check_spec_syntax
 
-                check_spec_syntax(row.spec)
+                if row.method != SCRATCH:
+                    check_spec_syntax(row.spec)
                 key = row_key(row, inputs)
-                scores, hit = cached_scores(
-                    row, key, req.out / "scores",
-                    (lambda r=row: probe_scores(r, sets, req.device, features)) if row.is_probe
-                    else (lambda r=row: zeroshot_scores(r.spec, sets, req.device)))
+                compute = ((lambda r=row: scratch_scores(r, sets, req.out / "runs")) if row.method == SCRATCH else
+                           (lambda r=row: probe_scores(r, sets, req.device, features)) if row.is_probe
+                           else (lambda r=row: zeroshot_scores(r.spec, sets, req.device)))
+                scores, hit = cached_scores(row, key, req.out / "scores", compute)
                 res.update(ok=True, cached=hit, key=key, sets=row_metrics(row, scores, sets))
                 res["nmi"] = row.nmi if row.nmi is not None else corpus_nmi(row.corpus, nmis) if row.corpus else None
             except CurateError as e:
@@ -332,7 +352,7 @@ def summarise(req: StudyRequest, sets: Sets, results: list[dict[str, Any]], filt
 
 def filter_bias(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     """How much the filter model's numbers gain from having chosen the images: its accuracy on the filtered
-    rare set minus on the images it chose from (``unfiltered``), less the same difference for the
+    rare set minus on unfiltered images of rare pairs (``unfiltered``), less the same difference for the
     independent zero-shot models (their mean). None without both kinds of row and the unfiltered set."""
     rows = [r for r in results if r["ok"] and r["method"] == "zeroshot" and "unfiltered" in r["sets"]]
     filt = [r for r in rows if r["filter_model"]]
