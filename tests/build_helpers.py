@@ -59,7 +59,10 @@ def build_ao_with_triplets(base, small_world, tiny_clip_spec):
                         "--generator", "demo", "--model", tiny_clip_spec, "--config", str(base / "build.toml"),
                         "--out", str(out), "--workers", "2"], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    # split by image: these tests read every split back; 10 compositions split by composition leave
+    # train without an edit (tests/builders/test_triplets_splits.py tests the composition split)
     r = subprocess.run([curate, "-q", "triplets", str(out), "--splits", "train=0.5,val=0.25,test=0.25",
-                        "--max-per-pair", "3"], capture_output=True, text=True, timeout=600, env=env)
+                        "--split-by", "image", "--max-per-pair", "3"], capture_output=True, text=True, timeout=600,
+                       env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return out

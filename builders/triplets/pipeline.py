@@ -46,7 +46,7 @@ from curate.log import StageSummary
 from curate.outdir import OutputDir
 
 from . import exports
-from .config import TripletsConfig
+from .config import TripletsConfig, parse_splits
 from .edits import add_edit_texts
 from .mining import build_pool, mine
 from .source import Source, image_features, load_source
@@ -270,6 +270,7 @@ def _run(cfg: TripletsConfig, out: Path, force: bool = False) -> dict[str, Any]:
     info["config"] = to_dict(cfg)
     info["counts"] = {"triplets": df.height, "by_mode": _count(df, "mode"), "by_split": _count(df, "split")}
     info["split"] = exports.split_summary(df, "manifest" if cfg.splits.strip() == "manifest" else cfg.split_by)
+    _warn_empty_splits(cfg, info["split"])
     if "fashioniq" in info["exports"]:
         mapping = info["exports"]["fashioniq"].pop("category_map", None) or read_json(
             out / "fashioniq" / "category_map.json")
@@ -289,6 +290,17 @@ def _run(cfg: TripletsConfig, out: Path, force: bool = False) -> dict[str, Any]:
         write_triplets_card(out, info)
     _print_summary(run.summaries)
     return info
+
+
+def _warn_empty_splits(cfg: TripletsConfig, summary: dict[str, Any]) -> None:
+    """A split the ratios ask for that ended with no triplet (a composition split of a small dataset can
+    hold out every edit partner of the remaining compositions) is said, with what to try."""
+    ratios = parse_splits(cfg.splits) or {}
+    empty = [s for s, r in ratios.items() if r > 0 and summary["triplets"].get(s, 0) == 0]
+    if empty:
+        logger.warning("split(s) %s hold no triplet under --split-by %s (%s); with few compositions try "
+                       "--split-by edit or image, or other --splits ratios", ", ".join(empty), summary["split_by"],
+                       ", ".join(f"{k} {v}" for k, v in summary["triplets"].items()))
 
 
 def _count(df: pl.DataFrame, col: str) -> dict[str, int]:
