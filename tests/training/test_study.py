@@ -87,7 +87,8 @@ def study_inputs(tmp_path_factory, tiny_clip_spec):
                       f"mini:{root / 'gone'},missing,clip,,\n"
                       f"{other},probe,supervised,probe,\n"
                       f"{other},probe k1,few-shot,probe-k1,\n"
-                      "scratch,cnn,supervised,scratch,\n")
+                      "scratch,cnn,supervised,scratch,\n"
+                      f"{other},ft,,finetune,\n")
     return {"root": root, "ds": ds, "ref": ref, "train": train, "models": models, "other": other,
             "filter": tiny_clip_spec}
 
@@ -107,7 +108,7 @@ def test_study_table_cache_and_bad_rows(study_inputs, tmp_path):
     rep = json.loads((out / "study.json").read_text())
     rows = {row["label"]: row for row in rep["rows"]}
     assert rep["failed"] == ["missing"] and "does not exist" in rows["missing"]["error"]
-    assert all(rows[k]["ok"] for k in ("filter", "independent", "probe", "probe k1", "cnn"))
+    assert all(rows[k]["ok"] for k in ("filter", "independent", "probe", "probe k1", "cnn", "ft")), rows
     assert rows["filter"]["filter_model"] and not rows["independent"]["filter_model"]
     assert not rows["probe"]["filter_model"]
     # the reference's hexagons are not objects of the dataset: counted, left out, reported
@@ -136,6 +137,8 @@ def test_study_table_cache_and_bad_rows(study_inputs, tmp_path):
     assert rep["baseline"]["models"] == ["probe", "probe k1", "cnn"]
     assert len(rows["cnn"]["sets"]["rare"]["object_top1_seeds"]) == 3 and not rows["cnn"]["filter_model"]
     assert (out / "runs" / "cnn-seed2" / "metrics.jsonl").is_file()  # trained through fit()
+    assert rows["ft"]["group"] == "fine-tuned" and len(rows["ft"]["sets"]["reference"]["object_top1_seeds"]) == 3
+    assert (out / "runs" / "ft-seed0" / "metrics.jsonl").is_file()
     if rep["baseline"]["fit"]:
         assert rows["independent"]["effective_robustness"] is not None
     # adding one model scores only that one; the others come from their cached scores
@@ -143,7 +146,7 @@ def test_study_table_cache_and_bad_rows(study_inputs, tmp_path):
     assert r.returncode == 1
     rows2 = {row["label"]: row for row in json.loads((out / "study.json").read_text())["rows"]}
     assert [k for k, v in rows2.items() if v.get("cached") is False] == ["again"]
-    assert all(rows2[k]["cached"] for k in ("filter", "independent", "probe", "probe k1", "cnn"))
+    assert all(rows2[k]["cached"] for k in ("filter", "independent", "probe", "probe k1", "cnn", "ft"))
     assert rows2["again"]["sets"] == rows["independent"]["sets"]  # same weights, same numbers
     # a study folder reused with another dataset is refused, naming the mismatch
     r = _run([str(x["ref"]), "--out", str(out), "--reference", str(x["ref"]), "--train", str(x["train"]),

@@ -20,6 +20,9 @@ def study_cmd(
     probe: Annotated[list[str] | None, typer.Option(
         "--probe", help="A linear probe (SPEC or LABEL=SPEC) on this model's frozen image tower, trained on --train with object labels "
                         "only (group `supervised`, 3 seeds; repeatable).")] = None,
+    finetune: Annotated[list[str] | None, typer.Option(
+        "--finetune", help="Fine-tune this model's image tower (SPEC or LABEL=SPEC) on --train's object labels, "
+                           "head initialised from its zero-shot classifier (group `fine-tuned`, 3 seeds).")] = None,
     scratch: Annotated[bool, typer.Option(
         "--scratch", help="Also train a small CNN from scratch on --train's object labels (group `supervised`, "
                           "3 seeds, a few CPU minutes each).")] = False,
@@ -61,7 +64,7 @@ def study_cmd(
     from curate.log import console
     from curate.paths import must_exist
 
-    from .rows import PROBE, SCRATCH, make_row, read_models_file
+    from .rows import FINETUNE, PROBE, SCRATCH, make_row, read_models_file
     from .run import StudyRequest, run_study
 
     must_exist(dataset, fix="give the dataset folder made by `curate build imagenet-ao`")
@@ -84,6 +87,9 @@ def study_cmd(
         rows.append(make_row(spec, f"probe {label}" if label else None, method=PROBE, where="--probe"))
         rows += [make_row(spec, f"probe-k{k} {label}" if label else None, method=f"probe-k{k}", where="--shots")
                  for k in ks]
+    for f in finetune or []:
+        spec, label = labelled(f)
+        rows.append(make_row(spec, f"fine-tuned {label}" if label else None, method=FINETUNE, where="--finetune"))
     if scratch:
         rows.append(make_row(SCRATCH, "CNN from scratch", method=SCRATCH, where="--scratch"))
     info = dataset / "dataset.json"

@@ -15,6 +15,7 @@ from curate.errors import CurateError
 ZEROSHOT = "zeroshot"
 PROBE = "probe"          # a linear probe on the frozen image tower, every training image
 SCRATCH = "scratch"      # a small CNN trained from scratch on the training images' object labels (spec: "scratch")
+FINETUNE = "finetune"    # the model's image tower fine-tuned on the training images' object labels
 SHOTS = re.compile(r"^probe-k(\d+)$")  # a linear probe on k images per object class
 COLUMNS = ("spec", "label", "group", "method", "corpus", "nmi")
 PROBE_SEEDS = (0, 1, 2)
@@ -42,7 +43,7 @@ class ModelRow:
     @property
     def trained(self) -> bool:
         """Trained here on the training images (probes, the scratch network): one result per seed."""
-        return self.is_probe or self.method == SCRATCH
+        return self.is_probe or self.method in (SCRATCH, FINETUNE)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "seeds": list(self.seeds)}
@@ -54,9 +55,9 @@ def make_row(spec: str, label: str | None = None, group: str | None = None, meth
     if not spec:
         raise CurateError("a model row has no spec", where=where, fix=f"columns: {', '.join(COLUMNS)}")
     method = (method or ZEROSHOT).strip()
-    if method not in (ZEROSHOT, PROBE, SCRATCH) and not SHOTS.match(method):
+    if method not in (ZEROSHOT, PROBE, SCRATCH, FINETUNE) and not SHOTS.match(method):
         raise CurateError(f"unknown method {method!r}", where=where,
-                          fix="zeroshot, probe, probe-kN (N shots) or scratch (spec: scratch)")
+                          fix="zeroshot, probe, probe-kN (N shots), finetune or scratch (spec: scratch)")
     probe = method != ZEROSHOT
     value = None
     if nmi not in (None, ""):
@@ -66,7 +67,8 @@ def make_row(spec: str, label: str | None = None, group: str | None = None, meth
             raise CurateError(f"nmi {nmi!r} is not a number", where=where) from e
     default_label = spec if not probe or method == SCRATCH else f"{method} {spec}"
     return ModelRow(spec=spec, label=(label or "").strip() or default_label,
-                    group=(group or "").strip() or ("supervised" if method in (PROBE, SCRATCH) else "few-shot" if probe else "clip"),
+                    group=(group or "").strip() or ("supervised" if method in (PROBE, SCRATCH) else "fine-tuned" if method == FINETUNE
+                                                 else "few-shot" if probe else "clip"),
                     method=method, corpus=(corpus or "").strip() or None, nmi=value,
                     seeds=PROBE_SEEDS if probe else (0,))
 

@@ -32,7 +32,7 @@ from curate.outdir import META, OutputDir
 
 from ..metrics.robustness import effective_robustness, fit_logit_line, topk
 from ..metrics.zeroshot import FILTER_NOTE, EvalSet, filter_model_of, is_filter_model, load_eval_set
-from .rows import SCRATCH, ModelRow, check_rows
+from .rows import FINETUNE, SCRATCH, ModelRow, check_rows
 
 log = logging.getLogger(__name__)
 
@@ -194,15 +194,33 @@ def scratch_scores(row: ModelRow, sets: Sets, runs: Path) -> dict[str, np.ndarra
     return out
 
 
+def finetune_scores(row: ModelRow, sets: Sets, device: str, runs: Path) -> dict[str, np.ndarray]:
+    """The model's image tower fine-tuned per seed (checkpoints under ``runs``): ``NAME/object/SEED`` logits."""
+    from .finetune import finetune, logits
+
+    if "train" not in sets.sets:
+        raise CurateError(f"{row.label}: fine-tuning needs training images", fix="pass --train")
+    y, _ = sets.labels("train")
+    out = {}
+    for seed in row.seeds:
+        model, enc = finetune(row.spec, device, sets.sets["train"], y, sets.objects, seed,
+                              runs / f"{_slug(row.label)}-seed{seed}")
+        for name in EVALUATED:
+            if name in sets.sets:
+                out[f"{name}/object/{seed}"] = logits(model, enc, sets.sets[name])
+    return out
+
+
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")[:60] or "model"
 
 
 def row_key(row: ModelRow, inputs: dict[str, Any]) -> str:
-    from .scratch import EPOCHS, SIZE
+    from . import finetune, scratch
 
+    settings = {SCRATCH: [scratch.EPOCHS, scratch.SIZE], FINETUNE: [finetune.EPOCHS, finetune.LR, finetune.BATCH]}
     return fingerprint(model_fingerprint(row.spec), row.method, list(row.seeds), inputs,
-                       inputs["train"] if row.trained else None, [EPOCHS, SIZE] if row.method == SCRATCH else None)
+                       inputs["train"] if row.trained else None, settings.get(row.method))
 
 
 def cached_scores(row: ModelRow, key: str, folder: Path, compute) -> tuple[dict[str, np.ndarray], bool]:
@@ -304,6 +322,8 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
                     check_spec_syntax(row.spec)
                 key = row_key(row, inputs)
                 compute = ((lambda r=row: scratch_scores(r, sets, req.out / "runs")) if row.method == SCRATCH else
+                           (lambda r=row: finetune_scores(r, sets, req.device, req.out / "runs"))
+                           if row.method == FINETUNE else
                            (lambda r=row: probe_scores(r, sets, req.device, features)) if row.is_probe
                            else (lambda r=row: zeroshot_scores(r.spec, sets, req.device)))
                 scores, hit = cached_scores(row, key, req.out / "scores", compute)
