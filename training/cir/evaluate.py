@@ -234,7 +234,7 @@ def write_submission(split: Split, qv: np.ndarray, names: list[str], gallery: np
         for name, obj in ((f"recall_submission_{split.split}.json", recall),
                           (f"recall_subset_submission_{split.split}.json", subset)):
             write_json(out / name, obj)
-            files.append(str(out / name))
+            files.append(recorded(out / name))
     elif split.format == "circo":
         sub: dict[str, Any] = {}
         req = [np.array([pos[q.reference]], dtype=np.int64) if q.reference in pos else np.zeros(0, np.int64)
@@ -243,5 +243,14 @@ def write_submission(split: Split, qv: np.ndarray, names: list[str], gallery: np
             rows = qs[block.rows]
             sub.update(M.circo_submission(block.similarity, [names[i] for i in block.cols], [q.qid for q in rows]))
         write_json(out / f"circo_submission_{split.split}.json", sub)
-        files.append(str(out / f"circo_submission_{split.split}.json"))
+        files.append(recorded(out / f"circo_submission_{split.split}.json"))
     return files
+
+
+def recorded(path: Path) -> str:
+    """A submission file as results.json and report.md name it: relative to the run folder
+    (``eval/FORMAT-SPLIT/NAME``), so a run resumed after kill -9, or moved, records the same."""
+    parts = path.parts
+    if "eval" in parts:
+        return Path(*parts[len(parts) - 1 - parts[::-1].index("eval"):]).as_posix()
+    return path.name

@@ -245,7 +245,7 @@ def write_eval_report(out: Path, label: str, results: list[dict[str, Any]], extr
     for r in results:
         lines += [metric_table(by_method, r["name"]), ""]
         for f in r.get("files", []):
-            lines.append(f"- submission file: `{f}`")
+            lines.append(f"- submission file (in the run folder): `{f}`")
     if plot_recall(by_method, out / PLOT):
         lines += ["", f"![recall vs K]({PLOT})", ""]
     write_text(out / "report.md", "\n".join(lines))
