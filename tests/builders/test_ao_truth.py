@@ -106,18 +106,19 @@ def test_truth_file_missing_columns_is_a_clear_error(tmp_path):
         read_truth_file(tmp_path / "nope.parquet")
 
 
-def test_truth_file_missing_columns_fails_the_build_before_any_stage(tmp_path, small_world):
+def test_truth_file_missing_columns_fails_the_build_before_any_stage(tmp_path, small_world, tiny_clip_spec):
     bad = tmp_path / "truth.csv"
     bad.write_text("key,attr\npool_0000000,red\n")
     wj = small_world.path / "world.json"
     out = tmp_path / "ao"
+    # every other option is valid (the options are checked before any stage: a missing model would be named first)
     r = curate("build", "imagenet-ao", "--objects", wj, "--attributes", wj, "--captions", small_world.path / "captions",
-               "--generator", "demo", "--model", "mini:/nowhere", "--truth", bad, "--out", out, check=False)
+               "--generator", "demo", "--model", tiny_clip_spec, "--truth", bad, "--out", out, check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "lacks column(s) obj" in r.stderr
     assert not (out / ".curate" / "ledger").exists()  # nothing ran
-    r = curate("build", "imagenet-ao", "--objects", tmp_path / "objs.txt", "--attributes", tmp_path / "attrs.txt",
-               "--captions", small_world.path / "captions", "--pool", tmp_path, "--model", "mini:/nowhere",
+    r = curate("build", "imagenet-ao", "--objects", wj, "--attributes", wj,
+               "--captions", small_world.path / "captions", "--pool", tmp_path, "--model", tiny_clip_spec,
                "--truth", "none", "--calibrate", "--out", tmp_path / "ao2", check=False)
     assert r.returncode == 2 and "--calibrate needs labelled images" in r.stderr and "Traceback" not in r.stderr
 
