@@ -7,7 +7,9 @@ downloaded), it times, on ``--device`` (default cuda:0):
 1. **model only**: the image forward pass on tensors already on the GPU, fp32 and fp16
    autocast, batch ``--batch-size`` (the ceiling);
 2. **curate embed** (``embed_shards``, the model loaded once before the clock, as the command
-   does before its first shard) with ``--decode-workers 1`` and with ``--many`` workers, fp16;
+   does before its first shard) with ``--decode-workers 1`` and with ``--many`` workers, fp16,
+   JPEGs decoded by the CPU decode workers (``--gpu-decode off``), then with the JPEGs decoded
+   on the GPU (``--gpu-decode on``: nvJPEG batches, the workers idle) and as ``auto`` picks;
 3. **webdataset + DataLoader**: the plain pipeline with the same model, workers, batch and
    precision (decode in workers, pinned memory, ``.cpu()`` after every batch).
 
@@ -74,14 +76,15 @@ def model_only(enc, n: int, batch: int, device: str, precision: str) -> float:
 
 
 def curate_embed(shards: Path, spec: str, out: Path, device: str, decode_workers: int, precision: str,
-                 batch: int) -> tuple[float, Path]:
+                 batch: int, gpu_decode: str = "off") -> tuple[float, Path]:
     from curate.embed.backends import cached_model
     from curate.embed.stage import EmbedConfig, embed_shards
 
     cached_model(spec, device)  # loaded before the clock, as the command loads it before the first shard
     t0 = sync(device)
     info = embed_shards(shards, out, EmbedConfig(model=spec, batch_size=batch, captions=False, device=device,
-                                                 decode_workers=decode_workers, precision=precision),
+                                                 decode_workers=decode_workers, precision=precision,
+                                                 gpu_decode=gpu_decode),
                         workers=1, overwrite=True)
     dt = sync(device) - t0
     return info["counts"]["images"] / dt, out
@@ -170,13 +173,16 @@ def main() -> None:
             rows.append((f"model only, {precision}", rate, "forward on tensors already on the device"))
             print(f"   {rows[-1][0]}: {rate:,.0f} img/s", flush=True)
         ref = reference(shards, enc, device, 256)
-        for workers in (1, many):
-            rate, out = curate_embed(root / "shards", spec, root / f"emb-{workers}", device, workers, fast,
-                                     args.batch_size)
+        runs = [(1, "off"), (many, "off")] + ([(1, "on"), (many, "auto")] if device.startswith("cuda") else [])
+        for workers, gpu_decode in runs:
+            rate, out = curate_embed(root / "shards", spec, root / f"emb-{workers}-{gpu_decode}", device, workers,
+                                     fast, args.batch_size, gpu_decode)
             keys, m = read_embeddings(out)
             cos = agreement(ref, keys, m)
-            rows.append((f"curate embed, {fast}, {workers} decode worker(s)", rate, f"min cosine vs fp32 {cos:.5f}"))
-            result[f"curate_min_cosine_{workers}"] = cos
+            how = {"off": f"{workers} CPU decode worker(s)", "on": "GPU decode (nvJPEG)",
+                   "auto": f"--gpu-decode auto, {workers} decode workers"}[gpu_decode]
+            rows.append((f"curate embed, {fast}, {how}", rate, f"min cosine vs fp32 {cos:.5f}"))
+            result[f"curate_min_cosine_{workers}_{gpu_decode}"] = cos
             print(f"   {rows[-1][0]}: {rate:,.0f} img/s", flush=True)
         rate, keys, m = webdataset_pipeline(shards, enc, device, many, fast, args.batch_size)
         cos = agreement(ref, keys, m)
