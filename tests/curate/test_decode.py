@@ -189,3 +189,33 @@ def test_encoders_say_the_size_they_need():
     assert resize_size(T.Compose([T.CenterCrop(224), T.Resize(224)])) is None   # crop first: full decode
     assert resize_size(T.Compose([T.ToTensor()])) is None
 
+
+
+def test_embed_records_the_mode_and_a_change_of_mode_re_embeds(tmp_path, tiny_clip_spec):
+    from curate.embed.stage import EmbedConfig, embed_shards
+    from curate.embed.store import read_embeddings
+    from curate.shards import ShardWriter
+
+    with ShardWriter(tmp_path / "shards", prefix="s", maxcount=10) as w:
+        for i in range(4):
+            w.write({"__key__": f"k{i}", "jpg": jpeg(photo(800, 600, seed=i)), "txt": "a photo"})
+    out, part = tmp_path / "emb", tmp_path / "emb" / "img_emb" / "img_emb_0.npy"
+
+    def run(mode: str) -> dict:
+        return embed_shards(tmp_path / "shards", out, EmbedConfig(model=tiny_clip_spec, batch_size=2, decode=mode),
+                            workers=1)
+
+    assert run("fast")["decode"] == "fast"
+    keys, fast = read_embeddings(out)
+    before = part.stat().st_mtime_ns
+    run("fast")
+    assert part.stat().st_mtime_ns == before                         # same mode: resumed, nothing redone
+    info = run("exact")
+    assert info["decode"] == "exact" and info["counts"]["images"] == 4
+    assert part.stat().st_mtime_ns != before                         # another mode: embedded again
+    keys2, exact = read_embeddings(out)
+    assert keys2 == keys
+    assert not np.array_equal(fast, exact)
+    assert float((fast * exact).sum(1).min()) > 0.9
+    with pytest.raises(CurateError, match="--decode"):
+        run("quick")
