@@ -53,3 +53,21 @@ def test_token_cache_folder_depends_on_the_decode(tmp_path, tiny_clip_spec):
     exact = token_cache_dir(tiny_clip_spec, store, keys, "exact")
     assert exact == token_cache_dir(tiny_clip_spec, store, keys)   # the folder caches had before the choice
     assert token_cache_dir(tiny_clip_spec, store, keys, "fast") != exact
+
+
+def test_cir_images_decode_at_a_size_except_crops_and_the_cache_tells_modes_apart(tmp_path, tiny_clip_spec):
+    from training.cir.data import ImageSource
+    from training.cir.features import FeatureBank
+
+    (tmp_path / "a.jpg").write_bytes(_jpeg(1024, 768))
+    (tmp_path / "b.jpg").write_bytes(_jpeg(1024, 768))
+    src = ImageSource(files={"a": tmp_path / "a.jpg", "b": tmp_path / "b.jpg"}, crops={"b": (0.0, 0.0, 400.0, 300.0)})
+    got = dict(src.load(["a", "b"], size=224))
+    assert got["a"].size == (512, 384)
+    assert got["b"].size == (680, 680)                             # the crop box is in full-size pixels: full decode
+    assert dict(src.load(["a"]))["a"].size == (1024, 768)
+    fast = FeatureBank(tiny_clip_spec, "cpu", cache_dir=tmp_path / "c")
+    exact = FeatureBank(tiny_clip_spec, "cpu", cache_dir=tmp_path / "c", decode="exact")
+    assert fast.image_cache.path != exact.image_cache.path
+    assert exact.image_cache.path.name.startswith("images-") and "fast" not in exact.image_cache.path.name
+    assert fast.images(["a"], src)["a"].shape == exact.images(["a"], src)["a"].shape

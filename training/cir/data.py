@@ -86,28 +86,29 @@ class ImageSource:
     def key(self, name: str) -> str:
         return self.aliases.get(name, name)
 
-    def load(self, names: Iterable[str]) -> Iterator[tuple[str, Any]]:
-        """``(name, RGB PIL image)`` for every name that has a readable image; the rest are absent."""
-        from PIL import Image
-
+    def load(self, names: Iterable[str], size: int | None = None) -> Iterator[tuple[str, Any]]:
+        """``(name, RGB PIL image)`` for every name that has a readable image; the rest are absent.
+        ``size``: what the model's resize needs (``curate.images.open_rgb``: a JPEG may decode at a
+        DCT scale that still covers it); a name with a GeneCIS crop box always decodes at full size."""
         todo = list(dict.fromkeys(names))
         left: set[str] = set(todo)
         for name in todo:
             path = self.files.get(name)
             if path is None or not path.exists():
                 continue
-            try:
-                with Image.open(path) as im:
-                    img = im.convert("RGB")
-            except (OSError, ValueError) as e:
-                log.warning("%s: unreadable image (%s)", path, e)
+            img = _decode(path.read_bytes(), self._size_for(name, size))
+            if img is None:
+                log.warning("%s: unreadable image", path)
                 continue
             left.discard(name)
             yield name, self._crop(name, img)
         if left:
-            yield from self._from_shards(left)
+            yield from self._from_shards(left, size)
 
-    def _from_shards(self, left: set[str]) -> Iterator[tuple[str, Any]]:
+    def _size_for(self, name: str, size: int | None) -> int | None:
+        return None if name in self.crops else size
+
+    def _from_shards(self, left: set[str], size: int | None = None) -> Iterator[tuple[str, Any]]:
         from curate.shards import image_of, iter_keys
 
         by_key = {self.key(n): n for n in left}
@@ -116,14 +117,15 @@ class ImageSource:
             img = image_of(sample)
             name = by_key.get(sample["__key__"])
             if img and name in left:
-                decoded = _decode(img[1])
+                decoded = _decode(img[1], self._size_for(name, size))
                 if decoded is not None:
                     left.discard(name)
                     yield name, self._crop(name, decoded)
         if left and self.triplet_shards:
-            yield from self._from_triplet_shards(left, by_key)
+            yield from self._from_triplet_shards(left, by_key, size)
 
-    def _from_triplet_shards(self, left: set[str], by_key: dict[str, str]) -> Iterator[tuple[str, Any]]:
+    def _from_triplet_shards(self, left: set[str], by_key: dict[str, str],
+                             size: int | None = None) -> Iterator[tuple[str, Any]]:
         """References and targets as stored in triplet shards (``ID.ref.jpg``, ``ID.tgt.jpg``, ``ID.json``)."""
         from training.data import ShardDataset
 
@@ -135,7 +137,7 @@ class ImageSource:
             for role, ext in (("reference", "ref.jpg"), ("target", "tgt.jpg")):
                 name = by_key.get(str(meta.get(role)))
                 if name in left and sample.get(ext):
-                    decoded = _decode(sample[ext])
+                    decoded = _decode(sample[ext], self._size_for(name, size))
                     if decoded is not None:
                         left.discard(name)
                         yield name, self._crop(name, decoded)
@@ -147,14 +149,11 @@ class ImageSource:
         return img if box is None else vg_crop(img, box)
 
 
-def _decode(data: bytes) -> Any:
-    import io
-
-    from PIL import Image
+def _decode(data: bytes, size: int | None = None) -> Any:
+    from curate.images import open_rgb
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
+        return open_rgb(data, size)
     except (OSError, ValueError):
         return None
 

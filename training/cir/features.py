@@ -20,6 +20,7 @@ import numpy as np
 
 from curate.errors import CurateError
 from curate.fingerprint import model_fingerprint
+from curate.images import DEFAULT_DECODE, check_decode, decode_target
 from curate.log import progress_bar
 
 from ..data.features import RowCache
@@ -43,9 +44,11 @@ class FeatureBank:
     the image keys it holds, provided it was made by ``backbone``.
     """
 
-    def __init__(self, backbone: str, device: str = "auto", cache_dir: Path | None = None, table: Any = None):
+    def __init__(self, backbone: str, device: str = "auto", cache_dir: Path | None = None, table: Any = None,
+                 decode: str = DEFAULT_DECODE):
         self.backbone = backbone
         self.device = device
+        self.decode = check_decode(decode)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.table = table if table is not None and table.made_by(backbone) else None
         if table is not None and self.table is None:
@@ -53,7 +56,9 @@ class FeatureBank:
                         "images with %s", getattr(table, "model", None), backbone, backbone)
         self._encoder = None
         tag = spec_tag(backbone)
-        self.image_cache = RowCache.open(self.cache_dir / f"images-{tag}.npz" if self.cache_dir else None)
+        # images decoded another way are other features: exact keeps the name caches had before the choice
+        images = f"images-{tag}.npz" if decode == "exact" else f"images-{tag}-{decode}.npz"
+        self.image_cache = RowCache.open(self.cache_dir / images if self.cache_dir else None)
         self.text_cache = RowCache.open(self.cache_dir / f"texts-{tag}.npz" if self.cache_dir else None)
         self.missing: list[str] = []
 
@@ -103,7 +108,7 @@ class FeatureBank:
         out: dict[str, np.ndarray] = {}
         batch: list[tuple[str, Any]] = []
         with progress_bar("encode images", total=len(names), unit="img") as advance:
-            for item in source.load(names):
+            for item in source.load(names, decode_target(self.encoder.decode_size, self.decode)):
                 batch.append(item)
                 if len(batch) == ENCODE_BATCH:
                     out.update(self._encode_batch(batch))
