@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from curate.options import Device, Overwrite
+from curate.options import Decode, Device, Overwrite
 
 FORMAT_HELP = "ours (a `curate triplets` folder), cirr, circo, fashioniq or genecis."
 
@@ -49,6 +49,7 @@ def train_cir_cmd(
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the zero-shot baselines in the "
                                                                       "final report.")] = False,
     device: Device = "auto",
+    decode: Decode = "fast",
     overwrite: Overwrite = False,
 ) -> None:
     """Train a composed-image-retrieval model on triplets; report it against zero-shot baselines.
@@ -84,7 +85,8 @@ def train_cir_cmd(
     cfg = CirTrainConfig(triplets=str(triplets), out=str(out), model=model, backbone=backbone, features=features,
                          epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, projection_dim=projection_dim,
                          hidden_dim=hidden_dim, include_rejected=include_rejected, mllm=mllm, stage1=stage1,
-                         stage1_epochs=stage1_epochs, steps=steps, tune=tune, grad_checkpointing=grad_checkpointing)
+                         stage1_epochs=stage1_epochs, steps=steps, tune=tune, grad_checkpointing=grad_checkpointing,
+                         decode=decode)
     opts = RunOptions(device=device, precision=precision, resume=resume, max_seconds=max_seconds,
                       overwrite=overwrite, baselines=not no_baselines)
     results = train_cir(cfg, opts)

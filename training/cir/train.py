@@ -36,6 +36,7 @@ import numpy as np
 from curate.config import to_dict
 from curate.errors import CurateError
 from curate.fsutil import write_json
+from curate.images import check_decode
 from curate.outdir import OutputDir
 
 from .data import (
@@ -84,6 +85,7 @@ class CirTrainConfig:
     tune: str = "last:2"
     temperature: float = 0.05
     grad_checkpointing: bool = False
+    decode: str = "fast"  # how the Combiner's backbone decodes JPEGs it encodes: fast | exact (curate.images)
 
 
 @dataclass
@@ -120,6 +122,7 @@ def validate(cfg: CirTrainConfig) -> None:
         raise CurateError("--lr must be positive")
     if cfg.model == "mllm" and not cfg.mllm:
         raise CurateError("--model mllm needs --mllm hf:/path/to/llava-folder")
+    check_decode(cfg.decode)
 
 
 def train_cir(cfg: CirTrainConfig, opts: RunOptions) -> dict[str, Any]:
@@ -263,7 +266,7 @@ def train_combiner(cfg: CirTrainConfig, opts: RunOptions, out: Path) -> dict[str
     dist = init_distributed(device)
     if dist.world_size > 1 and device.startswith("cuda"):
         device = f"cuda:{dist.local_rank}"
-    bank = FeatureBank(backbone, device, cache_dir=out / "features" / "ours", table=table)
+    bank = FeatureBank(backbone, device, cache_dir=out / "features" / "ours", table=table, decode=cfg.decode)
     data = combiner_data(folder, cfg, bank)
     ccfg = CombinerConfig(bank.dim, cfg.projection_dim, cfg.hidden_dim, cfg.dropout)
     info = {"model": "combiner", "backbone": backbone, "combiner": ccfg.to_dict(),
@@ -300,7 +303,8 @@ def final_evaluation(folder: Path, cfg: CirTrainConfig, methods: dict[str, Retri
     results: dict[str, dict[str, Any]] = {m: {} for m in methods}
     banks: dict[str, FeatureBank] = {}
     for split in folder_splits(folder, cfg.test_split, cfg.include_rejected):
-        bank = banks.setdefault(split.format, FeatureBank(backbone, device, out / "features" / split.format, table))
+        bank = banks.setdefault(split.format, FeatureBank(backbone, device, out / "features" / split.format, table,
+                                                          decode=cfg.decode))
         for label, retriever in methods.items():
             if isinstance(retriever, FeatureRetriever):
                 retriever = FeatureRetriever(bank, retriever.kind, retriever.model)
