@@ -179,3 +179,23 @@ def test_eval_zeroshot_labels_the_filter_model(study_inputs, tmp_path):
     assert FILTER_NOTE in (tmp_path / "a" / "zeroshot.md").read_text()
     rep = evaluate_dataset(x["ds"], x["other"], reference=x["ref"], device="cpu", out=tmp_path / "b")
     assert not rep["biased"] and FILTER_NOTE not in markdown_table(rep)
+
+
+def test_cached_rows_read_no_image(study_inputs, tmp_path, monkeypatch):
+    """A rerun whose rows are all cached reads the sets' labels from sets.json, not the images."""
+    from training.study import run as study_run
+    from training.study.rows import make_row
+    from training.study.run import StudyRequest, run_study
+
+    x = study_inputs
+    req = StudyRequest(dataset=x["ds"], reference=x["ref"], out=tmp_path / "s", rows=[make_row(x["filter"], "a")],
+                       device="cpu")
+    first = run_study(req)
+    calls = []
+    real = study_run.load_sets
+    monkeypatch.setattr(study_run, "load_sets", lambda r: calls.append(1) or real(r))
+    again = run_study(req)
+    assert calls == [] and again["rows"][0]["cached"] and again["rows"][0]["sets"] == first["rows"][0]["sets"]
+    req.rows.append(make_row(x["other"], "b"))
+    third = run_study(req)
+    assert calls == [1] and [r["cached"] for r in third["rows"]] == [True, False]

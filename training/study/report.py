@@ -63,7 +63,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {g} | {x['n']} | " + " | ".join(
                 "—" if x[k] is None else f"{x[k][0]:.3f}" + (f" ± {x[k][1]:.3f}" if x["n"] > 1 else "")
                 for k in ("id", "ood", "comp")) + " |")
-        lines.append("(mean ± std over the group's models, the filter model left out)")
+        lines += ["", "(mean ± std over the group's models, the filter model left out)"]
+        lines += _findings(groups)
     bias = report.get("filter_bias")
     if bias:
         lines += ["", "## Filter-model bias", "",
@@ -84,6 +85,24 @@ def markdown(report: dict[str, Any]) -> str:
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
+
+
+def _findings(groups: dict[str, dict[str, Any]], reference: str = "clip") -> list[str]:
+    """One plain sentence per group against the zero-shot group on the rare set (object top-1)."""
+    base = groups.get(reference, {}).get("ood")
+    if not base:
+        return []
+    out = [""]
+    for g, x in groups.items():
+        if g == reference or not x["ood"]:
+            continue
+        diff = x["ood"][0] - base[0]
+        spread = max(x["ood"][1], base[1])
+        verdict = ("does not help on the rare set" if diff <= 0 else
+                   "is within the spread of the zero-shot models" if diff <= spread else "helps on the rare set")
+        out.append(f"- `{g}` {verdict}: OoD object top-1 {x['ood'][0]:.3f} vs {base[0]:.3f} for the independent "
+                   f"zero-shot models ({diff:+.3f}; ID {x['id'][0]:.3f} vs {groups[reference]['id'][0]:.3f}).")
+    return out if len(out) > 1 else []
 
 
 def _groups(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -59,6 +59,14 @@ class Sets:
     pairs: list[tuple[str, str]]
     sets: dict[str, EvalSet]
     excluded: dict[str, dict[str, int]] = field(default_factory=dict)  # set -> object -> images left out
+    loader: Any = None  # labels only (read from the study's sets.json): how to load the images when a row needs them
+
+    def with_images(self) -> Sets:
+        """The sets with their images (loaded now if only their labels were read)."""
+        if self.loader is not None:
+            full = self.loader()
+            self.sets, self.loader = full.sets, None
+        return self
 
     def labels(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Object and composition class indices (-1: no attribute) of a set's images."""
@@ -125,6 +133,28 @@ def load_sets(req: StudyRequest) -> Sets:
     pairs = sorted({(a, o) for n in (OOD, ID, "unfiltered") if n in sets
                     for a, o in zip(sets[n].attrs, sets[n].objs, strict=True) if a is not None})
     return Sets(objects, pairs, sets, excluded)
+
+
+SETS_FILE = "sets.json"
+
+
+def labelled_sets(req: StudyRequest, inputs: dict[str, Any]) -> Sets:
+    """The sets' labels from ``STUDY/sets.json`` when it was made from the same inputs (a study whose rows are
+    all cached then reads no image), else :func:`load_sets` (and the file is written)."""
+    path = req.out / SETS_FILE
+    key = fingerprint(inputs)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            sets = {name: EvalSet(name, x["keys"], x["attrs"], x["objs"], None, kind=x["kind"], missing=x["missing"])
+                    for name, x in saved["sets"].items()}
+            return Sets(saved["objects"], [tuple(p) for p in saved["pairs"]], sets, saved["excluded"],
+                        loader=lambda: load_sets(req))
+    loaded = load_sets(req)
+    write_json(path, {"key": key, "objects": loaded.objects, "pairs": loaded.pairs, "excluded": loaded.excluded,
+                      "sets": {name: {"keys": s.keys, "attrs": s.attrs, "objs": s.objs, "kind": s.kind,
+                                      "missing": s.missing} for name, s in loaded.sets.items()}})
+    return loaded
 
 
 # -- scoring ---------------------------------------------------------------------------------------
@@ -308,7 +338,7 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
                            for k in ("dataset", "reference", "train", "unfiltered")}}
     filter_spec = filter_model_of(req.dataset)
     with OutputDir(req.out, "eval study", config, overwrite=req.overwrite):
-        sets = load_sets(req)
+        sets = labelled_sets(req, inputs)
         results: list[dict[str, Any]] = []
         features: dict[str, dict[str, np.ndarray]] = {}
         nmis: dict[str, float] = {}
@@ -326,7 +356,7 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
                            if row.method == FINETUNE else
                            (lambda r=row: probe_scores(r, sets, req.device, features)) if row.is_probe
                            else (lambda r=row: zeroshot_scores(r.spec, sets, req.device)))
-                scores, hit = cached_scores(row, key, req.out / "scores", compute)
+                scores, hit = cached_scores(row, key, req.out / "scores", lambda c=compute: (sets.with_images(), c())[1])
                 res.update(ok=True, cached=hit, key=key, sets=row_metrics(row, scores, sets))
                 res["nmi"] = row.nmi if row.nmi is not None else corpus_nmi(row.corpus, nmis) if row.corpus else None
             except CurateError as e:
