@@ -71,3 +71,17 @@ def test_cir_images_decode_at_a_size_except_crops_and_the_cache_tells_modes_apar
     assert fast.image_cache.path != exact.image_cache.path
     assert exact.image_cache.path.name.startswith("images-") and "fast" not in exact.image_cache.path.name
     assert fast.images(["a"], src)["a"].shape == exact.images(["a"], src)["a"].shape
+
+
+def test_trident_runs_record_their_decode_and_older_runs_read_as_exact():
+    import pytest
+
+    from curate.errors import CurateError
+    from training.trident.config import TridentConfig, preset
+
+    assert preset("demo").decode == "fast"
+    assert preset("demo", decode="exact").decode == "exact"
+    with pytest.raises(CurateError, match="--decode"):
+        preset("demo", decode="quick")
+    old = {k: v for k, v in preset("demo").to_dict().items() if k != "decode"}   # a run.json from before
+    assert TridentConfig.from_dict(old).decode == "exact"                      # its token features were exact

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from curate.options import Device, Overwrite
+from curate.options import Decode, Device, Overwrite
 
 
 def register(train_app: typer.Typer, eval_app: typer.Typer) -> None:
@@ -63,6 +63,7 @@ def train_cmd(
     max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop training after this long.")]
     = None,
     device: Device = "auto",
+    decode: Decode = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Train TRIDENT (compositional zero-shot learning) on a dataset and report CZSL metrics.
@@ -99,7 +100,7 @@ def train_cmd(
     if backbone:
         check_spec_syntax(backbone)
     overrides: dict[str, Any] = {"model": model, "alpha": alpha, "epochs": epochs, "batch_size": batch_size,
-                                 "seed": seed, "bn_groups": bn_groups, "partners": partners}
+                                 "seed": seed, "bn_groups": bn_groups, "partners": partners, "decode": decode}
     req = TrainRequest(data=data, out=out, preset=preset, backbone=backbone, projector=projector, aux=aux,
                        word_embeddings=word_embeddings, device=device, cache_features=cache_features,
                        cache_dir=cache_dir, resume=resume, overwrite=overwrite, workers=workers,

@@ -28,13 +28,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from curate.errors import CurateError
+from curate.images import check_decode
 
 # fields that define the network's shapes: a checkpoint only fits a model with the same ones
 SHAPE_FIELDS = ("model", "global_masks", "local_poolings", "dim", "proj_dim", "local_tokens")
 BN_GROUPS = ("official", "joint")
 PARTNER_RULES = ("official", "drop")
 # what a run.json written before these options trained with (read back as such, not as the defaults)
-BEFORE_OPTIONS = {"bn_groups": "joint", "partners": "drop"}
+BEFORE_OPTIONS = {"bn_groups": "joint", "partners": "drop", "decode": "exact"}
 
 
 @dataclass
@@ -66,6 +67,8 @@ class TridentConfig:
     #                                   de-duplicated images (older runs)
     partners: str = "official"        # official: an anchor without a partner gets the last training image,
     #                                   kept in the pair and orthogonality losses; drop: left out of them
+    decode: str = "fast"              # the backbone's JPEG decode (curate.images): fast (DCT scaling to its
+    #                                   input size) | exact (full size; what runs before the option used)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,4 +103,5 @@ def preset(name: str, **overrides: Any) -> TridentConfig:
         raise CurateError(f"unknown --bn-groups {cfg.bn_groups!r}", fix=f"use one of: {', '.join(BN_GROUPS)}")
     if cfg.partners not in PARTNER_RULES:
         raise CurateError(f"unknown --partners {cfg.partners!r}", fix=f"use one of: {', '.join(PARTNER_RULES)}")
+    check_decode(cfg.decode)
     return cfg

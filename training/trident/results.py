@@ -166,7 +166,7 @@ def evaluate_run(run: Path, data_dir: Path, split: str, open_world: bool, device
 
     data = load_czsl(czsl_root_for(data_dir))
     _check_vocabulary(data, spec)
-    backbone = Backbone(spec.backbone, dev)
+    backbone = Backbone(spec.backbone, dev, spec.config.decode)
     same_data = Path(spec.data.get("root", "")).resolve() == data.root.resolve()
     cache_dir = Path(spec.cache_dir) if spec.cache_dir and cache_features and same_data else None
     features, _ = prepare_features(data, backbone, cache_features, cache_dir, workers)

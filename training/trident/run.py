@@ -75,7 +75,7 @@ class RunSpec:
     def differences(self, other: RunSpec) -> list[str]:
         """Human-readable differences that make one run's checkpoints useless to the other."""
         out = []
-        for f in ("preset", *SHAPE_FIELDS, "bn_groups", "partners"):
+        for f in ("preset", *SHAPE_FIELDS, "bn_groups", "partners", "decode"):
             a, b = getattr(self.config, f), getattr(other.config, f)
             if a != b:
                 out.append(f"{f} {a!r} vs {b!r}")

@@ -196,7 +196,7 @@ def _features_and_words(request: TrainRequest, data: CZSLData, spec: RunSpec, de
     from .backbone import Backbone
     from .words import embed_words
 
-    backbone = Backbone(spec.backbone, device)
+    backbone = Backbone(spec.backbone, device, spec.config.decode)
     if request.workers is None:
         request.workers = min(4, os.cpu_count() or 1) if device.startswith("cuda") else 0
     features, cache_stats = prepare_features(data, backbone, request.cache_features, request.cache_dir,
