@@ -128,6 +128,30 @@ def _logit_axis(ax, axis: str, lo: float, hi: float) -> None:
     (ax.set_xlim if axis == "x" else ax.set_ylim)(lo, hi)
 
 
+def _place_labels(fig, ax, labels: list[tuple[float, float, str, int]]) -> None:
+    """Each point's label on the side (right/left, above/below) whose box overlaps the labels placed so far least."""
+    fig.canvas.draw()
+    boxes: list[tuple[float, float, float, float]] = []
+    points = [ax.transData.transform((x, y)) for x, y, _, _ in labels]
+    for (x, y, text, size), (px, py) in zip(labels, points, strict=True):
+        w, h = 0.6 * size * len(text) * fig.dpi / 72, 1.2 * size * fig.dpi / 72
+        best = None
+        for dx, dy, ha, va in ((6, 3, "left", "bottom"), (6, -3, "left", "top"), (-6, 3, "right", "bottom"),
+                               (-6, -3, "right", "top")):
+            sx, sy = dx * fig.dpi / 72, dy * fig.dpi / 72
+            x0 = px + sx if ha == "left" else px + sx - w
+            y0 = py + sy if va == "bottom" else py + sy - h
+            box = (x0, y0, x0 + w, y0 + h)
+            hit = sum(max(0.0, min(box[2], b[2]) - max(box[0], b[0])) * max(0.0, min(box[3], b[3]) - max(box[1], b[1]))
+                      for b in boxes)
+            hit += sum(1e4 for qx, qy in points if box[0] <= qx <= box[2] and box[1] <= qy <= box[3])
+            if best is None or hit < best[0]:
+                best = (hit, dx, dy, ha, va, box)
+        _, dx, dy, ha, va, box = best
+        boxes.append(box)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=size)
+
+
 def plot_id_vs_ood(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -149,6 +173,7 @@ def plot_id_vs_ood(report: dict[str, Any], path: Path) -> None:
                     c="black", lw=1.2, label=f"baseline fit ({report['baseline']['group']})")
         colours = dict(zip(dict.fromkeys(r["group"] for r in rows), plt.rcParams["axes.prop_cycle"].by_key()["color"],
                            strict=False))
+        labels: list[tuple[float, float, str, int]] = []
         for r, x, y in zip(rows, xs, ys, strict=True):
             i, o = r["sets"][ID], r["sets"][OOD]
             xerr = yerr = None
@@ -162,7 +187,7 @@ def plot_id_vs_ood(report: dict[str, Any], path: Path) -> None:
                         capsize=2, elinewidth=0.8)
             shots = re.match(r"^probe-k(\d+)$", r["method"])
             text = f"k{shots.group(1)}" if shots else r["label"] + (" (filter model: biased)" if r["filter_model"] else "")
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7 if shots else 8)
+            labels.append((x, y, text, 7 if shots else 8))
         from matplotlib.lines import Line2D
 
         handles, _ = ax.get_legend_handles_labels()
@@ -172,6 +197,7 @@ def plot_id_vs_ood(report: dict[str, Any], path: Path) -> None:
         _logit_axis(ax, "x", x_lo, x_hi)
         _logit_axis(ax, "y", y_lo, y_hi)
         ax.legend(handles=handles, loc="upper left", fontsize=8)
+        _place_labels(fig, ax, labels)
     sz = report["sizes"]
     ax.set_xlabel(f"ID object top-1 (reference, {sz.get(ID, {}).get('images', 0)} images; logit axis)")
     ax.set_ylabel(f"OoD object top-1 (rare set, {sz.get(OOD, {}).get('images', 0)} images; logit axis)")
