@@ -330,7 +330,7 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
         if r.corpus is not None and not Path(r.corpus).exists():
             raise CurateError(f"{r.label}: its training corpus does not exist", where=r.corpus,
                               fix="give the labelled images the model was trained on, or its nmi")
-    inputs = {"dataset": _dataset_fingerprint(req.dataset), "reference": _set_fingerprint(req.reference),
+    inputs = {"dataset": _set_fingerprint(req.dataset), "reference": _set_fingerprint(req.reference),
               "train": _set_fingerprint(req.train), "unfiltered": _set_fingerprint(req.unfiltered),
               "include_rejected": req.include_rejected}
     _check_study_folder(req, inputs)
