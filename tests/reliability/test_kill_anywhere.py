@@ -130,11 +130,16 @@ def test_a_second_run_on_the_same_folder_is_refused(small_build, tmp_path):
     first = subprocess.Popen([CURATE, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env=ENV)
     try:
-        deadline = time.time() + 60
-        while not (out / ".curate").exists() and time.time() < deadline:
-            time.sleep(0.05)
+        # the first run holds the folder once its pid is in the lock file (the options are checked before
+        # that, so .curate/ existing is not enough); it is then stopped, so it holds the lock until the end
+        lock = out / ".curate" / "lock"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)
         r = subprocess.run([CURATE, *args, "--out", str(out)], capture_output=True, text=True, env=ENV)
         assert r.returncode == 2 and "another curate run" in r.stderr, r.stderr[-2000:]
+        assert f"pid {first.pid}" in r.stderr
     finally:
         first.kill()
         first.wait()
