@@ -193,8 +193,23 @@ def save_model(model: Any, path: Path) -> None:
     about = getattr(_unwrap(model), "checkpoint_metadata", None)
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(tmp), metadata=about() if about else None)
+    # one metadata key holding sorted JSON: safetensors keeps metadata in a hash map whose order differs
+    # from process to process, so two keys would make the same weights different bytes run to run
+    meta = {METADATA_KEY: json.dumps(about(), sort_keys=True)} if about else None
+    save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)
+
+
+METADATA_KEY = "curate"
+
+
+def model_metadata(path: Path) -> dict[str, str]:
+    """What ``save_model`` recorded beside the weights (``checkpoint_metadata()``); {} when none."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else dict(meta)
 
 
 def load_model_weights(model: Any, path: Path, what: str = "this model") -> None:

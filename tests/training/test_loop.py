@@ -111,3 +111,29 @@ def test_kill_9_mid_training_then_resume_gives_identical_weights(tmp_path):
     r = subprocess.run([CURATE, *args, "--out", str(clean)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (killed / "model.safetensors").read_bytes() == (clean / "model.safetensors").read_bytes()
+
+
+def test_saved_weights_with_metadata_are_the_same_bytes_in_every_process(tmp_path):
+    """safetensors keeps metadata in a hash map whose order changes from process to process: with two
+    keys the same weights were different bytes half the time (a resumed TRIDENT run's best model differed
+    from an uninterrupted run's). save_model writes one key of sorted JSON."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from pathlib import Path
+from training.loop import save_model, model_metadata
+class M(torch.nn.Linear):
+    def checkpoint_metadata(self):
+        return {"bn_groups": "official", "partners": "official", "z": "1", "a": "2"}
+torch.manual_seed(0)
+save_model(M(3, 2), Path(sys.argv[1]))
+assert model_metadata(Path(sys.argv[1])) == {"a": "2", "bn_groups": "official", "partners": "official", "z": "1"}
+"""
+    outs = []
+    for i in range(4):
+        path = tmp_path / f"m{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+        outs.append(path.read_bytes())
+    assert len(set(outs)) == 1

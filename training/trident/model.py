@@ -381,13 +381,11 @@ def load_weights(model: Any, path: Path, spec: RunSpec) -> None:
 def checkpoint_step(path: Path) -> dict[str, str]:
     """How a TRIDENT checkpoint was trained (its metadata); one written before the options
     existed holds none and was trained with the joint BatchNorm batch and dropped partners."""
-    from safetensors import safe_open
-
+    from ..loop import model_metadata
     from .config import BEFORE_OPTIONS
 
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        meta = model_metadata(path)
     except Exception:  # noqa: BLE001 - unreadable: load_model_weights names it
         return {}
     return {k: meta.get(k, v) for k, v in BEFORE_OPTIONS.items()}
