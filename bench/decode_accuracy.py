@@ -150,7 +150,7 @@ def view(im, size: int = 224) -> np.ndarray:
 
 def zero_shot(encoder, world: Path) -> dict:
     from curate.world import HELDOUT, RARE, split_dir
-    from training.metrics.zeroshot import _from_shards, evaluate_sets
+    from training.zeroshot import _from_shards, evaluate_sets
 
     sets = [_from_shards(split_dir(world, RARE), "rare", include_rejected=True),
             _from_shards(split_dir(world, HELDOUT), "reference", include_rejected=True)]

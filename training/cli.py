@@ -59,7 +59,7 @@ def zeroshot(
     from curate.log import console
     from curate.paths import must_exist
 
-    from .metrics.zeroshot import evaluate_dataset, markdown_table
+    from .zeroshot import evaluate_dataset, markdown_table
 
     must_exist(dataset, fix="give the dataset folder made by `curate build imagenet-ao`")
     if reference is not None:
@@ -117,8 +117,8 @@ def train_mini_cmd(
 
     Example: curate model train-mini --world demo-out/world
     """
-    from .metrics.zeroshot import print_world_report
     from .models.mini_clip import MiniClipConfig, ensure_mini_clip, read_report
+    from .zeroshot import print_world_report
 
     cfg = MiniClipConfig()
     if epochs is not None:
@@ -141,7 +141,7 @@ def eval_mini_cmd(
 
     Example: curate model eval-mini ~/.cache/curate/mini-clip/ab12cd34ef56 --world demo-out/world
     """
-    from .metrics.zeroshot import evaluate_world, print_world_report
+    from .zeroshot import evaluate_world, print_world_report
 
     print_world_report(evaluate_world(f"mini:{model}", world))
 

@@ -243,30 +243,11 @@ def embed_shards(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Embed every shard into ``out`` (clip-retrieval layout); returns the embeddings.json content."""
-    check_spec_syntax(config.model)
-    if config.batch_size < 1:
-        raise CurateError(f"--batch-size must be at least 1, got {config.batch_size}")
-    if config.precision not in PRECISIONS:
-        raise CurateError(f"unknown --precision {config.precision!r}", fix=f"use one of {', '.join(PRECISIONS)}")
-    if config.dtype not in STORE_DTYPES:
-        raise CurateError(f"unknown --dtype {config.dtype!r}", fix=f"use one of {', '.join(STORE_DTYPES)}")
-    check_decode(config.decode)
-    check_gpu_decode(config.gpu_decode)
+    _check_config(config)
     paths = list_shards(shards)
     out = Path(out)
-    devices = embed_devices(config.device)
+    devices, n_workers = _placement(config, workers, len(paths))
     cuda = devices[0].startswith("cuda")
-    if cuda:  # one process (one model) per GPU; --workers can only lower the number of GPUs used
-        if workers and workers > len(devices):
-            logger.info("--workers %d: on CUDA one process runs per GPU (%d)", workers, len(devices))
-        n_workers = max(1, min(workers or len(devices), len(devices), len(paths)))
-        devices = devices[:n_workers]
-    else:
-        n_workers = max(1, min(workers or default_workers(), len(paths)))
-    if not config.threads:
-        config.threads = max(1, default_workers() // n_workers)
-    if config.decode_workers < 0:
-        config.decode_workers = auto_decode_workers(n_workers, cuda, threads=config.threads)
     if n_workers == 1 and executor == "local":
         cached_model(config.model, devices[0] if cuda else config.device)  # fail fast, in-process, before any task
     # batch size, device, precision and threads do not change the vectors beyond rounding: a rerun
@@ -290,32 +271,7 @@ def embed_shards(
             ex.close()
             _close_local_feeds()
         print_table(summary_table([res.summary], title="curate embed"))
-        stats = [res.records[t.id].get("stats", {}) for t in tasks if t.id in res.records]
-        merged = res.stats
-        info = {
-            "model": config.model,
-            "model_fingerprint": model_fingerprint(config.model),
-            "dim": max((s.get("dim", 0) for s in stats), default=0),
-            "counts": {
-                "shards": len(tasks),
-                "images": int(merged.get("items", 0)),
-                "texts": int(merged.get("texts", 0)),
-                "bad_images": int(merged.get("bad_images", 0)),
-                "unreadable_shards": sum(1 for s in stats if s.get("read_error")),
-            },
-            "bad_keys": [k for s in stats for k in s.get("bad_keys", [])][:MAX_LISTED_BAD],
-            "read_errors": {s["shard"]: s["read_error"] for s in stats if s.get("read_error")},
-            "skipped": dict(sorted(merged.get("skipped", {}).items())),
-            "renamed_keys": int(merged.get("renamed_keys", 0)),
-            "failed_shards": {tid: err.splitlines()[0] for tid, err in sorted(res.errors.items())},
-            "layout": "clip-retrieval",
-            "decode": config.decode,
-        }
-        precision = resolve_precision(config.precision, devices[0])
-        if precision != "fp32":  # only what differs from the CPU default, so CPU outputs stay as they were
-            info["precision"] = precision
-        if config.dtype != "float32":
-            info["dtype"] = config.dtype
+        info = _embed_info(config, tasks, res, devices[0])
         write_json(out / INFO_NAME, info)  # also when shards failed: the summary lists them
         if res.errors:
             first_id, first = next(iter(res.errors.items()))
@@ -326,6 +282,69 @@ def embed_shards(
             logger.warning("%d image(s) failed to decode and were skipped (keys in %s)",
                            info["counts"]["bad_images"], out / INFO_NAME)
         return info
+
+
+def _check_config(config: EmbedConfig) -> None:
+    """Every option of ``curate embed`` that can be wrong, before the output folder opens."""
+    check_spec_syntax(config.model)
+    if config.batch_size < 1:
+        raise CurateError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.precision not in PRECISIONS:
+        raise CurateError(f"unknown --precision {config.precision!r}", fix=f"use one of {', '.join(PRECISIONS)}")
+    if config.dtype not in STORE_DTYPES:
+        raise CurateError(f"unknown --dtype {config.dtype!r}", fix=f"use one of {', '.join(STORE_DTYPES)}")
+    check_decode(config.decode)
+    check_gpu_decode(config.gpu_decode)
+
+
+def _placement(config: EmbedConfig, workers: int | None, n_shards: int) -> tuple[list[str], int]:
+    """The devices and the number of worker processes (one per GPU on CUDA); fills in the threads per
+    worker and the decode workers when they were left to choose."""
+    devices = embed_devices(config.device)
+    cuda = devices[0].startswith("cuda")
+    if cuda:  # one process (one model) per GPU; --workers can only lower the number of GPUs used
+        if workers and workers > len(devices):
+            logger.info("--workers %d: on CUDA one process runs per GPU (%d)", workers, len(devices))
+        n_workers = max(1, min(workers or len(devices), len(devices), n_shards))
+        devices = devices[:n_workers]
+    else:
+        n_workers = max(1, min(workers or default_workers(), n_shards))
+    if not config.threads:
+        config.threads = max(1, default_workers() // n_workers)
+    if config.decode_workers < 0:
+        config.decode_workers = auto_decode_workers(n_workers, cuda, threads=config.threads)
+    return devices, n_workers
+
+
+def _embed_info(config: EmbedConfig, tasks: list[Task], res: Any, device: str) -> dict[str, Any]:
+    """``embeddings.json``: the model, counts, what was skipped or failed, and how the images were decoded."""
+    stats = [res.records[t.id].get("stats", {}) for t in tasks if t.id in res.records]
+    merged = res.stats
+    info = {
+        "model": config.model,
+        "model_fingerprint": model_fingerprint(config.model),
+        "dim": max((s.get("dim", 0) for s in stats), default=0),
+        "counts": {
+            "shards": len(tasks),
+            "images": int(merged.get("items", 0)),
+            "texts": int(merged.get("texts", 0)),
+            "bad_images": int(merged.get("bad_images", 0)),
+            "unreadable_shards": sum(1 for s in stats if s.get("read_error")),
+        },
+        "bad_keys": [k for s in stats for k in s.get("bad_keys", [])][:MAX_LISTED_BAD],
+        "read_errors": {s["shard"]: s["read_error"] for s in stats if s.get("read_error")},
+        "skipped": dict(sorted(merged.get("skipped", {}).items())),
+        "renamed_keys": int(merged.get("renamed_keys", 0)),
+        "failed_shards": {tid: err.splitlines()[0] for tid, err in sorted(res.errors.items())},
+        "layout": "clip-retrieval",
+        "decode": config.decode,
+    }
+    precision = resolve_precision(config.precision, device)
+    if precision != "fp32":  # only what differs from the CPU default, so CPU outputs stay as they were
+        info["precision"] = precision
+    if config.dtype != "float32":
+        info["dtype"] = config.dtype
+    return info
 
 
 def _close_local_feeds() -> None:

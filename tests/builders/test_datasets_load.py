@@ -211,7 +211,7 @@ def test_manifest_and_shards_that_disagree_are_reported(ao, tmp_path, hf_cache, 
     assert gone["key"] in caplog.text and "no image" in caplog.text
     report = json.loads((root / "export.json").read_text())
     assert report["missing_images"] == [gone["key"]] and report["images"] == m.height - 1
-    from training.metrics.zeroshot import load_eval_set
+    from training.zeroshot import load_eval_set
 
     rare = load_eval_set(ds, "rare", rare_only=gone["rare"])  # the zero-shot reader counts it too
     assert rare.missing == 1 and gone["key"] not in rare.keys

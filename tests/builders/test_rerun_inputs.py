@@ -263,7 +263,7 @@ def test_new_weights_reembed_and_eval_zeroshot_stops_reusing_the_old_embeddings(
     from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
     from curate.embed.store import embeddings_info, made_by
     from training.data.features import FeatureTable
-    from training.metrics.zeroshot import _from_dataset
+    from training.zeroshot import _from_dataset
 
     ds = make_tiny_dataset(tmp_path / "ds")
     spec = save_random_open_clip(tmp_path / "m", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=0)

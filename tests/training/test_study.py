@@ -171,7 +171,7 @@ def test_study_refuses_bad_input(study_inputs, tmp_path):
 
 def test_eval_zeroshot_labels_the_filter_model(study_inputs, tmp_path):
     """`curate eval zeroshot` by the model that filtered the data says so; by another model it does not."""
-    from training.metrics.zeroshot import FILTER_NOTE, evaluate_dataset, markdown_table
+    from training.zeroshot import FILTER_NOTE, evaluate_dataset, markdown_table
 
     x = study_inputs
     rep = evaluate_dataset(x["ds"], x["filter"], reference=x["ref"], device="cpu", out=tmp_path / "a")

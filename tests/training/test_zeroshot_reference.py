@@ -25,7 +25,7 @@ def ao(ao_with_triplets) -> Path:
 
 
 def test_class_names_become_labels():
-    from training.metrics.zeroshot import class_label
+    from training.zeroshot import class_label
 
     objects = ["paper plane", "star", "crescent moon"]
     assert class_label("star", objects, {}) == (None, "star")
@@ -37,7 +37,7 @@ def test_class_names_become_labels():
 
 
 def test_imagefolder_export_as_reference(ao):
-    from training.metrics.zeroshot import load_eval_set
+    from training.zeroshot import load_eval_set
 
     m = pl.read_parquet(ao / "manifest.parquet")
     objects = json.loads((ao / "dataset.json").read_text())["vocabulary"]["objects"]
@@ -49,7 +49,7 @@ def test_imagefolder_export_as_reference(ao):
 
 
 def test_czsl_root_as_reference_gives_its_seen_pairs(ao):
-    from training.metrics.zeroshot import load_eval_set
+    from training.zeroshot import load_eval_set
 
     m = pl.read_parquet(ao / "manifest.parquet")
     root = ao / "exports" / "czsl"

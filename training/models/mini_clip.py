@@ -415,7 +415,7 @@ def ensure_mini_clip(world_dir: str | os.PathLike, config: MiniClipConfig | None
             shutil.rmtree(run, ignore_errors=True)
         try:
             logger.info("training the mini-CLIP on %s (at most %.0f s)", split_dir(world, TRAIN), cfg.max_seconds)
-            from ..metrics.zeroshot import evaluate_world
+            from ..zeroshot import evaluate_world
 
             stats = train(world, cfg, tmp, run)
             report = evaluate_world(f"mini:{tmp}", world)

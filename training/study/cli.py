@@ -58,56 +58,14 @@ def study_cmd(
       curate eval study ao --out study --model open_clip:ViT-B-32/openai --model hf:/models/clip-l \\
           --reference imagenet/val --train imagenet/train --probe open_clip:ViT-B-32/openai --device cuda
     """
-    import json
-
-    from curate.errors import CurateError
     from curate.log import console
     from curate.paths import must_exist
 
-    from .rows import FINETUNE, PROBE, SCRATCH, make_row, read_models_file
     from .run import StudyRequest, run_study
 
     must_exist(dataset, fix="give the dataset folder made by `curate build imagenet-ao`")
-    rows = []
-    def labelled(value: str) -> tuple[str, str | None]:
-        label, sep, spec = value.partition("=")
-        return (spec, label) if sep and ":" not in label else (value, None)
-
-    for m in model or []:
-        rows.append(make_row(*labelled(m)))
-    if models is not None:
-        must_exist(models, "--models", fix="a CSV with a header row: spec,label,group,method,corpus,nmi")
-        rows += read_models_file(models)
-    try:
-        ks = [int(k) for k in shots.split(",") if k.strip()]
-    except ValueError as e:
-        raise CurateError(f"--shots {shots!r} is not a list of numbers", fix="e.g. --shots 1,2,4,8,16") from e
-    for p in probe or []:
-        spec, label = labelled(p)
-        rows.append(make_row(spec, f"probe {label}" if label else None, method=PROBE, where="--probe"))
-        rows += [make_row(spec, f"probe-k{k} {label}" if label else None, method=f"probe-k{k}", where="--shots")
-                 for k in ks]
-    for f in finetune or []:
-        spec, label = labelled(f)
-        rows.append(make_row(spec, f"fine-tuned {label}" if label else None, method=FINETUNE, where="--finetune"))
-    if scratch:
-        rows.append(make_row(SCRATCH, "CNN from scratch", method=SCRATCH, where="--scratch"))
-    info = dataset / "dataset.json"
-    built = json.loads(info.read_text()).get("config", {}) if info.is_file() else {}
-    reference = reference or built.get("reference")
-    if not reference:
-        raise CurateError("no --reference given and the dataset does not name one", where=str(dataset),
-                          fix="pass --reference: labelled in-distribution images")
-    must_exist(reference, "--reference")
-    from curate.world import RARE, TRAIN, is_world, split_dir
-
-    world = Path(reference).parent
-    if is_world(world):  # the demo world: its train/ for the probes, its rare/ (unfiltered rare-pair images)
-        train = train or (str(split_dir(world, TRAIN)) if split_dir(world, TRAIN).is_dir() else None)
-        unfiltered = unfiltered or (str(split_dir(world, RARE)) if split_dir(world, RARE).is_dir() else None)
-    for name, path in (("--train", train), ("--unfiltered", unfiltered)):
-        if path is not None:
-            must_exist(path, name)
+    rows = _rows(model, models, probe, finetune, scratch, shots)
+    reference, train, unfiltered = _image_sets(dataset, reference, train, unfiltered)
     report = run_study(StudyRequest(dataset=dataset, reference=Path(reference), out=out, rows=rows,
                                     train=Path(train) if train else None, baseline=baseline, device=device,
                                     include_rejected=include_rejected,
@@ -118,6 +76,69 @@ def study_cmd(
     typer.echo(str(out / "study.md"))
     if report["failed"]:
         raise typer.Exit(1)
+
+
+def _labelled(value: str) -> tuple[str, str | None]:
+    """``LABEL=SPEC`` -> (spec, label); a bare spec (``mini:/a=b`` included: a label has no colon) -> (spec, None)."""
+    label, sep, spec = value.partition("=")
+    return (spec, label) if sep and ":" not in label else (value, None)
+
+
+def _rows(model: list[str] | None, models: Path | None, probe: list[str] | None, finetune: list[str] | None,
+          scratch: bool, shots: str) -> list:
+    """The study's rows from the command line: zero-shot models, the models file, probes (and their few-shot
+    variants), fine-tuned towers and the CNN from scratch."""
+    from curate.errors import CurateError
+    from curate.paths import must_exist
+
+    from .rows import FINETUNE, PROBE, SCRATCH, make_row, read_models_file
+
+    rows = [make_row(*_labelled(m)) for m in model or []]
+    if models is not None:
+        must_exist(models, "--models", fix="a CSV with a header row: spec,label,group,method,corpus,nmi")
+        rows += read_models_file(models)
+    try:
+        ks = [int(k) for k in shots.split(",") if k.strip()]
+    except ValueError as e:
+        raise CurateError(f"--shots {shots!r} is not a list of numbers", fix="e.g. --shots 1,2,4,8,16") from e
+    for p in probe or []:
+        spec, label = _labelled(p)
+        rows.append(make_row(spec, f"probe {label}" if label else None, method=PROBE, where="--probe"))
+        rows += [make_row(spec, f"probe-k{k} {label}" if label else None, method=f"probe-k{k}", where="--shots")
+                 for k in ks]
+    for f in finetune or []:
+        spec, label = _labelled(f)
+        rows.append(make_row(spec, f"fine-tuned {label}" if label else None, method=FINETUNE, where="--finetune"))
+    if scratch:
+        rows.append(make_row(SCRATCH, "CNN from scratch", method=SCRATCH, where="--scratch"))
+    return rows
+
+
+def _image_sets(dataset: Path, reference: str | None, train: str | None,
+                unfiltered: str | None) -> tuple[str, str | None, str | None]:
+    """The reference (ID), training and unfiltered image sets: given, or the dataset's reference and, on the
+    demo world, its train/ and rare/ folders; each must exist."""
+    import json
+
+    from curate.errors import CurateError
+    from curate.paths import must_exist
+    from curate.world import RARE, TRAIN, is_world, split_dir
+
+    info = dataset / "dataset.json"
+    built = json.loads(info.read_text()).get("config", {}) if info.is_file() else {}
+    reference = reference or built.get("reference")
+    if not reference:
+        raise CurateError("no --reference given and the dataset does not name one", where=str(dataset),
+                          fix="pass --reference: labelled in-distribution images")
+    must_exist(reference, "--reference")
+    world = Path(reference).parent
+    if is_world(world):  # the demo world: its train/ for the probes, its rare/ (unfiltered rare-pair images)
+        train = train or (str(split_dir(world, TRAIN)) if split_dir(world, TRAIN).is_dir() else None)
+        unfiltered = unfiltered or (str(split_dir(world, RARE)) if split_dir(world, RARE).is_dir() else None)
+    for name, path in (("--train", train), ("--unfiltered", unfiltered)):
+        if path is not None:
+            must_exist(path, name)
+    return reference, train, unfiltered
 
 
 def register(train_app: typer.Typer, eval_app: typer.Typer) -> None:

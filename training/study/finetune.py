@@ -11,7 +11,7 @@ import numpy as np
 
 from curate.errors import CurateError
 
-from ..metrics.zeroshot import EvalSet
+from ..zeroshot import EvalSet
 
 EPOCHS = 4
 LR = 3e-4

@@ -31,7 +31,7 @@ from curate.fsutil import atomic_open, write_json
 from curate.outdir import META, OutputDir
 
 from ..metrics.robustness import effective_robustness, fit_logit_line, topk
-from ..metrics.zeroshot import FILTER_NOTE, EvalSet, filter_model_of, is_filter_model, load_eval_set
+from ..zeroshot import FILTER_NOTE, EvalSet, filter_model_of, is_filter_model, load_eval_set
 from .rows import FINETUNE, SCRATCH, ModelRow, check_rows
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ EVALUATED = (ID, OOD, "unfiltered")
 def _embeddings(spec: str, s: EvalSet, device: str) -> np.ndarray:
     from curate.embed.backends import cached_model
 
-    from ..metrics.zeroshot import _embed
+    from ..zeroshot import _embed
 
     return _embed(cached_model(spec, device), s)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.zeroshot import EvalSet
+from ..zeroshot import EvalSet
 
 SIZE = 64
 EPOCHS = 12
