@@ -40,7 +40,7 @@ from ..ledger import Task, run_stage
 from ..log import print_table, summary_table
 from ..outdir import OutputDir
 from ..shards import ReadReport, image_of, iter_shard, list_shards, sample_meta
-from .backends import PRECISIONS, Encoder, cached_model, check_spec_syntax, resolve_precision
+from .backends import PRECISIONS, Encoder, cached_model, check_model_available, resolve_precision
 from .devices import embed_devices, lock_dir
 from .gpu_decode import check_gpu_decode
 from .store import INFO_NAME, STORE_DTYPES, part_paths, save_npy, save_parquet
@@ -272,11 +272,15 @@ def embed_shards(
             _close_local_feeds()
         print_table(summary_table([res.summary], title="curate embed"))
         info = _embed_info(config, tasks, res, devices[0])
-        write_json(out / INFO_NAME, info)  # also when shards failed: the summary lists them
+        # also when some shards failed (the summary lists them); a run where every shard failed writes
+        # nothing, so it does not pin the folder's configuration (a corrected command needs no --overwrite)
+        wrote = bool(res.records) or not res.errors
+        if wrote:
+            write_json(out / INFO_NAME, info)
         if res.errors:
             first_id, first = next(iter(res.errors.items()))
             raise CurateError(f"{len(res.errors)} of {len(tasks)} shard(s) failed, e.g. {first_id}: "
-                              f"{first.splitlines()[0]} (listed in {INFO_NAME})",
+                              f"{first.splitlines()[0]}" + (f" (listed in {INFO_NAME})" if wrote else ""),
                               where=str(out), fix="fix the cause and rerun the same command; finished shards are kept")
         if info["counts"]["bad_images"]:
             logger.warning("%d image(s) failed to decode and were skipped (keys in %s)",
@@ -285,8 +289,9 @@ def embed_shards(
 
 
 def _check_config(config: EmbedConfig) -> None:
-    """Every option of ``curate embed`` that can be wrong, before the output folder opens."""
-    check_spec_syntax(config.model)
+    """Every option of ``curate embed`` that can be wrong, before the output folder opens (for an
+    ``open_clip:`` spec also its architecture and cached weights, so N workers do not fail N times)."""
+    check_model_available(config.model)
     if config.batch_size < 1:
         raise CurateError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.precision not in PRECISIONS:

@@ -318,6 +318,10 @@ def test_embed_missing_model_path_is_one_error_and_pins_nothing(inputs, tmp_path
     r = curate("embed", inputs, "--model", f"hf:{tmp_path}/hf", "--out", out, "--workers", "3")
     assert assert_one_line_error(r, f"{tmp_path}/hf: not a transformers model folder").count("fix:") == 1
     assert not out.exists()
+    # open_clip weights that are not in the local cache: refused by the parent too, not once per worker
+    r = curate("embed", inputs, "--model", "open_clip:ViT-B-32/no-such-tag", "--out", out, "--workers", "3")
+    assert r.returncode == 2 and r.stderr.count("fix:") == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not out.exists()
     r = curate("embed", inputs, "--model", tiny_clip_spec, "--out", out, "--workers", "1", "--device", "cpu")
     assert r.returncode == 0, r.stderr
 
