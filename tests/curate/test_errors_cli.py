@@ -434,7 +434,9 @@ def test_piped_tables_and_markdown_are_not_wrapped(tmp_path):
 SLOW_START = textwrap.dedent("""
     import signal, sys, time
     if __name__ == "__mp_main__":       # a spawned worker importing the main module: its start-up
-        print("worker starting, SIGINT ignored:", signal.getsignal(signal.SIGINT) == signal.SIG_IGN, flush=True)
+        # one write per line: two workers start at once, and print() writes its parts separately
+        sys.stdout.write(f"worker starting, SIGINT ignored: {signal.getsignal(signal.SIGINT) == signal.SIG_IGN}\\n")
+        sys.stdout.flush()
         time.sleep(5)
     from curate.executor import LocalExecutor
 
