@@ -12,6 +12,7 @@ import numpy as np
 from curate.errors import CurateError
 
 from ..zeroshot import EvalSet
+from .scratch import index_batches
 
 EPOCHS = 4
 LR = 3e-4
@@ -65,15 +66,10 @@ def finetune(spec: str, device: str, train: EvalSet, labels: np.ndarray, objects
     model = Classifier().train()
     sources = _sources(train)
     y = torch.from_numpy(labels.astype(np.int64))
-    n, bs = len(y), min(BATCH, len(y))
-    steps = max(1, n // bs)
+    n = len(y)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
-
-    def batches(epoch: int):
-        perm = torch.randperm(n, generator=gen)
-        for b in range(steps):
-            yield perm[b * bs:(b + 1) * bs]
+    batches, steps = index_batches(n, BATCH, gen)
 
     def loss(m: Any, idx: Any) -> tuple[Any, int]:
         x = _batch(enc, [sources[i] for i in idx.tolist()])

@@ -40,15 +40,10 @@ def train_scratch(images: Any, labels: np.ndarray, n_classes: int, seed: int, ru
     cfg = MiniClipConfig(image_size=SIZE, embed_dim=n_classes, seed=seed)
     model = build_model(cfg, vocab_size=2).visual  # its projection is the class head
     y = torch.from_numpy(labels.astype(np.int64))
-    n, bs = len(y), min(128, len(y))
-    steps = max(1, n // bs)
+    n = len(y)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-
-    def batches(epoch: int):
-        perm = torch.randperm(n, generator=gen)
-        for b in range(steps):
-            yield perm[b * bs:(b + 1) * bs]
+    batches, steps = index_batches(n, 128, gen)
 
     def loss(m: Any, idx: Any) -> tuple[Any, int]:
         x = images[idx].float() / 255.0
@@ -76,3 +71,17 @@ def logits(model: Any, images: Any, batch: int = 256) -> np.ndarray:
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 
+def index_batches(n: int, batch: int, gen: Any) -> tuple[Any, int]:
+    """``(batches, steps)`` for fit: each epoch a permutation of ``range(n)`` drawn from ``gen``, cut into
+    ``steps = n // batch`` batches (at least one) of ``min(batch, n)`` indices."""
+    import torch
+
+    bs = min(batch, n)
+    steps = max(1, n // bs)
+
+    def batches(epoch: int):
+        perm = torch.randperm(n, generator=gen)
+        for b in range(steps):
+            yield perm[b * bs:(b + 1) * bs]
+
+    return batches, steps
