@@ -5,7 +5,10 @@ completion order. ``fn`` must be a picklable top-level function. An exception in
 task is caught and returned as a failed result (the run goes on); the caller decides.
 
 - ``LocalExecutor``: a process pool (``--workers``, default = cores). With one worker it
-  runs in-process, which is what tests and small demo runs want.
+  runs in-process, which is what tests and small demo runs want; a caller that names a
+  ``start_method`` gets a pool of processes started that way whatever their number (tasks
+  Ctrl-C must stop at once; ``fork`` for tasks that run only fork-safe code, so the workers
+  start without importing anything again).
 - ``RayExecutor``: the same over a Ray cluster (``--executor ray --address ...``); Ray is
   imported only here (``pip install ".[ray]"``).
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 import traceback
@@ -97,17 +102,23 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, max_pending: int | None = None):
+    def __init__(self, workers: int | None = None, max_pending: int | None = None, start_method: str | None = None):
         self.workers = workers or default_workers()
         self.max_pending = max_pending or self.workers * 2
+        if start_method is not None and start_method not in mp.get_all_start_methods():
+            raise CurateError(f"unknown process start method {start_method!r}",
+                              fix=f"use one of {', '.join(mp.get_all_start_methods())}")
+        self.start_method = start_method  # None: one worker runs in-process, more are spawned
 
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[TaskResult]:
         tasks = list(tasks)
-        if self.workers <= 1 or len(tasks) <= 1:
+        if self.start_method is None and (self.workers <= 1 or len(tasks) <= 1):
             for t in tasks:
                 yield _call(fn, t)
             return
-        ctx = mp.get_context("spawn")
+        if not tasks:
+            return
+        ctx = mp.get_context(self.start_method or "spawn")
         with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
                                  initializer=_ignore_sigint) as pool:
             try:
@@ -175,6 +186,15 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         pass
+
+
+def node_id() -> str:
+    """Where the calling task runs: its Ray node's id inside a Ray worker, else this host's name (a task
+    records it with its stats, so a run says which node did what)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
 
 
 def get_executor(name: str = "local", workers: int | None = None, address: str | None = None) -> Executor:

@@ -137,6 +137,20 @@ def url_list_table(path: Path) -> tuple[Path, str, str | None]:
     return path, url_col, cap_col
 
 
+def url_list_rows(path: Path) -> int:
+    """How many rows (URLs) a URL list holds, as img2dataset's reader counts them."""
+    suf = path.suffix.lower()
+    if suf == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if suf in (".csv", ".tsv"):
+        return pl.scan_csv(path, separator="\t" if suf == ".tsv" else ",").select(pl.len()).collect().item()
+    if suf == ".jsonl":
+        return pl.scan_ndjson(path).select(pl.len()).collect().item()
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
 # img2dataset's options for a URL pool, in its own names; the rest are its defaults. The bench passes
 # exactly these to the img2dataset CLI, so the two sides differ only in how the work is distributed.
 IMG2DATASET_OPTIONS: dict[str, Any] = {
@@ -182,77 +196,132 @@ def default_start_method() -> str:
     return "fork"
 
 
-def _ignore_sigint() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+DOWNLOAD_STAGE = "download pool"
 
 
-def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: int = 1, threads: int = 16,
-                  timeout: int = 10, start_method: str | None = None) -> list[Path]:
-    """Download, resize and shard a URL list with img2dataset's own reader, resizer, downloader and
-    WebDataset writer (its output, byte for byte), distributed by us.
+def _block_name(shard_id: int, oom_shard_count: int) -> str:
+    return str(shard_id).zfill(oom_shard_count)  # img2dataset's shard naming
 
-    ``img2dataset.download`` starts its workers and a logger process with ``spawn``: three fresh
-    interpreters that each import img2dataset again (webdataset -> torch, wandb, pandas,
-    albumentations: about 2 s of CPU each), about half the CPU time of a 5,000-image download.
-    Here the workers are forked (where the platform has fork) after the imports, so they start at
-    once; progress and the failure counts come from img2dataset's per-shard ``*_stats.json``, as its
-    logger's do. Resumable as img2dataset's ``incremental`` mode: shards with a stats file are kept.
-    ``start_method="spawn"`` is img2dataset's own way (its ``maxtasksperchild=5`` too)."""
-    import os
-    import shutil
 
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports it: no network call at run time
+def _downloader(o: dict[str, Any], column_list: list[str], save_caption: bool):
+    """img2dataset's resizer and downloader (with its WebDataset writer) for the options ``o``."""
     from img2dataset.downloader import Downloader
-    from img2dataset.main import arguments_validator
-    from img2dataset.reader import Reader
     from img2dataset.resizer import Resizer
     from img2dataset.writer import WebDatasetSampleWriter
 
-    from curate.log import track
-
-    path, url_col, cap_col = url_list_table(url_list)
-    out.mkdir(parents=True, exist_ok=True)
-    o = img2dataset_options(path, out, image_size, processes, threads, timeout, url_col, cap_col)
-    arguments_validator(o)
-    headers = o["disallowed_header_directives"] or None  # img2dataset: an empty list means none
-    tmp = out / "_tmp"
-    tmp.mkdir(exist_ok=True)
-    done = {int(p.name.split("_")[0]) for p in out.glob("*.json")}  # img2dataset's incremental mode
-    reader = Reader(o["url_list"], o["input_format"], url_col, cap_col, None, None, o["save_additional_columns"],
-                    o["number_sample_per_shard"], done, str(tmp))
-    resizer = Resizer(image_size=image_size, resize_mode=o["resize_mode"],
+    resizer = Resizer(image_size=o["image_size"], resize_mode=o["resize_mode"],
                       resize_only_if_bigger=o["resize_only_if_bigger"],
                       upscale_interpolation=o["upscale_interpolation"],
                       downscale_interpolation=o["downscale_interpolation"], encode_quality=o["encode_quality"],
                       encode_format=o["encode_format"], skip_reencode=o["skip_reencode"],
                       disable_all_reencoding=o["disable_all_reencoding"], min_image_size=o["min_image_size"],
                       max_image_area=o["max_image_area"], max_aspect_ratio=o["max_aspect_ratio"], blurrer=None)
-    downloader = Downloader(
+    return Downloader(
         sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=o["thread_count"],
-        save_caption=cap_col is not None, extract_exif=o["extract_exif"], output_folder=o["output_folder"],
-        column_list=reader.column_list, timeout=o["timeout"], number_sample_per_shard=o["number_sample_per_shard"],
+        save_caption=save_caption, extract_exif=o["extract_exif"], output_folder=o["output_folder"],
+        column_list=column_list, timeout=o["timeout"], number_sample_per_shard=o["number_sample_per_shard"],
         oom_shard_count=o["oom_shard_count"], compute_hash=o["compute_hash"], verify_hash_type=None,
         encode_format=o["encode_format"], retries=o["retries"], user_agent_token=o["user_agent_token"],
-        disallowed_header_directives=headers)
-    start_method = start_method or default_start_method()
-    # forked workers are made once, before any progress thread exists; spawned ones are recycled
-    # every 5 shards as img2dataset does
-    per_child = None if start_method == "fork" else 5
-    # Ctrl-C reaches the whole process group: the parent stops the pool (terminate, on leaving the
-    # block); the workers ignore it rather than each printing a traceback. Finished shards are kept.
-    with mp.get_context(start_method).Pool(processes, initializer=_ignore_sigint, maxtasksperchild=per_child) as pool:
-        with contextlib.redirect_stdout(io.StringIO()) as said:  # its reader prints what it does
-            todo = list(reader)  # img2dataset's reader splits the list into feather files, one per shard
-        log.debug("img2dataset reader: %s", said.getvalue().strip())
-        for attempt in range(1 + o["max_shard_retry"]):
-            failed = [row for ok, row in track(pool.imap_unordered(downloader, todo), "download pool",
-                                               total=len(todo), unit="shards") if not ok]
-            if not failed:
-                break
-            log.warning("%d pool shard(s) failed%s", len(failed), "; retrying" if attempt < o["max_shard_retry"] else "")
-            todo = failed
+        disallowed_header_directives=o["disallowed_header_directives"] or None)  # an empty list means none
+
+
+def _block_record(out: Path, name: str, stats: dict[str, Any], node: str | None) -> dict[str, Any]:
+    """A finished block's outputs (what img2dataset wrote for it) and its stats for the marker."""
+    outputs = [f for f in (f"{name}.tar", f"{name}.parquet", f"{name}_stats.json") if (out / f).exists()]
+    counts = {k: int(stats.get(k, 0)) for k in ("count", "successes", "failed_to_download", "failed_to_resize")}
+    return {"outputs": outputs, "stats": {"items": counts["successes"], **counts,
+                                          **({"node": node} if node else {})}}
+
+
+def _download_block(task: Task) -> dict[str, Any]:
+    """Executor task: one block of URLs (img2dataset's shard: its feather file of up to
+    ``number_sample_per_shard`` rows) downloaded, resized and written by img2dataset's downloader and
+    writer as ``NNNNN.tar``, ``NNNNN.parquet`` and ``NNNNN_stats.json``; the marker names the node."""
+    import os
+
+    from curate.executor import node_id
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports it: no network call at run time
+    a = task.args
+    o = a["options"]
+    _downloader(o, a["columns"], a["save_caption"]).download_shard((a["shard"], a["file"]))  # raises on failure
+    name = _block_name(a["shard"], o["oom_shard_count"])
+    out = Path(o["output_folder"])
+    return _block_record(out, name, json.loads((out / f"{name}_stats.json").read_text()), node_id())
+
+
+def _adopt_finished_blocks(out: Path, ledger, n_blocks: int, oom: int, inputs: str) -> None:
+    """A block img2dataset finished (its stats file exists) but that has no marker (a run stopped
+    between the two, or a folder img2dataset wrote): marked done, as img2dataset's incremental mode keeps it."""
+    for i in range(n_blocks):
+        name = _block_name(i, oom)
+        stats = out / f"{name}_stats.json"
+        if stats.exists() and ledger.record(name) is None:
+            rec = _block_record(out, name, json.loads(stats.read_text()), None)
+            ledger.mark_done(name, rec["outputs"], rec["stats"], inputs)
+
+
+def _split_blocks(o: dict[str, Any], url_col: str, cap_col: str | None, done: set[int], tmp: Path):
+    """img2dataset's reader: the URL list cut into blocks, one feather file per block not done."""
+    from img2dataset.reader import Reader
+
+    reader = Reader(o["url_list"], o["input_format"], url_col, cap_col, None, None, o["save_additional_columns"],
+                    o["number_sample_per_shard"], done, str(tmp))
+    with contextlib.redirect_stdout(io.StringIO()) as said:  # its reader prints what it does
+        blocks = list(reader)
+    log.debug("img2dataset reader: %s", said.getvalue().strip())
+    return blocks, reader.column_list
+
+
+def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: int = 1, threads: int = 16,
+                  timeout: int = 10, start_method: str | None = None, executor=None) -> list[Path]:
+    """Download, resize and shard a URL list with img2dataset's own reader, resizer, downloader and
+    WebDataset writer (its output, byte for byte), one executor task per block of URLs.
+
+    A block is img2dataset's shard (``number_sample_per_shard`` URLs, cut by its reader into a feather
+    file under ``OUT/_tmp``); its task writes ``NNNNN.tar`` and its stats, and its done marker
+    (``OUT/.curate/ledger/download_pool/NNNNN.json``) records them and the node that ran it: a rerun,
+    or a rerun after a lost node, redoes only unfinished blocks (a block with a stats file and no
+    marker is kept, as img2dataset's ``incremental`` mode keeps it). ``executor``: a Ray executor
+    spreads the blocks over its nodes (``OUT`` must be storage every node sees); without one a local
+    pool of ``processes`` workers, forked (where the platform has fork) after the imports, so they
+    start at once (``img2dataset.download`` spawns its workers and a logger process: three fresh
+    interpreters importing img2dataset again, about 2 s of CPU each). ``start_method="spawn"`` is
+    img2dataset's own way. Ctrl-C: the workers ignore it, the parent stops them."""
+    import math
+    import os
+    import shutil
+
+    from curate.executor import LocalExecutor
+    from curate.ledger import Ledger, task_inputs
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports it: no network call at run time
+    from img2dataset.main import arguments_validator
+
+    path, url_col, cap_col = url_list_table(url_list)
+    out.mkdir(parents=True, exist_ok=True)
+    o = img2dataset_options(path, out, image_size, processes, threads, timeout, url_col, cap_col)
+    arguments_validator(o)
+    inputs = fingerprint(path, url_col, cap_col, image_size, IMG2DATASET_OPTIONS)  # what decides a block's bytes
+    oom, per = o["oom_shard_count"], o["number_sample_per_shard"]
+    n_blocks = math.ceil(url_list_rows(path) / per)
+    ledger = Ledger(out, DOWNLOAD_STAGE)
+    _adopt_finished_blocks(out, ledger, n_blocks, oom, inputs)
+    done = {i for i in range(n_blocks) if ledger.is_done(_block_name(i, oom), task_inputs(inputs))}
+    tmp = out / "_tmp"
+    tmp.mkdir(exist_ok=True)
+    blocks, columns = _split_blocks(o, url_col, cap_col, done, tmp)
+    # only what a task needs: plain values (no function defaults), so a Ray task carries them as they are
+    task_opts = {k: v for k, v in o.items() if isinstance(v, str | int | float | bool | list | type(None))}
+    tasks = [Task(_block_name(i, oom), {"shard": i, "file": f, "options": task_opts, "columns": columns,
+                                        "save_caption": cap_col is not None}) for i, f in blocks]
+    if executor is None or executor.name == "local":
+        executor = LocalExecutor(processes, start_method=start_method or default_start_method())
+    for attempt in range(1 + o["max_shard_retry"]):
+        res = run_stage(DOWNLOAD_STAGE, _download_block, tasks, out, executor, unit="blocks", inputs=inputs)
+        if not res.errors:
+            break
+        log.warning("%d pool block(s) failed%s", len(res.errors), "; retrying" if attempt < o["max_shard_retry"] else "")
     shutil.rmtree(tmp, ignore_errors=True)
     return sorted(out.glob("*.tar"))
 
@@ -307,7 +376,7 @@ def ingest_pool(spec: str, out: Path, executor=None, image_size: int = 256, work
         write_shard_card(out, "image pool", f"The images of the folder `{spec}`, packed into shards "
                          "(`path`: the file under that folder) before retrieval.")
         return shards, {"kind": kind, "shards": len(shards), "rejected": rejected}
-    shards = download_urls(Path(spec), out, image_size=image_size, processes=max(1, workers))
+    shards = download_urls(Path(spec), out, image_size=image_size, processes=max(1, workers), executor=executor)
     write_shard_card(out, "image pool", f"The images of the URL list `{spec}`, downloaded and resized by "
                      "img2dataset before retrieval (its JSON fields: url, key, status, sizes ...).")
     stats = download_stats(out)
