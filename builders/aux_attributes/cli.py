@@ -55,6 +55,10 @@ def attributes(
     families: Annotated[Path | None, typer.Option(
         "--families", help="Attribute families whose values exclude one another, 'family: value' per line "
                            "(a demo world's, or the world a dataset was built from, are used by default).")] = None,
+    origin: Annotated[str, typer.Option(
+        "--from", help="llm: ask the LLM (TRIDENT). world: the truth, what the pair's training images really "
+                       "show besides its attribute (a demo world, or a dataset built from one; needs --out).")]
+    = "llm",
     overwrite: Overwrite = False,
 ) -> None:
     """Ask an LLM for three auxiliary adjectives per attribute-object pair (TRIDENT's attribute smoothing).
@@ -89,6 +93,7 @@ def attributes(
       curate attributes DATASET --families families.txt       # lines like "colour: red"
       curate attributes WORLD --out aux/ --llm openai:qwen2.5@http://127.0.0.1:8000/v1 --concurrency 32
       curate attributes DATASET --llm openai:gpt-4o-mini@https://api.example.com/v1 --api-key-env MY_KEY
+      curate attributes demo-out/imagenet-ao --from world --out aux-true/   # the truth, no LLM
     \f
     Long only because of its 16 parameters (one per line) and its --help text: the work is in
     ``aux_settings``, ``run_attributes`` and ``_report`` (the text after the form feed is not in --help).
@@ -96,6 +101,8 @@ def attributes(
     from .pairs import load_pairs
 
     pair_list, kind = load_pairs(source, pairs)
+    if origin != "llm":
+        return _report_world(*world_attributes(source, kind, origin, out, overwrite))
     out = _out_folder(source, kind, out)
     cfg, rules, config = aux_settings(source, pairs, kind, llm=llm, vocab=vocab, families=families, retries=retries,
                                       seed=seed, max_tokens=max_tokens, contradiction_check=contradiction_check)
@@ -104,6 +111,41 @@ def attributes(
     summary, kept, files = run_attributes(source, out, kind, pair_list, cfg, rules, config, cache=cache,
                                           client_options=client_options, overwrite=overwrite)
     _report(summary, kept, files)
+
+
+def world_attributes(source: Path | None, kind: str, origin: str, out: Path | None,
+                     overwrite: bool) -> tuple[dict, list[Path]]:
+    """``--from world``: the truth's auxiliary attributes (:mod:`.truth_aux`) written to ``OUT/aux_label.jsonl``
+    (+ the provenance table and summary); never into the dataset, whose LLM file stays as it is."""
+    from curate.errors import CurateError
+    from curate.outdir import OutputDir
+
+    from .generate import AuxResult
+    from .outputs import write_outputs
+    from .truth_aux import true_aux
+
+    if origin != "world":
+        raise CurateError(f"unknown --from {origin!r}", fix="use --from llm or --from world")
+    aux = true_aux(source, kind)  # no truth: a clear error before anything is written
+    if out is None:
+        raise CurateError("--from world needs --out (the dataset's own aux_label.jsonl is the LLM's)",
+                          fix="pass --out DIR, then `curate train trident --aux DIR/aux_label.jsonl`")
+    config = {"from": "world", "source": str(source.resolve()) if source else None, "kind": kind}
+    results = [AuxResult(a, o, words, source="world") for (a, o), words in sorted(aux.items())]
+    summary = {"pairs": len(results), "source": kind, "from": "world",
+               "pairs_without_aux": sum(not r.aux for r in results),
+               "words_per_pair": sum(len(r.aux) for r in results) / max(len(results), 1)}
+    with OutputDir(out, "attributes", config, overwrite=overwrite):
+        files = write_outputs(out, results, summary)
+    return summary, files
+
+
+def _report_world(summary: dict, files: list[Path]) -> None:
+    from curate.log import console
+
+    console.print(f"{summary['pairs']} pair(s) from the truth of the {summary['source']}'s training images, "
+                  f"{summary['words_per_pair']:.2f} word(s) per pair ({summary['pairs_without_aux']} with none)")
+    console.print(f"wrote {', '.join(str(f) for f in files)}")
 
 
 def _out_folder(source: Path | None, kind: str, out: Path | None) -> Path:
