@@ -33,6 +33,8 @@ def imagenet_ao(
     model: Annotated[str | None, typer.Option(help="Embedding model spec, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k or mini:PATH.")] = None,
     images_per_pair: Annotated[int | None, typer.Option(help="At most this many images per pair (best first).")] = None,
     min_images_per_pair: Annotated[int | None, typer.Option(help="Pairs with fewer images are dropped.")] = None,
+    seen_images_per_pair: Annotated[int | None, typer.Option(help="At most this many images per seen (common) pair, "
+                                                                "split train/val/test (0 = --images-per-pair).")] = None,
     max_pairs: Annotated[int | None, typer.Option(help="Mine at most this many rare pairs (0 = all).")] = None,
     common_pairs: Annotated[int | None, typer.Option(help="Also mine this many common (seen) pairs for the CZSL train split.")] = None,
     export: Annotated[list[str] | None, typer.Option("--export", help="Export formats: czsl, imagefolder (repeatable).")] = None,
@@ -88,6 +90,7 @@ def imagenet_ao(
         "out": str(out) if out else None, "objects": objects, "attributes": attributes, "captions": captions or None,
         "caption_column": caption_column, "max_cooccurrence": max_cooccurrence, "pool": pool, "generator": generator,
         "model": model, "images_per_pair": images_per_pair, "min_images_per_pair": min_images_per_pair,
+        "seen_images_per_pair": seen_images_per_pair,
         "max_pairs": max_pairs, "common_pairs": common_pairs, "export": export or None, "reference": reference,
         "seed": seed, "device": device, "truth": truth, "calibrate": calibrate, "target_precision": target_precision,
         "decode": decode,

@@ -68,6 +68,12 @@ def choose_pairs(pairs: pl.DataFrame, max_pairs: int, common_pairs: int, seed: i
 
 
 # --- candidates ------------------------------------------------------------------------------
+def per_pair(targets: pl.DataFrame, rare_value: int, seen_value: int) -> list[int]:
+    """A per-pair count for each target pair: ``seen_value`` for a seen (not rare) pair when set
+    (``--seen-retrieve-k``, ``--seen-generator-images``), ``rare_value`` otherwise."""
+    return [seen_value if seen_value and not rare else rare_value for rare in targets["rare"].to_list()]
+
+
 def embed_into(shards: list[Path], out: Path, cfg: BuildConfig, workers: int, executor: str,
                address: str | None) -> None:
     """Embed ``shards`` into ``out``: resumes when the shards and the model are those of the last run,
@@ -108,12 +114,14 @@ def pool_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, encoder,
     index = SearchIndex.load(idx_dir)
     names = [f"{a} {o}" for a, o in targets.select("attr", "obj").iter_rows()]
     q = cached_text_embeddings(out, "text/retrieval_queries.npy", encoder, names, RETRIEVAL_TEMPLATES, cfg.model)
-    keys, scores = index.search(q, cfg.retrieve_k)
+    ks_per_pair = per_pair(targets, cfg.retrieve_k, cfg.seen_retrieve_k)
+    keys, scores = index.search(q, max(ks_per_pair, default=cfg.retrieve_k))
     shard_of = dict(key_shards(emb_dir).iter_rows())
     shard_paths = {p.name: str(p) for p in shards}
     rows = []
-    for (attr, obj), ks, ss in zip(targets.select("attr", "obj").iter_rows(), keys, scores, strict=True):
-        for k, s in zip(ks, ss, strict=False):
+    for (attr, obj), ks, ss, n in zip(targets.select("attr", "obj").iter_rows(), keys, scores, ks_per_pair,
+                                      strict=True):
+        for k, s in zip(ks[:n], ss[:n], strict=False):
             if k is None or k == "":
                 continue
             sh = shard_of.get(k, "")
@@ -134,11 +142,15 @@ def generator_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, ex)
     if in_process(cfg.generator) and isinstance(ex, LocalExecutor):
         ex = LocalExecutor(1)  # in this process, where the pipeline is loaded
     gen_dir = out / "generated" / "shards"
-    pairs = [list(p) for p in targets.select("attr", "obj").iter_rows()]
+    counts = per_pair(targets, cfg.generator_images, cfg.seen_generator_images)
+    by_n: dict[int, list[list[str]]] = {}  # pairs that get the same number of images, in target order
+    for pair, n in zip(targets.select("attr", "obj").iter_rows(), counts, strict=True):
+        by_n.setdefault(n, []).append(list(pair))
     generator = spec_parts(cfg.generator)
+    chunks = [(n, ps[j:j + GEN_CHUNK]) for n, ps in by_n.items() for j in range(0, len(ps), GEN_CHUNK)]
     tasks = []
-    for i, j in enumerate(range(0, len(pairs), GEN_CHUNK)):
-        args = {"spec": cfg.generator, "pairs": pairs[j:j + GEN_CHUNK], "n": cfg.generator_images, "seed": cfg.seed,
+    for i, (n, chunk) in enumerate(chunks):
+        args = {"spec": cfg.generator, "pairs": chunk, "n": n, "seed": cfg.seed,
                 "out": str(gen_dir), "name": shard_name("gen", i), "device": cfg.device}
         tasks.append(Task(f"gen-{i:06d}", args, inputs=fingerprint(generator, args["pairs"], args["n"], args["seed"])))
     res = run_stage("generate", generate_task, tasks, out, ex, unit="shards")

@@ -26,6 +26,10 @@ class BuildConfig:
     generator_images: int = 8               # images generated per pair
     model: str = ""                         # embedding model spec (see `curate model list`)
     images_per_pair: int = 10               # cap per pair (best composition score first)
+    seen_images_per_pair: int = 0           # cap per seen (common) pair, whose images are split train/val/test
+                                            # (0 = images_per_pair): a CZSL train split worth training on
+    seen_retrieve_k: int = 0                # pool candidates retrieved per seen pair (0 = retrieve_k)
+    seen_generator_images: int = 0          # images generated per seen pair (0 = generator_images)
     min_images_per_pair: int = 3            # pairs with fewer images are dropped
     retrieve_k: int = 40                    # pool candidates retrieved per pair
     max_pairs: int = 0                      # limit the number of rare pairs mined (0 = all)
@@ -58,7 +62,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "min_images_per_pair": (1, None), "retrieve_k": (1, None), "max_pairs": (0, None), "common_pairs": (0, None),
     "object_topk": (1, None), "min_resolution": (0, None), "image_size": (8, None),
     "val_fraction": (0.0, 1.0), "seen_val_fraction": (0.0, 0.5), "min_shards_per_split": (1, None),
-    "batch_size": (1, None),
+    "batch_size": (1, None), "seen_images_per_pair": (0, None), "seen_retrieve_k": (0, None),
+    "seen_generator_images": (0, None),
 }
 
 
@@ -92,6 +97,10 @@ def validate(cfg: BuildConfig) -> None:
     if cfg.min_images_per_pair > cfg.images_per_pair:
         raise CurateError(f"--min-images-per-pair {cfg.min_images_per_pair} is above --images-per-pair "
                           f"{cfg.images_per_pair}: every pair would be dropped", fix="lower --min-images-per-pair")
+    if 0 < cfg.seen_images_per_pair < cfg.min_images_per_pair:
+        raise CurateError(f"--seen-images-per-pair {cfg.seen_images_per_pair} is below --min-images-per-pair "
+                          f"{cfg.min_images_per_pair}: every seen pair would be dropped",
+                          fix="raise --seen-images-per-pair (0: the same cap as --images-per-pair)")
     if cfg.device != "auto" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", cfg.device):
         raise CurateError(f"unknown --device {cfg.device!r}", fix="use auto, cpu, cuda or cuda:N")
     check_decode(cfg.decode)

@@ -35,6 +35,12 @@ def demo_config(scale: str = "medium", workers: int | None = None, seed: int = 0
         images_per_pair=8,
         min_images_per_pair=2,
         retrieve_k=30,
+        # seen pairs: enough images that a CZSL train split is worth training on (about 70 % of them
+        # land in train); the pool holds fewer than 40 true images for most common pairs, so the
+        # generator makes up the rest
+        seen_images_per_pair=64,
+        seen_retrieve_k=120,
+        seen_generator_images=64,
         common_pairs=24,
         object_topk=3,
         export=["czsl", "imagefolder"],

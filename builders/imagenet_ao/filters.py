@@ -13,8 +13,8 @@ cheap matrix products; the image bytes are only touched by the decode/resolution
 - ``composition``: cosine(image, "a photo of a {attr} {obj}") >= ``comp_threshold``;
 - ``dedup``: greedy near-duplicate removal (cosine >= ``dedup_threshold``) within and across
   pairs, keeping the higher composition score;
-- ``cap``/``minimum``: at most ``images_per_pair`` per pair (best first); pairs with fewer
-  than ``min_images_per_pair`` left are dropped.
+- ``cap``/``minimum``: at most ``images_per_pair`` per pair (best first; ``seen_images_per_pair``
+  for a seen pair when set); pairs with fewer than ``min_images_per_pair`` left are dropped.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class FilterConfig:
     dedup_threshold: float = 0.95
     images_per_pair: int = 20
     min_images_per_pair: int = 3
+    seen_images_per_pair: int = 0  # cap of a seen (not rare) pair; 0 = images_per_pair
 
 
 def check_image(data: bytes, min_resolution: int) -> tuple[bool, str, int, int]:
@@ -102,11 +103,16 @@ def dedup(emb: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     return greedy_dedup(emb, scores, threshold)
 
 
-def cap_and_minimum(df: pl.DataFrame, images_per_pair: int, min_images_per_pair: int) -> tuple[pl.DataFrame, list[str]]:
-    """Keep the best ``images_per_pair`` per (attr, obj); drop pairs with fewer than the minimum."""
+def cap_and_minimum(df: pl.DataFrame, images_per_pair: int, min_images_per_pair: int,
+                    seen_images_per_pair: int = 0) -> tuple[pl.DataFrame, list[str]]:
+    """Keep the best ``images_per_pair`` per (attr, obj) (``seen_images_per_pair`` for a seen pair,
+    ``rare`` false, when set); drop pairs with fewer than the minimum."""
     df = df.sort(["attr", "obj", "score_comp", "source", "src_key"], descending=[False, False, True, False, False])
+    cap = pl.lit(images_per_pair)
+    if seen_images_per_pair and "rare" in df.columns:
+        cap = pl.when(pl.col("rare").fill_null(True)).then(cap).otherwise(pl.lit(seen_images_per_pair))
     df = (df.with_columns(pl.int_range(pl.len()).over(["attr", "obj"]).alias("_rank"))
-          .filter(pl.col("_rank") < images_per_pair).drop("_rank"))
+          .filter(pl.col("_rank") < cap).drop("_rank"))
     counts = df.group_by(["attr", "obj"]).len()
     small = counts.filter(pl.col("len") < min_images_per_pair).select("attr", "obj")
     dropped = sorted(f"{a} {o}" for a, o in small.iter_rows())

@@ -143,14 +143,15 @@ class _Funnel:
         """At most ``images_per_pair`` per pair, pairs with fewer than the minimum dropped."""
         before = self.cands.height
         capped, dropped = cap_and_minimum(self.cands.with_columns(pl.int_range(pl.len()).alias("_row")),
-                                          fc.images_per_pair, fc.min_images_per_pair)
+                                          fc.images_per_pair, fc.min_images_per_pair, fc.seen_images_per_pair)
         rows = capped["_row"].to_numpy()
         gone = np.ones(before, bool)
         gone[rows] = False
         self.removed_at[self.ids[gone]] = len(self.rows)
         self.img, self.ids = self.img[rows], self.ids[rows]
         self.cands = capped.drop("_row")
-        self.rows.append(FunnelRow(f"cap {fc.images_per_pair}/pair, min {fc.min_images_per_pair}/pair",
+        seen = f" ({fc.seen_images_per_pair}/seen pair)" if fc.seen_images_per_pair else ""
+        self.rows.append(FunnelRow(f"cap {fc.images_per_pair}/pair{seen}, min {fc.min_images_per_pair}/pair",
                                    self.cands.height, before - self.cands.height,
                                    f"{len(dropped)} pair(s) dropped for too few images"))
         return dropped

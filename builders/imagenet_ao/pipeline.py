@@ -74,6 +74,7 @@ KEPT, KEPT_EMB = "filters/kept.parquet", "filters/kept_emb.npy"
 FUNNEL_RECORD = "filters/funnel.parquet"  # every candidate: the filter row that removed it, its scores
 REJECTED = "filters/rejected_images.parquet"
 CALIBRATION_ONLY = ("truth", "calibrate", "target_precision")
+SEEN_OPTIONS = ("seen_images_per_pair", "seen_retrieve_k", "seen_generator_images")  # 0: as for rare pairs
 
 
 @dataclass
@@ -127,7 +128,9 @@ class BuildContext(StepContext):
         return truth
 
     def options(self, *names: str) -> dict[str, Any]:
-        return {n: getattr(self.cfg, n) for n in names}
+        """The named options' values; a seen-pair option (``SEEN_OPTIONS``) left at 0 (off) is left out, so builds made
+        before it existed keep their fingerprints."""
+        return {n: getattr(self.cfg, n) for n in names if not (n in SEEN_OPTIONS and getattr(self.cfg, n) == 0)}
 
 
 # --- step: pairs (rarity scan) -------------------------------------------------------------------
@@ -174,7 +177,8 @@ def pool_parts(spec: str | None) -> list[Any]:
 def candidates_inputs(ctx: BuildContext) -> list[Any]:
     cfg = ctx.cfg
     return [pool_parts(cfg.pool), spec_parts(cfg.generator), spec_parts(cfg.model),
-            ctx.options("retrieve_k", "generator_images", "image_size", "min_resolution", "seed", "decode")]
+            ctx.options("retrieve_k", "generator_images", "image_size", "min_resolution", "seed", "decode",
+                        "seen_retrieve_k", "seen_generator_images")]
 
 
 def candidates_outputs(ctx: BuildContext) -> list[str]:
@@ -212,7 +216,7 @@ def pool_rejected(ctx: BuildContext) -> list[list[str]]:
 def filters_inputs(ctx: BuildContext) -> list[Any]:
     cfg = ctx.cfg
     opts = ctx.options("min_resolution", "object_topk", "attribute_check", "comp_threshold", "dedup_threshold",
-                       "images_per_pair", "min_images_per_pair", "calibrate")
+                       "images_per_pair", "min_images_per_pair", "seen_images_per_pair", "calibrate")
     calibration = [truth_parts(ctx), cfg.target_precision] if cfg.calibrate else None
     return [asdict(ctx.vocab), spec_parts(cfg.model), opts, calibration, pool_rejected(ctx)]
 
@@ -248,7 +252,7 @@ def filters_step(ctx: BuildContext) -> dict[str, Any]:
     img = embeddings_for(cands, [out / "pool" / "embeddings" if cfg.pool else None,
                                  out / "generated" / "embeddings" if cfg.generator else None])
     fc = FilterConfig(cfg.min_resolution, cfg.object_topk, cfg.attribute_check, cfg.comp_threshold,
-                      cfg.dedup_threshold, cfg.images_per_pair, cfg.min_images_per_pair)
+                      cfg.dedup_threshold, cfg.images_per_pair, cfg.min_images_per_pair, cfg.seen_images_per_pair)
     res = apply_filters(cands, img, ctx.vocab, ctx.encoder, fc, out, chooser(cfg, ctx.truth) if cfg.calibrate else None)
     if res.kept.height == 0:
         raise CurateError("every candidate was filtered out", where=str(out),
