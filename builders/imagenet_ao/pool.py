@@ -238,16 +238,25 @@ def _download_block(task: Task) -> dict[str, Any]:
     ``number_sample_per_shard`` rows) downloaded, resized and written by img2dataset's downloader and
     writer as ``NNNNN.tar``, ``NNNNN.parquet`` and ``NNNNN_stats.json``; the marker names the node."""
     import os
+    import shutil
 
     from curate.executor import node_id
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports it: no network call at run time
     a = task.args
-    o = a["options"]
+    out, node = Path(a["options"]["output_folder"]), node_id()
+    name = _block_name(a["shard"], a["options"]["oom_shard_count"])
+    # written in a folder of its own, then moved in (the stats file last): a block killed mid-way leaves
+    # no half shard under its name, and a second run of the block (a lost driver's task) none mixed
+    work = out / "_tmp" / f"{name}.{_slug(node)}-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    o = {**a["options"], "output_folder": str(work)}
     _downloader(o, a["columns"], a["save_caption"]).download_shard((a["shard"], a["file"]))  # raises on failure
-    name = _block_name(a["shard"], o["oom_shard_count"])
-    out = Path(o["output_folder"])
-    return _block_record(out, name, json.loads((out / f"{name}_stats.json").read_text()), node_id())
+    for f in (f"{name}.tar", f"{name}.parquet", f"{name}_stats.json"):
+        if (work / f).exists():
+            os.replace(work / f, out / f)
+    shutil.rmtree(work, ignore_errors=True)
+    return _block_record(out, name, json.loads((out / f"{name}_stats.json").read_text()), node)
 
 
 def _adopt_finished_blocks(out: Path, ledger, n_blocks: int, oom: int, inputs: str) -> None:
@@ -274,7 +283,8 @@ def _split_blocks(o: dict[str, Any], url_col: str, cap_col: str | None, done: se
 
 
 def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: int = 1, threads: int = 16,
-                  timeout: int = 10, start_method: str | None = None, executor=None) -> list[Path]:
+                  timeout: int = 10, start_method: str | None = None, executor=None,
+                  block_size: int = CHUNK) -> list[Path]:
     """Download, resize and shard a URL list with img2dataset's own reader, resizer, downloader and
     WebDataset writer (its output, byte for byte), one executor task per block of URLs.
 
@@ -287,7 +297,8 @@ def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: i
     pool of ``processes`` workers, forked (where the platform has fork) after the imports, so they
     start at once (``img2dataset.download`` spawns its workers and a logger process: three fresh
     interpreters importing img2dataset again, about 2 s of CPU each). ``start_method="spawn"`` is
-    img2dataset's own way. Ctrl-C: the workers ignore it, the parent stops them."""
+    img2dataset's own way. Ctrl-C: the workers ignore it, the parent stops them. ``block_size``: URLs per
+    block (img2dataset's ``number_sample_per_shard``; the build's is ``CHUNK``)."""
     import math
     import os
     import shutil
@@ -301,8 +312,9 @@ def download_urls(url_list: Path, out: Path, image_size: int = 256, processes: i
     path, url_col, cap_col = url_list_table(url_list)
     out.mkdir(parents=True, exist_ok=True)
     o = img2dataset_options(path, out, image_size, processes, threads, timeout, url_col, cap_col)
+    o["number_sample_per_shard"] = block_size
     arguments_validator(o)
-    inputs = fingerprint(path, url_col, cap_col, image_size, IMG2DATASET_OPTIONS)  # what decides a block's bytes
+    inputs = fingerprint(path, url_col, cap_col, image_size, IMG2DATASET_OPTIONS, block_size)  # a block's bytes
     oom, per = o["oom_shard_count"], o["number_sample_per_shard"]
     n_blocks = math.ceil(url_list_rows(path) / per)
     ledger = Ledger(out, DOWNLOAD_STAGE)

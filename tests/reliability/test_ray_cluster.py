@@ -4,7 +4,9 @@ loses nothing once the command is rerun."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -74,6 +76,80 @@ def test_build_and_embed_on_a_ray_cluster_match_the_local_executor(cluster, tmp_
     assert local == ray and any(k.endswith(".tar") for k in local)
     _curate([*small_build_embeddings.args, *ray_args, "--out", tmp_path / "emb-ray"], env)
     assert _digests(small_build_embeddings.out) == _digests(tmp_path / "emb-ray")
+
+
+DOWNLOAD = """
+import sys
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from builders.imagenet_ao.pool import download_urls
+from curate.executor import get_executor
+ex = get_executor({executor!r}, workers=2, address={address!r})  # what --executor ray --address gives a build
+download_urls(Path({urls!r}), Path({out!r}), image_size=64, processes=2, threads=4, executor=ex, block_size=50)
+"""
+
+
+def _download(urls: Path, out: Path, env, executor="local", address=None, wait=True):
+    code = DOWNLOAD.format(repo=str(Path(__file__).resolve().parents[2]), executor=executor, address=address,
+                           urls=str(urls), out=str(out))
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    if wait:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    return p
+
+
+def _pool_content(out: Path) -> dict:
+    """Every member of every block's shard (the URL's port taken out: each test serves on a new one)."""
+    import re
+
+    from curate.shards import iter_shard
+
+    return {(t.name, s["__key__"], ext): hashlib.sha256(re.sub(rb"127\.0\.0\.1:\d+", b"HOST", v)).hexdigest()
+            for t in sorted(out.glob("*.tar")) for s in iter_shard(t) for ext, v in s.items() if not ext.startswith("__")}
+
+
+def _block_markers(out: Path) -> dict[str, dict]:
+    return {m.stem: json.loads(m.read_text()) for m in sorted((out / ".curate/ledger/download_pool").glob("*.json"))}
+
+
+def test_pool_download_spreads_over_the_nodes_and_a_lost_node_costs_only_its_blocks(cluster, tmp_path, small_world):
+    """The pool download's blocks (8 of 50 URLs, served over HTTP on 127.0.0.1) run on both nodes and write
+    the local run's samples; a node lost mid-download (with the command) leaves its finished blocks,
+    and the rerun downloads only the others."""
+    import polars as pl
+
+    from builders.synthetic.httpserver import serve_folder, write_url_list
+
+    address, _, env = cluster
+    pool = small_world.path / "pool"
+    with serve_folder(pool) as base:
+        urls, _ = write_url_list(pool, base, tmp_path)
+        pl.read_parquet(urls).select("url", "caption").write_parquet(tmp_path / "u.parquet")  # 400 URLs
+        _download(tmp_path / "u.parquet", tmp_path / "local", env)
+        _download(tmp_path / "u.parquet", tmp_path / "ray", env, "ray", address)
+        ref, blocks = _pool_content(tmp_path / "local"), _block_markers(tmp_path / "ray")
+        assert len(blocks) == 8 and len({b["stats"]["node"] for b in blocks.values()}) == 2  # both nodes ran blocks
+        assert _pool_content(tmp_path / "ray") == ref and len(ref) == 400 * 3  # jpg, json, txt
+        # a third node joins, and goes away mid-download with the command that used it
+        before = _raylets()
+        subprocess.run([RAY, "start", "--address", address, "--num-cpus", "1", "--disable-usage-stats",
+                        "--node-ip-address", "127.0.0.1"], check=True, capture_output=True, env=env, timeout=180)
+        extra, out = _raylets() - before, tmp_path / "lost"
+        p = _download(tmp_path / "u.parquet", out, env, "ray", address, wait=False)
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None and len(_block_markers(out) if out.exists() else {}) < 2:
+            time.sleep(0.02)
+        for pid in [*extra, p.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        p.wait(timeout=60)
+        kept = {n: (out / f"{n}.tar").stat().st_mtime_ns for n in _block_markers(out)}
+        assert 2 <= len(kept) < 8, kept
+        _download(tmp_path / "u.parquet", out, env, "ray", address)
+    assert {n: (out / f"{n}.tar").stat().st_mtime_ns for n in kept} == kept  # finished blocks not downloaded again
+    assert len(_block_markers(out)) == 8 and _pool_content(out) == ref
 
 
 def test_losing_the_worker_node_mid_run_loses_nothing(cluster, tmp_path, small_world, tiny_clip_spec):
