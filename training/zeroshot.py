@@ -30,7 +30,7 @@ import polars as pl
 
 from curate.errors import CurateError
 from curate.fsutil import write_json, write_text
-from curate.images import DEFAULT_DECODE
+from curate.images import DEFAULT_DECODE, decode_target
 from curate.shards import image_of, iter_shard, list_shards
 from curate.world import HELDOUT, RARE, TRAIN, split_dir
 
@@ -49,9 +49,20 @@ class EvalSet:
     missing: int = 0  # listed (manifest, metadata) but without an image: skipped and reported
     kind: str = "shards"
 
+    def image_store(self) -> Any:
+        """The set's images by key as every trainer reaches them (``training.data.images.ImageStore``):
+        the encoded images its reader kept with the labels, or its files."""
+        from .data.images import ImageStore
+
+        store = ImageStore(Path(self.name), files=dict(zip(self.keys, self.files or [], strict=False)))
+        for key, data in zip(self.keys, self.images or [], strict=False):
+            store.keep(key, data)
+        return store
+
 
 def _from_shards(spec: str | Path, name: str, include_rejected: bool = False) -> EvalSet:
     keys, attrs, objs, imgs = [], [], [], []
+    seen: set[str] = set()
     for shard in list_shards(spec):
         for s in iter_shard(shard):
             if "json" not in s:
@@ -63,6 +74,10 @@ def _from_shards(spec: str | Path, name: str, include_rejected: bool = False) ->
                 continue
             if not include_rejected and meta.get("review_status") == "reject":
                 continue
+            if s["__key__"] in seen:
+                log.warning("%s: key %s is in another shard too: the first kept", shard, s["__key__"])
+                continue
+            seen.add(s["__key__"])
             keys.append(s["__key__"])
             attrs.append(meta["attr"])
             objs.append(meta["obj"])
@@ -91,7 +106,11 @@ def _from_dataset(p: Path, name: str, rare_only: bool | None, model: str | None,
             emb = np.stack([np.asarray(mat[pos[k]]) for k in df["key"]]).astype(np.float32)
             return EvalSet(name, df["key"].to_list(), df["attr"].to_list(), df["obj"].to_list(), None, emb,
                            kind="dataset")
-    imgs = dict(ds.images(df["key"].to_list()))
+    from .data.images import ImageStore
+
+    store = ImageStore.of_dataset(p, df)
+    store.load(df["key"].to_list())
+    imgs = {k: store.read(k) for k in df["key"] if k in store}
     lost = df.filter(~pl.col("key").is_in(list(imgs)))
     if lost.height:
         log.warning("%s: %d manifest row(s) have no image in their shard (e.g. %s): left out of %r", p, lost.height,
@@ -229,15 +248,14 @@ def load_eval_set(path: str | Path, name: str, rare_only: bool | None = None, mo
 
 
 def _embed(encoder, s: EvalSet, batch_size: int = 64, decode: str = DEFAULT_DECODE) -> np.ndarray:
-    """Image embeddings, decoding ``batch_size`` images at a time (files are read as needed) at the
-    size the encoder needs (``decode``: ``curate.images.DECODE_MODES``)."""
+    """Image embeddings, decoding ``batch_size`` images at a time through the set's ``ImageStore`` (files
+    are read as needed) at the size the encoder needs (``decode``: ``curate.images.DECODE_MODES``)."""
     if s.emb is not None:
         return s.emb
-    sources: list[Any] = list(s.images) if s.images is not None else list(s.files or [])
+    store, size = s.image_store(), decode_target(encoder.decode_size, decode)
     out = []
-    for i in range(0, len(sources), batch_size):
-        chunk = [encoder.open_image(x if isinstance(x, bytes | bytearray) else Path(x).read_bytes(), decode)
-                 for x in sources[i:i + batch_size]]
+    for i in range(0, len(s.keys), batch_size):
+        chunk = [store.open(key, size) for key in s.keys[i:i + batch_size]]
         out.append(encoder.encode_images(chunk, batch_size=batch_size))
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 

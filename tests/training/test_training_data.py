@@ -177,3 +177,41 @@ def test_token_cache_same_rows_from_files_or_shards_resumes_and_serves_online_al
     online = [torch.cat(x) for x in zip(*TokenFeatures(in_shards, backbone, None).batches(keys, size=3), strict=True)]
     for c, o in zip(cached, online, strict=True):
         assert torch.allclose(c.float(), o, atol=1e-2 * float(o.abs().max()))
+
+
+def test_image_store_decoded_pass_files_then_shards_kept_bytes_and_full_size(tmp_path):
+    """ImageStore.decoded (CIR's galleries): files in key order, a missing or broken file falls back to
+    its shard, shard images in shard order, ``full`` keys at full size, kept bytes served first."""
+    from curate.images import open_rgb
+    from training.data.images import ImageStore
+
+    raw, files, in_shards = _image_stores(tmp_path)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xffnot a jpeg")
+    store = ImageStore(tmp_path, shards=in_shards.shards,
+                       files={"k03": files.folder / "k03.jpg", "k01": tmp_path / "broken.jpg",
+                              "k05": tmp_path / "gone.jpg"})
+    assert "k03" in store and "k05" not in store and "k02" not in store
+    got = list(store.decoded(["k03", "k01", "k05", "k00", "nowhere"], size=8, full={"k00"}))
+    assert [k for k, _ in got] == ["k03", "k00", "k01", "k05"]  # k00 and k01 share the first shard
+    images = dict(got)
+    assert images["k03"].size == (8, 8) and images["k00"].size == (32, 32)  # 32 px at 1/4 scale; k00 full size
+    assert np.array_equal(np.asarray(images["k01"]), np.asarray(open_rgb(raw["k01"], 8)))  # from its shard
+    store.keep("k03", raw["k04"])  # kept bytes come before the file
+    assert np.array_equal(np.asarray(store.open("k03")), np.asarray(open_rgb(raw["k04"])))
+    assert store.load(["k06", "k03"]) == 0 and store.read("k06") == raw["k06"]
+
+
+def test_image_store_of_dataset_and_zero_shot_sets_read_through_it(tmp_path):
+    from training.data.images import ImageStore
+    from training.zeroshot import EvalSet
+
+    raw, files, in_shards = _image_stores(tmp_path)
+    rows = pl.DataFrame({"key": ["k00", "k04"], "shard": [in_shards.shards["k00"].name, in_shards.shards["k04"].name]})
+    ds = ImageStore.of_dataset(tmp_path, rows)
+    assert ds.shards == {"k00": tmp_path / "shards" / in_shards.shards["k00"].name,
+                         "k04": tmp_path / "shards" / in_shards.shards["k04"].name}
+    assert ds.load(["k00", "k04"]) == 0 and ds.read("k04") == raw["k04"]
+    held = EvalSet("s", ["k01", "k02"], ["red", "blue"], ["circle", "circle"], [raw["k01"], raw["k02"]]).image_store()
+    on_disk = EvalSet("f", ["a", "b"], [None, None], ["circle", "circle"], None,
+                      files=[files.folder / "k01.jpg", files.folder / "k02.jpg"]).image_store()
+    assert held.read("k02") == raw["k02"] and on_disk.read("b") == raw["k02"]

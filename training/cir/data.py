@@ -74,7 +74,7 @@ class ImageSource:
 
     ``aliases`` maps a gallery name to the dataset key it stands for (CIRCO ids, GeneCIS ids),
     so features cached by key serve every export of the same images. ``crops`` holds a
-    GeneCIS VG box per name.
+    GeneCIS VG box per name. Images are read and decoded by ``training.data.images.ImageStore``.
     """
 
     files: dict[str, Path] = field(default_factory=dict)
@@ -88,46 +88,40 @@ class ImageSource:
 
     def load(self, names: Iterable[str], size: int | None = None) -> Iterator[tuple[str, Any]]:
         """``(name, RGB PIL image)`` for every name that has a readable image; the rest are absent.
-        ``size``: what the model's resize needs (``curate.images.open_rgb``: a JPEG may decode at a
-        DCT scale that still covers it); a name with a GeneCIS crop box always decodes at full size."""
+        Files first (by name), then the source dataset's shards (by key), then triplet shards, all
+        through ``ImageStore.decoded``. ``size``: what the model's resize needs (``curate.images.open_rgb``:
+        a JPEG may decode at a DCT scale that still covers it); a name with a GeneCIS crop box always
+        decodes at full size."""
+        from ..data.images import ImageStore
+
         todo = list(dict.fromkeys(names))
         left: set[str] = set(todo)
-        for name in todo:
-            path = self.files.get(name)
-            if path is None or not path.exists():
-                continue
-            img = _decode(path.read_bytes(), self._size_for(name, size))
-            if img is None:
-                log.warning("%s: unreadable image", path)
-                continue
+        files = ImageStore(Path("."), files={n: self.files[n] for n in todo if n in self.files})
+        for name, img in files.decoded(list(files.files), size, full=self.crops):
             left.discard(name)
             yield name, self._crop(name, img)
         if left:
             yield from self._from_shards(left, size)
 
-    def _size_for(self, name: str, size: int | None) -> int | None:
-        return None if name in self.crops else size
-
     def _from_shards(self, left: set[str], size: int | None = None) -> Iterator[tuple[str, Any]]:
-        from curate.shards import image_of, iter_keys
+        from ..data.images import ImageStore
 
         by_key = {self.key(n): n for n in left}
-        wanted = {self.key(n): self.shards[n] for n in left if n in self.shards}
-        for sample in iter_keys(wanted):
-            img = image_of(sample)
-            name = by_key.get(sample["__key__"])
-            if img and name in left:
-                decoded = _decode(img[1], self._size_for(name, size))
-                if decoded is not None:
-                    left.discard(name)
-                    yield name, self._crop(name, decoded)
+        store = ImageStore(Path("."), shards={self.key(n): self.shards[n] for n in left if n in self.shards})
+        full = {k for k, n in by_key.items() if n in self.crops}
+        for key, img in store.decoded(list(store.shards), size, full=full):
+            name = by_key.get(key)
+            if name in left:
+                left.discard(name)
+                yield name, self._crop(name, img)
         if left and self.triplet_shards:
             yield from self._from_triplet_shards(left, by_key, size)
 
     def _from_triplet_shards(self, left: set[str], by_key: dict[str, str],
                              size: int | None = None) -> Iterator[tuple[str, Any]]:
         """References and targets as stored in triplet shards (``ID.ref.jpg``, ``ID.tgt.jpg``, ``ID.json``)."""
-        from training.data import ShardDataset
+        from ..data import ShardDataset
+        from ..data.images import decode_image
 
         for sample in ShardDataset(self.triplet_shards, exts=("ref.jpg", "tgt.jpg", "json")):
             try:
@@ -137,7 +131,7 @@ class ImageSource:
             for role, ext in (("reference", "ref.jpg"), ("target", "tgt.jpg")):
                 name = by_key.get(str(meta.get(role)))
                 if name in left and sample.get(ext):
-                    decoded = _decode(sample[ext], self._size_for(name, size))
+                    decoded = decode_image(sample[ext], None if name in self.crops else size, what=name)
                     if decoded is not None:
                         left.discard(name)
                         yield name, self._crop(name, decoded)
@@ -147,15 +141,6 @@ class ImageSource:
     def _crop(self, name: str, img: Any) -> Any:
         box = self.crops.get(name)
         return img if box is None else vg_crop(img, box)
-
-
-def _decode(data: bytes, size: int | None = None) -> Any:
-    from curate.images import open_rgb
-
-    try:
-        return open_rgb(data, size)
-    except (OSError, ValueError):
-        return None
 
 
 def vg_crop(img: Any, box: tuple[float, float, float, float]) -> Any:
@@ -278,8 +263,9 @@ def ours_images(folder: Path) -> ImageSource:
     if source is not None:
         from curate.manifest import read_manifest
 
-        man = read_manifest(source, include_rejected=True).select("key", "shard")
-        src.shards = {k: source / "shards" / s for k, s in man.iter_rows()}
+        from ..data.images import ImageStore
+
+        src.shards = ImageStore.of_dataset(source, read_manifest(source, include_rejected=True)).shards
     staged = folder / ".curate" / "images"
     if staged.is_dir():
         src.files = {p.stem: p for p in staged.glob("*.jpg")}

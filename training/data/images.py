@@ -10,13 +10,20 @@ shard sample shape (``__key__`` + ``ext -> bytes``), so whatever decodes a sampl
   (:class:`~training.data.ShardDataset` for shards, :class:`FileSamples` for files).
 - :meth:`ImageStore.load` then :meth:`ImageStore.open`: random access (online training draws
   partners anywhere in the split): shard samples are read once and kept encoded in memory;
-  files are read when opened.
+  files are read when opened. A reader that already holds the encoded image (read with its
+  labels) hands it over with :meth:`ImageStore.keep`.
+- :meth:`ImageStore.decoded`: one in-process pass that decodes as it reads and keeps nothing
+  (features encoded once: CIR's galleries): files first, then shards in shard order.
+
+``files`` maps a key to a file anywhere (a benchmark's gallery, an image folder's classes);
+``folder`` serves every path under one folder. Every image is decoded by :func:`decode_image`
+(``curate.images.open_rgb`` at the size the model needs).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +39,31 @@ from . import ShardDataset, consumer_of, consumer_range
 log = logging.getLogger(__name__)
 
 
+def decode_image(data: bytes, size: int | None = None, fit: str = "short", what: str = "") -> Any:
+    """``data`` as an RGB PIL image (``curate.images.open_rgb``: a JPEG at the DCT scale that still
+    covers ``size``), or None when it does not decode (logged with ``what``)."""
+    try:
+        return open_rgb(data, size, fit)
+    except (OSError, ValueError) as e:
+        log.debug("%s: undecodable image (%s)", what or "image", e)
+        return None
+
+
 @dataclass
 class ImageStore:
-    """The images of the dataset at ``root``: files under ``folder``, or ``shards`` by key."""
+    """The images of the dataset at ``root``: files (``files`` by key, or any path under ``folder``),
+    or ``shards`` by key."""
 
     root: Path
     folder: Path | None = None                               # files: key = path under it
     shards: dict[str, Path] = field(default_factory=dict)    # shards: key -> shard path
+    files: dict[str, Path] = field(default_factory=dict)     # files anywhere: key -> path
     _bytes: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of_dataset(cls, root: Path, rows: Any) -> ImageStore:
+        """The images of a curate dataset's manifest ``rows`` (``key``, ``shard``): ``root/shards/SHARD``."""
+        return cls(root, shards={str(k): root / "shards" / str(s) for k, s in rows.select("key", "shard").iter_rows()})
 
     def samples(self, keys: Iterable[str], decode: Callable[[Sample], Any] | None = None,
                 rank: int | None = None, world_size: int | None = None) -> IterableDataset:
@@ -55,18 +79,33 @@ class ImageStore:
         (a key of no shard, or absent from its shard)."""
         if self.folder is not None:
             return 0
-        wanted = [k for k in keys if k not in self._bytes]
+        wanted = [k for k in keys if k not in self._bytes and k not in self.files]
         for sample in iter_keys({k: self.shards[k] for k in wanted if k in self.shards}):
             img = image_of(sample)
             if img is not None:
                 self._bytes[sample["__key__"]] = img[1]
         return sum(1 for k in wanted if k not in self._bytes)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key``'s image can be read now: held (loaded, kept) or an existing file."""
+        path = self.file(key) if isinstance(key, str) and key not in self._bytes else None
+        return key in self._bytes or (path is not None and path.is_file())
+
+    def keep(self, key: str, data: bytes) -> None:
+        """Hold the encoded image of ``key``, read by its reader with the labels (served before files)."""
+        self._bytes[key] = data
+
+    def file(self, key: str) -> Path | None:
+        """The file that holds ``key``'s image, if the store has files."""
+        path = self.files.get(key)
+        return path if path is not None or self.folder is None else self.folder / key
+
     def read(self, key: str) -> bytes:
         """The encoded image of ``key`` (a shard image must be :meth:`load`-ed first)."""
         raw = self._bytes.get(key)
-        if raw is None and self.folder is not None:
-            return (self.folder / key).read_bytes()
+        path = self.file(key) if raw is None else None
+        if path is not None:
+            return path.read_bytes()
         if raw is None:
             raise CurateError(f"image {key} not loaded", where=str(self.root))
         return raw
@@ -75,6 +114,39 @@ class ImageStore:
         """The decoded RGB image of ``key`` through ``curate.images.open_rgb``: ``size`` lets a JPEG
         decode at a DCT scale that still covers it (None: full size)."""
         return open_rgb(self.read(key), size, fit)
+
+    def decoded(self, keys: Iterable[str], size: int | None = None, fit: str = "short",
+                full: Container[str] = ()) -> Iterator[tuple[str, Any]]:
+        """``(key, RGB image)`` for every key with a decodable image, decoded as read, nothing kept.
+
+        Kept images and files come first, in the order of ``keys``; a key whose file is missing or
+        does not decode is then looked for in its shard (shards in order, ``iter_keys``). ``full``:
+        keys decoded at full size whatever ``size`` (an image cropped before it is resized).
+        A key with no image anywhere is simply absent."""
+        left = []
+        for key in dict.fromkeys(keys):
+            img = self._decode_held(key, None if key in full else size, fit)
+            if img is None:
+                left.append(key)
+                continue
+            yield key, img
+        for sample in iter_keys({k: self.shards[k] for k in left if k in self.shards}):
+            key, img = sample["__key__"], image_of(sample)
+            decoded = decode_image(img[1], None if key in full else size, fit, key) if img else None
+            if decoded is not None:
+                yield key, decoded
+
+    def _decode_held(self, key: str, size: int | None, fit: str) -> Any:
+        data, path = self._bytes.get(key), self.file(key)
+        if data is None and path is not None and path.is_file():
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                log.warning("%s: unreadable image (%s)", path, e)
+        img = decode_image(data, size, fit, key) if data is not None else None
+        if data is not None and img is None:
+            log.warning("%s: unreadable image", path if path is not None else key)
+        return img
 
 
 class FileSamples(IterableDataset):
