@@ -130,6 +130,16 @@ def _pairs(value: Any, what: str, where: Path) -> list[tuple[str, str]]:
     return [(str(a), str(o)) for a, o in value]
 
 
+def _knobs(value: Any, where: Path) -> dict[str, float | int | None]:
+    """world.json's ``knobs`` (numbers or null by name); {} when absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+                                              for v in value.values()):
+        raise CurateError(f"{WORLD_JSON}: knobs is not an object of numbers", where=str(where), fix=REMAKE)
+    return {str(k): v for k, v in value.items()}
+
+
 @dataclass
 class World:
     """A materialised demo world, read from its ``world.json``.
@@ -150,6 +160,8 @@ class World:
     image_size: int
     counts: dict[str, Any] = field(default_factory=dict)
     typical: dict[str, dict[str, str]] = field(default_factory=dict)
+    # the dependence knobs it was made with (typical_share, train_images, typical_colour_p); {}: the named scale's
+    knobs: dict[str, float | int | None] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> World:
@@ -193,6 +205,7 @@ class World:
                 image_size=int(d.get("image_size", 0)),
                 counts=dict(d.get("counts") or {}),
                 typical={str(o["name"]): dict(o.get("typical") or {}) for o in objs},
+                knobs=_knobs(d.get("knobs"), meta),
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise CurateError(f"{WORLD_JSON} is malformed ({e})", where=str(meta), fix=REMAKE) from e

@@ -20,22 +20,32 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.command("world")
 def world_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="World folder (default: ./demo-out/world).")] = None,
-    scale: Annotated[str, typer.Option("--scale", help="small (seconds, tests), medium (~3k train images, "
+    scale: Annotated[str, typer.Option("--scale", help="tiny (a second, sweep tests), small (seconds, tests), medium (~3k train images, "
                                                         "200k captions), large (100k pool images, 1M captions).")] = "small",
     seed: Annotated[int, typer.Option("--seed", help="Seed for rare pairs, captions and every image.")] = 0,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels (96-128 recommended).")] = 112,
+    typical_share: Annotated[float | None, typer.Option(
+        "--typical-share", help="Share (0-1) of each object's train images on its typical pairs, the rest spread "
+                                "evenly over its other common pairs (1: every lemon is yellow; ~0.22: no dependence). "
+                                "Default: the scale's per-pair counts.")] = None,
+    train_images: Annotated[int | None, typer.Option(
+        "--train-images", help="Train images (the same number per object); default: the scale's.")] = None,
+    typical_colour_p: Annotated[float | None, typer.Option(
+        "--typical-colour-p", help="Chance (0-1) that an image whose target is not a colour shows the object's "
+                                   "typical colour (the visual shortcut; default 0.85).")] = None,
     workers: Workers = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Materialise the demo world: captions + ground truth, image pool, train/heldout/rare shards.
 
     Resumable: a killed run continues where it stopped; rerunning with the same options does
-    nothing. Writes world.json last.
+    nothing. Writes world.json last (with the knobs' numbers when any is given).
 
     \b
     Examples:
       curate demo world --out demo-out/world                 # small, a few seconds
       curate demo world --out /data/world-l --scale large -w 2
+      curate demo world --out w-indep --train-images 3000 --typical-share 0.22 --typical-colour-p 0
     """
     from curate.executor import LocalExecutor
     from curate.log import print_table, summary_table
@@ -45,7 +55,9 @@ def world_cmd(
 
     out = out or default_demo_dir() / "world"
     t0 = time.perf_counter()
-    world, summaries = build_world(out, scale, seed, size, executor=LocalExecutor(workers), overwrite=overwrite)
+    knobs = {"typical_share": typical_share, "train_images": train_images, "typical_colour_p": typical_colour_p}
+    world, summaries = build_world(out, scale, seed, size, executor=LocalExecutor(workers), overwrite=overwrite,
+                                   knobs={k: v for k, v in knobs.items() if v is not None})
     if summaries:
         print_table(summary_table(summaries, title=f"demo world ({scale}, seed {seed})"))
     log.info("world at %s: %d objects, %d attributes, %d rare / %d common pairs, %s (%.1fs)", world.path,

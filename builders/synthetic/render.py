@@ -5,7 +5,8 @@ families are sampled, and every value shown is returned in the metadata
 (``{"attr", "obj", "colour", "pattern", "state"}``). The sampling rule:
 
 - **colour** — the target when it is a colour, otherwise the object's typical colour
-  (``vocab.TYPICAL``) with probability ``TYPICAL_COLOUR_P`` and uniform over the 7 colours
+  (``vocab.TYPICAL``) with probability ``TYPICAL_COLOUR_P`` (0.85; a world's
+  ``Scale.typical_colour_p``, ``curate demo world --typical-colour-p``) and uniform over the 7 colours
   otherwise, so colour correlates with object identity as in real photos (lemons are yellow);
 - **pattern** — the target when it is a pattern; otherwise ``plain`` with probability 0.8
   and a uniform pattern with 0.2, except that an ``outlined`` object is always ``plain``
@@ -42,12 +43,14 @@ COLOURS = tuple(PALETTE)
 TYPICAL_COLOUR_P = 0.85
 
 
-def sample_visible(attr: str, rng: np.random.Generator, obj: str | None = None) -> dict[str, str]:
-    """The value of every family in an image of ``attr`` (``obj``) (rule in the module docstring)."""
+def sample_visible(attr: str, rng: np.random.Generator, obj: str | None = None,
+                   typical_colour_p: float = TYPICAL_COLOUR_P) -> dict[str, str]:
+    """The value of every family in an image of ``attr`` (``obj``) (rule in the module docstring;
+    ``typical_colour_p``: a world's ``Scale.typical_colour_p``)."""
     family = FAMILY_OF[check_attr(attr)]
     if family == "colour":
         colour = attr
-    elif obj is not None and rng.random() < TYPICAL_COLOUR_P:
+    elif obj is not None and rng.random() < typical_colour_p:
         colour = TYPICAL[obj]["colour"]
     else:
         colour = COLOURS[int(rng.integers(len(COLOURS)))]
@@ -164,11 +167,12 @@ def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator, amount: float =
     return r, g, b
 
 
-def render_sample(attr: str, obj: str, seed: int, size: int = DEFAULT_SIZE) -> tuple[Image.Image, dict[str, str]]:
+def render_sample(attr: str, obj: str, seed: int, size: int = DEFAULT_SIZE,
+                  typical_colour_p: float = TYPICAL_COLOUR_P) -> tuple[Image.Image, dict[str, str]]:
     """Render ``(attr, obj)`` from ``seed``; returns the RGB image and every visible attribute."""
     check_obj(obj)
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, 0xC0FFEE])
-    vis = sample_visible(attr, rng, obj)
+    vis = sample_visible(attr, rng, obj, typical_colour_p)
     bg = _background(size, rng)
     state = vis["state"]
     lo, hi = SCALE_RANGE.get(state, SCALE_RANGE["normal"])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from curate.world import (
 
 from . import captions as cap
 from .generator import image_seed
-from .render import DEFAULT_SIZE, render_sample
+from .render import DEFAULT_SIZE, TYPICAL_COLOUR_P, render_sample
 from .vocab import (
     ATTRIBUTE_NAMES,
     ATTRIBUTES,
@@ -87,7 +87,15 @@ TRAIN_TEMPLATES = (
 class Scale:
     """Sizes of one world scale. Train and heldout counts are per common pair: ``*_typical``
     for an object's typical pairs, ``*_per_pair`` for the other common pairs (the skew that
-    makes colour a shortcut to the object); sized so a small CNN CLIP trains in CPU minutes."""
+    makes colour a shortcut to the object); sized so a small CNN CLIP trains in CPU minutes.
+
+    The dependence knobs (``curate demo world --typical-share --train-images --typical-colour-p``,
+    :func:`with_knobs`): with ``typical_share`` set, ``train/`` holds ``train_images`` images,
+    the same number of every object, ``typical_share`` of each object's images on its typical
+    pairs and the rest spread evenly over its other common pairs (1.0: every lemon is yellow;
+    about 0.22: every common pair of an object equally often), instead of the per-pair counts
+    above. ``typical_colour_p`` is the render's chance that a non-colour image shows the
+    object's typical colour (the visual shortcut). Unset knobs leave a scale's world as it was."""
 
     train_typical: int
     train_per_pair: int
@@ -98,9 +106,21 @@ class Scale:
     captions: int
     shard_size: int = 1000
     pool_chunk: int = 1000
+    typical_share: float | None = None
+    train_images: int | None = None
+    typical_colour_p: float = TYPICAL_COLOUR_P
+
+    def knobs(self) -> dict[str, float | int | None]:
+        """The knobs set away from the named scale (world.json's ``knobs``; {} for a plain scale)."""
+        if self.typical_share is None and self.typical_colour_p == TYPICAL_COLOUR_P:
+            return {}
+        return {"typical_share": self.typical_share, "train_images": self.train_images,
+                "typical_colour_p": self.typical_colour_p}
 
 
 SCALES: dict[str, Scale] = {
+    "tiny": Scale(train_typical=2, train_per_pair=1, heldout_typical=2, heldout_per_pair=1, rare_per_pair=1,
+                  pool_images=20, captions=1_000, shard_size=500, pool_chunk=20),  # tests of the sweep driver
     "small": Scale(train_typical=24, train_per_pair=2, heldout_typical=12, heldout_per_pair=1, rare_per_pair=3,
                    pool_images=400, captions=20_000, shard_size=500, pool_chunk=200),
     "medium": Scale(train_typical=60, train_per_pair=5, heldout_typical=24, heldout_per_pair=2, rare_per_pair=6,
@@ -114,6 +134,59 @@ def check_scale(scale: str) -> Scale:
     if scale not in SCALES:
         raise CurateError(f"unknown scale {scale!r}", fix=f"use one of: {', '.join(SCALES)}")
     return SCALES[scale]
+
+
+MAX_TRAIN_IMAGES = 1_000_000
+
+
+def _unit(name: str, value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0):
+        raise CurateError(f"{name} {value!r} is outside [0, 1]", fix=f"give a share between 0 and 1 (e.g. {name} 0.5)")
+
+
+def with_knobs(scale: Scale, typical_share: float | None = None, train_images: int | None = None,
+               typical_colour_p: float | None = None) -> Scale:
+    """``scale`` with the dependence knobs set (see :class:`Scale`), each checked: shares in [0, 1],
+    ``train_images`` between one image per object and ``MAX_TRAIN_IMAGES``. ``train_images`` alone
+    keeps the scale's own typical share; ``typical_share`` alone keeps its number of train images."""
+    _unit("--typical-share", typical_share)
+    _unit("--typical-colour-p", typical_colour_p)
+    if train_images is not None and (isinstance(train_images, bool) or not isinstance(train_images, int)
+                                     or not len(OBJECTS) <= train_images <= MAX_TRAIN_IMAGES):
+        raise CurateError(f"--train-images {train_images!r} is outside [{len(OBJECTS)}, {MAX_TRAIN_IMAGES:,}]",
+                          fix=f"give at least one image per object ({len(OBJECTS)}) and at most {MAX_TRAIN_IMAGES:,}")
+    if typical_share is None and train_images is None:
+        return scale if typical_colour_p is None else replace(scale, typical_colour_p=float(typical_colour_p))
+    n_typical = len(typical_pairs())
+    n_other = len(all_pairs()) - n_typical - round(RARE_FRACTION * len(all_pairs()))
+    default_n = n_typical * scale.train_typical + n_other * scale.train_per_pair
+    return replace(scale, typical_share=float(n_typical * scale.train_typical / default_n
+                                              if typical_share is None else typical_share),
+                   train_images=int(default_n if train_images is None else train_images),
+                   typical_colour_p=float(scale.typical_colour_p if typical_colour_p is None else typical_colour_p))
+
+
+def _spread(pairs: list[tuple[str, str]], n: int) -> dict[tuple[str, str], int]:
+    """``n`` images over ``pairs`` as evenly as possible (the first ones get the remainder)."""
+    return {p: n // len(pairs) + (j < n % len(pairs)) for j, p in enumerate(pairs)} if pairs else {}
+
+
+def train_counts(scale: Scale, common: list, typical: list) -> dict[tuple[str, str], int]:
+    """Images per common pair of a world with ``typical_share`` set: ``train_images`` split evenly over the
+    objects, ``typical_share`` of each object's on its typical pairs, the rest on its other common pairs."""
+    typ = {tuple(p) for p in typical}
+    pairs = [(a, o) for a, o in common]
+    objs = [o for o in OBJECT_NAMES if any(ob == o for _, ob in pairs)]
+    counts: dict[tuple[str, str], int] = {}
+    n_total = int(scale.train_images or 0)
+    for i, o in enumerate(objs):
+        n_o = n_total // len(objs) + (i < n_total % len(objs))
+        mine = [p for p in pairs if p[1] == o]
+        rest = [p for p in mine if p not in typ]
+        n_t = round(float(scale.typical_share or 0.0) * n_o) if rest else n_o
+        counts.update(_spread([p for p in mine if p in typ], n_t))
+        counts.update(_spread(rest, n_o - n_t))
+    return counts
 
 
 # --- tasks (top-level functions: they run in worker processes) ---------------------------------
@@ -132,7 +205,7 @@ def _shard_task(args: dict) -> dict:
     def samples():
         for attr, obj, j in args["specs"]:
             s = image_seed(args["seed"], SPLIT_CODES[split], ATTRIBUTE_NAMES.index(attr), OBJECT_NAMES.index(obj), j)
-            img, vis = render_sample(attr, obj, s, size)
+            img, vis = render_sample(attr, obj, s, size, args["colour_p"])
             key = f"{split}_{attr}_{slug(obj)}_{j:04d}"
             caption = _train_caption(attr, obj, rng)
             meta = {**vis, "key": key, "pair": f"{attr} {obj}", "family": FAMILY_OF[attr], "caption": caption,
@@ -164,7 +237,7 @@ def _pool_task(args: dict) -> dict:
         is_rare = bool(args["rare"]) and rng.random() < POOL_RARE_FRACTION
         attr, obj = rng.choice(args["rare"]) if is_rare else rng.choices(common, weights)[0]
         s = image_seed(args["seed"], SPLIT_CODES["pool"], i)
-        img, vis = render_sample(attr, obj, s, size)
+        img, vis = render_sample(attr, obj, s, size, args["colour_p"])
         key = f"pool_{i:07d}"
         rel = f"images/{key}.jpg"
         # plain writes: the chunk, not the image, is the unit of resumption (its parquet and
@@ -213,6 +286,9 @@ def split_specs(split: str, scale: Scale, seed: int, common: list, rare: list,
     typ = {tuple(p) for p in typical}
     if split == "rare":
         counts = [(a, o, scale.rare_per_pair) for a, o in rare]
+    elif split == "train" and scale.typical_share is not None:
+        per_pair = train_counts(scale, common, typical)
+        counts = [(a, o, per_pair[(a, o)]) for a, o in common]
     else:
         many, few = ((scale.train_typical, scale.train_per_pair) if split == "train"
                      else (scale.heldout_typical, scale.heldout_per_pair))
@@ -225,7 +301,7 @@ def split_specs(split: str, scale: Scale, seed: int, common: list, rare: list,
 def plan_tasks(out: Path, scale: Scale, seed: int, size: int, common: list, rare: list,
                typical: list) -> list[Task]:
     """Every task of a world; the slowest (caption parts, pool chunks) first for load balance."""
-    base = {"out": str(out), "seed": seed, "size": size, "typical": typical}
+    base = {"out": str(out), "seed": seed, "size": size, "typical": typical, "colour_p": scale.typical_colour_p}
     tasks: list[Task] = []
     n_parts = -(-scale.captions // cap.PART_ROWS)
     for p in range(n_parts):
@@ -254,18 +330,20 @@ def _merge_pool(out: Path, n_chunks: int) -> None:
     write_parquet(table, pool_table(out), statistics=True)
 
 
-def world_config(scale: str, seed: int, size: int) -> dict[str, Any]:
-    return {"scale": scale, "seed": seed, "image_size": size, "version": WORLD_VERSION}
+def world_config(scale: str, seed: int, size: int, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"scale": scale, "seed": seed, "image_size": size, "version": WORLD_VERSION, **({"knobs": knobs} if knobs else {})}
 
 
 def build_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, size: int = DEFAULT_SIZE,
-                executor: Executor | None = None, overwrite: bool = False) -> tuple[World, list[StageSummary]]:
-    """Materialise (or resume, or leave alone) the world at ``out``; returns it and the stage summaries."""
-    spec = check_scale(scale)
+                executor: Executor | None = None, overwrite: bool = False,
+                knobs: dict[str, Any] | None = None) -> tuple[World, list[StageSummary]]:
+    """Materialise (or resume, or leave alone) the world at ``out``; returns it and the stage summaries.
+    ``knobs``: :func:`with_knobs`'s keyword arguments (``typical_share``, ``train_images``, ``typical_colour_p``)."""
+    spec = with_knobs(check_scale(scale), **(knobs or {}))
     if not 32 <= size <= 512:
         raise CurateError(f"image size {size} out of range", fix="use 96-128 (default 112); 32-512 is accepted")
     out = Path(out)
-    with OutputDir(out, "demo world", world_config(scale, seed, size), overwrite=overwrite):
+    with OutputDir(out, "demo world", world_config(scale, seed, size, spec.knobs()), overwrite=overwrite):
         if meta_path(out).exists():
             log.info("demo world at %s is complete (scale %s, seed %d); nothing to do", out, scale, seed)
             return World.load(out), []
@@ -294,6 +372,7 @@ def build_world(out: str | os.PathLike, scale: str = "small", seed: int = 0, siz
             "families": {k: list(v) for k, v in FAMILIES.items()},
             "rare_pairs": rare, "common_pairs": common, "typical_pairs": typical,
             "rare_fraction": len(rare) / len(all_pairs()),
+            **({"knobs": spec.knobs()} if spec.knobs() else {}),
         })
         return World.load(out), [result.summary]
 

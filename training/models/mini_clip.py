@@ -352,12 +352,20 @@ def train(world: Path, cfg: MiniClipConfig, out: Path, run: Path | None = None) 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     write_json(out / "config.json", {**asdict(cfg), "vocab_size": len(vocab.words), "kind": "curate-mini-clip"})
     write_json(out / "vocab.json", vocab.words)
-    return {"train_images": n, "undecodable": data.bad, "steps": res.steps,
+    return {"train_images": n, "undecodable": data.bad, "steps": res.steps, "caption_nmi": caption_nmi(data),
             "epochs_done": round(res.steps / steps_per_epoch, 2), "stopped_by_time_limit": res.stopped_early,
             "load_seconds": round(load_s, 1), "train_seconds": round(res.seconds, 1),
             "first_loss": round(float(np.mean(res.first_losses)), 4) if res.first_losses else None,
             "final_loss": round(float(np.mean(res.last_losses)), 4) if res.last_losses else None,
             "images_per_second": round(res.steps * bs / max(res.seconds, 1e-9), 1)}
+
+
+def caption_nmi(data: Split) -> float:
+    """The attribute/object NMI (``curate.stats.nmi``) of the captions trained on: each names its image's
+    one attribute and one object, so the pairs are the images' labels (images without both are left out)."""
+    from curate.stats import cooccurrence, nmi
+
+    return round(nmi(cooccurrence((a, o) for a, o in zip(data.attrs, data.objs, strict=True) if a and o)), 6)
 
 
 def class_words(world: Path) -> list[str]:
@@ -388,8 +396,9 @@ def is_complete(folder: Path) -> bool:
 
 
 def ensure_mini_clip(world_dir: str | os.PathLike, config: MiniClipConfig | None = None,
-                     out: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
-    """The trained mini-CLIP folder for this world (training and evaluating it first if needed)."""
+                     out: str | os.PathLike | None = None, overwrite: bool = False, evaluate: bool = True) -> Path:
+    """The trained mini-CLIP folder for this world (training and evaluating it first if needed; ``evaluate=False``
+    skips the evaluation on the world's own heldout/rare sets: its report.json then holds the training only)."""
     world = Path(world_dir)
     if not is_world(world):
         raise CurateError(f"not a demo world folder (no {WORLD_JSON})", where=str(world), fix=MAKE_ONE)
@@ -418,7 +427,7 @@ def ensure_mini_clip(world_dir: str | os.PathLike, config: MiniClipConfig | None
             from ..zeroshot import evaluate_world
 
             stats = train(world, cfg, tmp, run)
-            report = evaluate_world(f"mini:{tmp}", world)
+            report = evaluate_world(f"mini:{tmp}", world) if evaluate else {}
             report["model"] = f"mini:{folder.resolve()}"
             report["training"] = stats
             write_json(tmp / "report.json", report)
