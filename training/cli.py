@@ -132,6 +132,33 @@ def train_mini_cmd(
     typer.echo(str(folder))
 
 
+@model_app.command("build-mllm")
+def build_mllm_cmd(
+    world: Annotated[Path, typer.Option("--world", help="Demo world folder (curate demo world --out DIR).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Model folder (default: the cache, keyed by the world, "
+                                             "the mini-CLIP and the config).")] = None,
+    mini: Annotated[Path | None, typer.Option("--mini", help="Mini-CLIP folder whose image tower it imitates "
+                                              "(default: the world's cached one, trained if needed).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Build seed (initialisation, batch order).")] = 0,
+    threads: Annotated[int, typer.Option("--threads", help="Torch CPU threads.")] = 2,
+    overwrite: Overwrite = False,
+) -> None:
+    """Build the demo MLLM: a small LLaVA-style model for `curate train cir --model mllm --mllm hf:PATH`.
+
+    A ViT vision tower distilled from the demo mini-CLIP, a projector and a small causal language
+    model over the world's vocabulary, trained on the world's captions (and its captioned images),
+    on CPU in a few minutes; saved with save_pretrained (LlavaForConditionalGeneration + processor).
+    Cached: a second call with the same world, mini-CLIP and seed returns at once. Prints hf:FOLDER.
+
+    Example: curate model build-mllm --world demo-out/world
+    """
+    from .models.demo_mllm import DemoMllmConfig, ensure_demo_mllm
+
+    folder = ensure_demo_mllm(world, DemoMllmConfig(seed=seed, threads=threads), out=out, mini=mini,
+                              overwrite=overwrite)
+    typer.echo(f"hf:{folder.resolve()}")
+
+
 @model_app.command("eval-mini")
 def eval_mini_cmd(
     model: Annotated[Path, typer.Argument(help="Mini-CLIP folder.")],

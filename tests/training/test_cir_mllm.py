@@ -67,6 +67,29 @@ def test_not_a_model_folder(tmp_path):
         MllmEmbedder(f"hf:{tmp_path}", "cpu")
 
 
+def test_folder_without_chat_template_or_image_token(llava, tmp_path):
+    import shutil
+
+    src = Path(llava.removeprefix("hf:"))
+    no_template = tmp_path / "no-template"
+    shutil.copytree(src, no_template)
+    (no_template / "chat_template.jinja").unlink()
+    with pytest.raises(CurateError, match="lacks a chat template") as e:
+        MllmEmbedder(f"hf:{no_template}", "cpu")
+    assert "lacks a chat template (chat_template.jinja, or 'chat_template' in the processor or tokenizer config) —" \
+        in str(e.value)  # and nothing else missing
+    no_image = tmp_path / "no-image-token"
+    shutil.copytree(src, no_image)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (no_image / name).write_text((no_image / name).read_text().replace("<image>", "<img>"))
+    with pytest.raises(CurateError, match="lacks an image token .'<image>' is not in the tokenizer"):
+        MllmEmbedder(f"hf:{no_image}", "cpu")
+    (no_image / "chat_template.jinja").unlink()
+    with pytest.raises(CurateError, match="lacks a chat template .* and an image token"):
+        MllmEmbedder(f"hf:{no_image}", "cpu")
+    assert (src / "chat_template.jinja").exists()  # the source folder is untouched
+
+
 def captioned_shards(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     with ShardWriter(folder, prefix="cap", maxcount=50) as w:
