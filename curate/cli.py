@@ -154,7 +154,10 @@ def main(argv: list[str] | None = None) -> None:
                  "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(k, v)
     try:
-        rv = app.main(args=argv, prog_name="curate", standalone_mode=False)
+        from .storage import remote_args  # s3:// and gs:// arguments run on local mirrors
+
+        with remote_args(argv) as args:
+            rv = app.main(args=args, prog_name="curate", standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
@@ -183,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
                 import traceback
 
                 traceback.print_exc()
-            click.echo(f"error: {e.message}", err=True)
+            from .storage import to_urls
+
+            click.echo(f"error: {to_urls(e.message)}", err=True)
             sys.exit(e.exit_code)
         raise
 

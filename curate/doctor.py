@@ -118,15 +118,36 @@ def check_models() -> list[Check]:
     return out
 
 
+def check_bucket(url: str) -> Check:
+    """Can these credentials reach ``url``'s bucket (it exists, it lists)? Read only: nothing is written."""
+    from .errors import CurateError
+    from .storage import CREDENTIALS_FIX, is_remote
+    from .storage import check_bucket as reach
+
+    name = f"bucket {url}"
+    if not is_remote(url):
+        return Check(name, False, "not a storage URL", "give s3://BUCKET/PREFIX or gs://BUCKET/PREFIX")
+    try:
+        reach(url)
+    except CurateError as e:
+        return Check(name, False, e.what[:160], e.fix or CREDENTIALS_FIX)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "") if url.startswith("s3") else ""
+    return Check(name, True, "reachable (lists)" + (f" at {endpoint}" if endpoint else ""))
+
+
 @app.command()
 def doctor(
     skip_database: Annotated[bool, typer.Option("--skip-database", help="Do not start the FiftyOne database.")] = False,
     database_uri: Annotated[str | None, typer.Option("--database-uri", help="Check this MongoDB instead of the embedded one.")] = None,
+    bucket: Annotated[list[str] | None, typer.Option(
+        "--bucket", help="Also check that this s3:// or gs:// URL's bucket is reachable with the credentials and "
+                         "endpoint in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS). Repeatable.")] = None,
 ) -> None:
     """Check packages, the FiftyOne database and the offline models; print fixes for failures.
 
     Exit code 0 when every required check passes (optional ones may fail), else 1.
     """
+    from rich.markup import escape
     from rich.table import Table
 
     from .log import console
@@ -138,12 +159,13 @@ def doctor(
         with console.status("starting the FiftyOne database ..."):
             checks.append(check_database(database_uri))
     checks += check_models()
+    checks += [check_bucket(url) for url in bucket or []]
     table = Table(title="curate doctor")
     for col in ("check", "status", "detail", "fix"):
         table.add_column(col)
     for c in checks:
         status = "[green]OK" if c.ok else ("[yellow]MISSING" if c.optional else "[red]FAIL")
-        table.add_row(c.name, status, c.detail, "" if c.ok else c.fix)
+        table.add_row(escape(c.name), status, escape(c.detail), "" if c.ok else escape(c.fix))
     console.print(table)
     failed = [c for c in checks if not c.ok and not c.optional]
     if failed:

@@ -26,6 +26,7 @@ from typing import Any
 
 from .errors import CurateError
 from .fsutil import TMP_MARK, clean_temp_files, dump_json, read_json, write_json
+from .storage import urls_in
 
 META = ".curate"
 _LOCKED: weakref.WeakSet[OutputDir] = weakref.WeakSet()  # folders this process holds the lock of
@@ -66,9 +67,9 @@ class OutputDir:
     def __init__(self, path: str | os.PathLike, command: str, config: dict[str, Any], overwrite: bool = False):
         self.path = Path(path)
         self.command = command
-        self.config = config
+        self.config = urls_in(config)  # a mirrored URL is recorded as the URL: the same on every machine
         self.overwrite = overwrite
-        self.fingerprint = config_fingerprint(config)
+        self.fingerprint = config_fingerprint(self.config)
         self._lock_fd: int | None = None
 
     @property
