@@ -29,12 +29,12 @@ offline runs, whose numbers mean nothing.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from torch import nn
 
 from curate.errors import CurateError
 from curate.fsutil import write_json
+from curate.images import DEFAULT_DECODE, decode_target
 
 from .data import Split
 from .evaluate import SELECT, Retriever, evaluate_split, query_text, val_metrics
@@ -65,24 +66,6 @@ def mllm_folder(spec: str) -> Path:
         raise CurateError("not a transformers model folder (no config.json)", where=str(path),
                           fix="pass --mllm hf:/path/to/a LLaVA-style folder saved with save_pretrained")
     return path
-
-
-def check_processor(processor: Any, config: Any, folder: Path) -> None:
-    """The prompts need a chat template and an image token the model knows: one error naming what is missing."""
-    tok = getattr(processor, "tokenizer", processor)
-    missing = []
-    if not (getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)):
-        missing.append("a chat template (chat_template.jinja, or 'chat_template' in the processor or tokenizer config)")
-    image_token = getattr(processor, "image_token", None) or "<image>"
-    token_id = tok.convert_tokens_to_ids(image_token) if hasattr(tok, "convert_tokens_to_ids") else None
-    want = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
-    if token_id is None or token_id == tok.unk_token_id or (want is not None and token_id != want):
-        missing.append(f"an image token ({image_token!r} is not in the tokenizer's vocabulary as the model's "
-                       f"image_token_index {want})")
-    if missing:
-        raise CurateError("the MLLM folder lacks " + " and ".join(missing), where=str(folder),
-                          fix="save the model's LlavaProcessor (tokenizer with its image token and chat template) "
-                              "beside the weights with save_pretrained")
 
 
 @dataclass
@@ -117,7 +100,6 @@ class MllmEmbedder(nn.Module):
                               where=str(self.folder),
                               fix="the folder needs LlavaForConditionalGeneration weights + a processor "
                                   "(tokenizer with <image>, image processor), saved with save_pretrained") from e
-        check_processor(self.processor, model.config, self.folder)
         self.processor.tokenizer.padding_side = "left"
         self.temperature = temperature
         self.tune = TuneSpec.parse(tune)
@@ -129,9 +111,12 @@ class MllmEmbedder(nn.Module):
 
     # -- prompts -------------------------------------------------------------------------------
     def prompt(self, text: str, image: bool) -> str:
-        """``text`` after an image placeholder (when ``image``), through the model's chat template."""
+        """``text`` after an image placeholder (when ``image``), through the chat template if any."""
         content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
-        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        if getattr(self.processor, "chat_template", None):
+            return self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                      add_generation_prompt=True)
+        return ("<image>" if image else "") + text
 
     def query_prompt(self, edit: str) -> str:
         return self.prompt(QUERY_PROMPT.format(edit=edit), image=True)
@@ -141,6 +126,17 @@ class MllmEmbedder(nn.Module):
 
     def caption_prompt(self, caption: str) -> str:
         return self.prompt(CAPTION_PROMPT.format(caption=caption), image=False)
+
+    @property
+    def decode_size(self) -> int | None:
+        """The short side a decoded image must keep for the image processor's resize (its ``shortest_edge``,
+        or the larger of ``height`` / ``width``): JPEGs decode at a DCT scale covering it (None: unknown)."""
+        size = getattr(getattr(self.processor, "image_processor", None), "size", None)
+        if isinstance(size, int):
+            return size
+        get = getattr(size, "get", None)
+        side = (get("shortest_edge") or max(get("height") or 0, get("width") or 0)) if get else 0
+        return int(side) or None
 
     # -- embedding -----------------------------------------------------------------------------
     def inputs(self, images: list[Any] | None, prompts: list[str]) -> dict[str, Any]:
@@ -219,14 +215,14 @@ def _apply_tune(model: nn.Module, tune: TuneSpec) -> nn.Module:
 
 
 # -- data ---------------------------------------------------------------------------------------
-def _image(data: bytes) -> Any:
-    from PIL import Image
+def _image(data: bytes, size: int | None = None) -> Any:
+    """``curate.images.open_rgb``: a JPEG decodes at the DCT scale that still covers ``size``."""
+    from curate.images import open_rgb
 
-    with Image.open(io.BytesIO(data)) as im:
-        return im.convert("RGB")
+    return open_rgb(data, size)
 
 
-def decode_captioned(sample: dict[str, Any]) -> tuple[Any, str] | None:
+def decode_captioned(sample: dict[str, Any], size: int | None = None) -> tuple[Any, str] | None:
     """Stage 1: (image, caption) from ``KEY.jpg`` + ``KEY.txt`` / ``KEY.json["caption"]``; None skips."""
     from curate.shards import image_of
 
@@ -240,18 +236,18 @@ def decode_captioned(sample: dict[str, Any]) -> tuple[Any, str] | None:
     if not img or not caption:
         return None
     try:
-        return _image(img[1]), caption
+        return _image(img[1], size), caption
     except OSError:
         return None
 
 
-def decode_triplet(sample: dict[str, Any]) -> tuple[Any, Any, str] | None:
+def decode_triplet(sample: dict[str, Any], size: int | None = None) -> tuple[Any, Any, str] | None:
     """Stage 2: (reference image, target image, edit text) from a triplet shard sample; None skips."""
     try:
         meta = json.loads(sample["json"])
         if meta.get("reference") == meta.get("target"):
             return None
-        return _image(sample["ref.jpg"]), _image(sample["tgt.jpg"]), str(meta["edit_text"])
+        return _image(sample["ref.jpg"], size), _image(sample["tgt.jpg"], size), str(meta["edit_text"])
     except (KeyError, ValueError, OSError):
         return None
 
@@ -292,12 +288,13 @@ def mllm_loss(model: Any, batch: tuple[dict[str, Any], dict[str, Any]]) -> tuple
 class MllmRetriever(Retriever):
     label = "MLLM embedder"
 
-    def __init__(self, emb: MllmEmbedder, batch: int = EMBED_BATCH):
+    def __init__(self, emb: MllmEmbedder, batch: int = EMBED_BATCH, decode: str = DEFAULT_DECODE):
         self.emb = emb
         self.batch = batch
+        self.size = decode_target(emb.decode_size, decode)  # what images decode at (--decode)
 
     @classmethod
-    def from_run(cls, run: Path, info: dict[str, Any], device: str) -> MllmRetriever:
+    def from_run(cls, run: Path, info: dict[str, Any], device: str, decode: str = DEFAULT_DECODE) -> MllmRetriever:
         from training.loop import MODEL_FILE, latest_checkpoint, load_model_weights
 
         emb = MllmEmbedder(info["mllm"], device, info["tune"], dtype=_dtype(device, "auto"))
@@ -308,7 +305,7 @@ class MllmRetriever(Retriever):
         if path is None:
             raise CurateError("the MLLM run has no trained weights", where=str(stage), fix="train or --resume it")
         load_model_weights(emb, path, what=f"the MLLM embedder of {info['mllm']} (--tune {info['tune']})")
-        return cls(emb)
+        return cls(emb, decode=decode)
 
     def encode(self, split: Split) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         gallery_names = list(dict.fromkeys([*split.index, *(n for q in split.queries for n in q.gallery)]))
@@ -323,7 +320,7 @@ class MllmRetriever(Retriever):
     def _images(self, names: list[str], split: Split) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         chunk: list[tuple[str, Any]] = []
-        for item in split.images.load(names):
+        for item in split.images.load(names, self.size):
             chunk.append(item)
             if len(chunk) == self.batch:
                 out.update(self._embed_gallery(chunk))
@@ -342,7 +339,7 @@ class MllmRetriever(Retriever):
             by_ref.setdefault(q.reference, []).append(i)
         rows: dict[int, np.ndarray] = {}
         pending: list[tuple[int, Any]] = []
-        for name, img in split.images.load(list(by_ref)):
+        for name, img in split.images.load(list(by_ref), self.size):
             pending += [(i, img) for i in by_ref[name]]
             while len(pending) >= self.batch:
                 rows.update(self._embed_queries(pending[:self.batch], split))
@@ -385,8 +382,9 @@ def train_mllm(cfg: Any, opts: Any, out: Path) -> dict[str, Any]:
     if dist.main:
         write_json(out / "run.json", info)
     training: dict[str, Any] = {}
+    size = decode_target(emb.decode_size, cfg.decode)  # JPEGs decode near the processor's size (--decode)
     if cfg.stage1:
-        ds1 = ShardDataset(cfg.stage1, decode=decode_captioned, shuffle=256, seed=cfg.seed)
+        ds1 = ShardDataset(cfg.stage1, decode=partial(decode_captioned, size=size), shuffle=256, seed=cfg.seed)
         res1 = _fit_stage(emb, make_batches(emb, ds1, 1, cfg.batch_size, cfg.steps, device), out / "stage1",
                           cfg, opts, device, cfg.stage1_epochs, None, "stage 1 (image-caption)")
         training["stage1"] = fit_summary(res1)
@@ -394,18 +392,18 @@ def train_mllm(cfg: Any, opts: Any, out: Path) -> dict[str, Any]:
     if not shards:
         raise CurateError("no triplet shards (shards/train-*.tar)", where=str(folder),
                           fix="export them: curate triplets ... --format shards,...")
-    ds2 = ShardDataset(shards, decode=decode_triplet, shuffle=256, seed=cfg.seed)
+    ds2 = ShardDataset(shards, decode=partial(decode_triplet, size=size), shuffle=256, seed=cfg.seed)
     val = read_ours(folder, cfg.val_split, cfg.include_rejected)
 
     def evaluate(model: Any, epoch: int) -> dict[str, Any]:
-        return val_metrics(evaluate_split(MllmRetriever(getattr(model, "module", model)), val))
+        return val_metrics(evaluate_split(MllmRetriever(getattr(model, "module", model), decode=cfg.decode), val))
 
     res2 = _fit_stage(emb, make_batches(emb, ds2, 2, cfg.batch_size, cfg.steps, device), out / "stage2", cfg, opts,
                       device, cfg.epochs, evaluate if val.queries else None, "stage 2 (triplets)")
     training.update(fit_summary(res2))
     if not dist.main:
         return {}
-    best = MllmRetriever.from_run(out, info, device)
+    best = MllmRetriever.from_run(out, info, device, cfg.decode)
     results = {"run": info, "training": training, "seed": cfg.seed, "data": about_data(folder),
                "test": {"MLLM embedder": {}}}
     for split in folder_splits(folder, cfg.test_split, cfg.include_rejected):
