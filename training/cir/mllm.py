@@ -68,6 +68,24 @@ def mllm_folder(spec: str) -> Path:
     return path
 
 
+def check_processor(processor: Any, config: Any, folder: Path) -> None:
+    """The prompts need a chat template and an image token the model knows: one error naming what is missing."""
+    tok = getattr(processor, "tokenizer", processor)
+    missing = []
+    if not (getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)):
+        missing.append("a chat template (chat_template.jinja, or 'chat_template' in the processor or tokenizer config)")
+    image_token = getattr(processor, "image_token", None) or "<image>"
+    token_id = tok.convert_tokens_to_ids(image_token) if hasattr(tok, "convert_tokens_to_ids") else None
+    want = getattr(config, "image_token_id", getattr(config, "image_token_index", None))
+    if token_id is None or token_id == tok.unk_token_id or (want is not None and token_id != want):
+        missing.append(f"an image token ({image_token!r} is not in the tokenizer's vocabulary as the model's "
+                       f"image_token_index {want})")
+    if missing:
+        raise CurateError("the MLLM folder lacks " + " and ".join(missing), where=str(folder),
+                          fix="save the model's LlavaProcessor (tokenizer with its image token and chat template) "
+                              "beside the weights with save_pretrained")
+
+
 @dataclass
 class TuneSpec:
     kind: str   # last | projector | all | lora
@@ -100,6 +118,7 @@ class MllmEmbedder(nn.Module):
                               where=str(self.folder),
                               fix="the folder needs LlavaForConditionalGeneration weights + a processor "
                                   "(tokenizer with <image>, image processor), saved with save_pretrained") from e
+        check_processor(self.processor, model.config, self.folder)
         self.processor.tokenizer.padding_side = "left"
         self.temperature = temperature
         self.tune = TuneSpec.parse(tune)
@@ -111,12 +130,9 @@ class MllmEmbedder(nn.Module):
 
     # -- prompts -------------------------------------------------------------------------------
     def prompt(self, text: str, image: bool) -> str:
-        """``text`` after an image placeholder (when ``image``), through the chat template if any."""
+        """``text`` after an image placeholder (when ``image``), through the model's chat template."""
         content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
-        if getattr(self.processor, "chat_template", None):
-            return self.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                      add_generation_prompt=True)
-        return ("<image>" if image else "") + text
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
     def query_prompt(self, edit: str) -> str:
         return self.prompt(QUERY_PROMPT.format(edit=edit), image=True)
