@@ -99,6 +99,15 @@ def to_rgb(image: Any) -> Any:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def thumbnail(data: bytes, size: int) -> Any:
+    """A thumbnail of image bytes: shrunk to fit ``size`` x ``size`` (aspect kept, never upscaled),
+    a JPEG decoded straight at the smallest DCT scale whose long side still covers ``size``
+    (:func:`open_rgb` with ``fit="long"``); EXIF orientation applied, as everywhere."""
+    image = open_rgb(data, size, fit="long")
+    image.thumbnail((size, size))
+    return image
+
+
 def open_rgb(data: bytes, size: int | None = None, fit: str = "short") -> Any:
     """Decode image bytes to an 8-bit RGB PIL image (see :func:`to_rgb`); raises on undecodable data.
 

@@ -307,11 +307,8 @@ def search_cmd(
     if text is not None:
         q = enc.encode_texts([text])
     else:
-
-        from .images import open_rgb
-
-        try:
-            q = enc.encode_images([open_rgb(Path(image).read_bytes())])
+        try:  # decoded as `curate embed` decodes the indexed images (near the model's input size)
+            q = enc.encode_images([enc.open_image(Path(image).read_bytes())])
         except OSError as e:
             raise CurateError(f"cannot read the image ({e})", where=str(image)) from e
     keys, scores = idx.search(q, k)

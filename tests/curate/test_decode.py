@@ -219,3 +219,61 @@ def test_embed_records_the_mode_and_a_change_of_mode_re_embeds(tmp_path, tiny_cl
     assert float((fast * exact).sum(1).min()) > 0.9
     with pytest.raises(CurateError, match="--decode"):
         run("quick")
+
+
+# -- thumbnails and `curate search --image` decode at the size they need (issue 26) ----------------
+def test_thumbnail_of_a_1024px_jpeg_decodes_at_a_reduced_dct_scale(monkeypatch):
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    from curate.images import thumbnail
+
+    data = jpeg(photo(1024, 768))
+    drafts = []
+    real = JpegImageFile.draft
+    monkeypatch.setattr(JpegImageFile, "draft", lambda im, mode, size: drafts.append(size) or real(im, mode, size))
+    thumb = thumbnail(data, 112)
+    assert drafts == [(128, 96)]  # 1/8 scale: its long side 128 still covers 112
+    assert thumb.size == (112, 84) and thumb.mode == "RGB"
+    assert thumbnail(jpeg(photo(64, 48)), 112).size == (64, 48)  # never upscaled
+
+
+def test_thumbnail_keeps_exif_orientation():
+    from curate.images import thumbnail
+
+    im = photo(1024, 768)
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored landscape, seen portrait
+    assert thumbnail(jpeg(im, exif=exif.tobytes()), 112).size == (84, 112)
+
+
+def test_search_by_image_decodes_as_embed_does(tmp_path, tiny_clip_spec, monkeypatch, capsys):
+    """`curate search --image`: the query is opened by Encoder.open_image (the decode `curate embed`
+    used for the indexed images: near the model's input size), not at full size."""
+    import json
+
+    import polars as pl
+
+    from curate.embed.backends import Encoder, load_model
+    from curate.embed.store import part_paths, save_npy, save_parquet
+    from curate.fsutil import write_json
+    from curate.index import build_index, search_cmd
+
+    enc = load_model(tiny_clip_spec, "cpu")
+    query = jpeg(photo(512, 384))
+    mat = np.random.default_rng(0).standard_normal((5, enc.dim)).astype(np.float32)
+    mat[2] = enc.encode_images([enc.open_image(query)])[0]
+    mat /= np.linalg.norm(mat, axis=1, keepdims=True)
+    emb, meta = part_paths(tmp_path / "emb", "0")
+    save_npy(emb, mat)
+    keys = [f"k{i}" for i in range(5)]
+    save_parquet(meta, pl.DataFrame({"image_path": keys, "caption": [""] * 5, "key": keys}))
+    write_json(tmp_path / "emb" / "embeddings.json", {"model": tiny_clip_spec, "dim": enc.dim})
+    idx = build_index(tmp_path / "emb", tmp_path / "idx")
+    (tmp_path / "q.jpg").write_bytes(query)
+    sizes = []
+    real = Encoder.open_image
+    monkeypatch.setattr(Encoder, "open_image",
+                        lambda self, data, *a, **k: (lambda im: sizes.append(im.size) or im)(real(self, data, *a, **k)))
+    search_cmd(idx, image=tmp_path / "q.jpg", k=1, as_json=True, device="cpu")
+    assert sizes == [(64, 48)]  # 1/8 scale: short side 48 still covers the model's 32 px (full size: 512 x 384)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["key"] == "k2"
