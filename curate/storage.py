@@ -53,6 +53,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 NOT_STORAGE = frozenset({"http", "https", "mongodb", "mongodb+srv", "ray", "ws", "wss", "redis", "tcp", "grpc",
                          "file", "local"})
 OUT_FLAGS = ("--out", "-o")
+FOLDER_FILES = ("world.json",)  # fetched with the folder that holds them
 NOT_PATH_FLAGS = ("--bucket", "--database-uri", "--address", "--llm")  # take a URL, but not as a path
 LOCK_KEY = ".curate/remote-lock.json"
 STAMP_KEY = ".curate/remote.json"
@@ -294,7 +295,7 @@ class Mirror:
             self._check_foreign(found)
             self.lock = RemoteLock(self.fs, self.path, self.url)
             self.lock.acquire()
-            self._reconcile(objs)
+        self._reconcile(objs)
         with self.state.mutex:
             for full, info in sorted(objs.items()):
                 self._fetch(full, info)
@@ -308,19 +309,21 @@ class Mirror:
                               fix="choose an empty or new --out prefix")
 
     def _reconcile(self, objs: dict[str, Any]) -> None:
-        """The output's mirror follows the bucket: with nothing there, it starts empty; an object
-        deleted there since the last sync is deleted here."""
+        """The mirror follows the bucket: an object deleted there since the last sync is deleted here;
+        the output's mirror starts empty when its prefix is empty."""
         import shutil
 
         with self.state.mutex:
-            mine = [k for k in self.state.rec if k.startswith(self.path + "/")]
-            if not objs and self.local.exists():
+            mine = [k for k in self.state.rec if k == self.path or k.startswith(self.path + "/")]
+            if self.output and not objs and self.local.exists():
                 shutil.rmtree(self.local) if self.local.is_dir() else self.local.unlink()
             for k in mine:
                 if k not in objs:
                     self.local_of(k).unlink(missing_ok=True)
                     del self.state.rec[k]
-            self.fs.pipe_file(join(self.path, STAMP_KEY), dump_json({"written_by": "curate"}).encode())
+            if self.output:
+                with remote_errors(self.url, "writing"):
+                    self.fs.pipe_file(join(self.path, STAMP_KEY), dump_json({"written_by": "curate"}).encode())
 
     def _fetch(self, full: str, info: dict[str, Any]) -> None:
         dest = self.local_of(full)
@@ -461,10 +464,13 @@ def _rewrite(argv: list[str]) -> tuple[list[str], list[Mirror]]:
         flag, eq, val = a.partition("=") if a.startswith("--") and "=" in a else ("", "", a)
         if is_remote(val) and (flag or prev) not in NOT_PATH_FLAGS:
             output = flag in OUT_FLAGS or (not flag and prev in OUT_FLAGS)
-            m = mirrors.get(val) or Mirror(val, output)
+            # a file that stands for its folder (a demo world's world.json: its readers open its siblings)
+            whole = val.rsplit("/", 1)[0] if val.rsplit("/", 1)[-1] in FOLDER_FILES else val
+            m = mirrors.get(whole) or Mirror(whole, output)
             m.output = m.output or output
-            mirrors[val] = m
-            a = f"{flag}={m.local}" if eq else str(m.local)
+            mirrors[whole] = m
+            local = mirror_path(val)
+            a = f"{flag}={local}" if eq else str(local)
         out.append(a)
         prev = flag or val
     outs = [m for m in mirrors.values() if m.output]

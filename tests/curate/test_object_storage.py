@@ -98,6 +98,8 @@ def reference(tmp_path):
 # -- the storage layer ---------------------------------------------------------------------------
 def test_url_helpers_and_gs_resolve_without_a_server(tmp_path, monkeypatch):
     monkeypatch.setenv("CURATE_CACHE", str(tmp_path))
+    # fsspec's own config, from the environment: anonymous, so gcsfs probes no credentials service
+    monkeypatch.setenv("FSSPEC_GS_TOKEN", "anon")
     assert storage.is_remote("s3://b/k") and storage.is_remote("gs://b/k")
     assert not storage.is_remote("/data/x") and not storage.is_remote("http://127.0.0.1:8080/v1")
     local = storage.mirror_path("gs://bucket/a/b")
@@ -106,7 +108,7 @@ def test_url_helpers_and_gs_resolve_without_a_server(tmp_path, monkeypatch):
     assert storage.urls_in({"pool": str(local), "n": 3, "x": ["/tmp/y"]}) == {"pool": "gs://bucket/a/b", "n": 3,
                                                                              "x": ["/tmp/y"]}
     fs, path = storage.filesystem("gs://bucket/a/b")
-    assert type(fs).__name__ == "GCSFileSystem" and path == "bucket/a/b"
+    assert type(fs).__name__ == "GCSFileSystem" and path == "bucket/a/b" and fs.credentials.method == "anon"
     with pytest.raises(CurateError, match="no storage library handles the URL scheme 'xyz'"):
         storage.filesystem("xyz://bucket/a")
 
@@ -259,3 +261,16 @@ def test_doctor_reports_a_bucket(s3env):
     r = curate(["doctor", "--skip-database", "--bucket", "s3://no-such-bucket"], COLUMNS="250")
     line = next(x for x in r.stderr.splitlines() if "bucket s3://no-such-bucket" in x)
     assert r.returncode == 1 and "FAIL" in line and "does not exist" in line, r.stderr
+
+
+def test_an_object_deleted_from_an_input_prefix_leaves_the_mirror_too(s3env, reference):
+    src, _ = reference
+    bucket = s3env.new_bucket()
+    upload(s3env, bucket, src, "in")
+    r = curate(["shards", "reshard", f"s3://{bucket}/in", "--out", f"s3://{bucket}/out1", "-w", "1"])
+    assert r.returncode == 0, r.stderr
+    s3env.client().delete_object(Bucket=bucket, Key="in/in-000001.tar")
+    r = curate(["shards", "reshard", f"s3://{bucket}/in", "--out", f"s3://{bucket}/out2", "-w", "1"])
+    assert r.returncode == 0, r.stderr
+    run = json.loads(s3env.keys(bucket, "out2/.curate/run.json")["out2/.curate/run.json"])
+    assert [u.rsplit("/", 1)[1] for u in run["config"]["inputs"]] == ["in-000000.tar", "in-000002.tar"]
