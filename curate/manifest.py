@@ -53,7 +53,12 @@ def write_manifest(df: pl.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def read_manifest(path: str | os.PathLike, include_rejected: bool = True) -> pl.DataFrame:
-    """Read a manifest; ``include_rejected=False`` drops rows a reviewer rejected."""
+    """Read a manifest (a dataset folder or its parquet, local or an s3:// / gs:// URL);
+    ``include_rejected=False`` drops rows a reviewer rejected."""
+    from .storage import is_remote
+
+    if is_remote(path):
+        return _read_remote(str(path), include_rejected)
     path = manifest_path(path)
     if not path.exists():
         raise CurateError("no manifest.parquet", where=str(path.parent),
@@ -63,6 +68,20 @@ def read_manifest(path: str | os.PathLike, include_rejected: bool = True) -> pl.
     except Exception as e:  # noqa: BLE001 - any parquet failure is a corrupt manifest
         raise CurateError(f"cannot read manifest ({e})", where=str(path)) from e
     validate(df, str(path))
+    if not include_rejected and "review_status" in df.columns:
+        df = df.filter(pl.col("review_status").fill_null("") != "reject")
+    return df
+
+
+def _read_remote(url: str, include_rejected: bool) -> pl.DataFrame:
+    from .storage import exists, join, open_read
+
+    url = url if url.endswith(".parquet") else join(url, MANIFEST_NAME)
+    if not exists(url):
+        raise CurateError("no manifest.parquet", where=url.rsplit("/", 1)[0],
+                          fix="point at a dataset folder built by curate (it holds manifest.parquet)")
+    with open_read(url) as f:
+        df = validate(pl.read_parquet(f), url)
     if not include_rejected and "review_status" in df.columns:
         df = df.filter(pl.col("review_status").fill_null("") != "reject")
     return df

@@ -402,8 +402,8 @@ class _PlainTar:
 class _StreamTar:
     """Fallback for compressed shards: ``tarfile`` in stream mode, same member interface."""
 
-    def __init__(self, path: Path):
-        self.tar = tarfile.open(path, "r|*")
+    def __init__(self, path: Path | BinaryIO):
+        self.tar = tarfile.open(path, "r|*") if isinstance(path, Path) else tarfile.open(fileobj=path, mode="r|*")
         self._cur: tarfile.TarInfo | None = None
 
     def members(self) -> Iterator[_Member]:
@@ -459,20 +459,24 @@ def iter_shard(
     copy. A corrupt or truncated tar stops the iteration after the last complete sample; the
     reason goes into ``report.error`` (or raises ``CurateError`` when ``strict``).
     """
-    path = Path(path)
-    report = report if report is not None else ReadReport(shard=path.name)
-    group = _SampleGrouper(path.name, report, keys, exts)
+    from .storage import is_remote, open_read
+
+    remote = is_remote(path)  # s3://, gs://: read through fsspec (a seekable file, the same parsers)
+    path = str(path) if remote else Path(path)
+    name = str(path).rsplit("/", 1)[-1] if remote else path.name
+    report = report if report is not None else ReadReport(shard=name)
+    group = _SampleGrouper(name, report, keys, exts)
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+        if not remote and not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
             raise _Corrupt("not a regular file")
-        with open(path, "rb", buffering=1 << 20) as f:
+        with open_read(path) if remote else open(path, "rb", buffering=1 << 20) as f:
             magic = f.read(6)
             f.seek(0)
             reader: _PlainTar | _StreamTar
             if magic.startswith(_COMPRESSED):
-                reader = _StreamTar(path)
+                reader = _StreamTar(f if remote else path)
             else:
-                reader = _PlainTar(f, os.fstat(f.fileno()).st_size)
+                reader = _PlainTar(f, f.size if remote else os.fstat(f.fileno()).st_size)
             try:
                 for m in reader.members():
                     # a new key completes the previous sample before this member's data is read,

@@ -274,3 +274,44 @@ def test_an_object_deleted_from_an_input_prefix_leaves_the_mirror_too(s3env, ref
     assert r.returncode == 0, r.stderr
     run = json.loads(s3env.keys(bucket, "out2/.curate/run.json")["out2/.curate/run.json"])
     assert [u.rsplit("/", 1)[1] for u in run["config"]["inputs"]] == ["in-000000.tar", "in-000002.tar"]
+
+
+def test_a_second_run_on_a_locked_output_is_refused(s3env, reference):
+    """The output's lock object, held by a live process, stops a second run at once; its objects stay."""
+    import socket
+
+    src, _ = reference
+    bucket = s3env.new_bucket()
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "beat": time.time()}
+    s3env.client().put_object(Bucket=bucket, Key="out/.curate/remote-lock.json", Body=json.dumps(holder).encode())
+    r = curate(["shards", "reshard", str(src), "--out", f"s3://{bucket}/out"])
+    assert r.returncode == 2
+    assert f"another curate run (pid {os.getpid()} on {socket.gethostname()}" in r.stderr
+    assert f"delete s3://{bucket}/out/.curate/remote-lock.json" in r.stderr
+    assert list(s3env.keys(bucket)) == ["out/.curate/remote-lock.json"]
+
+
+def test_iter_shard_and_read_manifest_take_urls(s3env, reference, tmp_path):
+    """The one shard reader and the manifest reader open s3:// directly (fsspec), same samples and rows."""
+    import gzip
+
+    from curate.manifest import read_manifest
+    from curate.shards import ReadReport, iter_shard
+
+    src, ref = reference
+    bucket = s3env.new_bucket()
+    upload(s3env, bucket, src, "in")
+    c = s3env.client()
+    c.put_object(Bucket=bucket, Key="ref/manifest.parquet", Body=ref["manifest.parquet"])
+    c.put_object(Bucket=bucket, Key="in/gz.tar.gz", Body=gzip.compress((src / "in-000001.tar").read_bytes()))
+    local = list(iter_shard(src / "in-000000.tar"))
+    rep = ReadReport("x")
+    assert list(iter_shard(f"s3://{bucket}/in/in-000000.tar", rep)) == local and rep.error is None and local
+    assert [s["__key__"] for s in iter_shard(f"s3://{bucket}/in/gz.tar.gz")] == [f"k1_{j}" for j in range(4)]
+    import io
+
+    import polars as pl
+
+    assert read_manifest(f"s3://{bucket}/ref").equals(pl.read_parquet(io.BytesIO(ref["manifest.parquet"])))
+    with pytest.raises(CurateError, match="no manifest.parquet"):
+        read_manifest(f"s3://{bucket}/in")
