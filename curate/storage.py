@@ -47,13 +47,14 @@ from typing import IO, Any
 from .errors import CurateError
 from .fsutil import TMP_MARK, dump_json
 from .paths import GLOB_CHARS, cache_dir
+from .world import WORLD_JSON
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 # URLs that name a service, not stored files: left to the option that takes them
 NOT_STORAGE = frozenset({"http", "https", "mongodb", "mongodb+srv", "ray", "ws", "wss", "redis", "tcp", "grpc",
                          "file", "local"})
 OUT_FLAGS = ("--out", "-o")
-FOLDER_FILES = ("world.json",)  # fetched with the folder that holds them
+FOLDER_FILES = (WORLD_JSON,)  # files fetched with the folder that holds them (a demo world's readers open its siblings)
 NOT_PATH_FLAGS = ("--bucket", "--database-uri", "--address", "--llm")  # take a URL, but not as a path
 LOCK_KEY = ".curate/remote-lock.json"
 STAMP_KEY = ".curate/remote.json"
