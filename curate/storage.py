@@ -333,8 +333,12 @@ class Mirror:
             return  # unchanged there since our last sync (a newer local copy is pushed later)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f"{dest.name}{TMP_MARK}pull")
-        with remote_errors(f"{self.sch}://{full}", "fetching"):
-            self.fs.get_file(full, str(tmp))
+        try:
+            with remote_errors(f"{self.sch}://{full}", "fetching"):
+                self.fs.get_file(full, str(tmp))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, dest)
         self.state.rec[full] = tag + [dest.stat().st_mtime_ns]
 
