@@ -49,10 +49,18 @@ def score(retriever, trip: Path) -> dict:
     return {split.name: evaluate_split(retriever, split).to_dict() for split in folder_splits(trip, "test", False)}
 
 
-def untrained(spec: str, trip: Path) -> dict:
+def untrained(spec: str, trip: Path, keep: Path | None = None) -> dict:
+    """Test scores of the demo MLLM before any CIR training (kept in ``keep`` when given: scored once)."""
+    import json
+
     from training.cir.mllm import MllmEmbedder, MllmRetriever
 
-    return score(MllmRetriever(MllmEmbedder(spec, "cpu", tune="all")), trip)
+    if keep is not None and keep.exists():
+        return json.loads(keep.read_text())
+    scores = score(MllmRetriever(MllmEmbedder(spec, "cpu", tune="all")), trip)
+    if keep is not None:
+        keep.write_text(json.dumps(scores))
+    return scores
 
 
 def mllm_run(trip: Path, spec: str, seed: int, args: argparse.Namespace, stage1: bool) -> dict:
@@ -77,6 +85,35 @@ def seed_runs(job: tuple) -> dict:
     trip, spec, seed, args = job
     return {"12": mllm_run(trip, spec, seed, args, True), "2": mllm_run(trip, spec, seed, args, False),
             "c": combiner_run(trip, seed, args.combiner_epochs)}
+
+
+def stage1_scores(run: Path, info: dict, trip: Path) -> dict:
+    """Test scores of a stages-1+2 run's stage-1 weights, kept in RUN/stage1-test.json (scored once)."""
+    import json
+
+    from training.cir.mllm import MllmRetriever
+
+    path = run / "stage1-test.json"
+    if not path.exists():
+        alone = MllmRetriever.from_run(run, {**info, "weights": "stage1"}, "cpu")
+        path.write_text(json.dumps(score(alone, trip)))
+    return json.loads(path.read_text())
+
+
+def from_runs(trip: Path, seeds: list[int], runs: Path, combiners: Path) -> dict:
+    """The runs of an earlier (or interrupted) study from their folders' results.json; stage 1 only is
+    re-scored from each stages-1+2 run's stage-1 checkpoint."""
+    from curate.fsutil import read_json
+
+    out = {}
+    for seed in seeds:
+        r12, r2 = read_json(runs / f"stages12-seed{seed}" / "results.json"), read_json(runs / f"stage2-seed{seed}" / "results.json")
+        rc = read_json(combiners / f"combiner-seed{seed}" / "results.json")
+        out[seed] = {"12": {"run": r12["run"], "training": r12["training"], "test": {MLLM: r12["test"][MLLM]},
+                            "stage1_test": stage1_scores(runs / f"stages12-seed{seed}", r12["run"], trip)},
+                     "2": {"run": r2["run"], "training": r2["training"], "test": {MLLM: r2["test"][MLLM]}},
+                     "c": {"run": rc["run"], "training": rc["training"], "test": rc["test"]}}
+    return out
 
 
 def combiner_run(trip: Path, seed: int, epochs: int) -> dict:
@@ -130,6 +167,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--tune", default="all")
     ap.add_argument("--combiner-epochs", type=int, default=30)
+    ap.add_argument("--from-runs", action="store_true", help="no training: the table from the run folders of "
+                    "an earlier or interrupted study (--runs, --combiner-runs); give --extra-cpu-s, their CPU time")
+    ap.add_argument("--runs", type=Path, default=RUNS)
+    ap.add_argument("--combiner-runs", type=Path, default=None)
+    ap.add_argument("--extra-cpu-s", type=float, default=0.0)
     ap.add_argument("--jobs", type=int, default=3, help="seeds run in this many processes at once")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a shared machine two "
                     "threads spin-wait and ran 40x slower)")
@@ -144,8 +186,10 @@ def main() -> None:
     trip = ensure_triplets()
     folder = ensure_demo_mllm(DEMO / "world", DemoMllmConfig(threads=args.threads))
     spec, built = f"hf:{folder}", read_report(folder)
-    base = untrained(spec, trip)
-    if args.jobs > 1:  # seeds in parallel processes (cpu_seconds counts them once they are reaped)
+    base = untrained(spec, trip, args.runs / "untrained-test.json" if args.from_runs else None)
+    if args.from_runs:
+        runs = from_runs(trip, args.seeds, args.runs, args.combiner_runs or args.runs)
+    elif args.jobs > 1:  # seeds in parallel processes (cpu_seconds counts them once they are reaped)
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -163,9 +207,9 @@ def main() -> None:
     for m in runs[args.seeds[0]]["c"]["test"]:
         table[m] = {k: [values(r["c"]["test"], m)[k] for r in runs.values()] for k in keys}
     methods = list(table)
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0 + args.extra_cpu_s
     result = {"seeds": args.seeds, "args": vars(args), "triplets": str(trip), "mllm": spec, "mllm_build": built,
-              "load_at_start": load, "load_at_end": load_average(), "wall_s": round(wall, 1),
+              "from_runs": args.from_runs, "load_at_start": load, "load_at_end": load_average(), "wall_s": round(wall, 1),
               "cpu_s": round(cpu, 1), "table": table,
               "runs": {s: {k: {x: v for x, v in r.items() if x not in ("test", "stage1_test")} for k, r in rr.items()}
                        for s, rr in runs.items()}}
@@ -195,11 +239,20 @@ def report_lines(result: dict, table: dict, methods: list[str], runs: dict, base
              compare(table, "MLLM stages 1+2", "zero-shot sum"), "",
              f"Cost: {result['cpu_s'] / 60:.1f} CPU-minutes (user + sys) over {result['wall_s'] / 60:.1f} minutes of "
              f"wall time, 2 cores shared with other jobs (load average {result['load_at_start'][0]:.1f} at start, "
-             f"{result['load_at_end'][0]:.1f} at the end); per seed: stages 1+2 "
-             f"{statistics.mean(r['12']['cpu_s'] for r in runs.values()):.0f} CPU-s, stage 2 only "
-             f"{statistics.mean(r['2']['cpu_s'] for r in runs.values()):.0f} CPU-s, Combiner "
-             f"{statistics.mean(r['c']['cpu_s'] for r in runs.values()):.0f} CPU-s."]
+             f"{result['load_at_end'][0]:.1f} at the end)" + per_seed_cpu(runs) + "."
+             + (" The table was assembled from the runs' folders (`--from-runs`; stage 1 only re-scored from the "
+                "stage-1 checkpoints): CPU time is the training processes' (measured from /proc before they were "
+                "stopped at the Combiner step, which ran in its own processes) plus this one's; wall time is this "
+                "last step's only." if result.get("from_runs") else "")]
     return lines
+
+
+def per_seed_cpu(runs: dict) -> str:
+    r = next(iter(runs.values()))
+    if not all("cpu_s" in r[k] for k in ("12", "2", "c")):
+        return ""  # --from-runs: only the total is known
+    return "; per seed: " + ", ".join(f"{name} {statistics.mean(x[k]['cpu_s'] for x in runs.values()):.0f} CPU-s"
+                                      for k, name in (("12", "stages 1+2"), ("2", "stage 2 only"), ("c", "Combiner")))
 
 
 if __name__ == "__main__":
