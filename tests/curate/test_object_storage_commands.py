@@ -210,3 +210,20 @@ def test_webdataset_and_datasets_read_the_bucket(s3, s3_build, small_build, monk
     assert sorted(keys) == sorted(m.filter(pl.col("split") == "train")["key"].to_list())
     ds = datasets.load_dataset("webdataset", data_files={"train": train}, split="train", cache_dir=str(tmp_path / "hf"))
     assert sorted(ds["__key__"]) == sorted(keys) and ds[0]["jpg"].size[0] > 0
+
+
+def test_index_and_search_read_and_write_buckets(s3, s3_build, small_build_embeddings, tiny_clip_spec, tmp_path):
+    """``curate index`` of the bucket's embeddings into the bucket, then ``curate search`` of that index: the
+    same hits as on the local folders."""
+    upload(s3, s3_build, small_build_embeddings.out, "emb-for-index")
+    r = run(s3, ["index", f"s3://{s3_build}/emb-for-index", "--out", f"s3://{s3_build}/idx"], tmp_path / "c1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {"index.faiss", "keys.parquet", "index.json"} <= set(bucket_files(s3, s3_build, "idx"))
+    r = run(s3, ["index", str(small_build_embeddings.out), "--out", str(tmp_path / "idx")], tmp_path / "c2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    hits = []
+    for where in (f"s3://{s3_build}/idx", str(tmp_path / "idx")):
+        r = run(s3, ["search", where, "--text", "a photo of a red square", "-k", "5", "--json"], tmp_path / "c3")
+        assert r.returncode == 0, r.stderr[-3000:]
+        hits.append([json.loads(x)["key"] for x in r.stdout.splitlines() if x.startswith("{")])
+    assert hits[0] == hits[1] and len(hits[0]) == 5
