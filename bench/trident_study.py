@@ -167,7 +167,7 @@ def write_random_aux(root: Path, seed: int = 0) -> Path:
 
 
 def run_variant(root: Path, name: str, opts: dict, seed: int, runs: Path, backbones: dict[str, str],
-                epochs: int | None = None) -> dict:
+                epochs: int | None = None, reuse: bool = False) -> dict:
     from training.trident.results import evaluate_zero_shot
     from training.trident.train import TrainRequest, train_trident
 
@@ -177,6 +177,10 @@ def run_variant(root: Path, name: str, opts: dict, seed: int, runs: Path, backbo
         return {"closed": res["closed"]["test"], "open": res["open"]["test"], "seconds": time.perf_counter() - t0}
     aux = root / AUX_FILES[opts["aux"]]
     out = runs / f"{name}-{seed}"
+    if reuse and (out / "results.json").is_file():  # a finished run of an interrupted study
+        res = json.loads((out / "results.json").read_text())
+        seconds = (out / "results.json").stat().st_mtime - (out / "run.json").stat().st_mtime
+        return {"closed": res["closed"]["test"], "open": res["open"]["test"], "seconds": seconds}
     req = TrainRequest(data=root, out=out, backbone=backbones["filter"], aux=aux,
                        word_embeddings=opts.get("words", "minilm"), device="cpu", cache_dir=runs / "features",
                        overwrite=True, threads=1,
@@ -265,6 +269,8 @@ def main() -> None:
     ap.add_argument("--name", default="trident_study", help="results name under bench/results/")
     ap.add_argument("--merge", action="store_true",
                     help="keep the variants and datasets of bench/results/NAME.json that this run does not redo")
+    ap.add_argument("--reuse", action="store_true", help="read runs that finished (RUN/results.json) instead of "
+                    "training them again (same options: resuming an interrupted study)")
     ap.add_argument("--epochs", type=int, help="train this many epochs (milestones scaled; default the preset's 50)")
     args = ap.parse_args()
     from training.trident.run import default_backbone
@@ -286,7 +292,8 @@ def main() -> None:
         print(ds, size_line(sizes[ds]), flush=True)
         for key, (label, opts) in chosen.items():
             seeds = [0] if opts.get("zero_shot") else args.seeds
-            rows = [run_variant(roots[ds], key, opts, s, out / "runs" / ds, backbones, args.epochs) for s in seeds]
+            rows = [run_variant(roots[ds], key, opts, s, out / "runs" / ds, backbones, args.epochs, args.reuse)
+                    for s in seeds]
             raw[ds][key] = rows
             summary[ds][key] = (label, summarise(rows))
             print(ds, key, label, {k: round(v[0], 1) for k, v in summary[ds][key][1].items() if k != "seconds"},
