@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 MODELS := models/smollm2/.installed
-# the suite runs in this many processes (pytest-xdist); `make test TEST_WORKERS=1` runs it in one
+# the suite runs in this many processes (pytest-xdist); `make test TEST_WORKERS=1` runs it in one.
+# Whole files go to the workers in the order tests/conftest.py sets (costly end-to-end files first);
+# --no-loadscope-reorder keeps that order (xdist's own puts the files with the most tests first).
 TEST_WORKERS ?= auto
 export FIFTYONE_DO_NOT_TRACK := true
 export FIFTYONE_DATABASE_VALIDATION := false
@@ -39,10 +41,10 @@ demo: install
 	$(VENV)/bin/curate eval zeroshot demo-out/imagenet-ao
 
 test: install
-	$(VENV)/bin/pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: install
-	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -81,6 +81,33 @@ def make_tiny_dataset(root: Path, objects=("circle", "square", "star"), attrs=tu
     return root
 
 
+_SHARED_BUILDS = {"small_world", "small_build", "small_build_embeddings", "ao_with_triplets"}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The order in which `make test` hands whole files to its two workers (``--dist loadfile
+    --no-loadscope-reorder`` keeps this order): the files with the most end-to-end (``slow``) tests first,
+    then the others by number of tests, so what is handed out last is short and neither worker waits long
+    for the other at the end (xdist's own order, most tests first, put the few-test, costly end-to-end
+    files last). The second file handed out is the costliest one that needs no shared build, so the second
+    worker has work while the first makes the demo world. Every test still runs; only the order changes."""
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def cost(name: str) -> tuple[int, int]:
+        its = files[name]
+        return -sum(1 for it in its if it.get_closest_marker("slow")), -len(its)
+
+    order = sorted(files, key=cost)
+    needs_build = [any(_SHARED_BUILDS & set(getattr(it, "fixturenames", ())) for it in files[f]) for f in order]
+    if len(order) > 2 and needs_build[0] and needs_build[1]:
+        free = next((i for i in range(2, len(order)) if not needs_build[i]), None)
+        if free is not None:
+            order.insert(1, order.pop(free))
+    items[:] = [it for f in order for it in files[f]]
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return make_tiny_dataset(tmp_path / "tiny-ds")
