@@ -44,10 +44,10 @@ def cluster():
     subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
                    check=True, capture_output=True, env=env, timeout=180)
     head = _raylets()
-    subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", *common], check=True, capture_output=True,
-                   env=env, timeout=180)
-    worker = _raylets() - head
-    try:
+    try:  # the cluster is stopped even when the worker node fails to start
+        subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", *common], check=True, capture_output=True,
+                       env=env, timeout=180)
+        worker = _raylets() - head
         yield f"127.0.0.1:{port}", worker, env
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
