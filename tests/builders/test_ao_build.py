@@ -230,13 +230,10 @@ STAGE_MARKERS = ["rarity_scan", "generate", "pool", "decode_check"]
 
 
 @pytest.mark.slow
-def test_kill_9_in_each_stage_then_rerun_gives_identical_manifest(tmp_path, small_world, tiny_clip_spec):
-    cfg = tmp_path / "build.toml"
-    cfg.write_text(RELAXED)
-    args = ["build", "imagenet-ao", *world_args(small_world), "--pool", small_world.path / "pool" / "images",
-            "--generator", "demo", "--model", tiny_clip_spec, "--config", cfg, "--workers", "1"]
-    ref = tmp_path / "ref"
-    curate(*args, "--out", ref)
+def test_kill_9_in_each_stage_then_rerun_gives_identical_manifest(tmp_path, small_build):
+    # the reference is the session's uninterrupted build (conftest.py: this same command, relaxed filters,
+    # pool + demo generator, one worker), so the test only pays for the killed runs
+    args, ref = small_build.args, small_build.out
     out = tmp_path / "killed"
     ledger = out / ".curate" / "ledger"
     kills = 0

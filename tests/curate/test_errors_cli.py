@@ -294,10 +294,12 @@ def test_demo_build_typo_fails_before_the_demo_world_is_made(tmp_path):
 def test_corrected_build_runs_without_overwrite(tmp_path, small_world, tiny_clip_spec):
     from build_helpers import relaxed_toml
 
-    (tmp_path / "build.toml").write_text(relaxed_toml(export=None))
+    # what is tested is the folder the refused run leaves behind, not the build's size: two pairs from the
+    # demo generator (no 400-image pool to pack and embed) make the corrected run a short, complete build
+    (tmp_path / "build.toml").write_text(relaxed_toml(export=None, max_pairs=2, common_pairs=2))
     wj = small_world.path / "world.json"
     args = ["build", "imagenet-ao", "--objects", wj, "--attributes", wj, "--captions", small_world.path / "captions",
-            "--pool", small_world.path / "pool" / "images", "--generator", "demo", "--model", tiny_clip_spec,
+            "--generator", "demo", "--model", tiny_clip_spec,
             "--config", tmp_path / "build.toml", "--workers", "1", "--out", tmp_path / "ao"]
     assert_one_line_error(curate(*args, "--export", "czls"), "unknown export format 'czls'")
     r = curate(*args, "--export", "czsl")

@@ -1,0 +1,91 @@
+"""SIGKILL at random (seeded) moments of whole commands, then rerun (test_kill_anywhere*.py).
+
+Each command is first run once uninterrupted (the reference, and its duration T). Then up to
+``KILLS`` attempts run on a second folder, each killed after a seeded random delay in (0.3 s, T/2):
+a killed attempt is resumed by the next, until one finishes; a last run completes it. The outputs
+must be byte-identical to the reference's (paths of the output folder aside), every tar must read to
+its end, no key may be duplicated and no temp file left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from curate.shards import ReadReport, iter_shard
+
+CURATE = str(Path(sys.executable).with_name("curate"))
+KILLS = 10
+ENV = {**os.environ, "CURATE_NO_PROGRESS": "1"}
+
+
+def run(args: list[str], out: Path) -> float:
+    """``curate ARGS --out OUT`` to completion (asserting success); returns its wall seconds."""
+    t0 = time.perf_counter()
+    r = subprocess.run([CURATE, *args, "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return time.perf_counter() - t0
+
+
+def kill_attempts(args: list[str], out: Path, duration: float, seed: int) -> tuple[int, int]:
+    """Up to KILLS attempts on ``out``, each SIGKILLed after a seeded delay in (0.3 s, duration/2) unless it
+    finished first; returns (kills, attempts)."""
+    rng = random.Random(seed)
+    kills = attempts = 0
+    while attempts < KILLS:
+        attempts += 1
+        delay = rng.uniform(0.3, max(0.5 * duration, 0.6))
+        p = subprocess.Popen([CURATE, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=ENV)
+        try:
+            p.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            kills += 1
+            continue
+        if p.returncode == 0:
+            break  # this attempt finished the work: nothing left to interrupt
+    return kills, attempts
+
+
+def _digest(p: Path, root: Path) -> str:
+    """A file's content with its own output folder's path written as ROOT (some files record where
+    they were written: shard paths in parquet tables, the output folder in JSON)."""
+    if p.suffix == ".parquet":
+        import polars as pl
+
+        df = pl.read_parquet(p)
+        df = df.with_columns([pl.col(c).str.replace_all(str(root), "ROOT", literal=True)
+                              for c, t in df.schema.items() if t == pl.String])
+        return hashlib.sha256(df.write_ndjson().encode()).hexdigest()
+    data = p.read_bytes()
+    if p.suffix in (".json", ".md", ".txt", ".jsonl"):
+        data = data.replace(str(root).encode(), b"ROOT")
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files(root: Path) -> dict[str, str]:
+    """Every output file but run bookkeeping (``.curate/``: ledger, lock, run.json)."""
+    return {str(p.relative_to(root)): _digest(p, root) for p in sorted(root.rglob("*"))
+            if p.is_file() and ".curate" not in p.relative_to(root).parts}
+
+
+def check_same(ref: Path, out: Path) -> int:
+    """``out`` holds the same files as ``ref``, no temp file, every tar whole with unique keys; returns the count."""
+    a, b = _files(ref), _files(out)
+    assert sorted(a) == sorted(b)
+    diff = [k for k in a if a[k] != b[k]]
+    assert not diff, f"files differ after kill + rerun: {diff[:10]}"
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name], "orphan temp files"
+    for tar in out.rglob("*.tar"):
+        rep = ReadReport(tar.name)
+        keys = [s["__key__"] for s in iter_shard(tar, rep)]
+        assert rep.error is None and len(keys) == len(set(keys)), tar
+    return len(a)
