@@ -539,3 +539,20 @@ def _update_best(run: Path, model: Any, row: dict[str, Any], cfg: FitConfig, cou
 def _write_history(run: Path, history: list[dict[str, Any]]) -> None:
     """``metrics.jsonl``: rewritten whole, so a resumed run never repeats an epoch's line."""
     write_text(run / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+
+
+def index_batches(n: int, batch: int, gen: Any) -> tuple[Any, int]:
+    """``(batches, steps)`` for :func:`fit`: each epoch a permutation of ``range(n)`` drawn from the torch
+    generator ``gen``, cut into ``steps = n // batch`` batches (at least one) of ``min(batch, n)`` indices.
+    Pass ``generators={"sampler": gen}`` to fit so a resumed run draws the same permutations."""
+    import torch
+
+    bs = min(batch, n)
+    steps = max(1, n // bs)
+
+    def batches(epoch: int) -> Any:
+        perm = torch.randperm(n, generator=gen)
+        for b in range(steps):
+            yield perm[b * bs:(b + 1) * bs]
+
+    return batches, steps

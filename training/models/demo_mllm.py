@@ -180,7 +180,7 @@ def distill_vision(model: Any, images: Any, mini: Path, cfg: DemoMllmConfig, run
     import torch.nn.functional as F
     from torch import nn
 
-    from ..loop import FitConfig, fit
+    from ..loop import FitConfig, fit, index_batches
 
     pooled, tokens = teacher_targets(mini, images, cfg.grid)
     tower = model.model.vision_tower
@@ -209,22 +209,6 @@ def distill_vision(model: Any, images: Any, mini: Path, cfg: DemoMllmConfig, run
               generators={"sampler": gen}, steps_per_epoch=steps, what="the demo MLLM's vision tower")
     return phase_summary(res)
 
-
-def index_batches(n: int, batch: int, gen: Any) -> tuple[Any, int]:
-    """``(batches, steps)`` for fit: per epoch a permutation of ``range(n)`` drawn from ``gen``, cut into
-    ``n // batch`` batches (the same sampler as ``training.study.scratch.index_batches``, which this room
-    cannot import: training.study imports training.models)."""
-    import torch
-
-    bs = min(batch, n)
-    steps = max(1, n // bs)
-
-    def batches(epoch: int) -> Any:
-        perm = torch.randperm(n, generator=gen)
-        for b in range(steps):
-            yield perm[b * bs:(b + 1) * bs]
-
-    return batches, steps
 
 
 def phase_summary(res: Any) -> dict[str, Any]:
@@ -267,7 +251,7 @@ def train_language(model: Any, tok: Any, images: Any, captions: list[str], corpu
                    cfg: DemoMllmConfig, run: Path) -> dict[str, Any]:
     import torch
 
-    from ..loop import FitConfig, fit
+    from ..loop import FitConfig, fit, index_batches
 
     text, mm = encode_texts(tok, corpus, captions, cfg.grid ** 2)
     model.model.vision_tower.requires_grad_(False)

@@ -12,7 +12,6 @@ import numpy as np
 from curate.errors import CurateError
 
 from ..zeroshot import EvalSet
-from .scratch import index_batches
 
 EPOCHS = 4
 LR = 3e-4
@@ -41,7 +40,7 @@ def finetune(spec: str, device: str, train: EvalSet, labels: np.ndarray, objects
     from curate.embed.backends import load_model
     from curate.embed.zeroshot import OPENAI_IMAGENET_TEMPLATES, class_text_embeddings
 
-    from ..loop import FitConfig, fit, seed_everything
+    from ..loop import FitConfig, fit, index_batches, seed_everything
 
     seed_everything(seed)
     enc = load_model(spec, device)  # not the shared cached model: its weights change

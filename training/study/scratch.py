@@ -32,7 +32,7 @@ def train_scratch(images: Any, labels: np.ndarray, n_classes: int, seed: int, ru
     import torch
     import torch.nn.functional as F
 
-    from ..loop import FitConfig, fit, seed_everything
+    from ..loop import FitConfig, fit, index_batches, seed_everything
     from ..models.mini_clip import MEAN, STD, CosineWarmup, MiniClipConfig, build_model
 
     torch.set_num_threads(max(1, threads))
@@ -70,18 +70,3 @@ def logits(model: Any, images: Any, batch: int = 256) -> np.ndarray:
             out.append(model((images[i:i + batch].float() / 255.0 - MEAN) / STD).numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
-
-def index_batches(n: int, batch: int, gen: Any) -> tuple[Any, int]:
-    """``(batches, steps)`` for fit: each epoch a permutation of ``range(n)`` drawn from ``gen``, cut into
-    ``steps = n // batch`` batches (at least one) of ``min(batch, n)`` indices."""
-    import torch
-
-    bs = min(batch, n)
-    steps = max(1, n // bs)
-
-    def batches(epoch: int):
-        perm = torch.randperm(n, generator=gen)
-        for b in range(steps):
-            yield perm[b * bs:(b + 1) * bs]
-
-    return batches, steps
