@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +49,18 @@ class _Console(Console):
 
 UNWRAPPED = 100_000  # the width a table may take when nothing wraps it
 console: Console = _Console(stderr=True)
+
+
+def _fresh_console_lock() -> None:
+    console._lock = threading.RLock()  # the forked child's copy may be held by a thread it did not inherit
+
+
+# A process pool may fork while a progress bar's refresh thread draws (the pool download forks its
+# workers inside run_stage's bar): hold the console's lock across the fork, as logging does for its
+# handlers, so a child never starts with a lock that no thread of its own can release.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=lambda: console._lock.acquire(), after_in_parent=lambda: console._lock.release(),
+                        after_in_child=_fresh_console_lock)
 _state = {"quiet": False, "verbose": False}
 
 logger = logging.getLogger("curate")
