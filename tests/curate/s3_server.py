@@ -67,8 +67,11 @@ def start_server() -> S3Server:
     urllib.request.urlopen(req, timeout=30).read()
     iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
                        aws_access_key_id="setup", aws_secret_access_key="setup")
-    iam.create_user(UserName="curate-test")
-    key = iam.create_access_key(UserName="curate-test")["AccessKey"]
-    iam.put_user_policy(UserName="curate-test", PolicyName="all-s3", PolicyDocument=json.dumps(
+    # moto keeps one backend per process: a second server in the same test process (another module's
+    # fixture on the same xdist worker) already holds an earlier user, so each server makes its own
+    user = f"curate-test-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    iam.put_user_policy(UserName=user, PolicyName="all-s3", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
     return S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], server)
