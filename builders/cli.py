@@ -20,6 +20,17 @@ def _group() -> None:
     """Build a dataset. `curate build imagenet-ao` with no options builds the offline demo."""
 
 
+# The ground-truth options, whose --help text takes several lines, named here to keep imagenet_ao's signature short.
+Truth = Annotated[str | None, typer.Option(help="Ground truth for label precision/recall per funnel row: 'auto' "
+                                                "(a demo world's, default), 'none', a demo world folder, or a "
+                                                "parquet/CSV/JSONL file with key, attr, obj.")]
+Calibrate = Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Choose the attribute-check "
+                                                "and composition-score thresholds from the labelled candidates "
+                                                "(needs truth); the curve goes in the card.")]
+TargetPrecision = Annotated[float | None, typer.Option(help="--calibrate: the label precision the chosen "
+                                                            "thresholds must reach (default 0.8).")]
+
+
 @app.command("imagenet-ao")
 def imagenet_ao(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Dataset folder to write.")] = None,
@@ -42,14 +53,9 @@ def imagenet_ao(
     seed: Annotated[int | None, typer.Option(help="Random seed (splits, generator).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="Torch device for the embedding model and the "
                                                                  "generator: auto, cpu, cuda, cuda:1.")] = None,
-    truth: Annotated[str | None, typer.Option(help="Ground truth for label precision/recall per funnel row: 'auto' "
-                                                   "(a demo world's, default), 'none', a demo world folder, or a "
-                                                   "parquet/CSV/JSONL file with key, attr, obj.")] = None,
-    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Choose the attribute-check "
-                                                   "and composition-score thresholds from the labelled candidates "
-                                                   "(needs truth); the curve goes in the card.")] = None,
-    target_precision: Annotated[float | None, typer.Option(help="--calibrate: the label precision the chosen "
-                                                                "thresholds must reach (default 0.8).")] = None,
+    truth: Truth = None,
+    calibrate: Calibrate = None,
+    target_precision: TargetPrecision = None,
     config: ConfigFile = None,
     workers: Workers = None,
     executor: ExecutorName = "local",
@@ -79,13 +85,7 @@ def imagenet_ao(
     --calibrate sweeps the attribute-check and composition-score thresholds on the
     labelled candidates, prints the precision/yield curve and builds with the
     chosen point. Adding --truth to a finished build only adds the numbers.
-    \f
-    Long only because of its parameters (one per line) and its --help text; the body is 22 lines.
     """
-    from curate.config import load_toml, merge
-
-    from .imagenet_ao.config import BuildConfig, validate
-
     overrides = {
         "out": str(out) if out else None, "objects": objects, "attributes": attributes, "captions": captions or None,
         "caption_column": caption_column, "max_cooccurrence": max_cooccurrence, "pool": pool, "generator": generator,
@@ -95,19 +95,30 @@ def imagenet_ao(
         "seed": seed, "device": device, "truth": truth, "calibrate": calibrate, "target_precision": target_precision,
         "decode": decode,
     }
+    cfg = _config(config, overrides, demo_inputs=not captions and not pool and not generator, scale=scale,
+                  workers=workers)
+    from .imagenet_ao.pipeline import build
+
+    res = build(cfg, workers=workers, executor=executor, address=address, overwrite=overwrite)
+    _report(res, cfg)
+
+
+def _config(config: Path | None, overrides: dict, *, demo_inputs: bool, scale: str, workers: int | None):
+    """The build's BuildConfig, validated: --config's TOML (or, with neither --config nor --captions, --pool or
+    --generator, the demo world's, ``demo_inputs``) under the command-line ``overrides``."""
+    from curate.config import load_toml, merge
+
+    from .imagenet_ao.config import BuildConfig, validate
+
     cfg = load_toml(config, BuildConfig) if config else None
-    demo = cfg is None and not captions and not pool and not generator
-    if demo:
+    if cfg is None and demo_inputs:
         from .imagenet_ao.demo import demo_config
 
         validate(merge(BuildConfig(), overrides))  # a typo fails before the demo world is made
         cfg = demo_config(scale=scale, workers=workers)
     cfg = merge(cfg or BuildConfig(), overrides)
     validate(cfg)  # every option, path and model spec, before the output folder opens or any stage runs
-    from .imagenet_ao.pipeline import build
-
-    res = build(cfg, workers=workers, executor=executor, address=address, overwrite=overwrite)
-    _report(res, cfg)
+    return cfg
 
 
 def _report(res, cfg) -> None:

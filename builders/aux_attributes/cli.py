@@ -20,18 +20,32 @@ def _file_digest(path: Path | None) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path is not None and path.is_file() else None
 
 
+# The arguments whose --help text takes several lines, named here so that attributes' signature stays short.
+Source = Annotated[Path | None, typer.Argument(
+    help="A dataset folder (its manifest's pairs, rejected rows left out) or a demo world folder "
+         "(world.json: every attribute x object). Or give --pairs instead.")]
+PairsFile = Annotated[Path | None, typer.Option(
+    "--pairs", help="Pairs file: text lines 'attr obj' (use a comma or tab for multi-word objects: "
+                    "'small,paper plane'), a CSV or a parquet with attr,obj columns (e.g. pairs.parquet).")]
+Llm = Annotated[str, typer.Option("--llm", help="local (bundled SmolLM2 GGUF), local:PATH.gguf, or "
+                                                "openai:MODEL@BASE_URL (any OpenAI-compatible server).")]
+ContradictionCheck = Annotated[bool, typer.Option(
+    "--contradiction-check/--no-contradiction-check",
+    help="Reject (and re-ask) answers naming another value of the pair's own attribute: 'red' for a blue "
+         "heart, 'tiny' for a large one, 'metal' for a paper plane. Measured either way.")]
+Families = Annotated[Path | None, typer.Option(
+    "--families", help="Attribute families whose values exclude one another, 'family: value' per line "
+                       "(a demo world's, or the world a dataset was built from, are used by default).")]
+Origin = Annotated[str, typer.Option(
+    "--from", help="llm: ask the LLM (TRIDENT). world: the truth, what the pair's training images really "
+                   "show besides its attribute (a demo world, or a dataset built from one; needs --out).")]
+
+
 @app.command()
 def attributes(
-    source: Annotated[Path | None, typer.Argument(
-        help="A dataset folder (its manifest's pairs, rejected rows left out) or a demo world folder "
-             "(world.json: every attribute x object). Or give --pairs instead.")] = None,
-    pairs: Annotated[Path | None, typer.Option(
-        "--pairs", help="Pairs file: text lines 'attr obj' (use a comma or tab for multi-word objects: "
-                        "'small,paper plane'), a CSV or a parquet with attr,obj columns (e.g. pairs.parquet).")]
-    = None,
-    llm: Annotated[str, typer.Option("--llm", help="local (bundled SmolLM2 GGUF), local:PATH.gguf, or "
-                                                    "openai:MODEL@BASE_URL (any OpenAI-compatible server).")]
-    = "local",
+    source: Source = None,
+    pairs: PairsFile = None,
+    llm: Llm = "local",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: the dataset folder "
                                                                   "itself, when SOURCE is a dataset).")] = None,
     vocab: Annotated[Path | None, typer.Option("--vocab", help="Only accept adjectives from this file "
@@ -48,17 +62,9 @@ def attributes(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest answer, in tokens.")] = 32,
     cache: Annotated[Path | None, typer.Option("--cache", help="sqlite answer cache to use (default: "
                                                                "OUT/.curate/.../llm_answers.sqlite).")] = None,
-    contradiction_check: Annotated[bool, typer.Option(
-        "--contradiction-check/--no-contradiction-check",
-        help="Reject (and re-ask) answers naming another value of the pair's own attribute: 'red' for a blue "
-             "heart, 'tiny' for a large one, 'metal' for a paper plane. Measured either way.")] = True,
-    families: Annotated[Path | None, typer.Option(
-        "--families", help="Attribute families whose values exclude one another, 'family: value' per line "
-                           "(a demo world's, or the world a dataset was built from, are used by default).")] = None,
-    origin: Annotated[str, typer.Option(
-        "--from", help="llm: ask the LLM (TRIDENT). world: the truth, what the pair's training images really "
-                       "show besides its attribute (a demo world, or a dataset built from one; needs --out).")]
-    = "llm",
+    contradiction_check: ContradictionCheck = True,
+    families: Families = None,
+    origin: Origin = "llm",
     overwrite: Overwrite = False,
 ) -> None:
     """Ask an LLM for three auxiliary adjectives per attribute-object pair (TRIDENT's attribute smoothing).
@@ -94,9 +100,6 @@ def attributes(
       curate attributes WORLD --out aux/ --llm openai:qwen2.5@http://127.0.0.1:8000/v1 --concurrency 32
       curate attributes DATASET --llm openai:gpt-4o-mini@https://api.example.com/v1 --api-key-env MY_KEY
       curate attributes demo-out/imagenet-ao --from world --out aux-true/   # the truth, no LLM
-    \f
-    Long only because of its 16 parameters (one per line) and its --help text: the work is in
-    ``aux_settings``, ``run_attributes`` and ``_report`` (the text after the form feed is not in --help).
     """
     from .pairs import load_pairs
 

@@ -16,16 +16,32 @@ def _csv(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
+# The options whose --help text takes several lines, named here so that triplets' signature stays short.
+Modes = Annotated[list[str] | None, typer.Option(
+    "--mode", help="attribute (same object, other attribute), object (same attribute, other object), "
+                   "caption (captions differing in one word). Repeat or comma-separate. "
+                   "Default: attribute,object.")]
+SplitBy = Annotated[str, typer.Option(
+    "--split-by", help="composition (default: each attribute-object pair, or caption, held out whole, so no "
+                       "test or val edit, reference or target occurs in train), edit (each edit mined in one "
+                       "split, images split one by one: test compositions are seen in training, test edits "
+                       "and images are not) or image (each image on its own: test edits are also training "
+                       "edits).")]
+FashionIqCategories = Annotated[str, typer.Option(
+    "--fashioniq-categories",
+    help="How reference objects become FashionIQ's categories (CLIP4Cir's loader accepts only dress, "
+         "shirt, toptee): auto (balanced over the three), OBJ=NAME,...[,*=NAME], or objects (our "
+         "object names; CLIP4Cir refuses them). Recorded in triplets.json and "
+         "fashioniq/category_map.json.")]
+
+
 @app.command()
 def triplets(
     dataset: Annotated[Path | None, typer.Argument(
         help="Dataset folder (manifest.parquet + shards/) or a folder of captioned .tar shards. "
              "Default: the demo dataset made by `curate build imagenet-ao`.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: DATASET/triplets).")] = None,
-    mode: Annotated[list[str] | None, typer.Option(
-        "--mode", help="attribute (same object, other attribute), object (same attribute, other object), "
-                       "caption (captions differing in one word). Repeat or comma-separate. "
-                       "Default: attribute,object.")] = None,
+    mode: Modes = None,
     edit_text: Annotated[str, typer.Option("--edit-text", help="template (varied templates) or llm "
                                                                "(LLM rewrite, validated, template fallback).")] = "template",
     llm: Annotated[str, typer.Option("--llm", help="LLM spec for --edit-text llm: local, local:PATH.gguf or "
@@ -36,12 +52,7 @@ def triplets(
     splits: Annotated[str, typer.Option("--splits", help="Image-level split ratios summing to 1, or 'manifest' "
                                                           "to use the manifest's split column.")]
     = "train=0.8,val=0.1,test=0.1",
-    split_by: Annotated[str, typer.Option(
-        "--split-by", help="composition (default: each attribute-object pair, or caption, held out whole, so no "
-                           "test or val edit, reference or target occurs in train), edit (each edit mined in one "
-                           "split, images split one by one: test compositions are seen in training, test edits "
-                           "and images are not) or image (each image on its own: test edits are also training "
-                           "edits).")] = "composition",
+    split_by: SplitBy = "composition",
     max_per_pair: Annotated[int, typer.Option("--max-per-pair", help="At most this many triplets per "
                                                                       "(reference, target) composition.")] = 10,
     max_triplets: Annotated[int | None, typer.Option("--max-triplets", help="Overall cap, taken round-robin "
@@ -55,12 +66,7 @@ def triplets(
                                                    help="Keep samples a reviewer rejected.")] = False,
     circo_max_gts: Annotated[int, typer.Option("--circo-max-gts", help="Ground truths kept per CIRCO query "
                                                                         "(the CIRCO loader allows 23).")] = 23,
-    fashioniq_categories: Annotated[str, typer.Option(
-        "--fashioniq-categories",
-        help="How reference objects become FashionIQ's categories (CLIP4Cir's loader accepts only dress, "
-             "shirt, toptee): auto (balanced over the three), OBJ=NAME,...[,*=NAME], or objects (our "
-             "object names; CLIP4Cir refuses them). Recorded in triplets.json and "
-             "fashioniq/category_map.json.")] = "auto",
+    fashioniq_categories: FashionIqCategories = "auto",
     min_shards: Annotated[int, typer.Option("--min-shards", help="At least this many triplet shards per split "
                                                                  "(a shard per DataLoader worker).")] = 8,
     device: Device = "auto",
@@ -83,8 +89,6 @@ def triplets(
       curate triplets DATASET --edit-text llm --llm openai:qwen2@http://127.0.0.1:8000/v1
       curate triplets DATASET --format shards,cirr,circo,fashioniq,genecis
       curate triplets DATASET --fashioniq-categories 'heart=dress,star=shirt,*=toptee'
-    \f
-    Long only because of its 19 parameters (one per line) and its --help text; the body is 12 lines.
     """
     from .config import TripletsConfig
     from .pipeline import build_triplets

@@ -70,18 +70,11 @@ def train_cir_cmd(
       curate train cir --triplets T --model mllm --mllm hf:/models/llava-phi35 --stage1 captioned/ \\
           --steps 1000 --device cuda --grad-checkpointing --out runs/mllm
     """
-    from curate.embed.backends import check_spec_syntax
     from curate.log import console
-    from curate.paths import must_exist
 
     from .train import CirTrainConfig, RunOptions, train_cir
 
-    must_exist(triplets, "--triplets", fix="give the folder made by `curate triplets`")
-    for what, path in (("--features", features), ("--stage1", stage1)):
-        if path:
-            must_exist(path, what)
-    if backbone:
-        check_spec_syntax(backbone)
+    _check_inputs(triplets, features, stage1, backbone)
     cfg = CirTrainConfig(triplets=str(triplets), out=str(out), model=model, backbone=backbone, features=features,
                          epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, projection_dim=projection_dim,
                          hidden_dim=hidden_dim, include_rejected=include_rejected, mllm=mllm, stage1=stage1,
@@ -92,6 +85,19 @@ def train_cir_cmd(
     results = train_cir(cfg, opts)
     _print_results(results["test"])
     console.print(f"report: {out / 'report.md'}")
+
+
+def _check_inputs(triplets: Path, features: str | None, stage1: str | None, backbone: str | None) -> None:
+    """--triplets, --features and --stage1 exist and --backbone's spec parses, before anything is loaded or written."""
+    from curate.embed.backends import check_spec_syntax
+    from curate.paths import must_exist
+
+    must_exist(triplets, "--triplets", fix="give the folder made by `curate triplets`")
+    for what, path in (("--features", features), ("--stage1", stage1)):
+        if path:
+            must_exist(path, what)
+    if backbone:
+        check_spec_syntax(backbone)
 
 
 def _print_results(by_method: dict) -> None:

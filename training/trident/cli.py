@@ -15,6 +15,20 @@ def register(train_app: typer.Typer, eval_app: typer.Typer) -> None:
     eval_app.command("czsl")(eval_cmd)
 
 
+# The options whose --help text takes several lines, named here so that train_cmd's signature stays one line each.
+BnGroups = Annotated[str | None, typer.Option("--bn-groups", help="official (default): the FAA's BatchNorm "
+                                                                  "per image group, as the official step; "
+                                                                  "joint: one batch of the distinct images.")]
+Partners = Annotated[str | None, typer.Option("--partners", help="official (default): an anchor without a "
+                                                                 "partner gets the last training image, kept "
+                                                                 "in the pair/orthogonality losses; drop: "
+                                                                 "left out.")]
+CacheFeatures = Annotated[bool, typer.Option("--cache-features/--online", help="Compute the frozen token "
+                                                                               "features once (fp16 cache) "
+                                                                               "or run the backbone every "
+                                                                               "step.")]
+
+
 def train_cmd(
     data: Annotated[Path, typer.Option("--data", help="A CZSL root (images/, compositional-split-natural/, "
                                                       "metadata .t7), a curate dataset folder, or a demo world.")],
@@ -38,18 +52,9 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override the preset's 50.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch (preset: 128).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override the preset's 124.")] = None,
-    bn_groups: Annotated[str | None, typer.Option("--bn-groups", help="official (default): the FAA's BatchNorm "
-                                                                      "per image group, as the official step; "
-                                                                      "joint: one batch of the distinct images."
-                                                  )] = None,
-    partners: Annotated[str | None, typer.Option("--partners", help="official (default): an anchor without a "
-                                                                    "partner gets the last training image, kept "
-                                                                    "in the pair/orthogonality losses; drop: "
-                                                                    "left out.")] = None,
-    cache_features: Annotated[bool, typer.Option("--cache-features/--online", help="Compute the frozen token "
-                                                                                   "features once (fp16 cache) "
-                                                                                   "or run the backbone every "
-                                                                                   "step.")] = True,
+    bn_groups: BnGroups = None,
+    partners: Partners = None,
+    cache_features: CacheFeatures = True,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Feature cache folder (default: "
                                                                        "$CURATE_CACHE/trident-features/...).")]
     = None,
@@ -83,15 +88,23 @@ def train_cmd(
           --backbone hf:/models/clip-vit-large-patch14-336 --projector mm_projector.bin --out runs/mit
       torchrun --nproc-per-node 8 -m curate.cli train trident --data cgqa/ --preset cgqa ... --device cuda
       curate train trident --data vaw-czsl/ --preset vaw --out runs/vaw --resume
-    \f
-    Long only because of its parameters (one per line) and its --help text; the body is 23 lines.
     """
-    from curate.embed.backends import check_spec_syntax
-    from curate.log import console
-    from curate.paths import must_exist
-
-    from .report import metrics_table
     from .train import TrainRequest, train_trident
+
+    _check_inputs(data, aux, projector, backbone)
+    overrides: dict[str, Any] = {"model": model, "alpha": alpha, "epochs": epochs, "batch_size": batch_size,
+                                 "seed": seed, "bn_groups": bn_groups, "partners": partners, "decode": decode}
+    req = TrainRequest(data=data, out=out, preset=preset, backbone=backbone, projector=projector, aux=aux,
+                       word_embeddings=word_embeddings, device=device, cache_features=cache_features,
+                       cache_dir=cache_dir, resume=resume, overwrite=overwrite, workers=workers,
+                       overrides=overrides, max_seconds=max_seconds, feasibility=feasibility, threads=threads)
+    _report(train_trident(req), out)
+
+
+def _check_inputs(data: Path, aux: Path | None, projector: Path | None, backbone: str | None) -> None:
+    """--data, --aux and --projector exist and --backbone's spec parses, before anything is loaded or written."""
+    from curate.embed.backends import check_spec_syntax
+    from curate.paths import must_exist
 
     must_exist(data, "--data", fix="pass a CZSL root (images/, compositional-split-natural/) or a curate dataset")
     for what, path in (("--aux", aux), ("--projector", projector)):
@@ -99,13 +112,14 @@ def train_cmd(
             must_exist(path, what)
     if backbone:
         check_spec_syntax(backbone)
-    overrides: dict[str, Any] = {"model": model, "alpha": alpha, "epochs": epochs, "batch_size": batch_size,
-                                 "seed": seed, "bn_groups": bn_groups, "partners": partners, "decode": decode}
-    req = TrainRequest(data=data, out=out, preset=preset, backbone=backbone, projector=projector, aux=aux,
-                       word_embeddings=word_embeddings, device=device, cache_features=cache_features,
-                       cache_dir=cache_dir, resume=resume, overwrite=overwrite, workers=workers,
-                       overrides=overrides, max_seconds=max_seconds, feasibility=feasibility, threads=threads)
-    results = train_trident(req)
+
+
+def _report(results: dict, out: Path) -> None:
+    """The closed-world metrics table and where the report is (nothing when no closed-world results came back)."""
+    from curate.log import console
+
+    from .report import metrics_table
+
     if results.get("closed"):
         console.print(metrics_table(results), markup=False, highlight=False)
         console.print(f"wrote {out / 'report.md'}")
