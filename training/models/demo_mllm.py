@@ -24,10 +24,8 @@ processor normalising as the mini-CLIP does. Cached under ``curate.paths.cache_d
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
@@ -38,11 +36,12 @@ import numpy as np
 
 from curate.errors import CurateError
 from curate.fingerprint import fingerprint
-from curate.fsutil import TMP_MARK, read_json, write_json
+from curate.fsutil import read_json, write_json
 from curate.paths import cache_dir
 from curate.world import MAKE_ONE, TRAIN, WORLD_JSON, World, is_world, meta_path, split_dir
 
 from .mini_clip import MEAN, STD, load_mini, load_split
+from .publish import publish_folder
 
 logger = logging.getLogger(__name__)
 REPORT = "report.json"
@@ -346,34 +345,21 @@ def ensure_demo_mllm(world_dir: str | os.PathLike, config: DemoMllmConfig | None
         raise CurateError("not a mini-CLIP folder (no model.safetensors)", where=str(mini_dir),
                           fix="train one with `curate model train-mini --world DIR`")
     folder = Path(out) if out else cache_dir() / "demo-mllm" / cache_key(world, mini_dir, cfg)
-    if is_complete(folder) and not overwrite:
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second build waits instead of building twice
-        if is_complete(folder) and not overwrite:
-            return folder
-        if folder.exists() and any(folder.iterdir()) and not overwrite:
-            raise CurateError("exists and is not a complete demo MLLM folder", where=str(folder),
-                              fix="choose another --out or pass --overwrite")
-        tmp = folder.with_name(f"{folder.name}{TMP_MARK}{os.getpid()}")
-        run = folder.with_name(f".{folder.name}.run")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if overwrite:
-            shutil.rmtree(run, ignore_errors=True)
-        try:
-            logger.info("building the demo MLLM from %s and the mini-CLIP %s", world, mini_dir)
-            report = build(world, mini_dir, cfg, tmp, run)
-            report["model"] = f"hf:{folder.resolve()}"
-            write_json(tmp / REPORT, report)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-            shutil.rmtree(run, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("demo MLLM ready: hf:%s", folder)
+
+    def build_into(tmp: Path, run: Path) -> None:
+        logger.info("building the demo MLLM from %s and the mini-CLIP %s", world, mini_dir)
+        report = build(world, mini_dir, cfg, tmp, run)
+        report["model"] = f"hf:{folder.resolve()}"
+        write_json(tmp / REPORT, report)
+
+    if publish_folder(folder, build_into, is_complete=is_complete, overwrite=overwrite, refuse=_refuse):
+        logger.info("demo MLLM ready: hf:%s", folder)
     return folder
+
+
+def _refuse(folder: Path) -> None:
+    raise CurateError("exists and is not a complete demo MLLM folder", where=str(folder),
+                      fix="choose another --out or pass --overwrite")
 
 
 def read_report(folder: str | os.PathLike) -> dict[str, Any]:

@@ -20,14 +20,12 @@ demo trains it once. Load it anywhere with the spec ``mini:FOLDER``.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -37,12 +35,14 @@ import numpy as np
 
 from curate.embed.backends import Encoder, apply_state
 from curate.errors import CurateError
-from curate.fsutil import TMP_MARK, read_json, write_json
+from curate.fsutil import read_json, write_json
 from curate.images import DEFAULT_DECODE, decode_target, open_rgb
 from curate.log import progress_bar
 from curate.paths import mini_clip_cache_dir
 from curate.shards import iter_shard, list_shards
 from curate.world import MAKE_ONE, TRAIN, WORLD_JSON, identity, is_world, split_dir
+
+from .publish import publish_folder
 
 logger = logging.getLogger(__name__)
 WORD = re.compile(r"[a-z]+")
@@ -406,36 +406,25 @@ def ensure_mini_clip(world_dir: str | os.PathLike, config: MiniClipConfig | None
         raise CurateError("the world has no train/ shards", where=str(world))
     cfg = config or MiniClipConfig()
     folder = Path(out) if out else mini_clip_cache_dir() / fingerprint(world, cfg)
-    if is_complete(folder) and not overwrite:
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second `make demo` waits instead of training twice
-        if is_complete(folder) and not overwrite:
-            return folder
-        if folder.exists() and any(folder.iterdir()) and not is_complete(folder) and not overwrite:
-            if not (folder / "config.json").exists():
-                raise CurateError("exists and is not a mini-CLIP folder", where=str(folder),
-                                  fix="choose another --out or pass --overwrite")
-        tmp = folder.with_name(f"{folder.name}{TMP_MARK}{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        run = folder.with_name(f".{folder.name}.run")  # per-epoch checkpoints: a killed training resumes
-        if overwrite:
-            shutil.rmtree(run, ignore_errors=True)
-        try:
-            logger.info("training the mini-CLIP on %s (at most %.0f s)", split_dir(world, TRAIN), cfg.max_seconds)
-            from ..zeroshot import evaluate_world
 
-            stats = train(world, cfg, tmp, run)
-            report = evaluate_world(f"mini:{tmp}", world) if evaluate else {}
-            report["model"] = f"mini:{folder.resolve()}"
-            report["training"] = stats
-            write_json(tmp / "report.json", report)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-            shutil.rmtree(run, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("mini-CLIP ready: %s", folder)
+    def train_into(tmp: Path, run: Path) -> None:
+        logger.info("training the mini-CLIP on %s (at most %.0f s)", split_dir(world, TRAIN), cfg.max_seconds)
+        from ..zeroshot import evaluate_world
+
+        stats = train(world, cfg, tmp, run)
+        report = evaluate_world(f"mini:{tmp}", world) if evaluate else {}
+        report["model"] = f"mini:{folder.resolve()}"
+        report["training"] = stats
+        write_json(tmp / "report.json", report)
+
+    # a second `make demo` waits for the first instead of training twice
+    if publish_folder(folder, train_into, is_complete=is_complete, overwrite=overwrite, refuse=_refuse):
+        logger.info("mini-CLIP ready: %s", folder)
     return folder
+
+
+def _refuse(folder: Path) -> None:
+    """An incomplete folder with a config.json is a mini-CLIP being rebuilt (replaced); anything else is not ours."""
+    if not (folder / "config.json").exists():
+        raise CurateError("exists and is not a mini-CLIP folder", where=str(folder),
+                          fix="choose another --out or pass --overwrite")
