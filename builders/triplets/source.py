@@ -20,7 +20,7 @@ import polars as pl
 
 from curate.embed.store import l2_normalise
 from curate.errors import CurateError
-from curate.images import open_rgb
+from curate.images import DEFAULT_DECODE, open_rgb
 from curate.log import track
 from curate.shards import IMAGE_EXTS, ReadReport, image_of, iter_keys, iter_shard, list_shards, sample_meta
 
@@ -165,11 +165,13 @@ class Features:
 
 
 def image_features(source: Source, model: str | None, device: str, cache_dir: Path, inputs: str | None = None,
-                   refresh: bool = False) -> Features:
+                   refresh: bool = False, decode: str = DEFAULT_DECODE) -> Features:
     """Features of the source's samples. Computed ones (model, thumbnails) are cached in
     ``cache_dir/features/`` with ``inputs`` (the fingerprint of the images and model they came from):
     a later run reuses the rows of the keys it needs only while ``inputs`` is the same, so rejecting
-    samples reuses the cache and changed images or model weights recompute it; ``refresh`` always does."""
+    samples reuses the cache and changed images or model weights recompute it; ``refresh`` always does.
+    ``decode`` (``curate.images.DECODE_MODES``): how a model's images are decoded (fast: at the size
+    the encoder needs)."""
     keys = source.samples["key"].to_list()
     emb_dir = source.path / "embeddings"
     if source.kind == "dataset" and (emb_dir / "img_emb").exists() and not model:
@@ -180,7 +182,7 @@ def image_features(source: Source, model: str | None, device: str, cache_dir: Pa
     if cached is not None:
         return cached
     if model:
-        feats = _model_features(source, keys, model, device)
+        feats = _model_features(source, keys, model, device, decode)
     else:
         logger.warning("no embeddings/ in %s and no --model: ranking targets by 8x8 colour thumbnails "
                        "(pass --model SPEC or run `curate embed` for CLIP similarity)", source.path)
@@ -215,7 +217,10 @@ def _decode(data: bytes):
     return open_rgb(data)
 
 
-def _model_features(source: Source, keys: list[str], spec: str, device: str) -> Features:
+def _model_features(source: Source, keys: list[str], spec: str, device: str,
+                    decode: str = DEFAULT_DECODE) -> Features:
+    """The model's embeddings of ``keys``, each image decoded by the encoder at the size its preprocessing
+    needs (a JPEG at the smallest DCT scale that still covers it; ``decode="exact"``: full size)."""
     from curate.embed.backends import load_model
 
     encoder = load_model(spec, device=device)
@@ -228,7 +233,7 @@ def _model_features(source: Source, keys: list[str], spec: str, device: str) -> 
         batch.clear()
 
     for key, data in track(iter_images(source.shard_of(), keys), "embed images", total=len(keys), unit="img"):
-        batch.append((key, _decode(data)))
+        batch.append((key, encoder.open_image(data, decode)))
         if len(batch) >= 64:
             flush()
     if batch:

@@ -1,5 +1,6 @@
-"""The training side of --decode: images by key, the TRIDENT backbone and the token cache decode at the
-size the encoder needs (a JPEG at a DCT scale that still covers it), and the cache folder tells the modes apart."""
+"""The training side of --decode: images by key, the TRIDENT backbone and the token cache, the triplet
+miner's model features and the study's scratch and fine-tune inputs decode at the size the encoder needs (a
+JPEG at a DCT scale that still covers it), and the cache folder tells the modes apart."""
 
 from __future__ import annotations
 
@@ -85,3 +86,79 @@ def test_trident_runs_record_their_decode_and_older_runs_read_as_exact():
         preset("demo", decode="quick")
     old = {k: v for k, v in preset("demo").to_dict().items() if k != "decode"}   # a run.json from before
     assert TridentConfig.from_dict(old).decode == "exact"                      # its token features were exact
+
+
+def _spy_open_rgb(monkeypatch, module) -> list[tuple]:
+    """Wrap ``module.open_rgb``: each call's (size, fit, decoded size)."""
+    calls: list[tuple] = []
+    real = module.open_rgb
+
+    def spy(data, size=None, fit="short"):
+        im = real(data, size, fit)
+        calls.append((size, fit, im.size))
+        return im
+
+    monkeypatch.setattr(module, "open_rgb", spy)
+    return calls
+
+
+def test_triplet_model_features_decode_at_the_encoders_size(monkeypatch, tiny_clip_spec):
+    import curate.embed.backends as backends
+    from builders.triplets import source
+    from curate.embed.backends import load_model
+
+    size = load_model(tiny_clip_spec, device="cpu").decode_size
+    data = _jpeg(8 * size, 4 * size)                               # short side 4x the encoder's input
+    monkeypatch.setattr(source, "iter_images", lambda shard_of, keys: ((k, data) for k in keys))
+    calls = _spy_open_rgb(monkeypatch, backends)
+
+    class Shards:
+        def shard_of(self) -> dict[str, str]:
+            return {}
+
+    fast = source._model_features(Shards(), ["a", "b"], tiny_clip_spec, "cpu")
+    assert calls == [(size, "short", (2 * size, size))] * 2           # 1/4: the short side still covers size
+    calls.clear()
+    exact = source._model_features(Shards(), ["a"], tiny_clip_spec, "cpu", decode="exact")
+    assert calls == [(None, "short", (8 * size, 4 * size))]
+    assert fast.keys == ["a", "b"] and exact.keys == ["a"]
+    assert fast.matrix.shape[1] == exact.matrix.shape[1]
+    assert float(fast.matrix[0] @ exact.matrix[0]) > 0.9
+
+
+def test_study_scratch_pixels_decode_so_both_sides_cover_the_squash(monkeypatch):
+    from types import SimpleNamespace
+
+    import curate.images
+    from training.models.mini_clip import DECODE_MARGIN
+    from training.study.scratch import SIZE, pixels
+
+    data = _jpeg(1024, 768)
+    calls = _spy_open_rgb(monkeypatch, curate.images)
+    fast = pixels(SimpleNamespace(images=[data], files=None))
+    target = DECODE_MARGIN * SIZE                                      # 256: 768 // 2 covers it, 768 // 4 does not
+    assert calls == [(target, "short", (512, 384))]
+    calls.clear()
+    exact = pixels(SimpleNamespace(images=[data], files=None), decode="exact")
+    assert calls == [(None, "short", (1024, 768))]
+    assert fast.shape == exact.shape == (1, 3, SIZE, SIZE)
+    assert float((fast.float() - exact.float()).abs().mean()) < 4      # of 255
+
+
+def test_study_finetune_batches_decode_at_the_encoders_size(monkeypatch, tiny_clip_spec, tmp_path):
+    import curate.embed.backends as backends
+    from curate.embed.backends import load_model
+    from training.study.finetune import _batch
+
+    enc = load_model(tiny_clip_spec, device="cpu")
+    size = enc.decode_size
+    data = _jpeg(8 * size, 4 * size)
+    (tmp_path / "a.jpg").write_bytes(data)
+    calls = _spy_open_rgb(monkeypatch, backends)
+    fast = _batch(enc, [data, tmp_path / "a.jpg"])                    # bytes, or a file
+    assert calls == [(size, "short", (2 * size, size))] * 2
+    calls.clear()
+    exact = _batch(enc, [data], decode="exact")
+    assert calls == [(None, "short", (8 * size, 4 * size))]
+    assert fast.shape[1:] == exact.shape[1:]
+    assert float((fast[:1] - exact).abs().mean()) < 0.1

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import CurateError
+from curate.images import DEFAULT_DECODE
 
 from ..zeroshot import EvalSet
 
@@ -22,18 +23,20 @@ def _sources(s: EvalSet) -> list[Any]:
     return list(s.images) if s.images is not None else list(s.files or [])
 
 
-def _batch(encoder: Any, sources: list[Any]) -> Any:
+def _batch(encoder: Any, sources: list[Any], decode: str = DEFAULT_DECODE) -> Any:
+    """Images (bytes or files) -> the encoder's preprocessed batch on its device, each decoded at the size
+    its preprocessing needs (``Encoder.pixels``: a JPEG at the smallest DCT scale that covers
+    ``decode_size``; ``decode="exact"``: full size)."""
     import torch
 
-    from curate.images import open_rgb
-
-    return torch.stack([encoder.preprocess(open_rgb(x if isinstance(x, bytes | bytearray) else Path(x).read_bytes()))
+    return torch.stack([encoder.pixels(x if isinstance(x, bytes | bytearray) else Path(x).read_bytes(), decode)
                         for x in sources]).to(encoder.device)
 
 
 def finetune(spec: str, device: str, train: EvalSet, labels: np.ndarray, objects: list[str], seed: int,
-             run: Path, epochs: int = EPOCHS) -> Any:
-    """A fresh copy of ``spec``'s model, its image tower fine-tuned; returns ``(encoder, head)``."""
+             run: Path, epochs: int = EPOCHS, decode: str = DEFAULT_DECODE) -> Any:
+    """A fresh copy of ``spec``'s model, its image tower fine-tuned; returns ``(encoder, head)``.
+    ``decode``: how the training images are decoded (:func:`_batch`)."""
     import torch
     import torch.nn.functional as F
 
@@ -71,7 +74,7 @@ def finetune(spec: str, device: str, train: EvalSet, labels: np.ndarray, objects
     batches, steps = index_batches(n, BATCH, gen)
 
     def loss(m: Any, idx: Any) -> tuple[Any, int]:
-        x = _batch(enc, [sources[i] for i in idx.tolist()])
+        x = _batch(enc, [sources[i] for i in idx.tolist()], decode)
         return F.cross_entropy(m(x), y[idx].to(x.device)), len(idx)
 
     fit(model, opt, loss, batches, run, FitConfig(epochs=epochs, seed=seed, device=enc.device, resume=True,
@@ -80,12 +83,12 @@ def finetune(spec: str, device: str, train: EvalSet, labels: np.ndarray, objects
     return model.eval(), enc
 
 
-def logits(model: Any, enc: Any, s: EvalSet, batch: int = 128) -> np.ndarray:
+def logits(model: Any, enc: Any, s: EvalSet, batch: int = 128, decode: str = DEFAULT_DECODE) -> np.ndarray:
     import torch
 
     sources = _sources(s)
     out = []
     with torch.no_grad():
         for i in range(0, len(sources), batch):
-            out.append(model(_batch(enc, sources[i:i + batch])).float().cpu().numpy())
+            out.append(model(_batch(enc, sources[i:i + batch], decode)).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)

@@ -8,21 +8,31 @@ from typing import Any
 
 import numpy as np
 
+from curate.images import DEFAULT_DECODE, decode_target
+
+from ..models.mini_clip import DECODE_MARGIN
 from ..zeroshot import EvalSet
 
 SIZE = 64
 EPOCHS = 12
 
 
-def pixels(s: EvalSet, size: int = SIZE) -> Any:
-    """A set's images as a uint8 tensor ``[N, 3, size, size]`` (decoded once)."""
+def pixels(s: EvalSet, size: int = SIZE, decode: str = DEFAULT_DECODE) -> Any:
+    """A set's images as a uint8 tensor ``[N, 3, size, size]`` (decoded once).
+
+    Each image is squashed to ``size`` x ``size``, so a JPEG decodes at the smallest DCT scale whose
+    short side (hence both sides) still covers :data:`DECODE_MARGIN` x ``size``, the margin the
+    mini-CLIP, whose CNN tower this is, decodes its own training images with (``decode="exact"``:
+    full size; ``curate.images.DECODE_MODES``)."""
     import torch
     from PIL import Image
 
     from curate.images import open_rgb
 
+    target = decode_target(DECODE_MARGIN * size, decode)
     sources = list(s.images) if s.images is not None else [Path(f).read_bytes() for f in s.files or []]
-    arr = [np.asarray(open_rgb(b).resize((size, size), Image.BILINEAR), dtype=np.uint8) for b in sources]
+    arr = [np.asarray(open_rgb(b, target, fit="short").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+           for b in sources]
     return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).contiguous()
 
 
