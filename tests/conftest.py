@@ -153,6 +153,24 @@ def tiny_clip_spec(tmp_path_factory) -> str:
         return made.read_text()
 
 
+@pytest.fixture(scope="session")
+def tiny_mini_spec(tmp_path_factory, small_world) -> str:
+    """An untrained mini-CLIP (``training.models.mini_clip.save_random_mini``) whose vocabulary holds the
+    small world's and the tiny dataset's words; returns its ``mini:`` spec. The end-to-end tests that run
+    many ``curate`` processes use it: it loads in the time of ``import torch``, where the tiny open_clip
+    model's process also imports transformers and torchvision (a build: 7.6 s instead of 14.2 s). The
+    open_clip loading path keeps its own tests (``tiny_clip_spec``)."""
+    from training.models.mini_clip import save_random_mini
+
+    with shared_once(tmp_path_factory, "tinymini") as folder:
+        made = folder / "spec.txt"
+        if not made.exists():
+            words = [(small_world.path / "world.json").read_text(), " ".join(COLORS), "circle square star",
+                     "a photo of the an itap my with on in"]
+            made.write_text(save_random_mini(folder / "model", words))
+        return made.read_text()
+
+
 # -- shared end-to-end runs ------------------------------------------------------------------------
 # The slow end-to-end tests (SIGKILL anywhere, the Ray cluster) compare their outputs with an
 # uninterrupted local run of the same command; that run is made once per session and shared.
@@ -193,8 +211,8 @@ def _shared_run(tmp_path_factory, name: str, make) -> CommandRun:
 
 
 @pytest.fixture(scope="session")
-def small_build(tmp_path_factory, small_world, tiny_clip_spec) -> CommandRun:
-    """``curate build imagenet-ao`` on the small world with the tiny random model (8 pairs, CZSL and
+def small_build(tmp_path_factory, small_world, tiny_mini_spec) -> CommandRun:
+    """``curate build imagenet-ao`` on the small world with the tiny random mini-CLIP (8 pairs, CZSL and
     imagefolder exports, one worker), run once per test run."""
 
     def make(root: Path) -> CommandRun:
@@ -202,7 +220,7 @@ def small_build(tmp_path_factory, small_world, tiny_clip_spec) -> CommandRun:
         wj = small_world.path / "world.json"
         args = ["build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
                 str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"),
-                "--generator", "demo", "--model", tiny_clip_spec, "--config", str(root / "build.toml"),
+                "--generator", "demo", "--model", tiny_mini_spec, "--config", str(root / "build.toml"),
                 "--workers", "1"]
         out = root / "ref" / "out"
         return CommandRun(args, out, run_curate(args, out))
@@ -211,11 +229,11 @@ def small_build(tmp_path_factory, small_world, tiny_clip_spec) -> CommandRun:
 
 
 @pytest.fixture(scope="session")
-def small_build_embeddings(tmp_path_factory, small_build, tiny_clip_spec) -> CommandRun:
-    """``curate embed`` of the small build's pool shards with the tiny random model, once per test run."""
+def small_build_embeddings(tmp_path_factory, small_build, tiny_mini_spec) -> CommandRun:
+    """``curate embed`` of the small build's pool shards with the tiny random mini-CLIP, once per test run."""
 
     def make(root: Path) -> CommandRun:
-        args = ["embed", str(small_build.out / "pool" / "shards"), "--model", tiny_clip_spec, "--workers", "1"]
+        args = ["embed", str(small_build.out / "pool" / "shards"), "--model", tiny_mini_spec, "--workers", "1"]
         out = root / "out"
         return CommandRun(args, out, run_curate(args, out))
 

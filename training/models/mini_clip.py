@@ -218,6 +218,30 @@ def load_mini(spec: str, folder: str | os.PathLike, device: str) -> MiniClipEnco
     return MiniClipEncoder(spec, folder, device)
 
 
+def save_random_mini(out: str | os.PathLike, words: list[str], config: MiniClipConfig | None = None,
+                     seed: int = 0) -> str:
+    """An untrained mini-CLIP (seeded random weights) saved as a real ``mini:`` folder; returns its spec.
+
+    For tests and smoke runs that need a model of the demo's own kind without training one: it loads in
+    the time of ``import torch`` (an open_clip model also imports transformers and torchvision, ~3x
+    longer per process). ``words`` is its vocabulary (``tokenize``-d); words outside it are dropped from
+    prompts, so give it the class names the run will prompt with."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = config or MiniClipConfig(image_size=32, width=8, word_dim=32, embed_dim=32, seed=seed)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = Vocab.from_texts(list(words))
+    torch.manual_seed(seed)
+    model = build_model(cfg, len(vocab.words))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    write_json(folder / "config.json", asdict(cfg))
+    write_json(folder / "vocab.json", vocab.words)
+    write_json(folder / "report.json", {"model": f"mini:{folder.resolve()}", "training": {"random": True, "seed": seed}})
+    return f"mini:{folder.resolve()}"
+
+
 # ------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------
