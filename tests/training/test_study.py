@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_dataset
+from conftest import COLORS, make_tiny_dataset
 
 from curate.errors import CurateError
 
@@ -68,21 +68,23 @@ def test_models_file_rows_and_refusals(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def study_inputs(tmp_path_factory, tiny_clip_spec):
-    """OoD dataset (filtered by the tiny CLIP), a reference with an extra object, a training set, a second
-    random CLIP (another seed) and a models file with a missing checkpoint."""
-    from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
+def study_inputs(tmp_path_factory, tiny_mini_spec):
+    """OoD dataset (filtered by the tiny mini-CLIP), a reference with an extra object, a training set, a
+    second random mini-CLIP (another seed) and a models file with a missing checkpoint. Mini-CLIPs, not
+    open_clip models: each `curate eval study` process then imports torch, not open_clip's libraries."""
+    from training.models.mini_clip import save_random_mini
 
     root = tmp_path_factory.mktemp("study")
     ds = make_tiny_dataset(root / "ds", objects=("circle", "square", "star"), per_pair=2)
     info = json.loads((ds / "dataset.json").read_text())
-    (ds / "dataset.json").write_text(json.dumps({**info, "config": {"model": tiny_clip_spec}}))
+    (ds / "dataset.json").write_text(json.dumps({**info, "config": {"model": tiny_mini_spec}}))
     ref = make_tiny_dataset(root / "ref", objects=("circle", "square", "star", "hexagon"), per_pair=2)
     train = make_tiny_dataset(root / "train", objects=("circle", "square", "star"), per_pair=3)
-    other = save_random_open_clip(root / "other", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=1)
+    other = save_random_mini(root / "other", [" ".join(COLORS), "circle square star hexagon",
+                                              "a photo of the an itap my with on in"], seed=1)
     models = root / "models.csv"
     models.write_text("spec,label,group,method,corpus\n"
-                      f"{tiny_clip_spec},filter,clip,,\n"
+                      f"{tiny_mini_spec},filter,clip,,\n"
                       f"{other},independent,clip,,{train}\n"
                       f"mini:{root / 'gone'},missing,clip,,\n"
                       f"{other},probe,supervised,probe,\n"
@@ -90,7 +92,7 @@ def study_inputs(tmp_path_factory, tiny_clip_spec):
                       "scratch,cnn,supervised,scratch,\n"
                       f"{other},ft,,finetune,\n")
     return {"root": root, "ds": ds, "ref": ref, "train": train, "models": models, "other": other,
-            "filter": tiny_clip_spec}
+            "filter": tiny_mini_spec}
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
@@ -98,7 +100,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
                           timeout=600, env={**__import__("os").environ, "CURATE_NO_PROGRESS": "1"})
 
 
-def test_study_table_cache_and_bad_rows(study_inputs, tmp_path):
+def test_study_table_cache_and_bad_rows(study_inputs, tmp_path, capsys):
     x = study_inputs
     out = tmp_path / "study"
     base = [str(x["ds"]), "--out", str(out), "--reference", str(x["ref"]), "--train", str(x["train"]),
@@ -148,10 +150,16 @@ def test_study_table_cache_and_bad_rows(study_inputs, tmp_path):
     assert [k for k, v in rows2.items() if v.get("cached") is False] == ["again"]
     assert all(rows2[k]["cached"] for k in ("filter", "independent", "probe", "probe k1", "cnn", "ft"))
     assert rows2["again"]["sets"] == rows["independent"]["sets"]  # same weights, same numbers
-    # a study folder reused with another dataset is refused, naming the mismatch
-    r = _run([str(x["ref"]), "--out", str(out), "--reference", str(x["ref"]), "--train", str(x["train"]),
-              "--unfiltered", str(x["ref"]), "--model", x["filter"]])
-    assert r.returncode != 0 and "another dataset" in r.stderr and str(x["ref"]) in r.stderr
+    # a study folder reused with another dataset is refused, naming the mismatch (the CLI in this process:
+    # it refuses before loading a model)
+    from curate.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "study", str(x["ref"]), "--out", str(out), "--reference", str(x["ref"]), "--train",
+              str(x["train"]), "--unfiltered", str(x["ref"]), "--model", x["filter"], "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code != 0 and "another dataset" in err and str(x["ref"]) in err
 
 
 def test_study_refuses_bad_input(study_inputs, tmp_path):
