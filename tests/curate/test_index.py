@@ -100,29 +100,43 @@ def test_index_refuses_bad_folders(tmp_path):
         SearchIndex.load(tmp_path / "emb")
 
 
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``curate ARGV`` in this process: (exit code, stdout, stderr)."""
+    from curate.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.slow
-def test_cli_embed_index_search_text(tmp_path, tiny_clip_spec):
-    """End to end on a tiny real open_clip model: the caption's own text finds its image's caption row."""
+def test_cli_embed_index_search_text(tmp_path, tiny_mini_spec, capsys):
+    """End to end on a tiny random mini-CLIP: the caption's own text finds its image's caption row. `curate
+    embed` runs as its own process; index and search run the CLI in this process (no model import each)."""
     from test_embed import make_shards
 
-    spec = tiny_clip_spec  # the session's tiny random open_clip checkpoint
+    spec = tiny_mini_spec  # the session's tiny random mini-CLIP
     make_shards(tmp_path / "shards", n_shards=1, per_shard=8)
     r = subprocess.run([CURATE, "embed", str(tmp_path / "shards"), "-m", spec, "--out", str(tmp_path / "emb"),
                         "--workers", "1"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([CURATE, "index", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    code, _, err = _cli(capsys, "index", str(tmp_path / "emb"), "--out", str(tmp_path / "idx"))
+    assert code == 0, err
     assert json.loads((tmp_path / "idx" / "index.json").read_text())["model"] == spec
-    r = subprocess.run([CURATE, "search", str(tmp_path / "idx"), "--text", "a photo of a red square", "-k", "3",
-                        "--json"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    code, out, err = _cli(capsys, "search", str(tmp_path / "idx"), "--text", "a photo of a red square", "-k", "3",
+                          "--json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
     assert [x["rank"] for x in rows] == [1, 2, 3]
     assert rows[0]["path"].endswith(f"part-000000.tar#{rows[0]['key']}")
     assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
-    r = subprocess.run([CURATE, "search", str(tmp_path / "idx")], capture_output=True, text=True)
-    assert r.returncode == 2 and "--text" in r.stderr
+    code, _, err = _cli(capsys, "search", str(tmp_path / "idx"))
+    assert code == 2 and "--text" in err
 
 
 def test_greedy_dedup_matches_the_numpy_greedy_pass_and_pairs_are_exact():
