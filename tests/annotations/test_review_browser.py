@@ -127,9 +127,11 @@ def test_review_in_browser_then_pull(tmp_path):
     assert rc == 0, proc.stderr.read()[-2000:]
     with pytest.raises(ConnectionRefusedError):  # the App server is gone
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    r = subprocess.run([CURATE, "review", "pull", str(folder), "--name", name], capture_output=True, text=True,
-                       timeout=180)
-    assert r.returncode == 0, r.stderr
+    from curate.cli import main  # the pull in this process: FiftyOne is imported and connected here already
+
+    with pytest.raises(SystemExit) as e:
+        main(["review", "pull", str(folder), "--name", name])
+    assert e.value.code == 0
     df = read_manifest(folder, include_rejected=True)
     status = dict(df.select("key", "review_status").iter_rows())
     assert status[rejected[0]] == "reject"
