@@ -25,6 +25,19 @@ def curate(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([CURATE, *map(str, args)], capture_output=True, text=True, env=ENV, **kw)
 
 
+def curate_in(capfd, *args) -> subprocess.CompletedProcess:
+    """``curate ARGS`` in this process, for the refusals checked before anything runs (a process per case
+    would pay curate's imports, and open_clip's, each time): exit status from ``main``'s SystemExit, stdout
+    and stderr captured at the file descriptors, so what a spawned worker wrote would be counted too."""
+    from curate.cli import main
+
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(list(args), stop.value.code, out, err)
+
+
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
     assert r.returncode == 2, (r.returncode, r.stderr)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -273,25 +286,25 @@ def _fake_build_inputs(tmp_path: Path) -> list:
     (["--generator", "dalle"], "unknown generator 'dalle'"),
     (["--device", "gpu"], "unknown --device 'gpu'"),
 ])
-def test_build_typo_is_refused_before_the_output_folder_opens(tmp_path, extra, needle):
+def test_build_typo_is_refused_before_the_output_folder_opens(tmp_path, capfd, extra, needle):
     """Every option, path and model spec is checked before anything runs: one line, and the output
     folder is not even made, so nothing pins the corrected command's config."""
     extra = [str(a).replace("{tmp}", str(tmp_path)) for a in extra]
     out = tmp_path / "ao"
-    r = curate(*_fake_build_inputs(tmp_path), *extra, "--out", out)
+    r = curate_in(capfd, *_fake_build_inputs(tmp_path), *extra, "--out", out)
     assert_one_line_error(r, needle.replace("{tmp}", str(tmp_path)))
     assert not out.exists()
 
 
-def test_demo_build_typo_fails_before_the_demo_world_is_made(tmp_path):
-    r = subprocess.run([CURATE, "build", "imagenet-ao", "--export", "czls"], capture_output=True, text=True,
-                       env={**ENV, "CURATE_DEMO_DIR": str(tmp_path / "demo")})
+def test_demo_build_typo_fails_before_the_demo_world_is_made(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("CURATE_DEMO_DIR", str(tmp_path / "demo"))
+    r = curate_in(capfd, "build", "imagenet-ao", "--export", "czls")
     assert_one_line_error(r, "unknown export format 'czls'", "czsl, imagefolder")
     assert not (tmp_path / "demo").exists()
 
 
 @pytest.mark.slow
-def test_corrected_build_runs_without_overwrite(tmp_path, small_world, tiny_clip_spec):
+def test_corrected_build_runs_without_overwrite(tmp_path, capfd, small_world, tiny_mini_spec):
     from build_helpers import relaxed_toml
 
     # what is tested is the folder the refused run leaves behind, not the build's size: two pairs from the
@@ -299,36 +312,36 @@ def test_corrected_build_runs_without_overwrite(tmp_path, small_world, tiny_clip
     (tmp_path / "build.toml").write_text(relaxed_toml(export=None, max_pairs=2, common_pairs=2))
     wj = small_world.path / "world.json"
     args = ["build", "imagenet-ao", "--objects", wj, "--attributes", wj, "--captions", small_world.path / "captions",
-            "--generator", "demo", "--model", tiny_clip_spec,
+            "--generator", "demo", "--model", tiny_mini_spec,
             "--config", tmp_path / "build.toml", "--workers", "1", "--out", tmp_path / "ao"]
-    assert_one_line_error(curate(*args, "--export", "czls"), "unknown export format 'czls'")
+    assert_one_line_error(curate_in(capfd, *args, "--export", "czls"), "unknown export format 'czls'")
     r = curate(*args, "--export", "czsl")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "ao" / "exports" / "czsl").is_dir()
 
 
-def test_embed_missing_model_path_is_one_error_and_pins_nothing(inputs, tmp_path, tiny_clip_spec):
+def test_embed_missing_model_path_is_one_error_and_pins_nothing(inputs, tmp_path, capfd, tiny_mini_spec):
     """The help's placeholder path: one error from the parent (not one per worker), nothing written; the
     corrected command then runs without --overwrite."""
     out = tmp_path / "emb"
-    r = curate("embed", inputs, "--model", f"mini:{tmp_path}/mini-clip/KEY", "--out", out, "--workers", "3")
+    r = curate_in(capfd, "embed", inputs, "--model", f"mini:{tmp_path}/mini-clip/KEY", "--out", out, "--workers", "3")
     line = assert_one_line_error(r, f"{tmp_path}/mini-clip/KEY: model path does not exist",
                                  "curate model train-mini")
     assert line.count("fix:") == 1
     assert not out.exists()
     (tmp_path / "hf").mkdir()  # a folder, but not a model's: also refused by the parent
-    r = curate("embed", inputs, "--model", f"hf:{tmp_path}/hf", "--out", out, "--workers", "3")
+    r = curate_in(capfd, "embed", inputs, "--model", f"hf:{tmp_path}/hf", "--out", out, "--workers", "3")
     assert assert_one_line_error(r, f"{tmp_path}/hf: not a transformers model folder").count("fix:") == 1
     assert not out.exists()
     # open_clip weights that are not in the local cache: refused by the parent too, not once per worker
-    r = curate("embed", inputs, "--model", "open_clip:ViT-B-32/no-such-tag", "--out", out, "--workers", "3")
+    r = curate_in(capfd, "embed", inputs, "--model", "open_clip:ViT-B-32/no-such-tag", "--out", out, "--workers", "3")
     assert r.returncode == 2 and r.stderr.count("fix:") == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert not out.exists()
-    r = curate("embed", inputs, "--model", tiny_clip_spec, "--out", out, "--workers", "1", "--device", "cpu")
+    r = curate("embed", inputs, "--model", tiny_mini_spec, "--out", out, "--workers", "1", "--device", "cpu")
     assert r.returncode == 0, r.stderr
 
 
-def test_missing_paths_are_named_before_anything_is_written(tmp_path):
+def test_missing_paths_are_named_before_anything_is_written(tmp_path, capfd):
     """`PATH: does not exist`, not a symptom ('no .tar shards found', 'no --model given', 'no triplets.parquet');
     no output folder is made."""
     (tmp_path / "ds").mkdir()
@@ -345,36 +358,79 @@ def test_missing_paths_are_named_before_anything_is_written(tmp_path):
         (("index", missing, "--out", tmp_path / "o"), f"{missing}: does not exist"),
         (("search", missing, "--text", "a red circle"), f"{missing}: does not exist"),
     ]:
-        assert_one_line_error(curate(*args), needle)
+        assert_one_line_error(curate_in(capfd, *args), needle)
         assert not (tmp_path / "o").exists(), args
 
-    assert_one_line_error(curate("eval", "zeroshot", tmp_path / "imagenet-a0"), f"{tmp_path}/imagenet-a0: does not exist")
-    assert_one_line_error(curate("eval", "zeroshot", tmp_path / "ds", "--reference", tmp_path / "world" / "heldot"),
+    assert_one_line_error(curate_in(capfd, "eval", "zeroshot", tmp_path / "imagenet-a0"), f"{tmp_path}/imagenet-a0: does not exist")
+    assert_one_line_error(curate_in(capfd, "eval", "zeroshot", tmp_path / "ds", "--reference", tmp_path / "world" / "heldot"),
                           f"{tmp_path}/world/heldot: --reference does not exist")
-    assert_one_line_error(curate("eval", "czsl", "--zero-shot", "--data", tmp_path / "imagenet-a0"),
+    assert_one_line_error(curate_in(capfd, "eval", "czsl", "--zero-shot", "--data", tmp_path / "imagenet-a0"),
                           f"{tmp_path}/imagenet-a0: --data does not exist")
-    assert_one_line_error(curate("eval", "czsl", tmp_path / "runs" / "nope", "--data", tmp_path / "ds"),
+    assert_one_line_error(curate_in(capfd, "eval", "czsl", tmp_path / "runs" / "nope", "--data", tmp_path / "ds"),
                           f"{tmp_path}/runs/nope: RUN does not exist")
 
 
-def test_eval_czsl_zero_shot_is_a_flag_that_leaves_data_alone(tmp_path):
+def test_eval_czsl_zero_shot_is_a_flag_that_leaves_data_alone(tmp_path, capfd):
     """`--zero-shot --data DIR` scores the model the dataset was built with (here a missing one, so the
     error shows --data was read and the model came from DIR/dataset.json); --model names another."""
     ds = tmp_path / "ds"
     ds.mkdir()
     (ds / "dataset.json").write_text(json.dumps({"config": {"model": f"mini:{tmp_path}/gone"}}))
-    assert_one_line_error(curate("eval", "czsl", "--zero-shot", "--data", ds), f"{tmp_path}/gone: model path does not exist")
-    assert_one_line_error(curate("eval", "czsl", "--zero-shot", "--model", f"mini:{tmp_path}/other", "--data", ds),
+    assert_one_line_error(curate_in(capfd, "eval", "czsl", "--zero-shot", "--data", ds), f"{tmp_path}/gone: model path does not exist")
+    assert_one_line_error(curate_in(capfd, "eval", "czsl", "--zero-shot", "--model", f"mini:{tmp_path}/other", "--data", ds),
                           f"{tmp_path}/other: model path does not exist")
-    assert_one_line_error(curate("eval", "czsl", "--zero-shot", f"mini:{tmp_path}/old-form", "--data", ds),
+    assert_one_line_error(curate_in(capfd, "eval", "czsl", "--zero-shot", f"mini:{tmp_path}/old-form", "--data", ds),
                           f"{tmp_path}/old-form: model path does not exist")  # `--zero-shot SPEC` still reads
     (ds / "dataset.json").write_text("{}")
-    assert_one_line_error(curate("eval", "czsl", "--zero-shot", "--data", ds), "no --model given")
+    assert_one_line_error(curate_in(capfd, "eval", "czsl", "--zero-shot", "--data", ds), "no --model given")
 
 
-def test_ctrl_c_mid_build_says_the_same_command_resumes(tmp_path, small_world, tiny_clip_spec):
+def _pool_owners(pid: int) -> set[int]:
+    """The processes under ``pid`` (itself included) that run a pool of spawned workers (not counting
+    multiprocessing's resource tracker)."""
+    import psutil
+
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return set()
+    owners = set()
+    for k in kids:
+        try:
+            if "spawn_main" in " ".join(k.cmdline()):
+                owners.add(k.ppid())
+        except psutil.Error:
+            pass
+    return owners
+
+
+def _stopped_with_sigint_handled(pids: set[int]) -> bool:
+    """Once all of ``pids`` are stopped: does each handle SIGINT (not ignore it, as the pool's parent does
+    for the moment it starts a worker, which inherits that)? From /proc/PID/status (SigIgn, a hex mask)."""
+    import signal
+    import time
+
+    deadline = time.time() + 10
+    status = {}
+    while time.time() < deadline:
+        try:
+            status = {pid: Path(f"/proc/{pid}/status").read_text() for pid in pids}
+        except OSError:
+            return False
+        if all("State:\tT" in s for s in status.values()):
+            break
+        time.sleep(0.005)
+    else:
+        return False
+    bit = 1 << (signal.SIGINT - 1)
+    return all(not int(s.split("SigIgn:")[1].split()[0], 16) & bit for s in status.values())
+
+
+def test_ctrl_c_mid_build_says_the_same_command_resumes(tmp_path, small_world, tiny_mini_spec):
     """SIGINT to the process group (Ctrl-C in a terminal) while pool workers run: exit 130 within seconds,
-    one line saying how to resume, no traceback from the parent or the workers."""
+    one line saying how to resume, no traceback from the parent or the workers. The group is stopped
+    (SIGSTOP) once pool workers are seen and their parent handles SIGINT, so the SIGINT lands while they
+    run however fast the build is."""
     import signal
     import time
 
@@ -386,18 +442,25 @@ def test_ctrl_c_mid_build_says_the_same_command_resumes(tmp_path, small_world, t
     p = subprocess.Popen(
         [CURATE, "build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
          str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"), "--generator",
-         "demo", "--model", tiny_clip_spec, "--config", str(tmp_path / "build.toml"), "--workers", "2",
+         "demo", "--model", tiny_mini_spec, "--config", str(tmp_path / "build.toml"), "--workers", "2",
          "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     try:
         deadline = time.time() + 120
-        while not (out / ".curate" / "ledger").is_dir() and time.time() < deadline and p.poll() is None:
-            time.sleep(0.1)
-        time.sleep(1.0)  # inside the first stages, workers running
-        assert p.poll() is None, p.stderr.read()
+        while time.time() < deadline and p.poll() is None:
+            owners = _pool_owners(p.pid)
+            if owners:
+                os.killpg(p.pid, signal.SIGSTOP)  # frozen: it cannot finish between this check and the SIGINT
+                owners = _pool_owners(p.pid)
+                if owners and _stopped_with_sigint_handled({p.pid, *owners}):
+                    break
+                os.killpg(p.pid, signal.SIGCONT)
+            time.sleep(0.02)
+        assert p.poll() is None and _pool_owners(p.pid), p.stderr.read()
+        os.killpg(p.pid, signal.SIGINT)  # pending until the group runs again
         t0 = time.time()
-        os.killpg(p.pid, signal.SIGINT)
+        os.killpg(p.pid, signal.SIGCONT)
         _, err = p.communicate(timeout=60)
         stopped = time.time() - t0
     finally:
