@@ -46,6 +46,19 @@ def curate(*args, check=True):
     return r
 
 
+def curate_in(capfd, *args) -> subprocess.CompletedProcess:
+    """``curate ARGS`` in this process, for the refusals checked before any stage runs (a process per case
+    pays curate's imports each time): the exit status from ``main``'s SystemExit, stdout and stderr
+    captured at the file descriptors."""
+    from curate.cli import main
+
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(list(args), stop.value.code, out, err)
+
+
 def pool_truth_rows(world) -> list[dict]:
     """The world's pool as a user's truth file: one (key, attr, obj) row per family value shown."""
     pool = pl.read_parquet(world.path / "pool" / "pool.parquet")
@@ -106,20 +119,21 @@ def test_truth_file_missing_columns_is_a_clear_error(tmp_path):
         read_truth_file(tmp_path / "nope.parquet")
 
 
-def test_truth_file_missing_columns_fails_the_build_before_any_stage(tmp_path, small_world, tiny_clip_spec):
+def test_truth_file_missing_columns_fails_the_build_before_any_stage(tmp_path, small_world, tiny_mini_spec, capfd):
     bad = tmp_path / "truth.csv"
     bad.write_text("key,attr\npool_0000000,red\n")
     wj = small_world.path / "world.json"
     out = tmp_path / "ao"
     # every other option is valid (the options are checked before any stage: a missing model would be named first)
-    r = curate("build", "imagenet-ao", "--objects", wj, "--attributes", wj, "--captions", small_world.path / "captions",
-               "--generator", "demo", "--model", tiny_clip_spec, "--truth", bad, "--out", out, check=False)
+    r = curate_in(capfd, "build", "imagenet-ao", "--objects", wj, "--attributes", wj, "--captions",
+                  small_world.path / "captions", "--generator", "demo", "--model", tiny_mini_spec, "--truth", bad,
+                  "--out", out)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "lacks column(s) obj" in r.stderr
     assert not (out / ".curate" / "ledger").exists()  # nothing ran
-    r = curate("build", "imagenet-ao", "--objects", wj, "--attributes", wj,
-               "--captions", small_world.path / "captions", "--pool", tmp_path, "--model", tiny_clip_spec,
-               "--truth", "none", "--calibrate", "--out", tmp_path / "ao2", check=False)
+    r = curate_in(capfd, "build", "imagenet-ao", "--objects", wj, "--attributes", wj,
+                  "--captions", small_world.path / "captions", "--pool", tmp_path, "--model", tiny_mini_spec,
+                  "--truth", "none", "--calibrate", "--out", tmp_path / "ao2")
     assert r.returncode == 2 and "--calibrate needs labelled images" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -234,11 +248,11 @@ def text_vocabulary(world, folder: Path) -> list:
 
 
 @pytest.mark.slow
-def test_pool_without_truth_then_truth_file_adds_numbers_only(tmp_path, small_world, small_pool, tiny_clip_spec):
+def test_pool_without_truth_then_truth_file_adds_numbers_only(tmp_path, small_world, small_pool, tiny_mini_spec):
     cfg = tmp_path / "build.toml"
     cfg.write_text(RELAXED)
     args = ["build", "imagenet-ao", *text_vocabulary(small_world, tmp_path), "--pool", small_pool,
-            "--model", tiny_clip_spec, "--config", cfg, "--workers", "1", "--out", tmp_path / "ao"]
+            "--model", tiny_mini_spec, "--config", cfg, "--workers", "1", "--out", tmp_path / "ao"]
     curate(*args)
     out = tmp_path / "ao"
     info = json.loads((out / "dataset.json").read_text())
@@ -291,11 +305,11 @@ def test_pool_without_truth_then_truth_file_adds_numbers_only(tmp_path, small_wo
 
 
 @pytest.mark.slow
-def test_calibrate_end_to_end_and_without_positives(tmp_path, small_world, small_pool, tiny_clip_spec):
+def test_calibrate_end_to_end_and_without_positives(tmp_path, small_world, small_pool, tiny_mini_spec):
     cfg = tmp_path / "build.toml"
     cfg.write_text(RELAXED)
     base = ["build", "imagenet-ao", *text_vocabulary(small_world, tmp_path), "--pool", small_pool,
-            "--model", tiny_clip_spec, "--config", cfg, "--workers", "1", "--calibrate"]
+            "--model", tiny_mini_spec, "--config", cfg, "--workers", "1", "--calibrate"]
     # every image labelled with an object it does not show: nothing to calibrate on
     keys = [p.stem for p in small_pool.glob("*.jpg")]
     pl.DataFrame({"key": keys, "attr": ["red"] * len(keys), "obj": ["teapot"] * len(keys)}).write_parquet(
