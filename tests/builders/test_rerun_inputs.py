@@ -257,16 +257,18 @@ def test_cir_feature_cache_follows_the_backbone_weights(tmp_path):
 
 def test_new_weights_reembed_and_eval_zeroshot_stops_reusing_the_old_embeddings(tmp_path):
     """`curate embed` redoes every shard when the model's weights changed under the same spec, and
-    `curate eval zeroshot` / CIR's FeatureTable use stored embeddings only if the weights are the same."""
-    from conftest import make_tiny_dataset
+    `curate eval zeroshot` / CIR's FeatureTable use stored embeddings only if the weights are the same.
+    A random mini-CLIP (``mini:PATH``): each `curate embed` process imports torch, not open_clip's libraries."""
+    from conftest import COLORS, make_tiny_dataset
 
-    from curate.embed.random_models import TINY_OPEN_CLIP, save_random_open_clip
     from curate.embed.store import embeddings_info, made_by
     from training.data.features import FeatureTable
+    from training.models.mini_clip import save_random_mini
     from training.zeroshot import _from_dataset
 
     ds = make_tiny_dataset(tmp_path / "ds")
-    spec = save_random_open_clip(tmp_path / "m", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=0)
+    words = [" ".join(COLORS), "circle square star", "a photo of"]
+    spec = save_random_mini(tmp_path / "m", words, seed=0)
     emb = ds / "embeddings"
 
     def embed() -> None:
@@ -279,7 +281,7 @@ def test_new_weights_reembed_and_eval_zeroshot_stops_reusing_the_old_embeddings(
     before = task_markers(emb)
     embed()
     assert task_markers(emb) == before  # same weights: nothing re-embedded
-    save_random_open_clip(tmp_path / "m", arch="tiny-test-clip", config=TINY_OPEN_CLIP, seed=1)  # same path
+    save_random_mini(tmp_path / "m", words, seed=1)  # same path
     assert not made_by(embeddings_info(emb), spec) and not FeatureTable.load(emb).made_by(spec)
     stale = _from_dataset(ds, "all", None, spec, False)
     assert stale.emb is None and stale.images  # images are encoded with the model as it is now
