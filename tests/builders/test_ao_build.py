@@ -1,5 +1,6 @@
 """`curate build imagenet-ao` end to end on real inputs: captions, an HTTP image pool downloaded
-with img2dataset, a folder pool with broken files, a tiny random open_clip model."""
+with img2dataset, a folder pool with broken files, an untrained mini-CLIP (conftest ``tiny_mini_spec``;
+the open_clip loading path has its own tests)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,19 @@ def curate(*args, env=None, check=True, timeout=600):
     if check and r.returncode != 0:
         raise AssertionError(f"curate {' '.join(map(str, args))} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def curate_in(capfd, *args) -> subprocess.CompletedProcess:
+    """``curate ARGS`` in this process, for the refusals checked before any stage runs (a process per case
+    pays curate's imports each time): the exit status from ``main``'s SystemExit, stdout and stderr
+    captured at the file descriptors."""
+    from curate.cli import main
+
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(list(args), stop.value.code, out, err)
 
 
 def world_args(world):
@@ -86,7 +100,7 @@ def check_czsl(out: Path, m: pl.DataFrame) -> None:
 
 
 @pytest.mark.slow
-def test_build_from_http_url_list(tmp_path, small_world, tiny_clip_spec):
+def test_build_from_http_url_list(tmp_path, small_world, tiny_mini_spec):
     """img2dataset downloads the pool from a local server; dead URLs and HTTP 500s are counted."""
     from builders.synthetic.httpserver import serve_folder, write_url_list
 
@@ -98,7 +112,7 @@ def test_build_from_http_url_list(tmp_path, small_world, tiny_clip_spec):
     out = tmp_path / "ao"
     with serve_folder(pool, faults=faults) as base:
         urls, _ = write_url_list(pool, base, tmp_path)
-        curate("build", "imagenet-ao", *world_args(small_world), "--pool", urls, "--model", tiny_clip_spec,
+        curate("build", "imagenet-ao", *world_args(small_world), "--pool", urls, "--model", tiny_mini_spec,
                "--config", cfg, "--out", out, "--workers", "1")
     m = check_dataset(out)
     check_czsl(out, m)
@@ -138,14 +152,16 @@ def _png_with_size(w: int, h: int) -> bytes:
 
 
 @pytest.mark.slow
-def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_clip_spec):
+def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_mini_spec):
     """Corrupt JPEGs, zero-byte files, PNG with alpha, a 20000x20000 bomb: counted, never fatal."""
     import shutil
 
     from PIL import Image
 
     folder = tmp_path / "pool"
-    shutil.copytree(small_world.path / "pool" / "images", folder)
+    folder.mkdir()
+    for p in sorted((small_world.path / "pool" / "images").glob("*.jpg"))[:60]:  # the broken files matter, not how many
+        shutil.copy(p, folder / p.name)
     good = sorted(folder.glob("*.jpg"))
     good[0].write_bytes(good[0].read_bytes()[:200])  # truncated JPEG
     good[1].write_bytes(b"")  # zero bytes
@@ -156,7 +172,7 @@ def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_clip_s
     cfg = tmp_path / "build.toml"
     cfg.write_text(relaxed_toml(retrieve_k=500, images_per_pair=500))
     out = tmp_path / "ao"
-    curate("build", "imagenet-ao", *world_args(small_world), "--pool", folder, "--model", tiny_clip_spec,
+    curate("build", "imagenet-ao", *world_args(small_world), "--pool", folder, "--model", tiny_mini_spec,
            "--config", cfg, "--out", out, "--workers", "1")
     rej = pl.read_parquet(out / "filters" / "rejected_images.parquet")
     reasons = dict(rej.select("src_key", "reason").rows())
@@ -171,30 +187,30 @@ def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_clip_s
         assert m.filter(pl.col("src_key") == "alpha").height >= 1
 
 
-def test_build_drops_pairs_with_too_few_candidates(tmp_path, small_world, tiny_clip_spec):
+def test_build_drops_pairs_with_too_few_candidates(tmp_path, small_world, tiny_mini_spec):
     cfg = tmp_path / "build.toml"
-    cfg.write_text(relaxed_toml(min_images_per_pair=3, generator_images=2))
+    cfg.write_text(relaxed_toml(min_images_per_pair=3, generator_images=2, max_pairs=2, common_pairs=2))
     out = tmp_path / "ao"
-    r = curate("build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model", tiny_clip_spec,
+    r = curate("build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model", tiny_mini_spec,
                "--config", cfg, "--out", out, "--workers", "1", check=False)
     # 2 generated images per pair < minimum 3: every pair is dropped, which is a clear error
     assert r.returncode == 2, r.stderr
     assert "filtered out" in r.stderr and "Traceback" not in r.stderr
-    cfg.write_text(relaxed_toml(generator_images=2, max_pairs=3, min_images_per_pair=2))
+    cfg.write_text(relaxed_toml(generator_images=2, max_pairs=2, common_pairs=2, min_images_per_pair=2))
     out2 = tmp_path / "ao2"
-    curate("build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model", tiny_clip_spec,
+    curate("build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model", tiny_mini_spec,
            "--config", cfg, "--out", out2, "--workers", "1")
     info = json.loads((out2 / "dataset.json").read_text())
     assert info["counts"]["dropped_pairs"] == []
-    assert info["counts"]["rare_pairs_kept"] == 3
+    assert info["counts"]["rare_pairs_kept"] == 2
     # zero-shot table: rare set vs reference (ordinary images), one composition label space
     r = curate("eval", "zeroshot", out2, "--reference", small_world.path / "heldout")
     rep = json.loads((out2 / "eval" / "zeroshot.json").read_text())
     assert set(rep["results"]) == {"rare", "reference"}
     rare, ref = rep["results"]["rare"], rep["results"]["reference"]
-    assert rare["images"] == 3 * 2 and rare["pairs"] == 3
+    assert rare["images"] == 2 * 2 and rare["pairs"] == 2
     assert ref["images"] == len(list(_iter_keys(small_world.path / "heldout")))
-    assert rare["composition_classes"] == ref["composition_classes"] == 3 + ref["pairs"]
+    assert rare["composition_classes"] == ref["composition_classes"] == 2 + ref["pairs"]
     assert rep["object_classes"] == len(small_world.objects)
     for x in (rare, ref):
         assert 0.0 <= x["object_top1"] <= x["object_top5"] <= 1.0
@@ -209,19 +225,19 @@ def _iter_keys(folder):
             yield s["__key__"]
 
 
-def test_build_bad_config_and_captions(tmp_path, small_world, tiny_clip_spec):
+def test_build_bad_config_and_captions(tmp_path, small_world, tiny_mini_spec, capfd):
     cfg = tmp_path / "build.toml"
     cfg.write_text("images_per_pari = 3\n")
-    r = curate("build", "imagenet-ao", "--config", cfg, "--out", tmp_path / "x", check=False)
+    r = curate_in(capfd, "build", "imagenet-ao", "--config", cfg, "--out", tmp_path / "x")
     assert r.returncode == 2 and "images_per_pari" in r.stderr and "images_per_pair" in r.stderr
     cfg.write_text("images_per_pair = 'ten'\n")
-    r = curate("build", "imagenet-ao", "--config", cfg, "--out", tmp_path / "x", check=False)
+    r = curate_in(capfd, "build", "imagenet-ao", "--config", cfg, "--out", tmp_path / "x")
     assert r.returncode == 2 and "images_per_pair" in r.stderr and "int" in r.stderr
     caps = tmp_path / "caps.csv"
     caps.write_text("url,alt\nhttp://x,a red heart\n")
     wj = small_world.path / "world.json"
-    r = curate("build", "imagenet-ao", "--objects", wj, "--attributes", wj, "--captions", caps, "--generator", "demo",
-               "--model", tiny_clip_spec, "--out", tmp_path / "y", check=False)
+    r = curate_in(capfd, "build", "imagenet-ao", "--objects", wj, "--attributes", wj, "--captions", caps,
+                  "--generator", "demo", "--model", tiny_mini_spec, "--out", tmp_path / "y")
     assert r.returncode == 2 and "alt" in r.stderr and "caption column" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -284,7 +300,8 @@ def test_pool_download_writes_what_img2dataset_download_writes(tmp_path, small_w
     """Our distribution of img2dataset's work (forked workers, no logger process) writes exactly what
     ``img2dataset.download`` writes with the same options: the same samples, byte for byte, over
     two shards and two processes. A JSON Lines URL list downloads too (with spawned workers), and a
-    rerun keeps the shards it finished (img2dataset's incremental mode)."""
+    rerun keeps the shards it finished (img2dataset's incremental mode). 200 URLs in shards of 100 (the
+    build's shards hold 1,000): the same two shards for a sixth of the downloads."""
     from img2dataset import download
 
     from builders.imagenet_ao.pool import download_urls, img2dataset_options
@@ -298,18 +315,21 @@ def test_pool_download_writes_what_img2dataset_download_writes(tmp_path, small_w
     pool = small_world.path / "pool"
     with serve_folder(pool) as base:
         urls, _ = write_url_list(pool, base, tmp_path)
-        lst = pl.concat([pl.read_parquet(urls).select("url", "caption")] * 3).head(1200)  # the pool has 400
+        lst = pl.read_parquet(urls).select("url", "caption").head(200)
         lst.write_parquet(tmp_path / "u.parquet")
         lst.write_ndjson(tmp_path / "u.jsonl")
-        ours = download_urls(tmp_path / "u.parquet", tmp_path / "ours", image_size=64, processes=2, threads=8)
-        download(**img2dataset_options(tmp_path / "u.parquet", tmp_path / "peer", 64, 2, 8, 10, "url", "caption"))
+        ours = download_urls(tmp_path / "u.parquet", tmp_path / "ours", image_size=64, processes=2, threads=8,
+                             block_size=100)
+        download(**{**img2dataset_options(tmp_path / "u.parquet", tmp_path / "peer", 64, 2, 8, 10, "url", "caption"),
+                    "number_sample_per_shard": 100})
         download_urls(tmp_path / "u.jsonl", tmp_path / "jsonl", image_size=64, processes=1, threads=8,
-                      start_method="spawn")  # img2dataset's own way of starting workers, where fork is missing
+                      start_method="spawn", block_size=100)  # img2dataset's own way of starting workers, where fork is missing
         first = {p: p.stat().st_mtime_ns for p in ours}
-        assert download_urls(tmp_path / "u.parquet", tmp_path / "ours", image_size=64, processes=2) == ours
+        assert download_urls(tmp_path / "u.parquet", tmp_path / "ours", image_size=64, processes=2,
+                             block_size=100) == ours
     assert [p.name for p in ours] == ["00000.tar", "00001.tar"]
     mine, peer = content(tmp_path / "ours"), content(tmp_path / "peer")
-    assert len(mine) == 1200 * 3 and mine == peer  # jpg + json + txt per sample
+    assert len(mine) == 200 * 3 and mine == peer  # jpg + json + txt per sample
     assert content(tmp_path / "jsonl") == mine
     assert {p: p.stat().st_mtime_ns for p in ours} == first  # nothing downloaded again
     assert not (tmp_path / "ours" / "_tmp").exists()
@@ -321,7 +341,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 from builders.imagenet_ao.pool import download_urls
-download_urls(Path({urls!r}), Path({out!r}), image_size=64, processes=1, threads=4)
+download_urls(Path({urls!r}), Path({out!r}), image_size=64, processes=1, threads=4, block_size={block})
 """
 
 
@@ -339,9 +359,10 @@ def test_pool_download_interrupted_then_rerun_downloads_only_the_rest(tmp_path, 
     pool, out = small_world.path / "pool", tmp_path / "out"
     with serve_folder(pool) as base:
         urls, _ = write_url_list(pool, base, tmp_path)
-        pl.concat([pl.read_parquet(urls).select("url", "caption")] * 8).write_parquet(tmp_path / "u.parquet")  # 4 shards
+        # 1,200 URLs (the pool's 400, three times) in 4 blocks of 300 (the build's blocks hold 1,000)
+        pl.concat([pl.read_parquet(urls).select("url", "caption")] * 3).write_parquet(tmp_path / "u.parquet")
         code = INTERRUPTIBLE.format(repo=str(Path(__file__).resolve().parents[2]), urls=str(tmp_path / "u.parquet"),
-                                    out=str(out))
+                                    out=str(out), block=300)
         p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
         t0 = time.time()
@@ -354,11 +375,11 @@ def test_pool_download_interrupted_then_rerun_downloads_only_the_rest(tmp_path, 
         assert "PoolWorker" not in err and err.count("KeyboardInterrupt") == 1, err[-3000:]  # the parent's only
         kept = {s.name: s.stat().st_mtime_ns for s in out.glob("*.tar") if (out / f"{s.stem}_stats.json").exists()}
         assert 1 <= len(kept) < 4
-        shards = download_urls(tmp_path / "u.parquet", out, image_size=64, processes=1, threads=8)
+        shards = download_urls(tmp_path / "u.parquet", out, image_size=64, processes=1, threads=8, block_size=300)
     assert len(shards) == 4
     assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept  # not downloaded again
     keys = [s["__key__"] for tar in shards for s in iter_shard(tar, exts=())]
-    assert len(keys) == len(set(keys)) == 3200
+    assert len(keys) == len(set(keys)) == 1200
 
 
 # --- the build's steps: what a changed input redoes, one step on its own -------------------------
@@ -377,14 +398,14 @@ def _ran(res) -> dict[str, tuple[int, int]]:
     return {s.name: (s.done, s.skipped) for s in res.stages}
 
 
-def test_changed_captions_redo_the_rarity_scan_and_what_depends_on_it_only(tmp_path, small_world, tiny_clip_spec):
+def test_changed_captions_redo_the_rarity_scan_and_what_depends_on_it_only(tmp_path, small_world, tiny_mini_spec):
     import shutil
 
     from builders.imagenet_ao.pipeline import STEPS, build
 
     captions = tmp_path / "captions"
     shutil.copytree(small_world.path / "captions", captions)
-    cfg = _small_config(small_world, captions, tiny_clip_spec, tmp_path / "ao")
+    cfg = _small_config(small_world, captions, tiny_mini_spec, tmp_path / "ao")
     first = build(cfg, workers=1)
     names = [s.name for s in STEPS]
     assert all(_ran(first)[n] == (1, 0) for n in names)  # the demo world knows its truth: every step ran
@@ -411,12 +432,12 @@ def test_changed_captions_redo_the_rarity_scan_and_what_depends_on_it_only(tmp_p
             assert p.read_bytes() == data, p
 
 
-def test_each_build_step_runs_on_its_own(tmp_path, small_world, tiny_clip_spec):
+def test_each_build_step_runs_on_its_own(tmp_path, small_world, tiny_mini_spec):
     from builders.imagenet_ao.pipeline import STEPS, BuildContext, build, fingerprint_config
     from curate.executor import LocalExecutor
     from curate.ledger import Ledger, run_step
 
-    cfg = _small_config(small_world, small_world.path / "captions", tiny_clip_spec, tmp_path / "ao")
+    cfg = _small_config(small_world, small_world.path / "captions", tiny_mini_spec, tmp_path / "ao")
     out = tmp_path / "ao"
     build(cfg, workers=1)
     want = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and ".curate" not in p.parts}
@@ -435,7 +456,7 @@ def test_each_build_step_runs_on_its_own(tmp_path, small_world, tiny_clip_spec):
         assert got == want, [str(p) for p in want if got[p] != want[p]]
 
 
-def test_a_changed_pool_image_is_packed_embedded_and_filtered_again(tmp_path, small_world, tiny_clip_spec):
+def test_a_changed_pool_image_is_packed_embedded_and_filtered_again(tmp_path, small_world, tiny_mini_spec):
     """A pool image replaced under the same name: the rerun repacks its chunk, embeds that shard again
     and redoes the steps after the rarity scan; the dataset equals a fresh build of the new pool (the
     old code kept the old shard's embeddings: pack and embed markers were done by existence)."""
@@ -449,7 +470,7 @@ def test_a_changed_pool_image_is_packed_embedded_and_filtered_again(tmp_path, sm
     pool.mkdir()
     for p in world_pool[:60]:
         shutil.copy(p, pool / p.name)
-    cfg = dataclasses.replace(_small_config(small_world, small_world.path / "captions", tiny_clip_spec, tmp_path / "a"),
+    cfg = dataclasses.replace(_small_config(small_world, small_world.path / "captions", tiny_mini_spec, tmp_path / "a"),
                               pool=str(pool), generator=None, retrieve_k=60, images_per_pair=60)
     build(cfg, workers=1)
     m = pl.read_parquet(tmp_path / "a" / "manifest.parquet")
