@@ -199,21 +199,28 @@ def test_mismatched_rows_refused_naming_the_file(tmp_path, tiny_open_clip):
 
 
 @pytest.mark.slow
-def test_cli_embed_two_workers_and_errors(tmp_path, tiny_open_clip):
+def test_cli_embed_two_workers_and_errors(tmp_path, tiny_mini_spec, capsys):
+    """Two worker processes of a tiny random mini-CLIP (each imports torch, not open_clip's libraries);
+    the refusal and `curate model list` run the CLI in this process."""
+    from curate.cli import main
+
     make_shards(tmp_path / "shards", n_shards=2, per_shard=4)
     out = tmp_path / "emb"
-    r = subprocess.run([CURATE, "embed", str(tmp_path / "shards"), "--model", tiny_open_clip, "--out", str(out),
+    r = subprocess.run([CURATE, "embed", str(tmp_path / "shards"), "--model", tiny_mini_spec, "--out", str(out),
                         "--workers", "2", "--no-captions"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert not (out / "text_emb").exists()
     from curate.embed.store import read_embeddings
 
     assert len(read_embeddings(out)[0]) == 8
-    r = subprocess.run([CURATE, "embed", str(tmp_path / "shards"), "--model", "resnet50", "--out",
-                        str(tmp_path / "e2")], capture_output=True, text=True)
-    assert r.returncode == 2 and "unknown model spec" in r.stderr and "mini:PATH" in r.stderr
-    r = subprocess.run([CURATE, "model", "list"], capture_output=True, text=True)
-    assert r.returncode == 0 and "hf:/path/to/CLIPModel-folder" in r.stdout
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["embed", str(tmp_path / "shards"), "--model", "resnet50", "--out", str(tmp_path / "e2")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown model spec" in err and "mini:PATH" in err
+    with pytest.raises(SystemExit) as e:
+        main(["model", "list"])
+    assert e.value.code == 0 and "hf:/path/to/CLIPModel-folder" in capsys.readouterr().out
 
 
 CLIP_RETRIEVAL_INFERENCE = """
@@ -261,11 +268,13 @@ def test_clip_retrieval_interop_both_directions(tmp_path, tiny_open_clip):
     found, scores = idx_ours.search(np.asarray(m[:2]), k=3)  # same-colour images are near-duplicates here
     assert all(key in f for key, f in zip(k[:2], found, strict=True))
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-3)
-    # and `clip-retrieval index` builds an index from our folder
+    # and `clip-retrieval index` builds an index from our folder: its clip_index module run as a script (the
+    # same function and arguments as the `clip-retrieval index` command, without the command's imports of
+    # every other subcommand: the web back end, the front end, the filter, end2end)
     out = tmp_path / "ours"
     embed_shards(tmp_path / "shards", out, EmbedConfig(model=tiny_open_clip), workers=1)
     idx = tmp_path / "cr-index"
-    r = subprocess.run([str(Path(sys.executable).with_name("clip-retrieval")), "index", "--embeddings_folder", str(out),
+    r = subprocess.run([sys.executable, "-m", "clip_retrieval.clip_index", "--embeddings_folder", str(out),
                         "--index_folder", str(idx), "--max_index_memory_usage", "16M",
                         "--current_memory_available", "1G", "--nb_cores", "1"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
