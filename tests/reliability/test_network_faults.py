@@ -19,7 +19,7 @@ FAULTS = [404, 500, 12.0, "reset", "redirect-loop", "html", "truncate", "dead"] 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_every_network_fault_is_counted_and_none_is_fatal(tmp_path, small_world, tiny_clip_spec):
+def test_every_network_fault_is_counted_and_none_is_fatal(tmp_path, small_world, tiny_mini_spec):
     from builders.synthetic.httpserver import serve_folder, write_url_list
 
     pool = small_world.path / "pool"
@@ -32,7 +32,7 @@ def test_every_network_fault_is_counted_and_none_is_fatal(tmp_path, small_world,
         urls, _ = write_url_list(pool, base, tmp_path)
         r = subprocess.run([CURATE, "build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj),
                             "--captions", str(small_world.path / "captions"), "--pool", str(urls),
-                            "--model", tiny_clip_spec, "--config", str(tmp_path / "build.toml"), "--out", str(out),
+                            "--model", tiny_mini_spec, "--config", str(tmp_path / "build.toml"), "--out", str(out),
                             "--workers", "1"], capture_output=True, text=True, timeout=540)
     assert r.returncode == 0, r.stderr[-3000:]
     stats = json.loads((out / "dataset.json").read_text())["sources"]["pool"]
