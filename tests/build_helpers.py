@@ -40,7 +40,7 @@ export = ["czsl", "imagefolder"]
 """
 
 
-def build_ao_with_triplets(base, small_world, tiny_clip_spec):
+def build_ao_with_triplets(base, small_world, model: str):
     """``curate build imagenet-ao`` (AO_BUILD) then ``curate triplets`` into ``base/ao``; returns the folder."""
     import os
     import subprocess
@@ -56,7 +56,7 @@ def build_ao_with_triplets(base, small_world, tiny_clip_spec):
     env = {**os.environ, "CURATE_NO_PROGRESS": "1"}
     r = subprocess.run([curate, "build", "imagenet-ao", "--objects", str(wj), "--attributes", str(wj), "--captions",
                         str(small_world.path / "captions"), "--pool", str(small_world.path / "pool" / "images"),
-                        "--generator", "demo", "--model", tiny_clip_spec, "--config", str(base / "build.toml"),
+                        "--generator", "demo", "--model", model, "--config", str(base / "build.toml"),
                         "--out", str(out), "--workers", "2"], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     # split by image: these tests read every split back; 10 compositions split by composition leave

@@ -241,10 +241,11 @@ def small_build_embeddings(tmp_path_factory, small_build, tiny_mini_spec) -> Com
 
 
 @pytest.fixture(scope="session")
-def ao_with_triplets(tmp_path_factory, small_world, tiny_clip_spec) -> Path:
-    """A small dataset and its triplets (build_helpers.build_ao_with_triplets), made once per test run;
-    the tests that read outputs (datasets.load_dataset, official loaders, zero-shot reference) share it."""
+def ao_with_triplets(tmp_path_factory, small_world, tiny_mini_spec) -> Path:
+    """A small dataset and its triplets (build_helpers.build_ao_with_triplets) with the untrained mini-CLIP,
+    made once per test run; the tests that read outputs (datasets.load_dataset, official loaders, zero-shot
+    reference) share it."""
     from build_helpers import build_ao_with_triplets
 
     with shared_once(tmp_path_factory, "ao") as folder:
-        return build_ao_with_triplets(folder, small_world, tiny_clip_spec)
+        return build_ao_with_triplets(folder, small_world, tiny_mini_spec)
