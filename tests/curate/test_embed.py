@@ -223,14 +223,16 @@ def test_cli_embed_two_workers_and_errors(tmp_path, tiny_mini_spec, capsys):
     assert e.value.code == 0 and "hf:/path/to/CLIPModel-folder" in capsys.readouterr().out
 
 
-CLIP_RETRIEVAL_INFERENCE = """
-import sys, open_clip
-open_clip.add_model_config(sys.argv[1])
-from clip_retrieval.clip_inference.main import main
-main(input_dataset=sys.argv[2], output_folder=sys.argv[3], input_format="webdataset", clip_model=sys.argv[4],
-     batch_size=4, num_prepro_workers=1, enable_text=True, enable_metadata=True, use_jit=False,
-     enable_wandb=False, output_partition_count=None)
-"""
+def clip_retrieval_inference(arch_json: Path, shard: Path, out: Path, spec: str) -> None:
+    """clip-retrieval's own inference code, in this process (open_clip is imported here already); the
+    custom tiny architecture is registered first."""
+    import open_clip
+    from clip_retrieval.clip_inference.main import main
+
+    open_clip.add_model_config(str(arch_json))
+    main(input_dataset=str(shard), output_folder=str(out), input_format="webdataset", clip_model=spec,
+         batch_size=4, num_prepro_workers=1, enable_text=True, enable_metadata=True, use_jit=False,
+         enable_wandb=False, output_partition_count=None)
 
 
 @pytest.mark.slow
@@ -243,11 +245,8 @@ def test_clip_retrieval_interop_both_directions(tmp_path, tiny_open_clip):
     keys = make_shards(tmp_path / "shards", n_shards=1, per_shard=6)
     ckpt = tiny_open_clip.split("/", 1)[1]
     cr_out = tmp_path / "cr"
-    # clip-retrieval's own inference code; the custom tiny architecture is registered first
-    r = subprocess.run([sys.executable, "-c", CLIP_RETRIEVAL_INFERENCE, str(Path(ckpt).with_suffix(".json")),
-                        str(tmp_path / "shards" / "part-000000.tar"), str(cr_out), tiny_open_clip],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    clip_retrieval_inference(Path(ckpt).with_suffix(".json"), tmp_path / "shards" / "part-000000.tar", cr_out,
+                             tiny_open_clip)
     k, m = read_embeddings(cr_out)
     assert sorted(k) == sorted(keys)
     tk, tm = read_embeddings(cr_out, kind="text")
