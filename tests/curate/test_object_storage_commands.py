@@ -153,16 +153,22 @@ def test_triplets_read_and_write_buckets(s3, s3_build, s3_triplets):
     assert made(got) == made(local_files(s3_triplets))
 
 
-def test_train_cir_reads_and_writes_buckets(s3, s3_build, s3_triplets, tiny_clip_spec, tmp_path):
+def test_train_cir_reads_and_writes_buckets(s3, s3_build, s3_triplets, tiny_mini_spec, tmp_path):
+    from training.models.mini_clip import save_random_mini
+
+    # a backbone other than the dataset's model (another seed of its mini-CLIP), so the images are read
+    # from the bucket's shards and encoded, not taken from the dataset's embeddings
+    vocab = (Path(tiny_mini_spec.removeprefix("mini:")) / "vocab.json").read_text()
+    backbone = save_random_mini(tmp_path / "other-mini", [" ".join(json.loads(vocab))], seed=1)
     r = run(s3, ["train", "cir", "--triplets", f"s3://{s3_build}/trip", "--out", f"s3://{s3_build}/cir-run",
-                 "--backbone", tiny_clip_spec, "--epochs", "2", "--batch-size", "32", "--device", "cpu"], tmp_path)
+                 "--backbone", backbone, "--epochs", "2", "--batch-size", "32", "--device", "cpu"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     got = bucket_files(s3, s3_build, "cir-run")
     assert {"run.json", "metrics.jsonl", "best/model.safetensors", "report.md"} <= set(got)
     assert [json.loads(x)["epoch"] for x in got["metrics.jsonl"].decode().splitlines()] == [1, 2]
 
 
-def test_train_trident_reads_and_writes_buckets(s3, s3_build, tiny_clip_spec, tmp_path):
+def test_train_trident_reads_and_writes_buckets(s3, s3_build, tiny_mini_spec, tmp_path):
     import numpy as np
 
     from curate.manifest import read_manifest
@@ -174,7 +180,7 @@ def test_train_trident_reads_and_writes_buckets(s3, s3_build, tiny_clip_spec, tm
     words = tmp_path / "vectors.txt"
     words.write_text("".join(f"{w} " + " ".join(f"{x:.4f}" for x in rng.normal(size=8)) + "\n" for w in names))
     r = run(s3, ["train", "trident", "--data", f"s3://{s3_build}/ds", "--out", f"s3://{s3_build}/trident-run",
-                 "--backbone", tiny_clip_spec, "--word-embeddings", f"glove:{words}", "--epochs", "1",
+                 "--backbone", tiny_mini_spec, "--word-embeddings", f"glove:{words}", "--epochs", "1",
                  "--batch-size", "4", "--device", "cpu", "--threads", "1"], tmp_path / "cache")
     assert r.returncode == 0, r.stderr[-3000:]
     got = bucket_files(s3, s3_build, "trident-run")
@@ -212,7 +218,7 @@ def test_webdataset_and_datasets_read_the_bucket(s3, s3_build, small_build, monk
     assert sorted(ds["__key__"]) == sorted(keys) and ds[0]["jpg"].size[0] > 0
 
 
-def test_index_and_search_read_and_write_buckets(s3, s3_build, small_build_embeddings, tiny_clip_spec, tmp_path):
+def test_index_and_search_read_and_write_buckets(s3, s3_build, small_build_embeddings, tmp_path):
     """``curate index`` of the bucket's embeddings into the bucket, then ``curate search`` of that index: the
     same hits as on the local folders."""
     upload(s3, s3_build, small_build_embeddings.out, "emb-for-index")
