@@ -38,7 +38,11 @@ def _raylets() -> set[int]:
 @pytest.fixture(scope="module")
 def cluster():
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
-           "RAY_AUTH_MODE": "disabled"}  # a loopback-only test cluster; real clusters should use token auth
+           "RAY_AUTH_MODE": "disabled",  # a loopback-only test cluster; real clusters should use token auth
+           # the GCS declares a node dead after 3 missed 1 s health checks (Ray's default: 5 missed 3 s
+           # checks, each waited on up to 10 s), so the lost-node tests do not wait on Ray's timeouts
+           "RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
+           "RAY_health_check_timeout_ms": "2000", "RAY_health_check_failure_threshold": "3"}
     port = _free_port()
     common = ["--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
     subprocess.run([RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
@@ -85,13 +89,16 @@ from pathlib import Path
 from builders.imagenet_ao.pool import download_urls
 from curate.executor import get_executor
 ex = get_executor({executor!r}, workers=2, address={address!r})  # what --executor ray --address gives a build
-download_urls(Path({urls!r}), Path({out!r}), image_size=64, processes=2, threads=4, executor=ex, block_size=50)
+download_urls(Path({urls!r}), Path({out!r}), image_size=64, processes=2, threads=4, executor=ex, block_size={block})
 """
+
+
+BLOCK, URLS = 12, 96  # 8 blocks of 12 URLs
 
 
 def _download(urls: Path, out: Path, env, executor="local", address=None, wait=True):
     code = DOWNLOAD.format(repo=str(Path(__file__).resolve().parents[2]), executor=executor, address=address,
-                           urls=str(urls), out=str(out))
+                           urls=str(urls), out=str(out), block=BLOCK)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env=env)
     if wait:
@@ -115,7 +122,7 @@ def _block_markers(out: Path) -> dict[str, dict]:
 
 
 def test_pool_download_spreads_over_the_nodes_and_a_lost_node_costs_only_its_blocks(cluster, tmp_path, small_world):
-    """The pool download's blocks (8 of 50 URLs, served over HTTP on 127.0.0.1) run on both nodes and write
+    """The pool download's blocks (8 of 12 URLs, served over HTTP on 127.0.0.1) run on both nodes and write
     the local run's samples; a node lost mid-download (with the command) leaves its finished blocks,
     and the rerun downloads only the others."""
     import polars as pl
@@ -126,12 +133,12 @@ def test_pool_download_spreads_over_the_nodes_and_a_lost_node_costs_only_its_blo
     pool = small_world.path / "pool"
     with serve_folder(pool) as base:
         urls, _ = write_url_list(pool, base, tmp_path)
-        pl.read_parquet(urls).select("url", "caption").write_parquet(tmp_path / "u.parquet")  # 400 URLs
+        pl.read_parquet(urls).select("url", "caption").head(URLS).write_parquet(tmp_path / "u.parquet")
         _download(tmp_path / "u.parquet", tmp_path / "local", env)
         _download(tmp_path / "u.parquet", tmp_path / "ray", env, "ray", address)
         ref, blocks = _pool_content(tmp_path / "local"), _block_markers(tmp_path / "ray")
         assert len(blocks) == 8 and len({b["stats"]["node"] for b in blocks.values()}) == 2  # both nodes ran blocks
-        assert _pool_content(tmp_path / "ray") == ref and len(ref) == 400 * 3  # jpg, json, txt
+        assert _pool_content(tmp_path / "ray") == ref and len(ref) == URLS * 3  # jpg, json, txt
         # a third node joins, and goes away mid-download with the command that used it
         before = _raylets()
         subprocess.run([RAY, "start", "--address", address, "--num-cpus", "1", "--disable-usage-stats",
@@ -152,13 +159,14 @@ def test_pool_download_spreads_over_the_nodes_and_a_lost_node_costs_only_its_blo
     assert len(_block_markers(out)) == 8 and _pool_content(out) == ref
 
 
-def test_losing_the_worker_node_mid_run_loses_nothing(cluster, tmp_path, small_world, tiny_clip_spec):
+def test_losing_the_worker_node_mid_run_loses_nothing(cluster, tmp_path, small_world, tiny_mini_spec):
+    """The tiny mini-CLIP (each Ray worker imports only torch for it, not open_clip's libraries)."""
     address, worker, env = cluster
     shards = small_world.path / "train"
     ref = tmp_path / "ref"
-    _curate(["embed", shards, "--model", tiny_clip_spec, "--out", ref], env)
+    _curate(["embed", shards, "--model", tiny_mini_spec, "--out", ref], env)
     out = tmp_path / "out"
-    p = subprocess.Popen([CURATE, "embed", str(shards), "--model", tiny_clip_spec, "--executor", "ray",
+    p = subprocess.Popen([CURATE, "embed", str(shards), "--model", tiny_mini_spec, "--executor", "ray",
                           "--address", address, "--out", str(out)], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, env=env)
     ledger = out / ".curate" / "ledger" / "embed"
@@ -172,7 +180,7 @@ def test_losing_the_worker_node_mid_run_loses_nothing(cluster, tmp_path, small_w
             pass
     p.wait(timeout=600)
     # whatever that run did, rerunning (the head still has a CPU) finishes the job with nothing lost
-    _curate(["embed", shards, "--model", tiny_clip_spec, "--executor", "ray", "--address", address,
+    _curate(["embed", shards, "--model", tiny_mini_spec, "--executor", "ray", "--address", address,
              "--out", out], env)
     assert _digests(out) == _digests(ref)
     assert not [q for q in out.rglob("*") if ".tmp-" in q.name]
