@@ -152,7 +152,7 @@ def _png_with_size(w: int, h: int) -> bytes:
 
 
 @pytest.mark.slow
-def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_mini_spec):
+def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_mini_spec, capfd):
     """Corrupt JPEGs, zero-byte files, PNG with alpha, a 20000x20000 bomb: counted, never fatal."""
     import shutil
 
@@ -172,8 +172,9 @@ def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_mini_s
     cfg = tmp_path / "build.toml"
     cfg.write_text(relaxed_toml(retrieve_k=500, images_per_pair=500))
     out = tmp_path / "ao"
-    curate("build", "imagenet-ao", *world_args(small_world), "--pool", folder, "--model", tiny_mini_spec,
-           "--config", cfg, "--out", out, "--workers", "1")
+    r = curate_in(capfd, "build", "imagenet-ao", *world_args(small_world), "--pool", folder, "--model",
+                  tiny_mini_spec, "--config", cfg, "--out", out, "--workers", "1")  # in this process: its imports paid once
+    assert r.returncode == 0, r.stderr
     rej = pl.read_parquet(out / "filters" / "rejected_images.parquet")
     reasons = dict(rej.select("src_key", "reason").rows())
     assert "bomb" in reasons and "bomb" in reasons["bomb"]
@@ -187,24 +188,28 @@ def test_build_folder_pool_with_broken_images(tmp_path, small_world, tiny_mini_s
         assert m.filter(pl.col("src_key") == "alpha").height >= 1
 
 
-def test_build_drops_pairs_with_too_few_candidates(tmp_path, small_world, tiny_mini_spec):
+def test_build_drops_pairs_with_too_few_candidates(tmp_path, small_world, tiny_mini_spec, capfd):
+    # the commands run in this process (curate's main: its exit status, what it writes): a process each
+    # would pay curate's imports three more times
     cfg = tmp_path / "build.toml"
     cfg.write_text(relaxed_toml(min_images_per_pair=3, generator_images=2, max_pairs=2, common_pairs=2))
     out = tmp_path / "ao"
-    r = curate("build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model", tiny_mini_spec,
-               "--config", cfg, "--out", out, "--workers", "1", check=False)
+    r = curate_in(capfd, "build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model",
+                  tiny_mini_spec, "--config", cfg, "--out", out, "--workers", "1")
     # 2 generated images per pair < minimum 3: every pair is dropped, which is a clear error
     assert r.returncode == 2, r.stderr
     assert "filtered out" in r.stderr and "Traceback" not in r.stderr
     cfg.write_text(relaxed_toml(generator_images=2, max_pairs=2, common_pairs=2, min_images_per_pair=2))
     out2 = tmp_path / "ao2"
-    curate("build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model", tiny_mini_spec,
-           "--config", cfg, "--out", out2, "--workers", "1")
+    r = curate_in(capfd, "build", "imagenet-ao", *world_args(small_world), "--generator", "demo", "--model",
+                  tiny_mini_spec, "--config", cfg, "--out", out2, "--workers", "1")
+    assert r.returncode == 0, r.stderr
     info = json.loads((out2 / "dataset.json").read_text())
     assert info["counts"]["dropped_pairs"] == []
     assert info["counts"]["rare_pairs_kept"] == 2
     # zero-shot table: rare set vs reference (ordinary images), one composition label space
-    r = curate("eval", "zeroshot", out2, "--reference", small_world.path / "heldout")
+    r = curate_in(capfd, "eval", "zeroshot", out2, "--reference", small_world.path / "heldout")
+    assert r.returncode == 0, r.stderr
     rep = json.loads((out2 / "eval" / "zeroshot.json").read_text())
     assert set(rep["results"]) == {"rare", "reference"}
     rare, ref = rep["results"]["rare"], rep["results"]["reference"]
@@ -398,22 +403,43 @@ def _ran(res) -> dict[str, tuple[int, int]]:
     return {s.name: (s.done, s.skipped) for s in res.stages}
 
 
-def test_changed_captions_redo_the_rarity_scan_and_what_depends_on_it_only(tmp_path, small_world, tiny_mini_spec):
+def test_each_build_step_runs_on_its_own_and_changed_captions_redo_what_depends_on_them(tmp_path, small_world,
+                                                                                       tiny_mini_spec):
+    """One first build, then: a rerun skips every step; each step forgotten and run alone is redone with
+    the same bytes; a changed caption file redoes the rarity scan and what depends on it only (two
+    tests that made the same first build, merged)."""
     import shutil
 
-    from builders.imagenet_ao.pipeline import STEPS, build
+    from builders.imagenet_ao.pipeline import STEPS, BuildContext, build, fingerprint_config
+    from curate.executor import LocalExecutor
+    from curate.ledger import Ledger, run_step
 
     captions = tmp_path / "captions"
     shutil.copytree(small_world.path / "captions", captions)
-    cfg = _small_config(small_world, captions, tiny_mini_spec, tmp_path / "ao")
+    out = tmp_path / "ao"
+    cfg = _small_config(small_world, captions, tiny_mini_spec, out)
     first = build(cfg, workers=1)
     names = [s.name for s in STEPS]
     assert all(_ran(first)[n] == (1, 0) for n in names)  # the demo world knows its truth: every step ran
-    files = {p: p.read_bytes() for p in sorted((tmp_path / "ao").rglob("*")) if p.is_file() and ".curate" not in p.parts}
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and ".curate" not in p.parts}
 
     again = _ran(build(cfg, workers=1))
     assert all(again[n] == (0, 1) for n in names), again  # nothing changed: every step skipped
     assert "rarity scan" not in again  # (its step was skipped, so it was not even listed)
+
+    # each step on its own
+    def fresh() -> BuildContext:  # as in a new process: the earlier steps' stats come from their markers
+        return BuildContext(out, cfg=cfg, ex=LocalExecutor(1), run_cfg=fingerprint_config(cfg))
+
+    for step in STEPS:
+        assert run_step(step, fresh()).summary.skipped == 1, step.name
+    for step in reversed(STEPS):  # forget each step, then run it alone: it is redone, the same bytes come out
+        Ledger(out, step.name).reset()
+        ctx = fresh()
+        assert run_step(step, ctx).summary.done == 1, step.name
+        assert [s.name for s in ctx.summaries][-1] == step.name
+        got = {p: p.read_bytes() for p in files}
+        assert got == files, [str(p) for p in files if got[p] != files[p]]
 
     # a caption that names no attribute and no object: the counts stay, the number of captions grows
     scanned = sorted(captions.glob("*.parquet"))
@@ -430,30 +456,6 @@ def test_changed_captions_redo_the_rarity_scan_and_what_depends_on_it_only(tmp_p
     for p, data in files.items():  # the file's counts and the card changed, nothing else
         if p.name not in ("dataset.json", "README.md") and p.parent.name != "parts":
             assert p.read_bytes() == data, p
-
-
-def test_each_build_step_runs_on_its_own(tmp_path, small_world, tiny_mini_spec):
-    from builders.imagenet_ao.pipeline import STEPS, BuildContext, build, fingerprint_config
-    from curate.executor import LocalExecutor
-    from curate.ledger import Ledger, run_step
-
-    cfg = _small_config(small_world, small_world.path / "captions", tiny_mini_spec, tmp_path / "ao")
-    out = tmp_path / "ao"
-    build(cfg, workers=1)
-    want = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and ".curate" not in p.parts}
-
-    def fresh() -> BuildContext:  # as in a new process: the earlier steps' stats come from their markers
-        return BuildContext(out, cfg=cfg, ex=LocalExecutor(1), run_cfg=fingerprint_config(cfg))
-
-    for step in STEPS:
-        assert run_step(step, fresh()).summary.skipped == 1, step.name
-    for step in reversed(STEPS):  # forget each step, then run it alone: it is redone, the same bytes come out
-        Ledger(out, step.name).reset()
-        ctx = fresh()
-        assert run_step(step, ctx).summary.done == 1, step.name
-        assert [s.name for s in ctx.summaries][-1] == step.name
-        got = {p: p.read_bytes() for p in want}
-        assert got == want, [str(p) for p in want if got[p] != want[p]]
 
 
 def test_a_changed_pool_image_is_packed_embedded_and_filtered_again(tmp_path, small_world, tiny_mini_spec):
