@@ -1,7 +1,8 @@
 """SIGKILL at random (seeded) moments of whole commands, then rerun (test_kill_anywhere*.py).
 
 Each command is first run once uninterrupted (the reference, and its duration T). Then up to
-``KILLS`` attempts run on a second folder, each killed after a seeded random delay in (0.3 s, T/2):
+``KILLS`` attempts run on a second folder, each killed after a seeded random delay in (0.3 s, T/2)
+(or, with ``sure``, a few attempts killed after the start-up, in the work: kill_attempts says how):
 a killed attempt is resumed by the next, until one finishes; a last run completes it. The outputs
 must be byte-identical to the reference's (paths of the output folder aside), every tar must read to
 its end, no key may be duplicated and no temp file left.
@@ -33,18 +34,35 @@ def run(args: list[str], out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def kill_attempts(args: list[str], out: Path, duration: float, seed: int) -> tuple[int, int]:
-    """Up to KILLS attempts on ``out``, each SIGKILLed after a seeded delay in (0.3 s, duration/2) unless it
-    finished first; returns (kills, attempts)."""
+def kill_attempts(args: list[str], out: Path, duration: float, seed: int, sure: int | None = None) -> tuple[int, int]:
+    """Up to KILLS attempts on ``out``, each SIGKILLed after a seeded delay unless it finished first; returns
+    (kills, attempts).
+
+    By default the delay is in (0.3 s, duration / 2) from the start. With ``sure`` (``out`` must not exist
+    yet) it is the start-up (the imports, where a kill tests nothing: measured as the time the first attempt
+    takes to make the output folder) plus a part of the work W (the duration less the start-up), and there
+    are at most ``sure + 1`` attempts: the first ``sure`` are killed within ``W / (2 * sure)``, so each of
+    them resumes with more than that left, even where the work takes half the reference's time (it was
+    timed under twice today's load): they are all killed; the last within ``W / 2``."""
     rng = random.Random(seed)
     kills = attempts = 0
-    while attempts < KILLS:
+    startup = None
+    while attempts < (KILLS if sure is None else sure + 1):
         attempts += 1
-        delay = rng.uniform(0.3, max(0.5 * duration, 0.6))
         p = subprocess.Popen([CURATE, *args, "--out", str(out)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env=ENV)
+        t0 = time.perf_counter()
+        if sure is None:
+            delay = rng.uniform(0.3, max(0.5 * duration, 0.6))
+        else:
+            if startup is None:  # the first attempt: its start-up ends when it makes the output folder
+                while not out.exists() and p.poll() is None:
+                    time.sleep(0.01)
+                startup = time.perf_counter() - t0
+            work = max(duration - startup, 1.0)
+            delay = startup + rng.uniform(0.05, work / (2 * sure) if attempts <= sure else work / 2)
         try:
-            p.wait(timeout=delay)
+            p.wait(timeout=max(delay - (time.perf_counter() - t0), 0.01))
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGKILL)
             p.wait()
