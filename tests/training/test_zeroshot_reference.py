@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-CURATE = str(Path(sys.executable).with_name("curate"))
+
+def curate_here(*args: str, capsys) -> tuple[int, str]:
+    """``curate ARGS`` through the CLI entry point in this process: (exit code, stderr)."""
+    from curate.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as e:
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +73,9 @@ def test_czsl_root_as_reference_gives_its_seen_pairs(ao):
 
 
 @pytest.mark.slow
-def test_imagenet_style_folder_and_cli(ao, tmp_path, tiny_clip_spec):
-    """Classes named by wnid (LOC_synset_mapping.txt beside them): object columns only."""
+def test_imagenet_style_folder_and_cli(ao, tmp_path, tiny_mini_spec, capsys):
+    """Classes named by wnid (LOC_synset_mapping.txt beside them): object columns only. `curate eval
+    zeroshot` runs in this process with the mini-CLIP the dataset was built with (``tiny_mini_spec``)."""
     m = pl.read_parquet(ao / "manifest.parquet")
     folder = tmp_path / "imagenet-val"
     mapping = []
@@ -79,9 +88,9 @@ def test_imagenet_style_folder_and_cli(ao, tmp_path, tiny_clip_spec):
             shutil.copy(src / f"{r['key']}.jpg", folder / wnid / f"{r['key']}.JPEG")
     (folder / "LOC_synset_mapping.txt").write_text("\n".join(mapping) + "\n")
     out = tmp_path / "eval"
-    r = subprocess.run([CURATE, "eval", "zeroshot", str(ao), "--model", tiny_clip_spec, "--reference", str(folder),
-                        "--out", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    code, err = curate_here("eval", "zeroshot", str(ao), "--model", tiny_mini_spec, "--reference", str(folder),
+                            "--out", str(out), "--device", "cpu", capsys=capsys)
+    assert code == 0, err[-2000:]
     rep = json.loads((out / "zeroshot.json").read_text())
     ref = rep["results"]["reference"]
     assert ref["source"] == "imagefolder" and ref["images"] == 2 * m["obj"].n_unique()
@@ -91,9 +100,9 @@ def test_imagenet_style_folder_and_cli(ao, tmp_path, tiny_clip_spec):
     md = (out / "zeroshot.md").read_text()
     assert "| reference |" in md and "—" in md and "object label only" in md
     # and a CZSL root through the same command
-    r = subprocess.run([CURATE, "eval", "zeroshot", str(ao), "--model", tiny_clip_spec, "--reference",
-                        str(ao / "exports" / "czsl"), "--out", str(tmp_path / "eval2"), "--device", "cpu"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    code, err = curate_here("eval", "zeroshot", str(ao), "--model", tiny_mini_spec, "--reference",
+                            str(ao / "exports" / "czsl"), "--out", str(tmp_path / "eval2"), "--device", "cpu",
+                            capsys=capsys)
+    assert code == 0, err[-2000:]
     ref = json.loads((tmp_path / "eval2" / "zeroshot.json").read_text())["results"]["reference"]
     assert ref["source"] == "czsl" and ref["composition_top1"] is not None and ref["images_with_attribute"] == ref["images"]
