@@ -182,12 +182,15 @@ def test_unknown_preset_and_missing_backbone(tmp_path, root, words):
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_train_and_agree(tmp_path, root, words, tiny_clip_spec):
+def test_torchrun_two_ranks_train_and_agree(tmp_path, root, words, tiny_mini_spec):
+    """Two torchrun ranks train and agree. The backbone is the session's mini-CLIP (``tiny_mini_spec``):
+    each rank is a process of its own, and the tiny open_clip model would make each import open_clip's
+    libraries (the `trained` run above is the CLI run with the open_clip model)."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CURATE_NO_PROGRESS": "1", "COLUMNS": "400"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
            "-m", "curate.cli", "-v", "train", "trident", "--data", str(root), "--out", str(out),
-           "--backbone", tiny_clip_spec, "--word-embeddings", words, "--epochs", "2", "--batch-size", "4",
+           "--backbone", tiny_mini_spec, "--word-embeddings", words, "--epochs", "2", "--batch-size", "4",
            "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
