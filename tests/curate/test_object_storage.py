@@ -86,13 +86,15 @@ def outputs(files: dict[str, bytes]) -> dict:
     return out
 
 
-@pytest.fixture
-def reference(tmp_path):
-    """Input shards and the output of ``curate shards reshard`` on local folders."""
-    src = make_shards(tmp_path / "in")
-    r = curate(["shards", "reshard", str(src), "--out", str(tmp_path / "ref"), "--maxcount", "3", "-w", "1"])
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Input shards and the output of ``curate shards reshard`` on local folders, made once for the file
+    (the tests only read the input folder and compare with the output's bytes)."""
+    root = tmp_path_factory.mktemp("reference")
+    src = make_shards(root / "in")
+    r = curate(["shards", "reshard", str(src), "--out", str(root / "ref"), "--maxcount", "3", "-w", "1"])
     assert r.returncode == 0, r.stderr
-    return src, local_files(tmp_path / "ref")
+    return src, local_files(root / "ref")
 
 
 # -- the storage layer ---------------------------------------------------------------------------
