@@ -552,7 +552,14 @@ def load_model(spec: str, device: str = "auto") -> Encoder:
     if scheme not in LOADERS:
         raise bad_spec(spec)
     dev = resolve_device(device)
-    enc: Encoder = resolve(LOADERS[scheme])(spec, rest, dev)
+    import torch
+
+    # building the modules draws their initial weights from torch's global generator before the saved
+    # weights replace them: a model loaded lazily in the middle of a training run (CIR's validation
+    # texts, on a run whose text cache is cold) would move that run's dropout and sampling, so a resumed
+    # run (cache warm, no load) would not reproduce an uninterrupted one. Loading leaves the generator as it was.
+    with torch.random.fork_rng(devices=[]):
+        enc: Encoder = resolve(LOADERS[scheme])(spec, rest, dev)
     logger.debug("loaded %s on %s (dim %d)", spec, dev, enc.dim)
     return enc
 

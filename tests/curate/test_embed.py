@@ -437,3 +437,17 @@ def test_devices_one_process_per_gpu_each_takes_its_own(tmp_path):
         release_devices()
     again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert again.stdout.strip() == "cuda:0"  # a process that ends gives its GPU back
+
+
+def test_loading_a_model_leaves_the_global_torch_generator_alone(tiny_mini_spec):
+    """A model built then filled with saved weights draws its throw-away initial weights from a forked
+    generator: a training run that loads a frozen encoder lazily (cold cache) and one that does not (warm
+    cache, resumed) draw the same dropout masks and batches afterwards."""
+    import torch
+
+    from curate.embed.backends import load_model
+
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    load_model(tiny_mini_spec, device="cpu")
+    assert torch.equal(torch.get_rng_state(), before)
