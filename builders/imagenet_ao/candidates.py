@@ -101,7 +101,8 @@ def pool_candidates(cfg: BuildConfig, out: Path, targets: pl.DataFrame, encoder,
 
     from .pool import ingest_pool
 
-    shards, stats = ingest_pool(cfg.pool, out / "pool" / "shards", ex, cfg.image_size, workers, cfg.min_resolution)
+    shards, stats = ingest_pool(cfg.pool, out / "pool" / "shards", ex, cfg.image_size, workers, cfg.min_resolution,
+                                cfg.download_timeout)
     emb_dir = out / "pool" / "embeddings"
     embed_into(shards, emb_dir, cfg, workers, executor, address)
     idx_dir = out / "pool" / "index"

@@ -40,6 +40,7 @@ class BuildConfig:
     dedup_threshold: float = 0.95
     min_resolution: int = 64
     image_size: int = 256                   # resize on download (img2dataset)
+    download_timeout: int = 10              # seconds img2dataset waits for one URL's answer (a URL pool)
     val_fraction: float = 0.5               # share of unseen (rare) pairs in val; the rest is test
     seen_val_fraction: float = 0.15         # share of seen-pair images in val (and again in test)
     seed: int = 0
@@ -60,7 +61,7 @@ class BuildConfig:
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "max_cooccurrence": (0, None), "generator_images": (1, None), "images_per_pair": (1, None),
     "min_images_per_pair": (1, None), "retrieve_k": (1, None), "max_pairs": (0, None), "common_pairs": (0, None),
-    "object_topk": (1, None), "min_resolution": (0, None), "image_size": (8, None),
+    "object_topk": (1, None), "min_resolution": (0, None), "image_size": (8, None), "download_timeout": (1, None),
     "val_fraction": (0.0, 1.0), "seen_val_fraction": (0.0, 0.5), "min_shards_per_split": (1, None),
     "batch_size": (1, None), "seen_images_per_pair": (0, None), "seen_retrieve_k": (0, None),
     "seen_generator_images": (0, None),

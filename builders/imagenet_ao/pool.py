@@ -372,8 +372,9 @@ def failure_summary(stats: dict[str, Any], most: int = 3) -> str:
 
 
 def ingest_pool(spec: str, out: Path, executor=None, image_size: int = 256, workers: int = 1,
-                min_resolution: int = 0) -> tuple[list[Path], dict]:
+                min_resolution: int = 0, timeout: int = 10) -> tuple[list[Path], dict]:
     """Turn any --pool into shards; returns (shard paths, ingest stats incl. ``rejected`` [key, reason]).
+    ``timeout``: seconds img2dataset waits for one URL's answer (a URL list).
 
     Shards we write (folder and URL pools) get a README.md whose YAML header lets
     ``datasets.load_dataset(OUT)`` open them; a pool given as shards is read where it is."""
@@ -388,7 +389,8 @@ def ingest_pool(spec: str, out: Path, executor=None, image_size: int = 256, work
         write_shard_card(out, "image pool", f"The images of the folder `{spec}`, packed into shards "
                          "(`path`: the file under that folder) before retrieval.")
         return shards, {"kind": kind, "shards": len(shards), "rejected": rejected}
-    shards = download_urls(Path(spec), out, image_size=image_size, processes=max(1, workers), executor=executor)
+    shards = download_urls(Path(spec), out, image_size=image_size, processes=max(1, workers), executor=executor,
+                           timeout=timeout)
     write_shard_card(out, "image pool", f"The images of the URL list `{spec}`, downloaded and resized by "
                      "img2dataset before retrieval (its JSON fields: url, key, status, sizes ...).")
     stats = download_stats(out)
