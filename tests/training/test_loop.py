@@ -89,7 +89,7 @@ def test_kill_9_mid_training_then_resume_gives_identical_weights(tmp_path):
     from test_mini_clip import make_world
 
     world = make_world(tmp_path / "world", per_pair=8)
-    args = ["model", "train-mini", "--world", str(world), "--epochs", "6", "--threads", "1"]  # killed after 2
+    args = ["model", "train-mini", "--world", str(world), "--epochs", "4", "--threads", "1"]  # killed after 2
     env = {**os.environ, "CURATE_NO_PROGRESS": "1"}
     killed = tmp_path / "killed"
     proc = subprocess.Popen([CURATE, *args, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
