@@ -134,15 +134,21 @@ def test_pool_download_spreads_over_the_nodes_and_a_lost_node_costs_only_its_blo
     with serve_folder(pool) as base:
         urls, _ = write_url_list(pool, base, tmp_path)
         pl.read_parquet(urls).select("url", "caption").head(URLS).write_parquet(tmp_path / "u.parquet")
-        _download(tmp_path / "u.parquet", tmp_path / "local", env)
         _download(tmp_path / "u.parquet", tmp_path / "ray", env, "ray", address)
-        ref, blocks = _pool_content(tmp_path / "local"), _block_markers(tmp_path / "ray")
+        blocks = _block_markers(tmp_path / "ray")
         assert len(blocks) == 8 and len({b["stats"]["node"] for b in blocks.values()}) == 2  # both nodes ran blocks
-        assert _pool_content(tmp_path / "ray") == ref and len(ref) == URLS * 3  # jpg, json, txt
-        # a third node joins, and goes away mid-download with the command that used it
+        # a third node joins (started while the local reference download, which does not use Ray, runs:
+        # the Ray run above is over, so it ran on the two nodes only), and goes away mid-download with the
+        # command that used it
         before = _raylets()
-        subprocess.run([RAY, "start", "--address", address, "--num-cpus", "1", "--disable-usage-stats",
-                        "--node-ip-address", "127.0.0.1"], check=True, capture_output=True, env=env, timeout=180)
+        join = subprocess.Popen([RAY, "start", "--address", address, "--num-cpus", "1", "--disable-usage-stats",
+                                 "--node-ip-address", "127.0.0.1"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        _download(tmp_path / "u.parquet", tmp_path / "local", env)
+        ref = _pool_content(tmp_path / "local")
+        assert _pool_content(tmp_path / "ray") == ref and len(ref) == URLS * 3  # jpg, json, txt
+        _, err = join.communicate(timeout=180)
+        assert join.returncode == 0, err[-3000:]
         extra, out = _raylets() - before, tmp_path / "lost"
         p = _download(tmp_path / "u.parquet", out, env, "ray", address, wait=False)
         deadline = time.time() + 300
@@ -164,7 +170,9 @@ def test_losing_the_worker_node_mid_run_loses_nothing(cluster, tmp_path, small_w
     address, worker, env = cluster
     shards = small_world.path / "train"
     ref = tmp_path / "ref"
-    _curate(["embed", shards, "--model", tiny_mini_spec, "--out", ref], env)
+    # the local reference embed runs while the cluster run below starts, is cut and rerun (it uses no Ray)
+    local = subprocess.Popen([CURATE, "embed", str(shards), "--model", tiny_mini_spec, "--out", str(ref)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     out = tmp_path / "out"
     p = subprocess.Popen([CURATE, "embed", str(shards), "--model", tiny_mini_spec, "--executor", "ray",
                           "--address", address, "--out", str(out)], stdout=subprocess.DEVNULL,
@@ -182,6 +190,8 @@ def test_losing_the_worker_node_mid_run_loses_nothing(cluster, tmp_path, small_w
     # whatever that run did, rerunning (the head still has a CPU) finishes the job with nothing lost
     _curate(["embed", shards, "--model", tiny_mini_spec, "--executor", "ray", "--address", address,
              "--out", out], env)
+    _, err = local.communicate(timeout=600)
+    assert local.returncode == 0, err[-3000:]
     assert _digests(out) == _digests(ref)
     assert not [q for q in out.rglob("*") if ".tmp-" in q.name]
     shutil.rmtree(out)
