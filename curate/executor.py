@@ -59,8 +59,32 @@ def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
 
 
 def _ignore_sigint() -> None:
-    """Pool workers leave Ctrl-C to the parent, which stops them: one message, not a traceback per worker."""
+    """Pool workers leave Ctrl-C to the parent, which stops them: one message, not a traceback per worker;
+    and they end when the parent is gone (:func:`exit_with_parent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()
+
+
+def exit_with_parent(interval: float = 1.0) -> None:
+    """End this (child) process once its parent is gone: a daemon thread checks every ``interval`` seconds
+    whether the process was re-parented. A worker blocked reading its task queue never sees end-of-file when
+    the parent is SIGKILLed (it holds the pipe's write end too: a multiprocessing queue carries both ends), and
+    one that was reading when the parent died mid-message waits forever; torch's DataLoader workers check their
+    parent only between reads. Without this, ``kill -9`` of a command left its decode workers asleep for good."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def dataloader_worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` for every DataLoader with worker processes: :func:`exit_with_parent`."""
+    exit_with_parent()
 
 
 @contextmanager

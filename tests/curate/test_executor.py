@@ -106,3 +106,42 @@ def test_ray_executor_matches_local(ray_local, tmp_path):
         outs[name] = _tree(out)
     assert outs["ray"] == outs["local"]
     assert sum(k.endswith(".tar") for k in outs["ray"]) == 7  # 3+3+3+1 samples, 2 per shard
+
+
+def test_a_worker_whose_parent_is_killed_ends_itself(tmp_path):
+    """kill -9 of a command must not leave its workers behind: a child blocked for good on a pipe whose
+    write end it holds itself (a multiprocessing queue's reader does: it never sees end-of-file) ends
+    once its parent is gone, through exit_with_parent (pool initializer, DataLoader worker_init_fn)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = """
+import os, sys, time
+from curate.executor import exit_with_parent
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    exit_with_parent(0.1)
+    os.read(r, 1)  # blocks for good: this process holds the write end too
+    os._exit(0)
+print(pid, flush=True)
+time.sleep(600)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+        return "\nState:\tZ" not in state  # a zombie has ended; only reaping is left
+
+    deadline = time.time() + 10
+    while alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)

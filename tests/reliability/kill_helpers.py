@@ -95,8 +95,31 @@ def _files(root: Path) -> dict[str, str]:
             if p.is_file() and ".curate" not in p.relative_to(root).parts}
 
 
+def leftover_processes(out: Path, grace: float = 5.0) -> list[str]:
+    """Processes still running for ``out`` (its path on their command line: a killed attempt's forked decode or
+    pool workers) once ``grace`` seconds have passed; they must end with their parent (curate.executor.exit_with_parent)."""
+    deadline = time.time() + grace
+    while True:
+        left = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                zombie = "\nState:\tZ" in (proc / "status").read_text()
+            except OSError:
+                continue
+            if str(out) in cmd and not zombie:
+                left.append(f"{proc.name}: {cmd[:200]}")
+        if not left or time.time() > deadline:
+            return left
+        time.sleep(0.1)
+
+
 def check_same(ref: Path, out: Path) -> int:
-    """``out`` holds the same files as ``ref``, no temp file, every tar whole with unique keys; returns the count."""
+    """``out`` holds the same files as ``ref``, no temp file, every tar whole with unique keys, no process of a
+    killed attempt left running; returns the count."""
+    assert not leftover_processes(out), leftover_processes(out, grace=0)
     a, b = _files(ref), _files(out)
     assert sorted(a) == sorted(b)
     diff = [k for k in a if a[k] != b[k]]

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from kill_helpers import check_same, kill_attempts, run
+from kill_helpers import check_same, kill_attempts, leftover_processes, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -53,4 +53,5 @@ def test_training_killed_anywhere(small_build, triplets_ref, trainer, tmp_path):
     run(args, tmp_path / f"{trainer}-killed" / "out")
     assert _trained(tmp_path / f"{trainer}-ref" / "out") == _trained(tmp_path / f"{trainer}-killed" / "out")
     assert not [p for p in (tmp_path / f"{trainer}-killed").rglob("*") if ".tmp-" in p.name]
+    assert not leftover_processes(tmp_path / f"{trainer}-killed" / "out")
     assert kills >= 1, (kills, attempts)

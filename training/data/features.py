@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from curate.errors import CurateError
+from curate.executor import dataloader_worker_init
 from curate.fingerprint import model_fingerprint
 from curate.fsutil import atomic_open, write_json
 from curate.shards import Sample, image_of
@@ -291,7 +292,8 @@ def build_token_cache(folder: Path, store: ImageStore, keys: Iterable[str], enco
     writer = _ChunkWriter(folder, rank)
     loader = torch.utils.data.DataLoader(store.samples(todo, _PixelDecode(encoder), rank, world_size),
                                          batch_size=batch_size, num_workers=workers, collate_fn=_collate_decoded,
-                                         pin_memory=encoder.device.startswith("cuda"))
+                                         pin_memory=encoder.device.startswith("cuda"),
+                                         worker_init_fn=dataloader_worker_init)
     n_batches = math.ceil(len(todo) / world_size / batch_size)
     with progress_bar("trident: cache features", total=n_batches, unit="batches") as advance:
         for batch_keys, pixels, bad in loader:
