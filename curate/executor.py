@@ -105,6 +105,24 @@ def _children_ignore_sigint() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    for proc in list((pool._processes or {}).values()):  # (no public way to stop running tasks)
+        proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _join(pool: ProcessPoolExecutor) -> None:
+    """``pool.shutdown(wait=True)`` that a second Ctrl-C does not cut short: the pool's manager thread must
+    be gone before the interpreter exits (on CPython 3.11 its exit hook wakes the thread through a pipe the
+    thread may be closing at that moment, and prints "OSError: [Errno 9] Bad file descriptor")."""
+    while True:
+        try:
+            pool.shutdown(wait=True)
+            return
+        except KeyboardInterrupt:
+            _terminate(pool)
+
+
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
@@ -143,15 +161,15 @@ class LocalExecutor(Executor):
         if not tasks:
             return
         ctx = mp.get_context(self.start_method or "spawn")
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
-                                 initializer=_ignore_sigint) as pool:
-            try:
-                yield from self._run(pool, fn, tasks)
-            except BaseException:  # Ctrl-C in the parent: stop the workers now, not after their tasks
-                for proc in list((pool._processes or {}).values()):  # (no public way to stop running tasks)
-                    proc.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
+                                   initializer=_ignore_sigint)
+        try:
+            yield from self._run(pool, fn, tasks)
+        except BaseException:  # Ctrl-C in the parent: stop the workers now, not after their tasks
+            _terminate(pool)
+            raise
+        finally:
+            _join(pool)
 
     def _run(self, pool: ProcessPoolExecutor, fn: Callable[[Any], Any], tasks: list[Any]) -> Iterator[TaskResult]:
         pending = set()

@@ -26,6 +26,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,20 +192,25 @@ def run_stage(
     t0 = time.perf_counter()
     with progress_bar(stage, total=len(tasks), unit=unit) as advance:
         advance(summary.skipped)
-        for res in executor.map(fn, todo):
-            task: Task = res.task
-            if res.ok:
-                value = res.value or {}
-                stats = value.get("stats", {})
-                ledger.mark_done(task.id, value.get("outputs", []), stats, task_inputs(inputs, task))
-                records[task.id] = {"task": task.id, "outputs": value.get("outputs", []), "stats": stats}
-                summary.done += 1
-                summary.items += int(stats.get("items", 0))
-            else:
-                summary.failed += 1
-                errors[task.id] = res.error or "failed"
-                logger.error("%s: task %s failed: %s", stage, task.id, (res.error or "").splitlines()[0])
-            advance(1)
+        # closing: an exception here (Ctrl-C while a result is recorded) closes the map at once, so a process
+        # pool stops its workers and its manager thread before the interpreter exits, not at garbage collection
+        # (on CPython 3.11 a manager thread still closing at exit made the exit hook print "OSError: [Errno 9]
+        # Bad file descriptor" after "Interrupted")
+        with closing(executor.map(fn, todo)) as results:
+            for res in results:
+                task: Task = res.task
+                if res.ok:
+                    value = res.value or {}
+                    stats = value.get("stats", {})
+                    ledger.mark_done(task.id, value.get("outputs", []), stats, task_inputs(inputs, task))
+                    records[task.id] = {"task": task.id, "outputs": value.get("outputs", []), "stats": stats}
+                    summary.done += 1
+                    summary.items += int(stats.get("items", 0))
+                else:
+                    summary.failed += 1
+                    errors[task.id] = res.error or "failed"
+                    logger.error("%s: task %s failed: %s", stage, task.id, (res.error or "").splitlines()[0])
+                advance(1)
     summary.seconds = time.perf_counter() - t0
     return StageResult(summary, records, errors)
 
