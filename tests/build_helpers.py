@@ -1,4 +1,4 @@
-"""The build config the end-to-end tests share.
+"""The build config the end-to-end tests share, and ``curate_in`` (a command run in the test process).
 
 A random model judges nothing, so the filters are relaxed to keep every candidate up to the
 per-pair cap: the tests check the filters' plumbing (funnel, resume, outputs), not their verdicts.
@@ -7,6 +7,7 @@ per-pair cap: the tests check the filters' plumbing (funnel, resume, outputs), n
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
 RELAXED_FILTERS: dict[str, Any] = {"object_topk": 1000, "attribute_check": False, "comp_threshold": -1.0,
@@ -66,3 +67,18 @@ def build_ao_with_triplets(base, small_world, model: str):
                        env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
+
+
+def curate_in(capfd, *args) -> subprocess.CompletedProcess:
+    """``curate ARGS`` in this process, for the refusals checked before anything runs (a process per case
+    would pay curate's imports, and open_clip's, each time): exit status from ``main``'s SystemExit, stdout
+    and stderr captured at the file descriptors, so what a spawned worker wrote would be counted too."""
+    import pytest
+
+    from curate.cli import main
+
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(list(args), stop.value.code, out, err)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from build_helpers import relaxed_toml
+from build_helpers import curate_in, relaxed_toml
 
 CURATE = str(Path(sys.executable).with_name("curate"))
 
@@ -31,19 +31,6 @@ def curate(*args, env=None, check=True, timeout=600):
     if check and r.returncode != 0:
         raise AssertionError(f"curate {' '.join(map(str, args))} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
-
-
-def curate_in(capfd, *args) -> subprocess.CompletedProcess:
-    """``curate ARGS`` in this process, for the refusals checked before any stage runs (a process per case
-    pays curate's imports each time): the exit status from ``main``'s SystemExit, stdout and stderr
-    captured at the file descriptors."""
-    from curate.cli import main
-
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in args])
-    out, err = capfd.readouterr()
-    return subprocess.CompletedProcess(list(args), stop.value.code, out, err)
 
 
 def world_args(world):

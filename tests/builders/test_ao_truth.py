@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from build_helpers import relaxed_toml
+from build_helpers import curate_in, relaxed_toml
 
 from builders.imagenet_ao.calibrate import calibrate, choose, sweep
 from builders.imagenet_ao.truth import (
@@ -44,19 +44,6 @@ def curate(*args, check=True):
     if check and r.returncode != 0:
         raise AssertionError(f"curate {' '.join(map(str, args))} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
-
-
-def curate_in(capfd, *args) -> subprocess.CompletedProcess:
-    """``curate ARGS`` in this process, for the refusals checked before any stage runs (a process per case
-    pays curate's imports each time): the exit status from ``main``'s SystemExit, stdout and stderr
-    captured at the file descriptors."""
-    from curate.cli import main
-
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in args])
-    out, err = capfd.readouterr()
-    return subprocess.CompletedProcess(list(args), stop.value.code, out, err)
 
 
 def pool_truth_rows(world) -> list[dict]:

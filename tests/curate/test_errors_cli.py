@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from build_helpers import curate_in
 
 from curate.shards import ShardWriter
 
@@ -23,19 +24,6 @@ ENV = {**os.environ, "CURATE_NO_PROGRESS": "1", "COLUMNS": "200"}
 
 def curate(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([CURATE, *map(str, args)], capture_output=True, text=True, env=ENV, **kw)
-
-
-def curate_in(capfd, *args) -> subprocess.CompletedProcess:
-    """``curate ARGS`` in this process, for the refusals checked before anything runs (a process per case
-    would pay curate's imports, and open_clip's, each time): exit status from ``main``'s SystemExit, stdout
-    and stderr captured at the file descriptors, so what a spawned worker wrote would be counted too."""
-    from curate.cli import main
-
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in args])
-    out, err = capfd.readouterr()
-    return subprocess.CompletedProcess(list(args), stop.value.code, out, err)
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
