@@ -58,20 +58,22 @@ def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
         return TaskResult(task, None, f"{type(e).__name__}: {e}\n{tb}", time.perf_counter() - t0)
 
 
-def _ignore_sigint() -> None:
+def _ignore_sigint(parent: int | None = None) -> None:
     """Pool workers leave Ctrl-C to the parent, which stops them: one message, not a traceback per worker;
-    and they end when the parent is gone (:func:`exit_with_parent`)."""
+    and they end when the parent (``parent``, its pid taken before the workers start) is gone (:func:`exit_with_parent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exit_with_parent()
+    exit_with_parent(parent=parent)
 
 
-def exit_with_parent(interval: float = 1.0) -> None:
+def exit_with_parent(interval: float = 1.0, parent: int | None = None) -> None:
     """End this (child) process once its parent is gone: a daemon thread checks every ``interval`` seconds
     whether the process was re-parented. A worker blocked reading its task queue never sees end-of-file when
     the parent is SIGKILLed (it holds the pipe's write end too: a multiprocessing queue carries both ends), and
     one that was reading when the parent died mid-message waits forever; torch's DataLoader workers check their
-    parent only between reads. Without this, ``kill -9`` of a command left its decode workers asleep for good."""
-    parent = os.getppid()
+    parent only between reads. Without this, ``kill -9`` of a command left its decode workers asleep for good.
+    ``parent``: the parent's pid as the parent saw it before starting the child (pass it: a parent killed
+    before the child got here has already been replaced by the one it was re-parented to)."""
+    parent = os.getppid() if parent is None else parent
 
     def watch() -> None:
         while True:
@@ -82,9 +84,17 @@ def exit_with_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def dataloader_worker_init(worker_id: int) -> None:
-    """``worker_init_fn`` for every DataLoader with worker processes: :func:`exit_with_parent`."""
-    exit_with_parent()
+def dataloader_worker_init(worker_id: int, parent: int | None = None) -> None:
+    """``worker_init_fn`` of a DataLoader with worker processes (:func:`exit_with_parent`); use
+    :func:`worker_init` to make it, in the parent."""
+    exit_with_parent(parent=parent)
+
+
+def worker_init() -> Callable[[int], None]:
+    """The ``worker_init_fn`` for a DataLoader made now, in this process: its workers end when this process is gone."""
+    from functools import partial
+
+    return partial(dataloader_worker_init, parent=os.getpid())
 
 
 @contextmanager
@@ -162,7 +172,7 @@ class LocalExecutor(Executor):
             return
         ctx = mp.get_context(self.start_method or "spawn")
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
-                                   initializer=_ignore_sigint)
+                                   initializer=_ignore_sigint, initargs=(os.getpid(),))
         try:
             yield from self._run(pool, fn, tasks)
         except BaseException:  # Ctrl-C in the parent: stop the workers now, not after their tasks

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..executor import dataloader_worker_init
+from ..executor import worker_init
 from ..images import DEFAULT_DECODE
 from ..shards import ReadReport, image_of, iter_shard
 from .backends import Encoder, _normalise
@@ -142,7 +142,7 @@ def feed_for(encoder: Encoder, batch_size: int, decode_workers: int, caption: Ca
             kwargs = {"persistent_workers": True, "prefetch_factor": 2, "multiprocessing_context": ctx}
         loader = DataLoader(DecodeBatch(partial(encoder.pixels, decode=decode)), batch_size=None, sampler=sampler,
                             num_workers=decode_workers, collate_fn=_identity, pin_memory=pin,
-                            worker_init_fn=dataloader_worker_init, **kwargs)
+                            worker_init_fn=worker_init(), **kwargs)
         _FEEDS[key] = Feed(loader, sampler)
     return _FEEDS[key]
 

@@ -121,9 +121,10 @@ def test_a_worker_whose_parent_is_killed_ends_itself(tmp_path):
 import os, sys, time
 from curate.executor import exit_with_parent
 r, w = os.pipe()
+me = os.getpid()  # taken before the fork, as the pool and the DataLoaders do
 pid = os.fork()
 if pid == 0:
-    exit_with_parent(0.1)
+    exit_with_parent(0.1, parent=me)
     os.read(r, 1)  # blocks for good: this process holds the write end too
     os._exit(0)
 print(pid, flush=True)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curate.errors import CurateError
-from curate.executor import dataloader_worker_init
+from curate.executor import worker_init
 from curate.fsutil import write_json
 from curate.images import DEFAULT_DECODE, decode_target
 
@@ -286,7 +286,7 @@ def make_batches(emb: MllmEmbedder, dataset: Any, stage: int, batch_size: int, s
     def batches(epoch: int) -> Iterator[Any]:
         dataset.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=2 if cuda else 0,
-                            pin_memory=cuda, drop_last=True, worker_init_fn=dataloader_worker_init)
+                            pin_memory=cuda, drop_last=True, worker_init_fn=worker_init())
         for i, batch in enumerate(loader):
             if steps is not None and i >= steps:
                 break

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from curate.errors import CurateError
-from curate.executor import dataloader_worker_init
+from curate.executor import worker_init
 from curate.fingerprint import model_fingerprint
 from curate.fsutil import atomic_open, write_json
 from curate.shards import Sample, image_of
@@ -293,7 +293,7 @@ def build_token_cache(folder: Path, store: ImageStore, keys: Iterable[str], enco
     loader = torch.utils.data.DataLoader(store.samples(todo, _PixelDecode(encoder), rank, world_size),
                                          batch_size=batch_size, num_workers=workers, collate_fn=_collate_decoded,
                                          pin_memory=encoder.device.startswith("cuda"),
-                                         worker_init_fn=dataloader_worker_init)
+                                         worker_init_fn=worker_init())
     n_batches = math.ceil(len(todo) / world_size / batch_size)
     with progress_bar("trident: cache features", total=n_batches, unit="batches") as advance:
         for batch_keys, pixels, bad in loader:

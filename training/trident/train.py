@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import CurateError
-from curate.executor import dataloader_worker_init
+from curate.executor import worker_init
 
 from ..data.features import TokenFeatures
 from .config import TridentConfig, preset
@@ -251,7 +251,7 @@ def _batches(data: CZSLData, features: TokenFeatures, backbone: Any, cfg: Triden
     def batches(epoch: int):
         plans = epoch_plans(table, cfg.batch_size, gen, dist.rank, dist.world_size, cfg.partners)
         yield from torch.utils.data.DataLoader(source, batch_size=None, sampler=plans, num_workers=workers,
-                                               pin_memory=pin, worker_init_fn=dataloader_worker_init)
+                                               pin_memory=pin, worker_init_fn=worker_init())
 
     return batches, steps
 
