@@ -177,7 +177,7 @@ def image_features(source: Source, model: str | None, device: str, cache_dir: Pa
     if source.kind == "dataset" and (emb_dir / "img_emb").exists() and not model:
         return _stored_features(emb_dir, keys)
     cache = cache_dir / "features"
-    tag = "thumbnail" if not model else f"model:{model}"
+    tag = "thumbnail" if not model else model_tag(model, decode)
     cached = None if refresh else _read_cache(cache, tag, keys, inputs)
     if cached is not None:
         return cached
@@ -239,7 +239,13 @@ def _model_features(source: Source, keys: list[str], spec: str, device: str,
     if batch:
         flush()
     have = [k for k in keys if k in out]
-    return Features(have, l2_normalise(np.stack([out[k] for k in have]).astype(np.float32)), f"model:{spec}")
+    return Features(have, l2_normalise(np.stack([out[k] for k in have]).astype(np.float32)), model_tag(spec, decode))
+
+
+def model_tag(spec: str, decode: str) -> str:
+    """How a model's features were made, as the cache records it: the spec, and the decode unless exact (what
+    caches made before the choice used), so features of full-size decodes are never read back as fast ones."""
+    return f"model:{spec}" if decode == "exact" else f"model:{spec} decode={decode}"
 
 
 def _thumbnail_features(source: Source, keys: list[str]) -> Features:

@@ -362,7 +362,7 @@ def test_model_spec_computes_features_when_dataset_has_no_embeddings(tmp_path):
     ds = make_cir_dataset(tmp_path / "ds", per_pair=3, embeddings=False)
     spec = save_random_open_clip(tmp_path / "clip", arch="triplets-tiny", config=TINY_OPEN_CLIP)
     info = build_triplets(config(ds, tmp_path / "o", formats=["shards"], model=spec, device="cpu"))
-    assert info["mining"]["similarity"] == f"model:{spec}"
+    assert info["mining"]["similarity"] == f"model:{spec} decode=fast"  # the default decode, recorded
     feats = json.loads((tmp_path / "o" / ".curate" / "features" / "features.json").read_text())
     assert len(feats["keys"]) == 36 and info["counts"]["triplets"] > 0
 
@@ -385,3 +385,12 @@ def test_caption_mode_without_usable_captions_says_why(tmp_path):
     with pytest.raises(CurateError) as e:
         build_triplets(config(ds, tmp_path / "o", modes=["caption"]))
     assert "6 empty" in str(e.value) and "1 unique" in str(e.value) and "0 pairs differing" in str(e.value)
+
+
+def test_model_features_cached_with_another_decode_are_not_reused():
+    """The triplet miner's feature cache records how the images were decoded: features from full-size
+    decodes (caches made before the fast default: tag without a decode) are not read back as fast ones."""
+    from builders.triplets.source import model_tag
+
+    assert model_tag("mini:/m", "exact") == "model:mini:/m"
+    assert model_tag("mini:/m", "fast") == "model:mini:/m decode=fast" != model_tag("mini:/m", "exact")

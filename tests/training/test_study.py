@@ -207,3 +207,15 @@ def test_cached_rows_read_no_image(study_inputs, tmp_path, monkeypatch):
     req.rows.append(make_row(x["other"], "b"))
     third = run_study(req)
     assert calls == [1] and [r["cached"] for r in third["rows"]] == [True, False]
+
+
+def test_a_row_cached_with_another_decode_is_not_reused(tiny_mini_spec):
+    """Scores made from full-size decodes are other scores than from DCT-scaled ones: the decode mode is
+    part of a row's cache key (a study cached before the fast default must not be read back as fast)."""
+    from training.study.rows import make_row
+    from training.study.run import row_key
+
+    row = make_row(tiny_mini_spec, method="scratch")
+    inputs = {"rare": "r", "reference": "f", "train": "t"}
+    assert row_key(row, inputs) == row_key(row, inputs, "fast")
+    assert row_key(row, inputs, "exact") != row_key(row, inputs, "fast")

@@ -28,6 +28,7 @@ import numpy as np
 from curate.errors import CurateError
 from curate.fingerprint import fingerprint, model_fingerprint
 from curate.fsutil import atomic_open, write_json
+from curate.images import DEFAULT_DECODE
 from curate.outdir import META, OutputDir
 
 from ..metrics.robustness import effective_robustness, fit_logit_line, topk
@@ -245,12 +246,15 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")[:60] or "model"
 
 
-def row_key(row: ModelRow, inputs: dict[str, Any]) -> str:
+def row_key(row: ModelRow, inputs: dict[str, Any], decode: str = DEFAULT_DECODE) -> str:
+    """What a row's cached scores were made from: the model's weights, the method and seeds, the sets, the
+    training settings and how the images were decoded (``decode``: scores from full-size decodes are other
+    scores than from DCT-scaled ones, so a cache made before the default changed is not reused)."""
     from . import finetune, scratch
 
     settings = {SCRATCH: [scratch.EPOCHS, scratch.SIZE], FINETUNE: [finetune.EPOCHS, finetune.LR, finetune.BATCH]}
     return fingerprint(model_fingerprint(row.spec), row.method, list(row.seeds), inputs,
-                       inputs["train"] if row.trained else None, settings.get(row.method))
+                       inputs["train"] if row.trained else None, settings.get(row.method), f"decode={decode}")
 
 
 def cached_scores(row: ModelRow, key: str, folder: Path, compute) -> tuple[dict[str, np.ndarray], bool]:
