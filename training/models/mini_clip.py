@@ -218,6 +218,16 @@ def load_mini(spec: str, folder: str | os.PathLike, device: str) -> MiniClipEnco
     return MiniClipEncoder(spec, folder, device)
 
 
+def save_model_files(folder: Path, model: Any, cfg: MiniClipConfig, vocab: Vocab) -> None:
+    """``model.safetensors``, ``config.json`` and ``vocab.json`` of a mini-CLIP into ``folder`` (trained or not)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    write_json(folder / "config.json", {**asdict(cfg), "vocab_size": len(vocab.words), "kind": "curate-mini-clip"})
+    write_json(folder / "vocab.json", vocab.words)
+
+
 def save_random_mini(out: str | os.PathLike, words: list[str], config: MiniClipConfig | None = None,
                      seed: int = 0) -> str:
     """An untrained mini-CLIP (seeded random weights) saved as a real ``mini:`` folder; returns its spec.
@@ -227,17 +237,12 @@ def save_random_mini(out: str | os.PathLike, words: list[str], config: MiniClipC
     longer per process). ``words`` is its vocabulary (``tokenize``-d); words outside it are dropped from
     prompts, so give it the class names the run will prompt with."""
     import torch
-    from safetensors.torch import save_file
 
     cfg = config or MiniClipConfig(image_size=32, width=8, word_dim=32, embed_dim=32, seed=seed)
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     vocab = Vocab.from_texts(list(words))
     torch.manual_seed(seed)
-    model = build_model(cfg, len(vocab.words))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    write_json(folder / "config.json", asdict(cfg))
-    write_json(folder / "vocab.json", vocab.words)
+    save_model_files(folder, build_model(cfg, len(vocab.words)), cfg, vocab)
     write_json(folder / "report.json", {"model": f"mini:{folder.resolve()}", "training": {"random": True, "seed": seed}})
     return f"mini:{folder.resolve()}"
 
@@ -324,7 +329,6 @@ def train(world: Path, cfg: MiniClipConfig, out: Path, run: Path | None = None) 
     """
     import torch
     import torch.nn.functional as F
-    from safetensors.torch import save_file
 
     from ..loop import FitConfig, fit, seed_everything
 
@@ -372,10 +376,7 @@ def train(world: Path, cfg: MiniClipConfig, out: Path, run: Path | None = None) 
                         desc="mini-clip: train"),
               scheduler=schedule, scheduler_per="step", generators={"sampler": gen},
               steps_per_epoch=steps_per_epoch, what="the mini-CLIP config")
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    write_json(out / "config.json", {**asdict(cfg), "vocab_size": len(vocab.words), "kind": "curate-mini-clip"})
-    write_json(out / "vocab.json", vocab.words)
+    save_model_files(out, model, cfg, vocab)
     return {"train_images": n, "undecodable": data.bad, "steps": res.steps, "caption_nmi": caption_nmi(data),
             "epochs_done": round(res.steps / steps_per_epoch, 2), "stopped_by_time_limit": res.stopped_early,
             "load_seconds": round(load_s, 1), "train_seconds": round(res.seconds, 1),
