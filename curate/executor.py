@@ -208,7 +208,10 @@ class LocalExecutor(Executor):
 
 
 class RayExecutor(Executor):
-    """Ray tasks; ``address=None`` starts a local Ray (what the tests use)."""
+    """Ray tasks. ``address``: a cluster's ``HOST:PORT`` (or ``auto``); ``None`` takes ``RAY_ADDRESS``
+    when set (Ray's own convention), else starts a new local Ray with ``workers`` CPUs even when a cluster
+    started with ``ray start`` runs on this machine (``ray.init()`` alone would join that cluster, and
+    refuse the CPU count)."""
 
     name = "ray"
 
@@ -222,10 +225,11 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True,
                                       "log_to_driver": False}
+            address = address or os.environ.get("RAY_ADDRESS") or None
             if address:
                 kwargs["address"] = address
             else:
-                kwargs["num_cpus"] = self.workers
+                kwargs.update(address="local", num_cpus=self.workers)
             ray.init(**kwargs)
 
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[TaskResult]:

@@ -68,8 +68,8 @@ def test_default_workers_and_unknown_executor():
 
 @pytest.fixture(scope="module")
 def ray_local():
+    """Ray stopped after the module; the test's ``get_executor("ray")`` starts it, as a command does."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -86,8 +86,11 @@ def test_ray_executor_matches_local(ray_local, tmp_path):
     from curate.shards import ShardWriter
     from curate.shards_cli import reshard_task
 
-    ex = get_executor("ray")
-    assert isinstance(ex, RayExecutor)
+    # without --address a new local Ray starts, even while a `ray start` cluster runs on this machine (the
+    # two-node cluster test may run at the same time in the other worker: ray.init() alone would join it
+    # and refuse the CPU count)
+    ex = get_executor("ray", workers=2)
+    assert isinstance(ex, RayExecutor) and ray_local.cluster_resources()["CPU"] == 2
     results = {r.task: r for r in ex.map(abs, [-3, 2, -1])}
     assert {t: r.value for t, r in results.items()} == {-3: 3, 2: 2, -1: 1}
     failed = [r for r in ex.map(int, ["7", "x"]) if not r.ok]
