@@ -65,6 +65,14 @@ def test_models_file_rows_and_refusals(tmp_path):
         read_models_file(f)
     with pytest.raises(CurateError, match="unknown method"):
         make_row("mini:/a", method="finetune-everything")
+    # epochs: scratch and finetune rows only, a whole number >= 1
+    f.write_text("spec,label,method,epochs\nscratch,cnn,scratch,5\nmini:/a,ft,finetune,\n")
+    assert [r.epochs for r in read_models_file(f)] == [5, None]
+    for bad, msg in (("0", "at least 1"), ("2.5", "not a whole number"), ("many", "not a whole number")):
+        with pytest.raises(CurateError, match=msg):
+            make_row("scratch", method="scratch", epochs=bad)
+    with pytest.raises(CurateError, match="epochs applies to scratch and finetune rows, not to probe"):
+        make_row("mini:/a", method="probe", epochs=3)
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +91,14 @@ def study_inputs(tmp_path_factory, tiny_mini_spec):
     other = save_random_mini(root / "other", [" ".join(COLORS), "circle square star hexagon",
                                               "a photo of the an itap my with on in"], seed=1)
     models = root / "models.csv"
-    models.write_text("spec,label,group,method,corpus\n"
-                      f"{tiny_mini_spec},filter,clip,,\n"
-                      f"{other},independent,clip,,{train}\n"
-                      f"mini:{root / 'gone'},missing,clip,,\n"
-                      f"{other},probe,supervised,probe,\n"
-                      f"{other},probe k1,few-shot,probe-k1,\n"
-                      "scratch,cnn,supervised,scratch,\n"
-                      f"{other},ft,,finetune,\n")
+    models.write_text("spec,label,group,method,corpus,epochs\n"  # short training: the run is what is tested
+                      f"{tiny_mini_spec},filter,clip,,,\n"
+                      f"{other},independent,clip,,{train},\n"
+                      f"mini:{root / 'gone'},missing,clip,,,\n"
+                      f"{other},probe,supervised,probe,,\n"
+                      f"{other},probe k1,few-shot,probe-k1,,\n"
+                      "scratch,cnn,supervised,scratch,,3\n"
+                      f"{other},ft,,finetune,,2\n")
     return {"root": root, "ds": ds, "ref": ref, "train": train, "models": models, "other": other,
             "filter": tiny_mini_spec}
 
@@ -138,9 +146,10 @@ def test_study_table_cache_and_bad_rows(study_inputs, tmp_path, capsys):
     # the baseline (supervised + few-shot: two probes, the scratch CNN) gives a line and every row an ER
     assert rep["baseline"]["models"] == ["probe", "probe k1", "cnn"]
     assert len(rows["cnn"]["sets"]["rare"]["object_top1_seeds"]) == 3 and not rows["cnn"]["filter_model"]
-    assert (out / "runs" / "cnn-seed2" / "metrics.jsonl").is_file()  # trained through fit()
+    cnn_run = out / "runs" / rows["cnn"]["key"][:16] / "cnn-seed2"  # trained through fit(), for 3 epochs
+    assert [json.loads(ln)["epoch"] for ln in (cnn_run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert rows["ft"]["group"] == "fine-tuned" and len(rows["ft"]["sets"]["reference"]["object_top1_seeds"]) == 3
-    assert (out / "runs" / "ft-seed0" / "metrics.jsonl").is_file()
+    assert (out / "runs" / rows["ft"]["key"][:16] / "ft-seed0" / "metrics.jsonl").is_file()
     if rep["baseline"]["fit"]:
         assert rows["independent"]["effective_robustness"] is not None
     # adding one model scores only that one; the others come from their cached scores
@@ -219,3 +228,6 @@ def test_a_row_cached_with_another_decode_is_not_reused(tiny_mini_spec):
     inputs = {"rare": "r", "reference": "f", "train": "t"}
     assert row_key(row, inputs) == row_key(row, inputs, "fast")
     assert row_key(row, inputs, "exact") != row_key(row, inputs, "fast")
+    # so is the training length: a row trained for other epochs is other scores (and another runs folder)
+    assert row_key(make_row(tiny_mini_spec, method="scratch", epochs=12), inputs) == row_key(row, inputs)  # the default
+    assert row_key(make_row(tiny_mini_spec, method="scratch", epochs=3), inputs) != row_key(row, inputs)

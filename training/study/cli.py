@@ -16,7 +16,7 @@ def study_cmd(
     model: Annotated[list[str] | None, typer.Option(
         "--model", help="Zero-shot model spec, or LABEL=SPEC (repeatable); group `clip`.")] = None,
     models: Annotated[Path | None, typer.Option(
-        "--models", help="Models file: CSV/TSV with a header (spec,label,group,method,corpus,nmi) or a JSON list.")] = None,
+        "--models", help="Models file: CSV/TSV with a header (spec,label,group,method,corpus,nmi,epochs) or a JSON list.")] = None,
     probe: Annotated[list[str] | None, typer.Option(
         "--probe", help="A linear probe (SPEC or LABEL=SPEC) on this model's frozen image tower, trained on --train with object labels "
                         "only (group `supervised`, 3 seeds; repeatable).")] = None,
@@ -95,7 +95,7 @@ def _rows(model: list[str] | None, models: Path | None, probe: list[str] | None,
 
     rows = [make_row(*_labelled(m)) for m in model or []]
     if models is not None:
-        must_exist(models, "--models", fix="a CSV with a header row: spec,label,group,method,corpus,nmi")
+        must_exist(models, "--models", fix="a CSV with a header row: spec,label,group,method,corpus,nmi,epochs")
         rows += read_models_file(models)
     try:
         ks = [int(k) for k in shots.split(",") if k.strip()]

@@ -17,7 +17,8 @@ PROBE = "probe"          # a linear probe on the frozen image tower, every train
 SCRATCH = "scratch"      # a small CNN trained from scratch on the training images' object labels (spec: "scratch")
 FINETUNE = "finetune"    # the model's image tower fine-tuned on the training images' object labels
 SHOTS = re.compile(r"^probe-k(\d+)$")  # a linear probe on k images per object class
-COLUMNS = ("spec", "label", "group", "method", "corpus", "nmi")
+COLUMNS = ("spec", "label", "group", "method", "corpus", "nmi", "epochs")
+TRAINED_NETS = (SCRATCH, FINETUNE)  # the methods that train a network for a number of epochs
 PROBE_SEEDS = (0, 1, 2)
 
 
@@ -29,6 +30,7 @@ class ModelRow:
     method: str = ZEROSHOT
     corpus: str | None = None   # the labelled images the model was trained on: its NMI is computed
     nmi: float | None = None    # or given
+    epochs: int | None = None   # scratch/finetune: training epochs (None: the method's default)
     seeds: tuple[int, ...] = field(default=(0,))
 
     @property
@@ -50,7 +52,8 @@ class ModelRow:
 
 
 def make_row(spec: str, label: str | None = None, group: str | None = None, method: str | None = None,
-             corpus: str | None = None, nmi: str | float | None = None, where: str = "--model") -> ModelRow:
+             corpus: str | None = None, nmi: str | float | None = None, epochs: str | int | None = None,
+             where: str = "--model") -> ModelRow:
     spec = (spec or "").strip()
     if not spec:
         raise CurateError("a model row has no spec", where=where, fix=f"columns: {', '.join(COLUMNS)}")
@@ -65,16 +68,34 @@ def make_row(spec: str, label: str | None = None, group: str | None = None, meth
             value = float(nmi)
         except ValueError as e:
             raise CurateError(f"nmi {nmi!r} is not a number", where=where) from e
+    n_epochs = _epochs(epochs, method, where)
     default_label = spec if not probe or method == SCRATCH else f"{method} {spec}"
     return ModelRow(spec=spec, label=(label or "").strip() or default_label,
                     group=(group or "").strip() or ("supervised" if method in (PROBE, SCRATCH) else "fine-tuned" if method == FINETUNE
                                                  else "few-shot" if probe else "clip"),
                     method=method, corpus=(corpus or "").strip() or None, nmi=value,
-                    seeds=PROBE_SEEDS if probe else (0,))
+                    epochs=n_epochs, seeds=PROBE_SEEDS if probe else (0,))
+
+
+def _epochs(epochs: str | int | None, method: str, where: str) -> int | None:
+    """The ``epochs`` column: a positive whole number, only on rows that train a network."""
+    if epochs in (None, ""):
+        return None
+    if method not in TRAINED_NETS:
+        raise CurateError(f"epochs applies to {' and '.join(TRAINED_NETS)} rows, not to {method}", where=where,
+                          fix="leave the epochs column empty on this row")
+    try:
+        n = int(str(epochs).strip())
+    except ValueError as e:
+        raise CurateError(f"epochs {epochs!r} is not a whole number", where=where) from e
+    if n < 1:
+        raise CurateError(f"epochs must be at least 1 (got {n})", where=where)
+    return n
 
 
 def read_models_file(path: Path) -> list[ModelRow]:
-    """``spec,label,group,method,corpus,nmi`` rows (only ``spec`` is required); JSON: a list of such objects."""
+    """``spec,label,group,method,corpus,nmi,epochs`` rows (only ``spec`` is required); JSON: a list of such
+    objects."""
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:

@@ -210,7 +210,7 @@ def probe_scores(row: ModelRow, sets: Sets, device: str, features: dict[str, dic
 
 def scratch_scores(row: ModelRow, sets: Sets, runs: Path) -> dict[str, np.ndarray]:
     """The scratch network per seed (its checkpoints under ``runs``): ``NAME/object/SEED`` logits."""
-    from .scratch import logits, pixels, train_scratch
+    from .scratch import EPOCHS, logits, pixels, train_scratch
 
     if "train" not in sets.sets:
         raise CurateError(f"{row.label}: the scratch network needs training images", fix="pass --train")
@@ -218,7 +218,8 @@ def scratch_scores(row: ModelRow, sets: Sets, runs: Path) -> dict[str, np.ndarra
     y, _ = sets.labels("train")
     out = {}
     for seed in row.seeds:
-        model = train_scratch(images["train"], y, len(sets.objects), seed, runs / f"{_slug(row.label)}-seed{seed}")
+        model = train_scratch(images["train"], y, len(sets.objects), seed, runs / f"{_slug(row.label)}-seed{seed}",
+                              epochs=row.epochs or EPOCHS)
         for name in EVALUATED:
             if name in images:
                 out[f"{name}/object/{seed}"] = logits(model, images[name])
@@ -227,7 +228,7 @@ def scratch_scores(row: ModelRow, sets: Sets, runs: Path) -> dict[str, np.ndarra
 
 def finetune_scores(row: ModelRow, sets: Sets, device: str, runs: Path) -> dict[str, np.ndarray]:
     """The model's image tower fine-tuned per seed (checkpoints under ``runs``): ``NAME/object/SEED`` logits."""
-    from .finetune import finetune, logits
+    from .finetune import EPOCHS, finetune, logits
 
     if "train" not in sets.sets:
         raise CurateError(f"{row.label}: fine-tuning needs training images", fix="pass --train")
@@ -235,7 +236,7 @@ def finetune_scores(row: ModelRow, sets: Sets, device: str, runs: Path) -> dict[
     out = {}
     for seed in row.seeds:
         model, enc = finetune(row.spec, device, sets.sets["train"], y, sets.objects, seed,
-                              runs / f"{_slug(row.label)}-seed{seed}")
+                              runs / f"{_slug(row.label)}-seed{seed}", epochs=row.epochs or EPOCHS)
         for name in EVALUATED:
             if name in sets.sets:
                 out[f"{name}/object/{seed}"] = logits(model, enc, sets.sets[name])
@@ -252,7 +253,8 @@ def row_key(row: ModelRow, inputs: dict[str, Any], decode: str = DEFAULT_DECODE)
     scores than from DCT-scaled ones, so a cache made before the default changed is not reused)."""
     from . import finetune, scratch
 
-    settings = {SCRATCH: [scratch.EPOCHS, scratch.SIZE], FINETUNE: [finetune.EPOCHS, finetune.LR, finetune.BATCH]}
+    settings = {SCRATCH: [row.epochs or scratch.EPOCHS, scratch.SIZE],
+                FINETUNE: [row.epochs or finetune.EPOCHS, finetune.LR, finetune.BATCH]}
     return fingerprint(model_fingerprint(row.spec), row.method, list(row.seeds), inputs,
                        inputs["train"] if row.trained else None, settings.get(row.method), f"decode={decode}")
 
@@ -355,8 +357,9 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
                 if row.method != SCRATCH:
                     check_spec_syntax(row.spec)
                 key = row_key(row, inputs)
-                compute = ((lambda r=row: scratch_scores(r, sets, req.out / "runs")) if row.method == SCRATCH else
-                           (lambda r=row: finetune_scores(r, sets, req.device, req.out / "runs"))
+                runs = req.out / "runs" / key[:16]  # a row's checkpoints are resumed only by the same settings
+                compute = ((lambda r=row, d=runs: scratch_scores(r, sets, d)) if row.method == SCRATCH else
+                           (lambda r=row, d=runs: finetune_scores(r, sets, req.device, d))
                            if row.method == FINETUNE else
                            (lambda r=row: probe_scores(r, sets, req.device, features)) if row.is_probe
                            else (lambda r=row: zeroshot_scores(r.spec, sets, req.device)))
