@@ -58,9 +58,10 @@ def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
         return TaskResult(task, None, f"{type(e).__name__}: {e}\n{tb}", time.perf_counter() - t0)
 
 
-def _ignore_sigint(parent: int | None = None) -> None:
-    """Pool workers leave Ctrl-C to the parent, which stops them: one message, not a traceback per worker;
-    and they end when the parent (``parent``, its pid taken before the workers start) is gone (:func:`exit_with_parent`)."""
+def _pool_worker_start(parent: int) -> None:
+    """A pool worker's initializer: it leaves Ctrl-C to the parent, which stops it (one message, not a
+    traceback per worker), and ends when the parent (``parent``: its pid, taken before the workers start)
+    is gone (:func:`exit_with_parent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent(parent=parent)
 
@@ -84,9 +85,9 @@ def exit_with_parent(interval: float = 1.0, parent: int | None = None) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def dataloader_worker_init(worker_id: int, parent: int | None = None) -> None:
-    """``worker_init_fn`` of a DataLoader with worker processes (:func:`exit_with_parent`); use
-    :func:`worker_init` to make it, in the parent."""
+def _dataloader_worker_start(worker_id: int, parent: int) -> None:
+    """``worker_init_fn`` of a DataLoader with worker processes (:func:`exit_with_parent`), made by
+    :func:`worker_init` in the parent."""
     exit_with_parent(parent=parent)
 
 
@@ -94,7 +95,7 @@ def worker_init() -> Callable[[int], None]:
     """The ``worker_init_fn`` for a DataLoader made now, in this process: its workers end when this process is gone."""
     from functools import partial
 
-    return partial(dataloader_worker_init, parent=os.getpid())
+    return partial(_dataloader_worker_start, parent=os.getpid())
 
 
 @contextmanager
@@ -172,7 +173,7 @@ class LocalExecutor(Executor):
             return
         ctx = mp.get_context(self.start_method or "spawn")
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
-                                   initializer=_ignore_sigint, initargs=(os.getpid(),))
+                                   initializer=_pool_worker_start, initargs=(os.getpid(),))
         try:
             yield from self._run(pool, fn, tasks)
         except BaseException:  # Ctrl-C in the parent: stop the workers now, not after their tasks
