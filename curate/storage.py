@@ -22,10 +22,10 @@ that is a storage URL is *mirrored* in a local folder, ``CURATE_CACHE/remote/SCH
   therefore leaves the bucket as a resumable folder: the rerun (on any machine) fetches it and
   the ledger skips what is done.
 - the output (``--out`` / ``-o``) gets more: it is locked (:class:`RemoteLock`: a lock object
-  created with a conditional PUT, ``If-None-Match: *``), a prefix that holds objects curate did
-  not write is refused whatever the flags (they are never deleted or overwritten), and files
-  the command deletes locally (``--overwrite``, a stage redone) are deleted from the prefix too,
-  only if this layer fetched or uploaded them.
+  created with a conditional PUT, ``If-None-Match: *`` on S3, ``ifGenerationMatch=0`` on GCS), a
+  prefix that holds objects curate did not write is refused whatever the flags (they are never
+  deleted or overwritten), and files the command deletes locally (``--overwrite``, a stage
+  redone) are deleted from the prefix too, only if this layer fetched or uploaded them.
 
 The functions below (:func:`filesystem`, :func:`exists`, :func:`open_read`, :func:`write_bytes`,
 :func:`find`) are also the way code reads or writes one URL directly.
@@ -94,6 +94,12 @@ def filesystem(url: str) -> tuple[Any, str]:
                           fix='pip install -c constraints.txt -e ".[gcs]" (gs://); s3fs comes with curate') from e
 
 
+def _endpoint_hint(url: str) -> str:
+    """The variable that points a scheme's library at another server than the cloud's."""
+    return {"gs": "STORAGE_EMULATOR_HOST for a GCS emulator"}.get(scheme(url) or "",
+                                                                 "AWS_ENDPOINT_URL for an S3-compatible server")
+
+
 def join(url: str, rel: str) -> str:
     return url.rstrip("/") + "/" + rel
 
@@ -107,13 +113,21 @@ def remote_errors(url: str, doing: str) -> Iterator[None]:
         raise
     except FileNotFoundError as e:
         raise CurateError(f"{doing}: not found ({e})", where=url,
-                          fix="check the bucket and key (and AWS_ENDPOINT_URL for an S3-compatible server)") from e
+                          fix=f"check the bucket and key (and {_endpoint_hint(url)})") from e
     except PermissionError as e:
         raise CurateError(f"{doing}: access denied ({e})", where=url, fix=CREDENTIALS_FIX) from e
+    except OSError as e:
+        if str(e).startswith("Forbidden"):  # gcsfs's 403 is a plain OSError("Forbidden: ...")
+            raise CurateError(f"{doing}: access denied ({str(e)[:300]})", where=url, fix=CREDENTIALS_FIX) from e
+        raise _failed(url, doing, e) from e
     except Exception as e:  # noqa: BLE001 - any other library failure (connection refused, timeouts ...)
-        raise CurateError(f"{doing} failed ({type(e).__name__}: {str(e)[:300]})", where=url,
-                          fix="check the endpoint (AWS_ENDPOINT_URL) and the network, then rerun the same "
-                              "command: finished files are kept") from e
+        raise _failed(url, doing, e) from e
+
+
+def _failed(url: str, doing: str, e: BaseException) -> CurateError:
+    return CurateError(f"{doing} failed ({type(e).__name__}: {str(e)[:300]})", where=url,
+                       fix=f"check the endpoint ({_endpoint_hint(url).split()[0]}) and the network, then rerun the "
+                           "same command: finished files are kept")
 
 
 def check_bucket(url: str) -> str:
@@ -125,7 +139,7 @@ def check_bucket(url: str) -> str:
             fs.ls(bucket, detail=False)
         except FileNotFoundError as e:
             raise CurateError(f"bucket {bucket!r} does not exist", where=url,
-                              fix="create it first, or check the URL and AWS_ENDPOINT_URL") from e
+                              fix=f"create it first, or check the URL (and {_endpoint_hint(url)})") from e
     return bucket
 
 
@@ -395,8 +409,9 @@ class Mirror:
 
 class RemoteLock:
     """One run at a time on an output prefix: ``PREFIX/.curate/remote-lock.json`` (host, pid, start,
-    heartbeat), created with a conditional PUT (``If-None-Match: *``: the server refuses a second
-    create). The holder rewrites its heartbeat every sync pass and deletes the object when it ends.
+    heartbeat), created with a conditional PUT (``pipe_file(mode="create")``: s3fs sends
+    ``If-None-Match: *``, gcsfs ``ifGenerationMatch=0``; the server refuses a second create, 412, which
+    both raise as FileExistsError). The holder rewrites its heartbeat every sync pass and deletes the object when it ends.
     A lock left by a killed run is taken over when its pid is gone from this host, or when its
     heartbeat is older than ``CURATE_REMOTE_LOCK_STALE`` seconds (600)."""
 

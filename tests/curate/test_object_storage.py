@@ -1,8 +1,10 @@
 """Object storage (issue 25): commands read and write s3:// through curate/storage.py, against a real
 S3-compatible server (moto in server mode, HTTP on 127.0.0.1, authentication on; tests/curate/s3_server.py).
 
-gs:// goes through the same code (fsspec.url_to_fs -> gcsfs); no GCS server installs here, so only what
-needs no server is tested for it (the scheme resolves to gcsfs, the mirror path, the URL mapping).
+gs:// goes through the same code (fsspec.url_to_fs -> gcsfs); it is tested end to end against a local GCS
+server in test_gcs.py (gcp-storage-emulator on 127.0.0.1: read/write/find, the output lock's create-only
+write, the CLI bucket to bucket equal to a local run and resumed elsewhere, a locked output, a missing bucket).
+Here, only what needs no server: the scheme resolves to gcsfs, the mirror path, the URL mapping.
 """
 
 from __future__ import annotations
@@ -100,8 +102,13 @@ def reference(tmp_path_factory):
 # -- the storage layer ---------------------------------------------------------------------------
 def test_url_helpers_and_gs_resolve_without_a_server(tmp_path, monkeypatch):
     monkeypatch.setenv("CURATE_CACHE", str(tmp_path))
-    # fsspec's own config, from the environment: anonymous, so gcsfs probes no credentials service
+    # fsspec's own config, from the environment: anonymous, so gcsfs probes no credentials service (fsspec
+    # reads FSSPEC_GS_* when imported; when an earlier test imported it, set its config too, else the probe of
+    # the metadata server takes ~15 s before gcsfs falls back to anonymous)
+    import fsspec.config
+
     monkeypatch.setenv("FSSPEC_GS_TOKEN", "anon")
+    monkeypatch.setitem(fsspec.config.conf, "gs", {**fsspec.config.conf.get("gs", {}), "token": "anon"})
     assert storage.is_remote("s3://b/k") and storage.is_remote("gs://b/k")
     assert not storage.is_remote("/data/x") and not storage.is_remote("http://127.0.0.1:8080/v1")
     local = storage.mirror_path("gs://bucket/a/b")
