@@ -24,10 +24,17 @@ atypical-pair images as an NMI-sweep world (the defaults: d = 0.5 at 1,500 image
 3,000 images both have 585): at equal atypical count, the two differ in NMI (and the second has twice
 the images). The table lists the atypical-pair count of every world.
 
+- **fixed-atypical sweep** (``--iso-sizes`` x ``--iso-product`` P): worlds of N images at d = 1 - P/N, so
+  N (1 - d), and with it the number of atypical-pair images N (1 - s0)(1 - d), is the same in each
+  (defaults: 1,000 / 1,500 / 3,000 / 6,000 images at d = 0.25 / 0.5 / 0.75 / 0.875, 585 atypical-pair
+  images each); NMI and size grow together. The size sweep says what size alone does at fixed NMI: if
+  rare accuracy still falls as NMI rises here, the dependence itself costs something beyond the count of
+  atypical images; if it stays flat or rises, the count (and size) is what matters on the demo.
+
 Caches: worlds (resumable builds), mini-CLIPs (``OUT/models/WORLD-sSEED``, a complete folder is not
 retrained), study scores (per model): a rerun only trains and scores what is missing.
 
-    .venv/bin/python bench/decomposability_study.py [--out demo-out/decomposability] [--samples 8192]
+    .venv/bin/python bench/decomposability_study.py [--out demo-out/decomposability] [--samples 16384]
     .venv/bin/python bench/decomposability_study.py --tiny --out /tmp/dz    # seconds: the structure only
 
 Writes bench/results/decomposability_study.{json,md} and decomposability_{ood_vs_nmi,ood_vs_size,
@@ -85,8 +92,11 @@ def world_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
         worlds[(d, args.train_images)] = {"knob": d, "train_images": args.train_images, "sweep": ["nmi"]}
     for n in args.sizes:
         worlds.setdefault((args.size_level, n), {"knob": args.size_level, "train_images": n, "sweep": []})["sweep"].append("size")
+    for n in args.iso_sizes if args.iso_product else []:
+        d = 1 - args.iso_product / n  # n (1 - d) fixed: the same number of atypical-pair images in each
+        worlds.setdefault((d, n), {"knob": d, "train_images": n, "sweep": []})["sweep"].append("atypical")
     for w in worlds.values():
-        w["name"] = f"d{w['knob']:.2f}-n{w['train_images']}"
+        w["name"] = f"d{w['knob']:.{2 if round(w['knob'], 2) == w['knob'] else 3}f}-n{w['train_images']}"
     return list(worlds.values())
 
 
@@ -258,7 +268,10 @@ def markdown(result: dict[str, Any]) -> str:
     train_s = [m["training"]["train_seconds"] for m in result["models"].values()]
     lines = ["# Decomposability study (issue 22 point 3)", "",
              f"Training worlds: knob d in {c['levels']} at {c['train_images']} train images (NMI sweep), sizes "
-             f"{c['sizes']} at d = {c['size_level']} (size sweep); {len(c['seeds'])} seeds per world; mini-CLIP budget "
+             f"{c['sizes']} at d = {c['size_level']} (size sweep)"
+             + (f", sizes {c['iso_sizes']} at d = 1 - {c['iso_product']}/N (fixed-atypical sweep: the same number of "
+                "atypical-pair images in each)" if c.get("iso_product") else "")
+             + f"; {len(c['seeds'])} seeds per world; mini-CLIP budget "
              f"{c['samples']:,} images seen (batch {c['batch']}), {c['model_size']} px. Evaluation: the `{c['eval_scale']}` "
              "world's rare/ (OoD) and heldout/ (ID).", "",
              *sweep_markdown(result["worlds"], result["correlations"], result["sizes"], result["supervised"]), "",
@@ -286,8 +299,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--train-images", type=int, default=1500)
     ap.add_argument("--size-level", type=float, default=0.75)
+    ap.add_argument("--iso-sizes", type=int, nargs="+", default=[1000, 1500, 3000, 6000],
+                    help="the fixed-atypical sweep's sizes: worlds of N images at knob d = 1 - ISO_PRODUCT / N")
+    ap.add_argument("--iso-product", type=int, default=750,
+                    help="N (1 - d) of the fixed-atypical sweep (0: no such sweep); its worlds then have the same "
+                         "number of atypical-pair images (N (1 - s0)(1 - d)) while NMI and size grow together")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--samples", type=int, default=8192, help="images seen per mini-CLIP (the same budget for all)")
+    ap.add_argument("--samples", type=int, default=16384, help="images seen per mini-CLIP (the same budget for all)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--model-size", type=int, default=48, help="the mini-CLIP's input side (the demo's is 64)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training")
@@ -315,6 +333,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     for v in (*args.levels, args.size_level):
         if not 0.0 <= v <= 1.0:
             ap.error(f"knob {v} is outside [0, 1]")
+    if args.iso_product < 0 or any(n < args.iso_product for n in args.iso_sizes if args.iso_product):
+        ap.error(f"--iso-sizes must each be at least --iso-product ({args.iso_product}): the knob 1 - P/N is in [0, 1]")
     return args
 
 

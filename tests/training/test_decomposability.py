@@ -103,7 +103,7 @@ def test_the_sweep_driver_runs_end_to_end_and_reruns_from_its_caches(tmp_path):
 
     argv = ["--tiny", "--out", str(tmp_path / "s"), "--results", str(tmp_path / "r"), "--levels", "1", "0.5", "0",
             "--sizes", "65", "--train-images", "65", "--size-level", "1", "--seeds", "0", "1", "--samples", "64",
-            "--no-scratch", "--jobs", "1", "--workers", "1", "--boot", "50"]
+            "--no-scratch", "--jobs", "1", "--workers", "1", "--boot", "50", "--iso-product", "0"]
     res = main(argv)
     worlds = {w["world"]: w for w in res["worlds"]}
     assert set(worlds) == {"d1.00-n65", "d0.50-n65", "d0.00-n65"} and worlds["d1.00-n65"]["sweep"] == "nmi,size"
@@ -133,3 +133,18 @@ def test_the_sweep_driver_runs_end_to_end_and_reruns_from_its_caches(tmp_path):
     assert again["timing"]["steps"]["mini-CLIP training (all, in workers)"]["calls"] == 0
     assert again["worlds"] == res["worlds"]
     assert json.loads(Path(tmp_path / "r" / "decomposability_study.json").read_text())["config"]["samples"] == 64
+
+
+def test_the_fixed_atypical_sweep_holds_n_times_one_minus_d():
+    """The third sweep's worlds have N (1 - d) = P, hence the same number of atypical-pair images; a world it
+    shares with the NMI or size sweep is made once (its sweeps joined)."""
+    from bench.decomposability_study import parse, world_specs
+
+    specs = {w["name"]: w for w in world_specs(parse([]))}
+    iso = {n: w for n, w in specs.items() if "atypical" in w["sweep"]}
+    assert sorted(iso) == ["d0.25-n1000", "d0.50-n1500", "d0.75-n3000", "d0.875-n6000"]
+    assert all(w["train_images"] * (1 - w["knob"]) == 750 for w in iso.values())
+    assert specs["d0.50-n1500"]["sweep"] == ["nmi", "atypical"] and specs["d0.75-n3000"]["sweep"] == ["size", "atypical"]
+    assert not any("atypical" in w["sweep"] for w in world_specs(parse(["--iso-product", "0"])))
+    with pytest.raises(SystemExit):
+        parse(["--iso-sizes", "500", "1000", "--iso-product", "750"])  # d = 1 - 750/500 < 0

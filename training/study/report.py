@@ -159,7 +159,7 @@ def plot_id_vs_ood(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in report["rows"] if r["ok"] and ID in r["sets"]]
-    fig, ax = plt.subplots(figsize=(8, 6.5))
+    fig, ax = plt.subplots(figsize=(10.5, 6.5))
     if rows:
         xs = np.array([logit(r["sets"][ID]["object_top1"]) for r in rows])
         ys = np.array([logit(r["sets"][OOD]["object_top1"]) for r in rows])
@@ -196,7 +196,7 @@ def plot_id_vs_ood(report: dict[str, Any], path: Path) -> None:
             handles.append(Line2D([], [], ls="", marker="o", mfc="none", color="grey", label="filter model (biased)"))
         _logit_axis(ax, "x", x_lo, x_hi)
         _logit_axis(ax, "y", y_lo, y_hi)
-        ax.legend(handles=handles, loc="upper left", fontsize=8)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside: over no point
         _place_labels(fig, ax, labels)
     sz = report["sizes"]
     ax.set_xlabel(f"ID object top-1 (reference, {sz.get(ID, {}).get('images', 0)} images; logit axis)")

@@ -100,15 +100,17 @@ def _stat(vals: list[float]) -> dict[str, Any] | None:
 
 def correlations(agg: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, Any]:
     """Spearman rho (with its bootstrap interval over seeds) of each OoD metric vs NMI over the NMI sweep's
-    worlds, and vs train images over the size sweep's."""
+    worlds, vs train images over the size sweep's, and vs NMI over the fixed-atypical sweep's (``atypical``:
+    worlds with the same number of atypical-pair images)."""
     out: dict[str, Any] = {}
-    for sweep, x in (("nmi", "nmi"), ("size", "train_images")):
+    for sweep, x, name in (("nmi", "nmi", "nmi"), ("size", "train_images", "train_images"),
+                           ("atypical", "nmi", "nmi at a fixed atypical-pair count")):
         ws = [a for a in agg if sweep in a["sweep"].split(",")]
         for k in METRICS:
             ws_k = [a for a in ws if a[f"{OOD}/{k}"]]
             if len(ws_k) >= 3:
-                out[f"{OOD}/{k} vs {x}"] = spearman_bootstrap([a[x] for a in ws_k],
-                                                              [a[f"{OOD}/{k}"]["seeds"] for a in ws_k], n_boot)
+                out[f"{OOD}/{k} vs {name}"] = spearman_bootstrap([a[x] for a in ws_k],
+                                                                 [a[f"{OOD}/{k}"]["seeds"] for a in ws_k], n_boot)
     return out
 
 
@@ -172,14 +174,20 @@ def plot_sweep(agg: list[dict[str, Any]], report: dict[str, Any], out: Path, pre
     n_ood = report["sizes"][OOD]["images"]
     paths = []
     for sweep, x, xlabel, name in (("nmi", "nmi", "training-caption NMI (attribute/object)", "ood_vs_nmi"),
-                                   ("size", "train_images", "training images (log axis)", "ood_vs_size")):
+                                   ("size", "train_images", "training images (log axis)", "ood_vs_size"),
+                                   ("atypical", "nmi", "", "ood_vs_nmi_fixed_atypical")):
         ws = [a for a in agg if sweep in a["sweep"].split(",")]
         if not ws:
             continue
         fig, ax = plt.subplots(figsize=(7, 5))
-        fixed = f"{ws[0]['train_images']} train images" if sweep == "nmi" else f"knob {ws[0]['knob']:.2f}"
-        _errorbars(ax, ws, x, xlabel, f"Rare-composition accuracy vs {'NMI' if sweep == 'nmi' else 'size'} ({fixed})",
-                   n_ood)
+        fixed = {"nmi": f"{ws[0]['train_images']} train images", "size": f"knob {ws[0]['knob']:.2f}",
+                 "atypical": "{}-{} atypical-pair images each".format(
+                     min(a["atypical_images"] for a in ws), max(a["atypical_images"] for a in ws))}[sweep]
+        what = {"nmi": "Rare-composition accuracy vs NMI", "size": "Rare-composition accuracy vs size",
+                "atypical": "Rare accuracy vs NMI"}[sweep]
+        if sweep == "atypical":
+            xlabel = f"training-caption NMI (worlds of {', '.join(str(a['train_images']) for a in sorted(ws, key=lambda a: a['nmi']))} images)"
+        _errorbars(ax, ws, x, xlabel, f"{what} ({fixed})", n_ood)
         if sweep == "size":
             ax.set_xscale("log")
             ax.set_xticks([a["train_images"] for a in ws], [str(a["train_images"]) for a in ws])
