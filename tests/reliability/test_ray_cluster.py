@@ -122,9 +122,9 @@ def _block_markers(out: Path) -> dict[str, dict]:
 
 
 def test_pool_download_spreads_over_the_nodes_and_a_lost_node_costs_only_its_blocks(cluster, tmp_path, small_world):
-    """The pool download's blocks (8 of 12 URLs, served over HTTP on 127.0.0.1) run on both nodes and write
-    the local run's samples; a node lost mid-download (with the command) leaves its finished blocks,
-    and the rerun downloads only the others."""
+    """The pool download's blocks (8 of 12 URLs, served over HTTP on 127.0.0.1) run on the cluster's nodes; a
+    node lost mid-download (with the command) leaves its finished blocks, the rerun downloads only the others,
+    and the result is the local run's samples, its blocks made on more than one node."""
     import polars as pl
 
     from builders.synthetic.httpserver import serve_folder, write_url_list
@@ -134,19 +134,15 @@ def test_pool_download_spreads_over_the_nodes_and_a_lost_node_costs_only_its_blo
     with serve_folder(pool) as base:
         urls, _ = write_url_list(pool, base, tmp_path)
         pl.read_parquet(urls).select("url", "caption").head(URLS).write_parquet(tmp_path / "u.parquet")
-        _download(tmp_path / "u.parquet", tmp_path / "ray", env, "ray", address)
-        blocks = _block_markers(tmp_path / "ray")
-        assert len(blocks) == 8 and len({b["stats"]["node"] for b in blocks.values()}) == 2  # both nodes ran blocks
-        # a third node joins (started while the local reference download, which does not use Ray, runs:
-        # the Ray run above is over, so it ran on the two nodes only), and goes away mid-download with the
-        # command that used it
+        # a third node joins while the local reference download (which does not use Ray) runs; it goes
+        # away mid-download with the command that used it
         before = _raylets()
         join = subprocess.Popen([RAY, "start", "--address", address, "--num-cpus", "1", "--disable-usage-stats",
                                  "--node-ip-address", "127.0.0.1"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, env=env)
         _download(tmp_path / "u.parquet", tmp_path / "local", env)
         ref = _pool_content(tmp_path / "local")
-        assert _pool_content(tmp_path / "ray") == ref and len(ref) == URLS * 3  # jpg, json, txt
+        assert len(ref) == URLS * 3  # jpg, json, txt
         _, err = join.communicate(timeout=180)
         assert join.returncode == 0, err[-3000:]
         extra, out = _raylets() - before, tmp_path / "lost"
@@ -162,7 +158,11 @@ def test_pool_download_spreads_over_the_nodes_and_a_lost_node_costs_only_its_blo
         assert 2 <= len(kept) < 8, kept
         _download(tmp_path / "u.parquet", out, env, "ray", address)
     assert {n: (out / f"{n}.tar").stat().st_mtime_ns for n in kept} == kept  # finished blocks not downloaded again
-    assert len(_block_markers(out)) == 8 and _pool_content(out) == ref
+    blocks = _block_markers(out)
+    assert len(blocks) == 8 and _pool_content(out) == ref
+    # the blocks ran on several nodes (a block finished but not yet marked when the kill came is adopted by
+    # the rerun: its marker names no node)
+    assert len({b["stats"].get("node") for b in blocks.values()} - {None}) >= 2, blocks
 
 
 def test_losing_the_worker_node_mid_run_loses_nothing(cluster, tmp_path, small_world, tiny_mini_spec):
