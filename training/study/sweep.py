@@ -164,12 +164,14 @@ def _errorbars(ax, agg: list[dict[str, Any]], x: str, xlabel: str, title: str, n
 
 
 def plot_sweep(agg: list[dict[str, Any]], report: dict[str, Any], out: Path, prefix: str = "") -> list[Path]:
-    """``PREFIXood_vs_nmi.png``, ``PREFIXood_vs_size.png`` and ``PREFIXeffective_robustness.png`` (one point per
-    world, mean ± std over seeds, with the study's supervised rows and baseline line); returns the files."""
+    """``PREFIXood_vs_nmi.png``, ``PREFIXood_vs_size.png``, ``PREFIXood_vs_nmi_fixed_atypical.png`` (when the
+    sweep has such worlds) and ``PREFIXeffective_robustness.png`` (one point per world, mean ± std over seeds,
+    with the study's supervised rows and baseline line); returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     n_ood = report["sizes"][OOD]["images"]
     paths = []
@@ -191,6 +193,7 @@ def plot_sweep(agg: list[dict[str, Any]], report: dict[str, Any], out: Path, pre
         if sweep == "size":
             ax.set_xscale("log")
             ax.set_xticks([a["train_images"] for a in ws], [str(a["train_images"]) for a in ws])
+            ax.xaxis.set_minor_formatter(NullFormatter())  # no stray "2 x 10^3" between them
         fig.tight_layout()
         paths.append(out / f"{prefix}{name}.png")
         fig.savefig(paths[-1], dpi=130)
