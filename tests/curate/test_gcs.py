@@ -10,19 +10,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from gcs_server import start_server
+from storage_helpers import RESHARD, curate, outputs, reshard_reference
 
 from curate import storage
 from curate.errors import CurateError
-from curate.shards import write_shard
 
 pytestmark = pytest.mark.slow
 
-CURATE = str(Path(sys.executable).with_name("curate"))
-RESHARD = ["--maxcount", "3", "-w", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -51,41 +48,10 @@ def gsenv(gcs, tmp_path, monkeypatch):
     storage._State._open.clear()
 
 
-def curate(args: list[str], timeout: int = 120, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CURATE, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env})
-
-
-def local_files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and ".curate" not in p.parts}
-
-
-def outputs(files: dict[str, bytes]) -> dict:
-    """The shards' bytes and the manifest's rows, less ``source_shard`` (a local or a mirror path)."""
-    import io
-
-    import polars as pl
-
-    out: dict = {k: v for k, v in files.items() if k.startswith("shards/")}
-    if "manifest.parquet" in files:
-        out["manifest.parquet"] = pl.read_parquet(io.BytesIO(files["manifest.parquet"])).drop(
-            "source_shard", strict=False).to_dicts()
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Input shards and ``curate shards reshard``'s output on local folders, made once for the file."""
-    root = tmp_path_factory.mktemp("reference")
-    src = root / "in"
-    src.mkdir()
-    for i in range(3):
-        write_shard(src / f"in-{i:06d}.tar",
-                    [{"__key__": f"k{i}_{j}", "jpg": bytes([i, j]) * 300, "json": {"i": i, "j": j}} for j in range(4)])
-    r = curate(["shards", "reshard", str(src), "--out", str(root / "ref"), *RESHARD])
-    assert r.returncode == 0, r.stderr
-    return src, local_files(root / "ref")
+    return reshard_reference(tmp_path_factory.mktemp("reference"))
 
 
 # -- the storage layer ---------------------------------------------------------------------------

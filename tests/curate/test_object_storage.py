@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 from s3_server import start_server
+from storage_helpers import CURATE, curate, local_files, make_shards, outputs, reshard_reference
 
 from curate import storage
 from curate.errors import CurateError
-from curate.shards import write_shard
-
-CURATE = str(Path(sys.executable).with_name("curate"))
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +47,6 @@ def s3env(s3, tmp_path, monkeypatch):
     storage._State._open.clear()
 
 
-def curate(args: list[str], timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CURATE, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env})
-
-
-def make_shards(folder: Path, n: int = 3, per: int = 4) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        write_shard(folder / f"in-{i:06d}.tar",
-                    [{"__key__": f"k{i}_{j}", "jpg": bytes([i, j]) * 300, "json": {"i": i, "j": j}} for j in range(per)])
-    return folder
-
-
 def upload(s3, bucket: str, folder: Path, prefix: str) -> None:
     c = s3.client()
     for p in sorted(folder.rglob("*")):
@@ -69,34 +54,10 @@ def upload(s3, bucket: str, folder: Path, prefix: str) -> None:
             c.put_object(Bucket=bucket, Key=f"{prefix}/{p.relative_to(folder).as_posix()}", Body=p.read_bytes())
 
 
-def local_files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and ".curate" not in p.parts}
-
-
-def outputs(files: dict[str, bytes]) -> dict:
-    """What must be identical between runs: the shards' bytes and the manifest's rows (its
-    ``source_shard`` column names where the input was read, a local or a mirror path)."""
-    import io
-
-    import polars as pl
-
-    out: dict = {k: v for k, v in files.items() if k.startswith("shards/")}
-    if "manifest.parquet" in files:
-        out["manifest.parquet"] = pl.read_parquet(io.BytesIO(files["manifest.parquet"])).drop(
-            "source_shard", strict=False).to_dicts()
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Input shards and the output of ``curate shards reshard`` on local folders, made once for the file
-    (the tests only read the input folder and compare with the output's bytes)."""
-    root = tmp_path_factory.mktemp("reference")
-    src = make_shards(root / "in")
-    r = curate(["shards", "reshard", str(src), "--out", str(root / "ref"), "--maxcount", "3", "-w", "1"])
-    assert r.returncode == 0, r.stderr
-    return src, local_files(root / "ref")
+    """Input shards and the output of ``curate shards reshard`` on local folders, made once for the file."""
+    return reshard_reference(tmp_path_factory.mktemp("reference"))
 
 
 # -- the storage layer ---------------------------------------------------------------------------
