@@ -148,7 +148,15 @@ def _parse_lines(text: str, where: str, kind: str) -> list[Entry]:
 
 
 def _parse_csv(text: str, where: str, kind: str) -> list[Entry]:
-    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return _csv_entries(text, where, kind)
+    except csv.Error as e:  # e.g. a quote left open
+        raise CurateError(f"not a readable CSV file: {e}", where=where,
+                          fix=f"save it as CSV with a header row holding a 'name' (or '{kind}') column") from None
+
+
+def _csv_entries(text: str, where: str, kind: str) -> list[Entry]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # the csv module's own newline handling (a lone \r too)
     cols = [c.strip().lower() for c in (reader.fieldnames or [])]
     name_col = next((c for c in ("name", "names", kind, f"{kind}s", "class", "label") if c in cols), None)
     if name_col is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from curate.errors import CurateError
@@ -25,6 +25,8 @@ LINES = st.lists(st.one_of(WORDS, st.text(max_size=20)), max_size=12).map("\n".j
 
 @SETTINGS
 @given(objects=LINES, attributes=LINES, suffix=st.sampled_from([".txt", ".csv"]))
+@example(objects="\r0", attributes="", suffix=".csv")  # found here: csv.Error escaped (a lone \r in a field)
+@example(objects='name\n"red', attributes="name\nred", suffix=".csv")  # a quote left open
 def test_vocabulary_files_parse_or_fail_clearly(objects, attributes, suffix):
     from builders.imagenet_ao.vocab import load_vocabulary
 
