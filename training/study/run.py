@@ -210,7 +210,7 @@ def probe_scores(row: ModelRow, sets: Sets, device: str, features: dict[str, dic
 
 def scratch_scores(row: ModelRow, sets: Sets, runs: Path) -> dict[str, np.ndarray]:
     """The scratch network per seed (its checkpoints under ``runs``): ``NAME/object/SEED`` logits."""
-    from .scratch import EPOCHS, logits, pixels, train_scratch
+    from .scratch import logits, pixels, train_scratch
 
     if "train" not in sets.sets:
         raise CurateError(f"{row.label}: the scratch network needs training images", fix="pass --train")
@@ -219,7 +219,7 @@ def scratch_scores(row: ModelRow, sets: Sets, runs: Path) -> dict[str, np.ndarra
     out = {}
     for seed in row.seeds:
         model = train_scratch(images["train"], y, len(sets.objects), seed, runs / f"{_slug(row.label)}-seed{seed}",
-                              epochs=row.epochs or EPOCHS)
+                              epochs=epochs_of(row))
         for name in EVALUATED:
             if name in images:
                 out[f"{name}/object/{seed}"] = logits(model, images[name])
@@ -228,7 +228,7 @@ def scratch_scores(row: ModelRow, sets: Sets, runs: Path) -> dict[str, np.ndarra
 
 def finetune_scores(row: ModelRow, sets: Sets, device: str, runs: Path) -> dict[str, np.ndarray]:
     """The model's image tower fine-tuned per seed (checkpoints under ``runs``): ``NAME/object/SEED`` logits."""
-    from .finetune import EPOCHS, finetune, logits
+    from .finetune import finetune, logits
 
     if "train" not in sets.sets:
         raise CurateError(f"{row.label}: fine-tuning needs training images", fix="pass --train")
@@ -236,11 +236,18 @@ def finetune_scores(row: ModelRow, sets: Sets, device: str, runs: Path) -> dict[
     out = {}
     for seed in row.seeds:
         model, enc = finetune(row.spec, device, sets.sets["train"], y, sets.objects, seed,
-                              runs / f"{_slug(row.label)}-seed{seed}", epochs=row.epochs or EPOCHS)
+                              runs / f"{_slug(row.label)}-seed{seed}", epochs=epochs_of(row))
         for name in EVALUATED:
             if name in sets.sets:
                 out[f"{name}/object/{seed}"] = logits(model, enc, sets.sets[name])
     return out
+
+
+def epochs_of(row: ModelRow) -> int | None:
+    """The epochs a trained row runs: its ``epochs`` column, else its method's default (None: not trained)."""
+    from . import finetune, scratch
+
+    return row.epochs or {SCRATCH: scratch.EPOCHS, FINETUNE: finetune.EPOCHS}.get(row.method)
 
 
 def _slug(label: str) -> str:
@@ -253,8 +260,7 @@ def row_key(row: ModelRow, inputs: dict[str, Any], decode: str = DEFAULT_DECODE)
     scores than from DCT-scaled ones, so a cache made before the default changed is not reused)."""
     from . import finetune, scratch
 
-    settings = {SCRATCH: [row.epochs or scratch.EPOCHS, scratch.SIZE],
-                FINETUNE: [row.epochs or finetune.EPOCHS, finetune.LR, finetune.BATCH]}
+    settings = {SCRATCH: [epochs_of(row), scratch.SIZE], FINETUNE: [epochs_of(row), finetune.LR, finetune.BATCH]}
     return fingerprint(model_fingerprint(row.spec), row.method, list(row.seeds), inputs,
                        inputs["train"] if row.trained else None, settings.get(row.method), f"decode={decode}")
 

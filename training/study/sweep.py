@@ -175,21 +175,13 @@ def plot_sweep(agg: list[dict[str, Any]], report: dict[str, Any], out: Path, pre
 
     n_ood = report["sizes"][OOD]["images"]
     paths = []
-    for sweep, x, xlabel, name in (("nmi", "nmi", "training-caption NMI (attribute/object)", "ood_vs_nmi"),
-                                   ("size", "train_images", "training images (log axis)", "ood_vs_size"),
-                                   ("atypical", "nmi", "", "ood_vs_nmi_fixed_atypical")):
+    for sweep, x, name in (("nmi", "nmi", "ood_vs_nmi"), ("size", "train_images", "ood_vs_size"),
+                           ("atypical", "nmi", "ood_vs_nmi_fixed_atypical")):
         ws = [a for a in agg if sweep in a["sweep"].split(",")]
         if not ws:
             continue
         fig, ax = plt.subplots(figsize=(7, 5))
-        fixed = {"nmi": f"{ws[0]['train_images']} train images", "size": f"knob {ws[0]['knob']:.2f}",
-                 "atypical": "{}-{} atypical-pair images each".format(
-                     min(a["atypical_images"] for a in ws), max(a["atypical_images"] for a in ws))}[sweep]
-        what = {"nmi": "Rare-composition accuracy vs NMI", "size": "Rare-composition accuracy vs size",
-                "atypical": "Rare accuracy vs NMI"}[sweep]
-        if sweep == "atypical":
-            xlabel = f"training-caption NMI (worlds of {', '.join(str(a['train_images']) for a in sorted(ws, key=lambda a: a['nmi']))} images)"
-        _errorbars(ax, ws, x, xlabel, f"{what} ({fixed})", n_ood)
+        _errorbars(ax, ws, x, *_sweep_labels(sweep, ws), n_ood)
         if sweep == "size":
             ax.set_xscale("log")
             ax.set_xticks([a["train_images"] for a in ws], [str(a["train_images"]) for a in ws])
@@ -201,6 +193,19 @@ def plot_sweep(agg: list[dict[str, Any]], report: dict[str, Any], out: Path, pre
     paths.append(out / f"{prefix}effective_robustness.png")
     plot_id_vs_ood(er_report(agg, report), paths[-1])
     return paths
+
+
+def _sweep_labels(sweep: str, ws: list[dict[str, Any]]) -> tuple[str, str]:
+    """The x-axis label and the title of one sweep's plot: what varies, and (in brackets) what is held fixed."""
+    if sweep == "nmi":
+        return ("training-caption NMI (attribute/object)",
+                f"Rare-composition accuracy vs NMI ({ws[0]['train_images']} train images)")
+    if sweep == "size":
+        return "training images (log axis)", f"Rare-composition accuracy vs size (knob {ws[0]['knob']:.2f})"
+    sizes = ", ".join(str(a["train_images"]) for a in sorted(ws, key=lambda a: a["nmi"]))
+    counts = [a["atypical_images"] for a in ws]
+    return (f"training-caption NMI (worlds of {sizes} images)",
+            f"Rare accuracy vs NMI ({min(counts)}-{max(counts)} atypical-pair images each)")
 
 
 def er_report(agg: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any]:
