@@ -40,6 +40,9 @@ def test_build_mllm_makes_a_folder_the_loader_reads_and_caches_it(world_and_mini
     assert report["image_tokens"] == 16 and report["vocabulary"] > 8
     for phase in ("vision", "language"):
         assert report[phase]["steps"] > 0 and math.isfinite(report[phase]["last_loss"])
+    # the one-word instruction data: each train image's object and attribute, from the train split
+    assert report["language"]["one_word_rows"] == {"split": "train", "images": 2 * report["train_images"],
+                                                   "captions": 2 * report["train_images"]}
     assert report["vision"]["epoch_losses"][-1] < report["vision"]["epoch_losses"][0]  # the ViT imitates the CNN
 
     emb = MllmEmbedder(spec, "cpu", tune="last:1")  # the existing loader, unchanged
@@ -73,3 +76,52 @@ def test_bad_inputs(world_and_mini, tmp_path):
     with pytest.raises(CurateError, match="not a complete demo MLLM folder"):
         ensure_demo_mllm(world, mini=mini, out=tmp_path / "taken")
     assert (tmp_path / "taken" / "mine.txt").read_text() == "keep me"
+
+
+def test_one_word_instructions_are_the_train_images_words_in_the_embedders_prompts(world_and_mini):
+    """The instruction rows tokenise exactly as MllmEmbedder's gallery and caption prompts (same chat
+    template, same image-token expansion), the answer (the only labelled part) is the image's object or
+    attribute word, and nothing but the train split feeds the build."""
+    from types import SimpleNamespace
+
+    from training.cir.mllm import CAPTION_PROMPT, GALLERY_PROMPT, MllmEmbedder
+    from training.models import demo_mllm as dm
+
+    world, mini = world_and_mini
+    data = dm.load_split(world / "train", 32, "test")
+    tok = dm.make_tokenizer(dm.words_of(data.captions, 1, [*data.attrs, *data.objs, GALLERY_PROMPT, CAPTION_PROMPT]))
+    proc = dm.make_processor(tok, 32, 4)
+    image_rows, text_rows, which = dm.encode_instructions(tok, data.captions, data.attrs, data.objs, 16)
+    assert len(image_rows) == len(text_rows) == len(which) == 2 * len(data.captions)
+    emb = SimpleNamespace(processor=proc)
+    gallery = proc(images=[Image.new("RGB", (32, 32))], text=[MllmEmbedder.prompt(emb, GALLERY_PROMPT, True)],
+                   return_tensors="pt")["input_ids"][0].tolist()
+    for k in (0, 1, len(which) - 1):
+        i = which[k]
+        (ids, labels), (tids, tlabels) = image_rows[k], text_rows[k]
+        head = labels.index(next(x for x in labels if x != -100))
+        assert ids[:head] == gallery
+        answer = tok.decode(ids[head:], skip_special_tokens=True).strip()
+        assert answer == (data.objs[i] if k % 2 == 0 else data.attrs[i])
+        caption = tok(MllmEmbedder.prompt(emb, CAPTION_PROMPT.format(caption=data.captions[i]), False),
+                      add_special_tokens=False)["input_ids"]
+        assert tids[:len(caption)] == caption and set(tlabels[:len(caption)]) == {-100}
+        assert tok.decode(tids[len(caption):], skip_special_tokens=True).strip() == answer
+
+    seen: dict = {"splits": []}
+
+    def spy_split(folder, *a, **k):
+        seen["splits"].append(Path(folder).name)
+        return dm.load_split.__wrapped__(folder, *a, **k)
+
+    def spy_language(model, tok, data, corpus, cfg, run):
+        seen["data"] = data
+        return {}
+
+    spy_split.__wrapped__ = dm.load_split
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dm, "load_split", spy_split)
+        mp.setattr(dm, "distill_vision", lambda *a, **k: {})
+        mp.setattr(dm, "train_language", spy_language)
+        dm.build(world, mini, dm.DemoMllmConfig(), world.parent / "spy-out", world.parent / "spy-run")
+    assert seen["splits"] == ["train"] and seen["data"].objs == data.objs and seen["data"].attrs == data.attrs

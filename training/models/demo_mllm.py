@@ -14,7 +14,19 @@ a ``LlavaForConditionalGeneration`` folder that ``--mllm hf:PATH`` loads unchang
    layers over a word-level tokenizer of the world's vocabulary (the caption corpus' words seen
    ``min_count`` times, the world's attribute and object names, the prompts' words), trained
    with next-token loss on the world's caption corpus and, LLaVA-style, on its captioned train
-   images (``<image>`` + "Describe this image." -> the caption, loss on the answer only).
+   images (``<image>`` + "Describe this image." -> the caption, loss on the answer only), and on
+   **one-word instruction data** (``one_word``): a train image with InstructCIR's gallery prompt
+   ("Describe this image in one word:") -> its object's name, or its attribute, and its caption
+   with the caption prompt ("... Describe this sentence in one word:") -> the same words.
+
+The one-word data stands in for what a real MLLM's instruction tuning provides: a LLaVA-style
+model answers "Describe this image in one word:" with the object, and InstructCIR's (and E5-V's)
+last-token embedding relies on exactly that ability, the hidden state before the answer holding
+the answer. Without it the demo LM (captions only) ignored the image when answering and its
+last-token embeddings were near-constant (pairwise cosine 0.999), so InfoNCE started at chance
+and stage 1 did not move in its budget. The data is made from the world's train split only (the
+images' truth: ``attr``, ``obj``, ``caption``); never from the triplets, whose edit prompt
+(``Modify this image with ...``) is left for stage 2 to teach.
 
 Saved with ``save_pretrained`` (safetensors) with a ``LlavaProcessor``: the tokenizer (a
 ``PreTrainedTokenizerFast`` with ``<image>`` and a Phi-3.5-style chat template) and a CLIP image
@@ -62,7 +74,8 @@ class DemoMllmConfig:
     min_count: int = 2           # a corpus word needs this many occurrences to get a token
     corpus_captions: int = 60_000
     distill_epochs: int = 6
-    lm_epochs: int = 3           # passes over the captioned train images (a corpus batch beside each)
+    lm_epochs: int = 5           # passes over the train image rows (describe + one-word), a text batch beside each
+    one_word: bool = True        # instruction data: image / caption + one-word prompt -> its word
     batch_size: int = 64
     lr: float = 2e-3
     max_seconds: float = 900.0   # safety net per phase on a busy machine
@@ -220,18 +233,48 @@ def phase_summary(res: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 # phase 2: the language model (captions) and the projector (captioned images), LLaVA-style
 # ------------------------------------------------------------------------------------------
+def chat_head(tok: Any, text: str, n_image: int) -> list[int]:
+    """Token ids of ``text`` as a user turn through the chat template (generation prompt added), after
+    ``n_image`` image tokens when ``n_image`` > 0: the ids the MLLM embedder's prompts tokenise to."""
+    content = ([{"type": "image"}] if n_image else []) + [{"type": "text", "text": text}]
+    prompt = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return tok(prompt.replace("<image>", "<image>" * n_image), add_special_tokens=False)["input_ids"]
+
+
+def answer_rows(tok: Any, head: list[int], answers: list[str]) -> list[tuple[list[int], list[int]]]:
+    """``head`` + each answer ``ANSWER<|end|>``, loss on the answer only."""
+    out = []
+    for a in answers:
+        answer = tok(a + "<|end|>", add_special_tokens=False)["input_ids"]
+        out.append((head + answer, [-100] * len(head) + answer))
+    return out
+
+
 def encode_texts(tok: Any, captions: list[str], images: list[str], n_image: int) -> tuple[list, list]:
     """Token ids and labels: corpus captions (``<s> caption </s>``, loss on all) and captioned images
     (the chat prompt with ``n_image`` image tokens, loss on the answer ``caption<|end|>`` only)."""
     text = [[tok.bos_token_id, *tok(c, add_special_tokens=False)["input_ids"], tok.eos_token_id] for c in captions]
-    prompt = tok.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DESCRIBE}]}],
-                                     tokenize=False, add_generation_prompt=True)
-    head = tok(prompt.replace("<image>", "<image>" * n_image), add_special_tokens=False)["input_ids"]
-    mm = []
-    for c in images:
-        answer = tok(c + "<|end|>", add_special_tokens=False)["input_ids"]
-        mm.append((head + answer, [-100] * len(head) + answer))
-    return [(t, t) for t in text], mm
+    return [(t, t) for t in text], answer_rows(tok, chat_head(tok, DESCRIBE, n_image), images)
+
+
+def one_word_answers(attrs: list[str], objs: list[str]) -> list[tuple[int, str]]:
+    """The one-word instruction data of the train images: (image row, answer) with the object's name
+    and, where the image names one, its attribute (the world's truth of a train-split image)."""
+    return [(i, w) for i, (a, o) in enumerate(zip(attrs, objs, strict=True)) for w in (o, a) if w]
+
+
+def encode_instructions(tok: Any, captions: list[str], attrs: list[str], objs: list[str],
+                        n_image: int) -> tuple[list, list, list[int]]:
+    """What a real MLLM's instruction tuning gives (see the module docstring), from the train images:
+    the image with InstructCIR's gallery prompt -> its object or attribute word, and its caption with
+    the caption prompt -> the same words. Returns (image rows, caption rows, each image row's image)."""
+    from ..cir.mllm import CAPTION_PROMPT, GALLERY_PROMPT
+
+    pairs = one_word_answers(attrs, objs)
+    image_rows = answer_rows(tok, chat_head(tok, GALLERY_PROMPT, n_image), [w for _, w in pairs])
+    text_rows = [row for i, w in pairs
+                 for row in answer_rows(tok, chat_head(tok, CAPTION_PROMPT.format(caption=captions[i]), 0), [w])]
+    return image_rows, text_rows, [i for i, _ in pairs]
 
 
 def pad_batch(rows: list[tuple[list[int], list[int]]], pad: int) -> dict[str, Any]:
@@ -246,25 +289,39 @@ def pad_batch(rows: list[tuple[list[int], list[int]]], pad: int) -> dict[str, An
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def train_language(model: Any, tok: Any, images: Any, captions: list[str], corpus: list[str],
-                   cfg: DemoMllmConfig, run: Path) -> dict[str, Any]:
+def train_language(model: Any, tok: Any, data: Any, corpus: list[str], cfg: DemoMllmConfig,
+                   run: Path) -> dict[str, Any]:
+    """Next-token loss, per step: a batch of image rows (describe -> caption; with ``cfg.one_word``
+    also the gallery prompt -> object / attribute word) and as many text rows (corpus captions; with
+    ``cfg.one_word`` half of them caption + caption prompt -> its word)."""
     import torch
 
     from ..loop import FitConfig, fit, index_batches
 
-    text, mm = encode_texts(tok, corpus, captions, cfg.grid ** 2)
+    n_image = cfg.grid ** 2
+    text, mm = encode_texts(tok, corpus, data.captions, n_image)
+    image_of = list(range(len(mm)))
+    words: list = []
+    if cfg.one_word:
+        one_mm, words, which = encode_instructions(tok, data.captions, data.attrs, data.objs, n_image)
+        mm, image_of = mm + one_mm, image_of + which
     model.model.vision_tower.requires_grad_(False)
     gen, text_gen = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 2)
     image_batches, steps = index_batches(len(mm), cfg.batch_size, gen)
+    image_of_t = torch.tensor(image_of)
 
     def batches(epoch: int) -> Any:
         for idx in image_batches(epoch):
-            yield idx, torch.randint(len(text), (len(idx),), generator=text_gen)
+            n_words = len(idx) // 2 if words else 0
+            yield (idx, torch.randint(len(text), (len(idx) - n_words,), generator=text_gen),
+                   torch.randint(max(1, len(words)), (n_words,), generator=text_gen))
 
     def loss(m: Any, batch: Any) -> tuple[Any, int]:
-        idx, tidx = batch
-        with_images = m(**pad_batch([mm[i] for i in idx.tolist()], tok.pad_token_id), pixel_values=pixels(images[idx]))
-        text_only = m(**pad_batch([text[i] for i in tidx.tolist()], tok.pad_token_id))
+        idx, tidx, widx = batch
+        with_images = m(**pad_batch([mm[i] for i in idx.tolist()], tok.pad_token_id),
+                        pixel_values=pixels(data.images[image_of_t[idx]]))
+        rows = [text[i] for i in tidx.tolist()] + [words[i] for i in widx.tolist()]
+        text_only = m(**pad_batch(rows, tok.pad_token_id))
         return with_images.loss + text_only.loss, len(idx)
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
@@ -273,7 +330,8 @@ def train_language(model: Any, tok: Any, images: Any, captions: list[str], corpu
                         max_seconds=cfg.max_seconds, desc="demo-mllm: language model"),
               generators={"sampler": gen, "corpus": text_gen}, steps_per_epoch=steps,
               what="the demo MLLM's language model")
-    return phase_summary(res)
+    return {**phase_summary(res), "one_word_rows": {"split": TRAIN, "images": len(mm) - len(data.captions),
+                                                    "captions": len(words)}}
 
 
 def corpus_captions(world: Path, limit: int) -> list[str]:
@@ -310,7 +368,7 @@ def build(world: Path, mini: Path, cfg: DemoMllmConfig, out: Path, run: Path) ->
     tok = make_tokenizer(words_of(corpus, cfg.min_count, names))
     model = make_model(cfg, size, tok)
     vision = distill_vision(model, data.images, mini, cfg, run / "vision")
-    language = train_language(model, tok, data.images, data.captions, corpus, cfg, run / "language")
+    language = train_language(model, tok, data, corpus, cfg, run / "language")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     make_processor(tok, size, cfg.grid).save_pretrained(out)
