@@ -92,7 +92,8 @@ class OpenAIBackend:
 
     def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, float | None, bytes]:
         conn = self._conn()
-        if conn.sock is None:
+        fresh = conn.sock is None
+        if fresh:
             try:
                 conn.connect()
             except OSError as e:  # refused, no route, DNS failure, connect timeout
@@ -107,7 +108,10 @@ class OpenAIBackend:
             raise RetryableError(f"no answer within {self.timeout:g} s") from e
         except (http.client.HTTPException, ConnectionError, OSError) as e:
             self._drop()
-            raise RetryableError(f"connection failed ({type(e).__name__}: {e})") from e
+            # reset or refused on a connection we have just opened: the server is going away (a dying
+            # server's last accepted connections are reset), as unreachable as a refused connect
+            gone = fresh and isinstance(e, (ConnectionResetError, ConnectionRefusedError))
+            raise RetryableError(f"connection failed ({type(e).__name__}: {e})", unreachable=gone) from e
         if resp.will_close:
             self._drop()
         return resp.status, parse_retry_after(resp.getheader("Retry-After")), data
