@@ -18,7 +18,12 @@ import pytest
 from build_helpers import relaxed_toml
 
 CURATE = str(Path(sys.executable).with_name("curate"))
-pytest.importorskip("diffusers")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _needs_diffusers():
+    """Skipped without diffusers; imported here, not at collection (its import takes seconds)."""
+    pytest.importorskip("diffusers")
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-open_clip = pytest.importorskip("open_clip")
-pytest.importorskip("torchvision")
+from curate.embed.gpu_decode import Recipe, TensorDecoder, gpu_decoder, tensor_recipe
+from curate.images import open_rgb
 
-from curate.embed.gpu_decode import Recipe, TensorDecoder, gpu_decoder, tensor_recipe  # noqa: E402
-from curate.images import open_rgb  # noqa: E402
+
+@pytest.fixture(autouse=True, scope="module")
+def _needs_torchvision():
+    """Skipped without torchvision; imported here, not at collection (a worker that never runs this file
+    does not pay for open_clip's import)."""
+    pytest.importorskip("torchvision")
 
 
 def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -30,6 +34,7 @@ def _bytes(im: Image.Image, fmt: str = "JPEG") -> bytes:
 
 @pytest.fixture(scope="module")
 def transform():
+    open_clip = pytest.importorskip("open_clip")
     return open_clip.image_transform(224, is_train=False)
 
 
