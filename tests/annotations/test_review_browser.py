@@ -77,6 +77,7 @@ def tag_first_sample_in_app(page, tag: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_review_in_browser_then_pull(tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -238,6 +238,7 @@ STAGE_MARKERS = ["rarity_scan", "generate", "pool", "decode_check"]
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_kill_9_in_each_stage_then_rerun_gives_identical_manifest(tmp_path, small_build):
     # the reference is the session's uninterrupted build (conftest.py: this same command, relaxed filters,
     # pool + demo generator, one worker), so the test only pays for the killed runs
@@ -288,6 +289,7 @@ def test_download_failures_group_by_cause_and_a_dead_list_is_one_short_error(tmp
         ingest_pool(str(tmp_path / "empty.parquet"), tmp_path / "pool2", image_size=64, workers=1)
 
 
+@pytest.mark.system
 def test_pool_download_writes_what_img2dataset_download_writes(tmp_path, small_world):
     """Our distribution of img2dataset's work (forked workers, no logger process) writes exactly what
     ``img2dataset.download`` writes with the same options: the same samples, byte for byte, over
@@ -338,6 +340,7 @@ download_urls(Path({urls!r}), Path({out!r}), image_size=64, processes=1, threads
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_pool_download_interrupted_then_rerun_downloads_only_the_rest(tmp_path, small_world):
     """Ctrl-C (SIGINT to the process group) stops a URL download within seconds, with one traceback
     (the parent's; the workers ignore it); a rerun keeps the shards finished before it and

@@ -174,6 +174,7 @@ def test_circo_export_has_semantic_aspects_from_the_edit_type(ao):
 
 # -- clip-retrieval --------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.system
 def test_clip_retrieval_index_and_metadata_provider(ao, tmp_path):
     import faiss
     from clip_retrieval.clip_back import ParquetMetadataProvider

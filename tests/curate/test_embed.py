@@ -236,6 +236,7 @@ def clip_retrieval_inference(arch_json: Path, shard: Path, out: Path, spec: str)
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_clip_retrieval_interop_both_directions(tmp_path, tiny_open_clip):
     """clip-retrieval inference output is read by us; `clip-retrieval index` consumes ours."""
     from curate.embed.backends import load_model

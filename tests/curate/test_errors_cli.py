@@ -414,6 +414,7 @@ def _stopped_with_sigint_handled(pids: set[int]) -> bool:
     return all(not int(s.split("SigIgn:")[1].split()[0], 16) & bit for s in status.values())
 
 
+@pytest.mark.system
 def test_ctrl_c_mid_build_says_the_same_command_resumes(tmp_path, small_world, tiny_mini_spec):
     """SIGINT to the process group (Ctrl-C in a terminal) while pool workers run: exit 130 within seconds,
     one line saying how to resume, no traceback from the parent or the workers. The group is stopped

@@ -1,5 +1,5 @@
 """Object storage (issue 25): commands read and write s3:// through curate/storage.py, against a real
-S3-compatible server (moto in server mode, HTTP on 127.0.0.1, authentication on; tests/curate/s3_server.py).
+S3-compatible server (moto in server mode, HTTP on 127.0.0.1, authentication on; tests/s3_server.py).
 
 gs:// goes through the same code (fsspec.url_to_fs -> gcsfs); it is tested end to end against a local GCS
 server in test_gcs.py (gcp-storage-emulator on 127.0.0.1: read/write/find, the output lock's create-only
@@ -186,6 +186,7 @@ def test_bad_urls_are_named(s3env, reference):
     assert r.returncode == 2 and "access denied" in r.stderr and "AWS_ACCESS_KEY_ID" in r.stderr
 
 
+@pytest.mark.system
 def test_server_stopping_mid_run_leaves_no_half_object_and_the_rerun_completes(s3env, tmp_path):
     """A second server over the same store stops while the run uploads; the run fails with a clear line,
     the bucket holds only whole objects, and a rerun (through the first server) completes."""

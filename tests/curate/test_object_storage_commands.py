@@ -1,5 +1,5 @@
 """Issue 25 point 2, end to end: commands whose inputs and outputs are all in a bucket of a real
-S3-compatible server (moto's, on 127.0.0.1; tests/curate/s3_server.py) give the bytes of the local run,
+S3-compatible server (moto's, on 127.0.0.1; tests/s3_server.py) give the bytes of the local run,
 a SIGKILLed build resumes from the bucket on another machine (an empty mirror), and the readers our
 outputs promise (webdataset, ``datasets.load_dataset``) read them from the bucket through fsspec.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from s3_server import start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.system]
 CURATE = str(Path(sys.executable).with_name("curate"))
 # files that name where the run read its inputs (a local or a mirror path), not only what it made
 PATH_RECORDS = ("dataset.json", "README.md", "stats.json", "embeddings.json", "triplets.json", "index.json")

@@ -12,7 +12,7 @@ import time
 import pytest
 from kill_helpers import CURATE, ENV, check_same, kill_attempts, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(900)]
 
 
 def test_build_killed_anywhere(small_build, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kill_helpers import check_same, kill_attempts, leftover_processes, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

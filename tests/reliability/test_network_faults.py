@@ -19,6 +19,7 @@ FAULTS = [404, 500, 5.0, "reset", "redirect-loop", "html", "truncate", "dead"]  
 
 
 @pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.timeout(600)
 def test_every_network_fault_is_counted_and_none_is_fatal(tmp_path, small_world, tiny_mini_spec):
     from builders.synthetic.httpserver import serve_folder, write_url_list

@@ -1,6 +1,7 @@
 """A real local Ray cluster (a head and a worker node started with the Ray CLI on 127.0.0.1): the build and
-embed stages give the same bytes as the local executor, and losing the worker node's raylet mid-run
-loses nothing once the command is rerun."""
+embed stages, their outputs in a bucket of a local S3-compatible server, give the same bytes as the local
+executor; the pool download (served over HTTP on 127.0.0.1) spreads over the nodes; losing a node's raylet
+mid-run loses nothing once the command is rerun."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 
 BIN = Path(sys.executable).parent
 CURATE, RAY = str(BIN / "curate"), str(BIN / "ray")
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
+pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(900),
               pytest.mark.skipif(not (BIN / "ray").exists(), reason="the ray extra is not installed")]
 
 
@@ -69,17 +70,35 @@ def _curate(args, env, check=True):
     return r
 
 
-def test_build_and_embed_on_a_ray_cluster_match_the_local_executor(cluster, tmp_path, small_build,
-                                                                   small_build_embeddings):
+def _bucket_digests(s3, bucket: str, prefix: str) -> dict[str, str]:
+    """``_digests`` of what the command wrote under ``s3://BUCKET/PREFIX/``."""
+    got = {k[len(prefix) + 1:]: v for k, v in s3.keys(bucket, prefix + "/").items()}
+    return {k: hashlib.sha256(v).hexdigest() for k, v in sorted(got.items())
+            if Path(k).suffix in (".tar", ".npy") or Path(k).name == "manifest.parquet"}
+
+
+def test_build_and_embed_on_a_ray_cluster_into_a_bucket_match_the_local_executor(cluster, small_build,
+                                                                                  small_build_embeddings):
     """The session's local build and embed (conftest.py; the kill tests compare with them too) rerun on
-    the cluster give the same bytes."""
+    the two-node cluster with their outputs in a bucket of a real S3-compatible server (tests/s3_server.py)
+    give the same bytes. The nodes run on this machine, so they share CURATE_CACHE, where the driver
+    mirrors the bucket (README "Scaling out": on several machines it must be a shared folder)."""
+    from s3_server import start_server
+
     address, _, env = cluster
-    ray_args = ["--executor", "ray", "--address", address]
-    _curate([*small_build.args, *ray_args, "--out", tmp_path / "ray" / "out"], env)
-    local, ray = _digests(small_build.out), _digests(tmp_path / "ray" / "out")
-    assert local == ray and any(k.endswith(".tar") for k in local)
-    _curate([*small_build_embeddings.args, *ray_args, "--out", tmp_path / "emb-ray"], env)
-    assert _digests(small_build_embeddings.out) == _digests(tmp_path / "emb-ray")
+    s3 = start_server()
+    try:
+        bucket = s3.new_bucket("ray")
+        env = {**env, **s3.env(CURATE_NO_PROGRESS="1")}
+        ray_args = ["--executor", "ray", "--address", address]
+        _curate([*small_build.args, *ray_args, "--out", f"s3://{bucket}/ds"], env)
+        local, ray = _digests(small_build.out), _bucket_digests(s3, bucket, "ds")
+        assert local == ray and any(k.endswith(".tar") for k in local)
+        _curate([*small_build_embeddings.args, *ray_args, "--out", f"s3://{bucket}/emb"], env)
+        emb = _digests(small_build_embeddings.out)
+        assert emb == _bucket_digests(s3, bucket, "emb") and any(k.endswith(".npy") for k in emb)
+    finally:
+        s3.stop()
 
 
 DOWNLOAD = """

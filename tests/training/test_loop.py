@@ -85,6 +85,7 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.system
 def test_kill_9_mid_training_then_resume_gives_identical_weights(tmp_path):
     from test_mini_clip import make_world
 
