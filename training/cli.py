@@ -146,8 +146,9 @@ def build_mllm_cmd(
     """Build the demo MLLM: a small LLaVA-style model for `curate train cir --model mllm --mllm hf:PATH`.
 
     A ViT vision tower distilled from the demo mini-CLIP, a projector and a small causal language
-    model over the world's vocabulary, trained on the world's captions (and its captioned images),
-    on CPU in a few minutes; saved with save_pretrained (LlavaForConditionalGeneration + processor).
+    model over the world's vocabulary, trained on the world's captions, its captioned train images
+    and one-word instruction data (a train image or caption + "... in one word:" -> its object or
+    attribute, what a real MLLM's instruction tuning gives), on CPU in a few minutes; saved with save_pretrained (LlavaForConditionalGeneration + processor).
     Cached: a second call with the same world, mini-CLIP and seed returns at once. Prints hf:FOLDER.
 
     Example: curate model build-mllm --world demo-out/world
