@@ -252,11 +252,44 @@ def _download_block(task: Task) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     o = {**a["options"], "output_folder": str(work)}
     _downloader(o, a["columns"], a["save_caption"]).download_shard((a["shard"], a["file"]))  # raises on failure
+    in_key_order(work, name)
     for f in (f"{name}.tar", f"{name}.parquet", f"{name}_stats.json"):
         if (work / f).exists():
             os.replace(work / f, out / f)
     shutil.rmtree(work, ignore_errors=True)
     return _block_record(out, name, json.loads((out / f"{name}_stats.json").read_text()), node)
+
+
+def in_key_order(folder: Path, name: str) -> None:
+    """Rewrite a block's ``NAME.tar`` and ``NAME.parquet`` deterministically: samples in key order (the URL's
+    row order: img2dataset's keys are zero-padded row numbers), tar headers as curate's own shard writer
+    makes them (fixed mtime, mode 644, owner 0). img2dataset writes samples as their downloads finish, each
+    member stamped with the time it was written, so without this a block's bytes would differ run to run:
+    a rerun, another node or the local executor would write the same samples in another order and with
+    other times (and the embeddings made from the shard would follow that order). Member names and data
+    are kept; the members of one sample keep their order; one member is copied at a time (the block is
+    never held in memory)."""
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    from curate.shards import FIXED_MTIME
+
+    tar = folder / f"{name}.tar"
+    if tar.exists():
+        tmp = folder / f"{name}.sorted.tar"
+        with tarfile.open(tar) as src, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as dst:
+            members = [m for m in src.getmembers() if m.isfile()]
+            for m in sorted(members, key=lambda m: m.name.split("/")[-1].split(".", 1)[0]):  # stable: a sample's order
+                info = tarfile.TarInfo(m.name)
+                info.size, info.mtime, info.mode = m.size, FIXED_MTIME, 0o644
+                dst.addfile(info, src.extractfile(m))
+        tmp.replace(tar)
+    meta = folder / f"{name}.parquet"
+    if meta.exists():
+        table = pq.read_table(meta)
+        if "key" in table.column_names and table.num_rows:
+            pq.write_table(table.sort_by("key"), meta)
 
 
 def _adopt_finished_blocks(out: Path, ledger, n_blocks: int, oom: int, inputs: str) -> None:

@@ -268,6 +268,50 @@ def test_kill_9_in_each_stage_then_rerun_gives_identical_manifest(tmp_path, smal
         assert (out / "shards" / shard.name).read_bytes() == shard.read_bytes()
 
 
+def test_a_downloaded_block_is_rewritten_in_key_order_with_fixed_headers(tmp_path):
+    """img2dataset writes a block's samples as their downloads finish, each member stamped with its write
+    time: in_key_order makes the block's bytes the same whatever the timing (keys sorted, a sample's
+    members in their order, curate's fixed tar headers; the parquet's rows by key)."""
+    import random
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from builders.imagenet_ao.pool import in_key_order
+    from curate.shards import FIXED_MTIME, iter_shard
+
+    samples = {f"{i:09d}": {"jpg": bytes([i]) * (10 + i), "json": b'{"i": %d}' % i, "txt": b"cap %d" % i} for i in range(6)}
+
+    def block(folder: Path, seed: int) -> Path:
+        rng = random.Random(seed)
+        folder.mkdir()
+        keys = list(samples)
+        rng.shuffle(keys)
+        with tarfile.open(folder / "00000.tar", "w") as tar:
+            for k in keys:
+                for ext, data in samples[k].items():
+                    info = tarfile.TarInfo(f"{k}.{ext}")
+                    info.size, info.mtime = len(data), 1_700_000_000 + rng.random() * 1000
+                    tar.addfile(info, io.BytesIO(data))
+        pq.write_table(pa.table({"key": keys, "status": ["success"] * len(keys)}), folder / "00000.parquet")
+        in_key_order(folder, "00000")
+        return folder
+
+    a, b = block(tmp_path / "a", 0), block(tmp_path / "b", 1)
+    for f in ("00000.tar", "00000.parquet"):
+        assert (a / f).read_bytes() == (b / f).read_bytes()
+    with tarfile.open(a / "00000.tar") as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == [f"{k}.{e}" for k in sorted(samples) for e in ("jpg", "json", "txt")]
+    assert {m.mtime for m in members} == {FIXED_MTIME}
+    assert {s["__key__"]: s["jpg"] for s in iter_shard(a / "00000.tar")} == {k: v["jpg"] for k, v in samples.items()}
+    assert pq.read_table(a / "00000.parquet").column("key").to_pylist() == sorted(samples)
+    before = (a / "00000.tar").read_bytes()
+    in_key_order(a, "00000")  # idempotent
+    assert (a / "00000.tar").read_bytes() == before
+
+
 def test_download_failures_group_by_cause_and_a_dead_list_is_one_short_error(tmp_path):
     """img2dataset's messages name the URL; grouped by cause, 40 dead URLs are two reasons, and a URL
     list where nothing downloads fails with one short line (not every URL's message)."""

@@ -77,23 +77,33 @@ def _bucket_digests(s3, bucket: str, prefix: str) -> dict[str, str]:
             if Path(k).suffix in (".tar", ".npy") or Path(k).name == "manifest.parquet"}
 
 
-def test_build_and_embed_on_a_ray_cluster_into_a_bucket_match_the_local_executor(cluster, small_build,
-                                                                                  small_build_embeddings):
-    """The session's local build and embed (conftest.py; the kill tests compare with them too) rerun on
-    the two-node cluster with their outputs in a bucket of a real S3-compatible server (tests/s3_server.py)
-    give the same bytes. The nodes run on this machine, so they share CURATE_CACHE, where the driver
-    mirrors the bucket (README "Scaling out": on several machines it must be a shared folder)."""
+def test_build_and_embed_on_a_ray_cluster_into_a_bucket_match_the_local_executor(cluster, tmp_path, small_world,
+                                                                                  small_build, small_build_embeddings):
+    """On the two-node cluster, with their outputs in a bucket of a real S3-compatible server
+    (tests/s3_server.py): the small build with its pool downloaded from a URL list served over HTTP on
+    127.0.0.1 gives the bytes of the same build on the local executor (the pool's shards included), and
+    the session's embed (conftest.py) the bytes of its local run. The nodes run on this machine, so they
+    share CURATE_CACHE, where the driver mirrors the bucket (README "Scaling out": on several machines it
+    must be a shared folder)."""
     from s3_server import start_server
+
+    from builders.synthetic.httpserver import serve_folder, write_url_list
 
     address, _, env = cluster
     s3 = start_server()
+    pool = small_world.path / "pool"
     try:
         bucket = s3.new_bucket("ray")
         env = {**env, **s3.env(CURATE_NO_PROGRESS="1")}
         ray_args = ["--executor", "ray", "--address", address]
-        _curate([*small_build.args, *ray_args, "--out", f"s3://{bucket}/ds"], env)
-        local, ray = _digests(small_build.out), _bucket_digests(s3, bucket, "ds")
-        assert local == ray and any(k.endswith(".tar") for k in local)
+        with serve_folder(pool) as base:  # one server for both builds: the URLs (and so the bytes) match
+            urls, _ = write_url_list(pool, base, tmp_path)
+            args = [str(urls) if a == str(pool / "images") else a for a in small_build.args]
+            assert str(urls) in args
+            _curate([*args, "--out", tmp_path / "local"], env)
+            _curate([*args, *ray_args, "--out", f"s3://{bucket}/ds"], env)
+        local, ray = _digests(tmp_path / "local"), _bucket_digests(s3, bucket, "ds")
+        assert local == ray and "pool/shards/00000.tar" in local and "manifest.parquet" in local
         _curate([*small_build_embeddings.args, *ray_args, "--out", f"s3://{bucket}/emb"], env)
         emb = _digests(small_build_embeddings.out)
         assert emb == _bucket_digests(s3, bucket, "emb") and any(k.endswith(".npy") for k in emb)
