@@ -40,6 +40,7 @@ class TaskResult:
     value: Any = None
     error: str | None = None
     seconds: float = 0.0
+    uploaded: list[str] | None = None  # keys a task on another machine wrote to the output URL
 
     @property
     def ok(self) -> bool:
@@ -56,6 +57,28 @@ def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
     except Exception as e:  # noqa: BLE001 - a failing task is data for the summary
         tb = traceback.format_exc(limit=6)
         return TaskResult(task, None, f"{type(e).__name__}: {e}\n{tb}", time.perf_counter() - t0)
+
+
+def _call_synced(fn: Callable[[Any], Any], task: Any, spec: dict[str, Any] | None) -> TaskResult:
+    """``_call`` on a Ray node: on a machine that does not see the driver's object-storage mirror folder the
+    task runs on this machine's own mirror (curate.storage.synced_task), and the result names what it uploaded."""
+    from . import storage
+
+    t0 = time.perf_counter()
+    try:
+        if not storage.needs_task_sync(spec):
+            return _call(fn, task)
+        assert spec is not None
+        with storage.synced_task(spec) as uploaded:
+            res = _call(fn, task)
+            if not res.ok:  # nothing is uploaded for a failed task: its rerun redoes it
+                return res
+    except CurateError as e:
+        return TaskResult(task, None, e.message, time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 - the bucket unreachable from this node: the task failed, retried on a rerun
+        return TaskResult(task, None, f"object storage on node {socket.gethostname()}: {type(e).__name__}: {e}",
+                          time.perf_counter() - t0)
+    return TaskResult(task, res.value, None, res.seconds, uploaded)
 
 
 def _pool_worker_start(parent: int) -> None:
@@ -234,12 +257,23 @@ class RayExecutor(Executor):
             ray.init(**kwargs)
 
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[TaskResult]:
-        remote = self.ray.remote(_call)
-        refs = [remote.remote(fn, t) for t in tasks]
+        from . import storage
+
+        spec = storage.task_sync_spec()  # the command's URLs, for tasks on machines without this mirror
+        if spec is not None:
+            storage.push_active()  # what earlier stages wrote here is in the bucket before a task elsewhere pulls
+        remote = self.ray.remote(_call_synced)
+        refs = [remote.remote(fn, t, spec) for t in tasks]
         while refs:
             done, refs = self.ray.wait(refs, num_returns=1)
             for r in done:
-                yield self.ray.get(r)
+                res = self.ray.get(r)
+                if res.uploaded:
+                    try:  # into this mirror before the task is marked done (a marker follows its outputs)
+                        storage.fetch_uploaded(res.uploaded)
+                    except CurateError as e:
+                        res = TaskResult(res.task, None, f"fetching its outputs: {e.message}", res.seconds)
+                yield res
 
     def close(self) -> None:
         pass

@@ -346,7 +346,7 @@ class Mirror:
         if rec and rec[:2] == tag and dest.is_file():
             return  # unchanged there since our last sync (a newer local copy is pushed later)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f"{dest.name}{TMP_MARK}pull")
+        tmp = dest.with_name(f"{dest.name}{TMP_MARK}pull-{os.getpid()}")  # tasks of one node may pull at once
         try:
             with remote_errors(f"{self.sch}://{full}", "fetching"):
                 self.fs.get_file(full, str(tmp))
@@ -371,13 +371,19 @@ class Mirror:
                     found.append(p)
         return found
 
-    def push(self) -> int:
-        """Upload new and changed files (markers last); for the output, delete what was deleted here."""
+    def push(self, uploaded: list[str] | None = None) -> int:
+        """Upload new and changed files (markers last; their keys appended to ``uploaded``); for the output,
+        delete what was deleted here."""
         if self.pattern or not self.local.exists():
             return 0
         with self.state.mutex:
             markers = self._listing(meta=True)  # listed first: their outputs are on disk already
-            n = sum(self._upload(p) for p in self._listing(meta=False) + markers)
+            n = 0
+            for p in self._listing(meta=False) + markers:
+                if self._upload(p):
+                    n += 1
+                    if uploaded is not None:
+                        uploaded.append(self.full_of(p))
             if self.output:
                 n += self._delete_gone()
             if n:
@@ -525,6 +531,7 @@ def remote_args(argv: list[str]) -> Iterator[list[str]]:
     if not mirrors:
         yield argv
         return
+    _ACTIVE[:] = mirrors
     stop = threading.Event()
     thread = threading.Thread(target=_pusher, args=(mirrors, stop), name="curate-storage-push", daemon=True)
     try:
@@ -545,6 +552,79 @@ def remote_args(argv: list[str]) -> Iterator[list[str]]:
                 if ok:
                     raise
     finally:
+        _ACTIVE.clear()
+        with contextlib.suppress(OSError):
+            (mirror_root() / _SHARED_CHECK / f"{socket.gethostname()}-{os.getpid()}").unlink()
         for m in mirrors:
             if m.lock is not None:
                 m.lock.release()
+
+
+# -- executor tasks on machines that do not share this mirror --------------------------------------
+# A Ray task runs wherever the cluster puts it. Where the driver's mirror folder is visible (this machine,
+# or a folder every node mounts) it reads and writes that folder. Elsewhere -- a node whose CURATE_CACHE is
+# its own disk at the same path -- the task pulls the command's URLs into that machine's mirror (changed
+# objects only), runs, uploads what it wrote under the output URL and returns the keys; the driver fetches
+# those into its mirror before the task is marked done, so a marker still reaches the bucket after the
+# outputs it names. Tables record the paths a stage read (as on one machine), so CURATE_CACHE must be the
+# same path on every node (the default, ~/.cache/curate, in one image); a node where it is not refuses.
+_ACTIVE: list[Mirror] = []  # the running command's mirrors (remote_args)
+_SHARED_CHECK = ".shared-check"
+
+
+def task_sync_spec() -> dict[str, Any] | None:
+    """What a task on another machine needs to reach the running command's URLs (None: no URL given). A
+    token file in this mirror tells a task whether it sees this very folder."""
+    if not _ACTIVE:
+        return None
+    token = mirror_root() / _SHARED_CHECK / f"{socket.gethostname()}-{os.getpid()}"
+    if not token.exists():
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.write_text("the mirror folder of a running curate command\n")
+    return {"root": str(mirror_root()), "token": str(token), "mirrors": [[m.url, m.output] for m in _ACTIVE]}
+
+
+def push_active() -> None:
+    """Upload what the running command has written so far (as the pusher does every few seconds)."""
+    _push_all(_ACTIVE)
+
+
+def needs_task_sync(spec: dict[str, Any] | None) -> bool:
+    """Does a task here run away from the driver's mirror folder (it cannot see the driver's token)?"""
+    if spec is None or Path(spec["token"]).exists():
+        return False
+    if str(mirror_root()) != spec["root"]:
+        raise CurateError(f"this node's object-storage mirror is {mirror_root()}, the command's is {spec['root']}",
+                          where=f"node {socket.gethostname()}",
+                          fix="set CURATE_CACHE to the same path on every node (or mount one shared folder there)")
+    return True
+
+
+@contextlib.contextmanager
+def synced_task(spec: dict[str, Any]) -> Iterator[list[str]]:
+    """Around a task on another machine: pull the command's URLs into this machine's mirror before; after
+    (if the block ends without an exception), upload what the task wrote under the output URL. Yields the
+    list the uploaded keys are appended to. Never locks, never deletes in the bucket."""
+    mirrors = [(Mirror(url), output) for url, output in spec["mirrors"]]
+    for m, _ in mirrors:
+        m.pull()
+    uploaded: list[str] = []
+    yield uploaded
+    for m, output in mirrors:
+        if output and not m.pattern:
+            m.push(uploaded)
+
+
+def fetch_uploaded(keys: list[str]) -> None:
+    """Driver side: fetch the keys a task on another machine uploaded into the running command's mirrors
+    (recorded as fetched, so the pusher does not upload them back)."""
+    for m in _ACTIVE:
+        mine = [k for k in keys if k == m.path or k.startswith(m.path + "/")]
+        if not mine:
+            continue
+        with m.state.mutex:
+            for k in mine:
+                with remote_errors(f"{m.sch}://{k}", "fetching"):
+                    info = m.fs.info(k)
+                m._fetch(k, info)
+            m.state.save()

@@ -286,3 +286,22 @@ def test_iter_shard_and_read_manifest_take_urls(s3env, reference, tmp_path):
     assert read_manifest(f"s3://{bucket}/ref").equals(pl.read_parquet(io.BytesIO(ref["manifest.parquet"])))
     with pytest.raises(CurateError, match="no manifest.parquet"):
         read_manifest(f"s3://{bucket}/in")
+
+
+def test_a_task_knows_whether_it_sees_the_commands_mirror(tmp_path, monkeypatch):
+    """Executor tasks on a node that does not see the driver's mirror folder (no token there) sync themselves;
+    a node whose CURATE_CACHE is another path is refused with the fix (tables record mirror paths)."""
+    from curate import storage
+
+    monkeypatch.setenv("CURATE_CACHE", str(tmp_path / "cache"))
+    root = str(storage.mirror_root())
+    assert storage.needs_task_sync(None) is False
+    token = tmp_path / "cache" / "remote" / ".shared-check" / "driver-1"
+    spec = {"root": root, "token": str(token), "mirrors": [["s3://b/out", True]]}
+    assert storage.needs_task_sync(spec) is True  # the driver's token is not here: another machine's disk
+    token.parent.mkdir(parents=True)
+    token.write_text("x")
+    assert storage.needs_task_sync(spec) is False  # this very folder (same machine, or one shared folder)
+    with pytest.raises(CurateError, match="CURATE_CACHE to the same path on every node"):
+        storage.needs_task_sync({**spec, "root": "/elsewhere/remote", "token": "/elsewhere/remote/.shared-check/t"})
+    assert storage.task_sync_spec() is None  # no command with URLs running

@@ -37,8 +37,23 @@ def _raylets() -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
+def s3():
+    """A local S3-compatible server (tests/s3_server.py); every node's environment has its credentials, as a
+    real cluster's nodes have theirs."""
+    from s3_server import start_server
+
+    srv = start_server()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3, tmp_path_factory):
+    """A head node on this machine's files and a worker node that sees a disk of its own at the object-storage
+    mirror's path (CURATE_CACHE/remote, bind-mounted in a mount namespace of its own: `unshare`), as a node
+    of a real cluster with the same CURATE_CACHE path and no shared folder: its tasks pull what they read
+    and upload what they write (curate.storage.synced_task)."""
+    env = {**os.environ, **s3.env(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
            "RAY_AUTH_MODE": "disabled",  # a loopback-only test cluster; real clusters should use token auth
            # the GCS declares a node dead after 3 missed 1 s health checks (Ray's default: 5 missed 3 s
            # checks, each waited on up to 10 s), so the lost-node tests do not wait on Ray's timeouts
@@ -50,10 +65,16 @@ def cluster():
                    check=True, capture_output=True, env=env, timeout=180)
     head = _raylets()
     try:  # the cluster is stopped even when the worker node fails to start
-        subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", *common], check=True, capture_output=True,
+        from curate.storage import mirror_root
+
+        mirror, own = mirror_root(), tmp_path_factory.mktemp("worker-node-disk")
+        mirror.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                        'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(own), str(mirror),
+                        RAY, "start", "--address", f"127.0.0.1:{port}", *common], check=True, capture_output=True,
                        env=env, timeout=180)
         worker = _raylets() - head
-        yield f"127.0.0.1:{port}", worker, env
+        yield f"127.0.0.1:{port}", worker, env, own
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
 
@@ -77,38 +98,63 @@ def _bucket_digests(s3, bucket: str, prefix: str) -> dict[str, str]:
             if Path(k).suffix in (".tar", ".npy") or Path(k).name == "manifest.parquet"}
 
 
-def test_build_and_embed_on_a_ray_cluster_into_a_bucket_match_the_local_executor(cluster, tmp_path, small_world,
+def test_build_and_embed_on_a_ray_cluster_into_a_bucket_match_the_local_executor(cluster, s3, tmp_path, small_world,
                                                                                   small_build, small_build_embeddings):
     """On the two-node cluster, with their outputs in a bucket of a real S3-compatible server
     (tests/s3_server.py): the small build with its pool downloaded from a URL list served over HTTP on
     127.0.0.1 gives the bytes of the same build on the local executor (the pool's shards included), and
-    the session's embed (conftest.py) the bytes of its local run. The nodes run on this machine, so they
-    share CURATE_CACHE, where the driver mirrors the bucket (README "Scaling out": on several machines it
-    must be a shared folder)."""
-    from s3_server import start_server
-
+    the session's embed (conftest.py) the bytes of its local run. The worker node has a CURATE_CACHE of its
+    own (no shared folder): its tasks pull what they read into their own mirror and upload what they write,
+    and the driver fetches their uploads before marking them done."""
     from builders.synthetic.httpserver import serve_folder, write_url_list
 
-    address, _, env = cluster
-    s3 = start_server()
+    address, _, env, worker_disk = cluster
     pool = small_world.path / "pool"
-    try:
-        bucket = s3.new_bucket("ray")
-        env = {**env, **s3.env(CURATE_NO_PROGRESS="1")}
-        ray_args = ["--executor", "ray", "--address", address]
-        with serve_folder(pool) as base:  # one server for both builds: the URLs (and so the bytes) match
-            urls, _ = write_url_list(pool, base, tmp_path)
-            args = [str(urls) if a == str(pool / "images") else a for a in small_build.args]
-            assert str(urls) in args
-            _curate([*args, "--out", tmp_path / "local"], env)
-            _curate([*args, *ray_args, "--out", f"s3://{bucket}/ds"], env)
-        local, ray = _digests(tmp_path / "local"), _bucket_digests(s3, bucket, "ds")
-        assert local == ray and "pool/shards/00000.tar" in local and "manifest.parquet" in local
+    bucket = s3.new_bucket("ray")
+    env = {**env, "CURATE_NO_PROGRESS": "1"}
+    ray_args = ["--executor", "ray", "--address", address]
+    with serve_folder(pool) as base, _head_cpu_held(address, env):  # every task of the commands on the worker
+        urls, _ = write_url_list(pool, base, tmp_path)
+        args = [str(urls) if a == str(pool / "images") else a for a in small_build.args]
+        assert str(urls) in args
+        _curate([*args, "--out", tmp_path / "local"], env)  # the local executor (one server: the same URLs)
+        _curate([*args, *ray_args, "--out", f"s3://{bucket}/ds"], env)
         _curate([*small_build_embeddings.args, *ray_args, "--out", f"s3://{bucket}/emb"], env)
-        emb = _digests(small_build_embeddings.out)
-        assert emb == _bucket_digests(s3, bucket, "emb") and any(k.endswith(".npy") for k in emb)
+    local, ray = _digests(tmp_path / "local"), _bucket_digests(s3, bucket, "ds")
+    assert local == ray and "pool/shards/00000.tar" in local and "manifest.parquet" in local
+    emb = _digests(small_build_embeddings.out)
+    assert emb == _bucket_digests(s3, bucket, "emb") and any(k.endswith(".npy") for k in emb)
+    # the tasks ran on the worker's own disk: what they wrote there reached the bucket (and the driver)
+    own = worker_disk / "s3" / bucket
+    assert (own / "ds" / "pool" / "shards" / "00000.tar").is_file() and any((own / "emb").rglob("*.npy"))
+
+
+@contextlib.contextmanager
+def _head_cpu_held(address: str, env: dict[str, str]):
+    """The head node's one CPU taken by an idle actor while the block runs, so Ray places every task of a
+    command on the worker node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    old = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
+    os.environ.update({k: env[k] for k in old})
+    ray.init(address=address, log_to_driver=False)
+    try:
+        head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"])
+
+        @ray.remote(num_cpus=1)
+        class Hold:
+            def ready(self) -> bool:
+                return True
+
+        holder = Hold.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote()
+        assert ray.get(holder.ready.remote(), timeout=120)
+        yield
+        ray.kill(holder)
     finally:
-        s3.stop()
+        ray.shutdown()
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 DOWNLOAD = """
@@ -158,7 +204,7 @@ def test_pool_download_spreads_over_the_nodes_and_a_lost_node_costs_only_its_blo
 
     from builders.synthetic.httpserver import serve_folder, write_url_list
 
-    address, _, env = cluster
+    address, _, env, _ = cluster
     pool = small_world.path / "pool"
     with serve_folder(pool) as base:
         urls, _ = write_url_list(pool, base, tmp_path)
@@ -196,7 +242,7 @@ def test_pool_download_spreads_over_the_nodes_and_a_lost_node_costs_only_its_blo
 
 def test_losing_the_worker_node_mid_run_loses_nothing(cluster, tmp_path, small_world, tiny_mini_spec):
     """The tiny mini-CLIP (each Ray worker imports only torch for it, not open_clip's libraries)."""
-    address, worker, env = cluster
+    address, worker, env, _ = cluster
     shards = small_world.path / "train"
     ref = tmp_path / "ref"
     # the local reference embed runs while the cluster run below starts, is cut and rerun (it uses no Ray)
