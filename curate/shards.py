@@ -79,14 +79,33 @@ def stats_path(shard: str | os.PathLike) -> Path:
     return p.with_name(p.name[: -len(".tar")] + ".stats.json") if p.name.endswith(".tar") else p.with_name(p.name + ".stats.json")
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    """A member header as every shard curate writes has it: fixed mtime, mode 644, owner 0, no names."""
     info = tarfile.TarInfo(name)
-    info.size = len(data)
+    info.size = size
     info.mtime = FIXED_MTIME
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+    return info
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
+
+
+def rewrite_in_key_order(path: str | os.PathLike) -> None:
+    """Rewrite a shard another tool wrote (img2dataset's, in download-completion order with write times in
+    its headers) with its samples in key order and curate's own member headers, so its bytes do not depend
+    on timing. Regular members only; names and data as read; the members of one sample keep their order;
+    one member at a time (the shard is never held in memory). Written beside it, then moved over it."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}sorted")
+    with tarfile.open(path) as src, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as dst:
+        members = [m for m in src.getmembers() if m.isfile()]
+        for m in sorted(members, key=lambda m: m.name.rsplit("/", 1)[-1].split(".", 1)[0]):  # stable sort
+            dst.addfile(_member_info(m.name, m.size), src.extractfile(m))
+    os.replace(tmp, path)
 
 
 @dataclass

@@ -554,7 +554,7 @@ def remote_args(argv: list[str]) -> Iterator[list[str]]:
     finally:
         _ACTIVE.clear()
         with contextlib.suppress(OSError):
-            (mirror_root() / _SHARED_CHECK / f"{socket.gethostname()}-{os.getpid()}").unlink()
+            _token().unlink()
         for m in mirrors:
             if m.lock is not None:
                 m.lock.release()
@@ -577,11 +577,16 @@ def task_sync_spec() -> dict[str, Any] | None:
     token file in this mirror tells a task whether it sees this very folder."""
     if not _ACTIVE:
         return None
-    token = mirror_root() / _SHARED_CHECK / f"{socket.gethostname()}-{os.getpid()}"
+    token = _token()
     if not token.exists():
         token.parent.mkdir(parents=True, exist_ok=True)
         token.write_text("the mirror folder of a running curate command\n")
     return {"root": str(mirror_root()), "token": str(token), "mirrors": [[m.url, m.output] for m in _ACTIVE]}
+
+
+def _token() -> Path:
+    """This command's token file in its mirror folder (what a task looks for to know it sees that folder)."""
+    return mirror_root() / _SHARED_CHECK / f"{socket.gethostname()}-{os.getpid()}"
 
 
 def push_active() -> None:

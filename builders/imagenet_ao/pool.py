@@ -263,28 +263,17 @@ def _download_block(task: Task) -> dict[str, Any]:
 def in_key_order(folder: Path, name: str) -> None:
     """Rewrite a block's ``NAME.tar`` and ``NAME.parquet`` deterministically: samples in key order (the URL's
     row order: img2dataset's keys are zero-padded row numbers), tar headers as curate's own shard writer
-    makes them (fixed mtime, mode 644, owner 0). img2dataset writes samples as their downloads finish, each
-    member stamped with the time it was written, so without this a block's bytes would differ run to run:
-    a rerun, another node or the local executor would write the same samples in another order and with
-    other times (and the embeddings made from the shard would follow that order). Member names and data
-    are kept; the members of one sample keep their order; one member is copied at a time (the block is
-    never held in memory)."""
-    import tarfile
-
+    makes them (``curate.shards.rewrite_in_key_order``). img2dataset writes samples as their downloads
+    finish, each member stamped with the time it was written, so without this a block's bytes would differ
+    run to run: a rerun, another node or the local executor would write the same samples in another order
+    and with other times (and the embeddings made from the shard would follow that order)."""
     import pyarrow.parquet as pq
 
-    from curate.shards import FIXED_MTIME
+    from curate.shards import rewrite_in_key_order
 
     tar = folder / f"{name}.tar"
     if tar.exists():
-        tmp = folder / f"{name}.sorted.tar"
-        with tarfile.open(tar) as src, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as dst:
-            members = [m for m in src.getmembers() if m.isfile()]
-            for m in sorted(members, key=lambda m: m.name.split("/")[-1].split(".", 1)[0]):  # stable: a sample's order
-                info = tarfile.TarInfo(m.name)
-                info.size, info.mtime, info.mode = m.size, FIXED_MTIME, 0o644
-                dst.addfile(info, src.extractfile(m))
-        tmp.replace(tar)
+        rewrite_in_key_order(tar)
     meta = folder / f"{name}.parquet"
     if meta.exists():
         table = pq.read_table(meta)
