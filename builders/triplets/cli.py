@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from curate.options import Device, Overwrite
+from curate.options import Decode, Device, Overwrite
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None)
 
@@ -70,6 +70,7 @@ def triplets(
     min_shards: Annotated[int, typer.Option("--min-shards", help="At least this many triplet shards per split "
                                                                  "(a shard per DataLoader worker).")] = 8,
     device: Device = "auto",
+    decode: Decode = "fast",
     overwrite: Overwrite = False,
 ) -> None:
     """Mine (reference image, modification text, target image) triplets from a dataset.
@@ -99,7 +100,7 @@ def triplets(
         modes=_csv(mode) or ["attribute", "object"], edit_text=edit_text, llm=llm, formats=_csv([formats]),
         splits=splits, split_by=split_by, max_per_pair=max_per_pair, max_triplets=max_triplets, negatives=negatives, seed=seed,
         include_rejected=include_rejected, model=model, device=device, circo_max_gts=circo_max_gts,
-        fashioniq_categories=fashioniq_categories, min_shards=min_shards,
+        fashioniq_categories=fashioniq_categories, min_shards=min_shards, decode=decode,
     )
     _report(build_triplets(cfg, overwrite=overwrite), cfg.out)
 

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from curate.errors import CurateError
+from curate.images import DEFAULT_DECODE, check_decode
 from curate.manifest import unit_hash
 
 MODES = ("attribute", "object", "caption")
@@ -40,6 +41,7 @@ class TripletsConfig:
     max_group: int = 64
     fashioniq_categories: str = "auto"
     min_shards: int = MIN_SHARDS
+    decode: str = DEFAULT_DECODE  # how --model's images are decoded (curate.images): fast or exact
 
     def validate(self) -> TripletsConfig:
         bad = [m for m in self.modes if m not in MODES]
@@ -62,6 +64,7 @@ class TripletsConfig:
         parse_fashioniq_categories(self.fashioniq_categories)
         if self.min_shards < 1:
             raise CurateError("--min-shards must be >= 1")
+        check_decode(self.decode)
         return self
 
 

@@ -10,7 +10,7 @@ step     inputs
 ======== =======================================================================================
 mine     manifest.parquet (attr/obj/caption/split and the ``review_status`` verdicts) or the
          captioned shards, the dataset's shard list, the image features' source (``embeddings/``
-         content, or the model spec and its weight files, or thumbnails of the shards), the
+         content, or the model spec, its weight files and ``--decode``, or thumbnails of the shards), the
          mining options (modes, splits, split-by, caps, negatives, seed, ``--include-rejected``)
 texts    ``.curate/mined.parquet`` (mine), ``--edit-text``, ``--llm`` (and its GGUF file), seed
 images   ``triplets.parquet`` (texts) and the shards the images come from
@@ -41,6 +41,7 @@ from curate.config import to_dict
 from curate.errors import CurateError
 from curate.fingerprint import fingerprint, model_fingerprint
 from curate.fsutil import read_json, write_json, write_parquet, write_text
+from curate.images import DEFAULT_DECODE
 from curate.ledger import Ledger, Step, StepContext, run_steps
 from curate.log import StageSummary
 from curate.outdir import OutputDir
@@ -87,8 +88,17 @@ def build_triplets(cfg: TripletsConfig, overwrite: bool = False) -> dict[str, An
     the summary written to ``triplets.json``."""
     cfg.validate()
     out = Path(cfg.out)
-    with OutputDir(out, "triplets", to_dict(cfg), overwrite=overwrite):
+    with OutputDir(out, "triplets", folder_config(cfg), overwrite=overwrite):
         return _run(cfg, out, force=overwrite)
+
+
+def folder_config(cfg: TripletsConfig) -> dict[str, Any]:
+    """The options the output folder is pinned to: every option, ``decode`` only when not the default (folders
+    made before the option decoded --model's images fast and recorded no key: they resume unchanged)."""
+    d = to_dict(cfg)
+    if d["decode"] == DEFAULT_DECODE:
+        del d["decode"]
+    return d
 
 
 # -- what the steps read -------------------------------------------------------------------
@@ -143,8 +153,9 @@ class Run(StepContext):
             emb = Path(src.path) / "embeddings"
             if src.kind == "dataset" and (emb / "img_emb").exists() and not cfg.model:
                 fp = fingerprint("embeddings", emb)
-            elif cfg.model:
-                fp = fingerprint("model", model_fingerprint(cfg.model), self.images_inputs())
+            elif cfg.model:  # the decode mode when not the default fast (the key runs before the option recorded)
+                fp = fingerprint("model", model_fingerprint(cfg.model), self.images_inputs(),
+                                 *(() if cfg.decode == DEFAULT_DECODE else (f"decode={cfg.decode}",)))
             else:
                 fp = fingerprint("thumbnail", self.images_inputs())
             self._memo["features"] = fp
@@ -168,7 +179,7 @@ def step_mine(run: Run) -> dict[str, Any]:
     """Features, candidate pool, targets / ground truths / hard negatives -> ``.curate/mined.parquet``."""
     cfg = run.cfg
     feats = image_features(run.source, cfg.model, cfg.device, run.meta, inputs=run.features_inputs(),
-                           refresh=run.force)
+                           refresh=run.force, decode=cfg.decode)
     pool = build_pool(run.source.samples, feats.keys, cfg)
     res = mine(pool, feats.matrix, cfg)
     _write_parquet(res.triplets, run.out / MINED)

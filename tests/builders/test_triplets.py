@@ -365,6 +365,25 @@ def test_model_spec_computes_features_when_dataset_has_no_embeddings(tmp_path):
     assert info["mining"]["similarity"] == f"model:{spec} decode=fast"  # the default decode, recorded
     feats = json.loads((tmp_path / "o" / ".curate" / "features" / "features.json").read_text())
     assert len(feats["keys"]) == 36 and info["counts"]["triplets"] > 0
+    # --decode exact: the folder holds fast features' triplets, so it is refused without --overwrite
+    with pytest.raises(CurateError, match="differs in: decode"):
+        build_triplets(config(ds, tmp_path / "o", formats=["shards"], model=spec, device="cpu", decode="exact"))
+    info = build_triplets(config(ds, tmp_path / "o", formats=["shards"], model=spec, device="cpu", decode="exact"),
+                          overwrite=True)
+    assert info["mining"]["similarity"] == f"model:{spec}" and info["config"]["decode"] == "exact"
+
+
+def test_decode_option_is_checked_and_pins_a_folder_only_when_not_the_default(tmp_path):
+    """`curate triplets --decode`: an unknown mode is refused before anything is written; the default (fast)
+    is left out of the folder's pinned config, so folders made before the option resume unchanged."""
+    from builders.triplets.pipeline import folder_config
+
+    assert "decode" not in folder_config(config(tmp_path, tmp_path / "o"))
+    assert folder_config(config(tmp_path, tmp_path / "o", decode="exact"))["decode"] == "exact"
+    with pytest.raises(CurateError, match="unknown --decode 'quick'"):
+        config(tmp_path, tmp_path / "o", decode="quick").validate()
+    r = curate("triplets", str(tmp_path), "--out", str(tmp_path / "o"), "--decode", "quick")
+    assert r.returncode == 2 and "unknown --decode 'quick'" in r.stderr and not (tmp_path / "o").exists()
 
 
 def test_max_triplets_takes_round_robin_over_compositions(cir_ds, tmp_path):

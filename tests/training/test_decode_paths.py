@@ -162,3 +162,24 @@ def test_study_finetune_batches_decode_at_the_encoders_size(monkeypatch, tiny_cl
     assert calls == [(None, "short", (8 * size, 4 * size))]
     assert fast.shape[1:] == exact.shape[1:]
     assert float((fast[:1] - exact).abs().mean()) < 0.1
+
+
+def test_czsl_zero_shot_decodes_so_the_padded_square_covers_the_resize(monkeypatch, tmp_path, tiny_clip_spec):
+    """`curate eval czsl --zero-shot` decodes as TRIDENT's backbone does (long side covers the resize: the image
+    is padded to a square first), at full size with ``--decode exact``, and records the mode."""
+    from trident_helpers import make_czsl_root
+
+    import curate.embed.backends as backends
+    from curate.embed.backends import load_model
+    from training.trident.results import evaluate_zero_shot
+
+    root = make_czsl_root(tmp_path / "root")
+    size = load_model(tiny_clip_spec, device="cpu").decode_size
+    calls = _spy_open_rgb(monkeypatch, backends)
+    fast = evaluate_zero_shot(tiny_clip_spec, root, "test", False, "cpu", feasibility="none")
+    assert fast["decode"] == "fast" and calls and {c[:2] for c in calls} == {(size, "long")}
+    calls.clear()
+    exact = evaluate_zero_shot(tiny_clip_spec, root, "test", False, "cpu", feasibility="none", decode="exact")
+    assert exact["decode"] == "exact" and {c[:2] for c in calls} == {(None, "long")}
+    assert len(calls) == len([c for c in calls if c[2] == (32, 32)])   # the 32 px images, never upscaled
+

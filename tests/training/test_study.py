@@ -231,3 +231,29 @@ def test_a_row_cached_with_another_decode_is_not_reused(tiny_mini_spec):
     # so is the training length: a row trained for other epochs is other scores (and another runs folder)
     assert row_key(make_row(tiny_mini_spec, method="scratch", epochs=12), inputs) == row_key(row, inputs)  # the default
     assert row_key(make_row(tiny_mini_spec, method="scratch", epochs=3), inputs) != row_key(row, inputs)
+
+
+def test_decode_exact_scores_rows_again_keeps_both_and_is_recorded(study_inputs, tmp_path, capsys):
+    """`curate eval study --decode exact`: every row is scored again from full-size decodes (the mode is in
+    its cache key), the fast scores stay cached beside them, and study.json/.md say which mode made the table."""
+    import dataclasses
+
+    from curate.cli import main
+    from training.study.rows import make_row
+    from training.study.run import StudyRequest, run_study
+
+    x = study_inputs
+    req = StudyRequest(dataset=x["ds"], reference=x["ref"], out=tmp_path / "s", rows=[make_row(x["filter"], "a")],
+                       device="cpu")
+    fast = run_study(req)
+    assert fast["decode"] == "fast" and "Images decoded fast" in (tmp_path / "s" / "study.md").read_text()
+    exact = run_study(dataclasses.replace(req, decode="exact"))
+    assert exact["decode"] == "exact" and not exact["rows"][0]["cached"]
+    assert exact["rows"][0]["key"] != fast["rows"][0]["key"]
+    assert "Images decoded exact" in (tmp_path / "s" / "study.md").read_text()
+    assert run_study(req)["rows"][0]["cached"]                           # the fast scores are still there
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "study", str(x["ds"]), "--out", str(tmp_path / "t"), "--decode", "quick"])
+    assert e.value.code == 2 and "unknown --decode 'quick'" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

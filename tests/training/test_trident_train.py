@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,3 +203,24 @@ def test_torchrun_two_ranks_train_and_agree(tmp_path, root, words, tiny_mini_spe
     assert len(logs) == 4  # both ranks logged both epochs
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [3, 6]  # 12 images, global batch 4: 2 per rank, 6 images per rank
+
+
+def test_eval_decodes_as_the_run_was_trained_or_as_told(trained, root):
+    """`curate eval czsl RUN` decodes as the run trained (its config: fast) and reads the run's token cache;
+    `--decode exact` decodes at full size into a cache of its own and leaves the run's untouched."""
+    import os
+
+    out, cache = trained
+    own_cache = {p: p.read_bytes() for p in cache.rglob("features.json")}
+    assert own_cache and all(json.loads(b)["decode"] == "fast" for b in own_cache.values())
+    assert run("eval", "czsl", str(out), "--data", str(root), "--split", "test", "--device", "cpu") == 0
+    fast = json.loads((out / "eval-test.json").read_text())
+    assert run("eval", "czsl", str(out), "--data", str(root), "--split", "test", "--device", "cpu",
+               "--decode", "exact") == 0
+    exact = json.loads((out / "eval-test.json").read_text())
+    assert (fast["decode"], exact["decode"]) == ("fast", "exact")
+    assert exact["closed"]["test"]["auc"] == pytest.approx(fast["closed"]["test"]["auc"], abs=1e-9)  # 32 px: same pixels
+    made = Path(os.environ["CURATE_CACHE"]) / "trident-features"
+    assert any(json.loads(p.read_text())["decode"] == "exact" for p in made.glob("*/features.json"))
+    assert {p: p.read_bytes() for p in cache.rglob("features.json")} == own_cache
+    assert run("eval", "czsl", str(out), "--data", str(root), "--decode", "quick") == 2

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from curate.options import Device, Overwrite
+from curate.options import Decode, Device, Overwrite
 
 
 def study_cmd(
@@ -40,6 +40,7 @@ def study_cmd(
         help="The groups (comma-separated) the effective-robustness line is fitted over.")] = "supervised,few-shot",
     include_rejected: Annotated[bool, typer.Option(help="Also evaluate samples a reviewer rejected.")] = False,
     device: Device = "auto",
+    decode: Decode = "fast",
     overwrite: Overwrite = False,
 ) -> None:
     """Evaluate many models on one dataset: ID vs OoD accuracy, effective robustness, NMI, plots.
@@ -58,18 +59,21 @@ def study_cmd(
       curate eval study ao --out study --model open_clip:ViT-B-32/openai --model hf:/models/clip-l \\
           --reference imagenet/val --train imagenet/train --probe open_clip:ViT-B-32/openai --device cuda
     """
+    from curate.images import check_decode
     from curate.log import console
     from curate.paths import must_exist
 
     from .run import StudyRequest, run_study
 
+    check_decode(decode)
     must_exist(dataset, fix="give the dataset folder made by `curate build imagenet-ao`")
     rows = _rows(model, models, probe, finetune, scratch, shots)
     reference, train, unfiltered = _image_sets(dataset, reference, train, unfiltered)
     report = run_study(StudyRequest(dataset=dataset, reference=Path(reference), out=out, rows=rows,
                                     train=Path(train) if train else None, baseline=baseline, device=device,
                                     include_rejected=include_rejected,
-                                    unfiltered=Path(unfiltered) if unfiltered else None, overwrite=overwrite))
+                                    unfiltered=Path(unfiltered) if unfiltered else None, overwrite=overwrite,
+                                    decode=decode))
     from .report import markdown
 
     console.print(markdown(report))

@@ -32,7 +32,8 @@ def markdown(report: dict[str, Any]) -> str:
              "Sizes: " + "; ".join(f"{name} {s['images']} images, {s['pairs']} pairs, {s['objects']} objects"
                                    for name, s in sz.items())
              + f". Classes: {report['object_classes']} objects, {report['composition_classes']} compositions "
-               "(80 OpenAI templates for zero-shot rows).",
+               "(80 OpenAI templates for zero-shot rows). Images decoded "
+               f"{report.get('decode', 'fast')} (`--decode`).",
              "",
              f"ID = the reference set (`{report['reference']}`), OoD = the dataset's rare set. Probes: mean ± std over "
              "their seeds (the seed draws the shots and the initialisation). ER: OoD object top-1 minus what the "

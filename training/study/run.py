@@ -52,6 +52,7 @@ class StudyRequest:
     include_rejected: bool = False
     unfiltered: Path | None = None     # unfiltered images of rare pairs (the demo world's rare/): bias check
     overwrite: bool = False
+    decode: str = DEFAULT_DECODE       # how JPEGs are decoded for every model (curate.images): fast or exact
 
 
 @dataclass
@@ -162,15 +163,15 @@ def labelled_sets(req: StudyRequest, inputs: dict[str, Any]) -> Sets:
 EVALUATED = (ID, OOD, "unfiltered")
 
 
-def _embeddings(spec: str, s: EvalSet, device: str) -> np.ndarray:
+def _embeddings(spec: str, s: EvalSet, device: str, decode: str) -> np.ndarray:
     from curate.embed.backends import cached_model
 
     from ..zeroshot import _embed
 
-    return _embed(cached_model(spec, device), s)
+    return _embed(cached_model(spec, device), s, decode=decode)
 
 
-def zeroshot_scores(spec: str, sets: Sets, device: str) -> dict[str, np.ndarray]:
+def zeroshot_scores(spec: str, sets: Sets, device: str, decode: str = DEFAULT_DECODE) -> dict[str, np.ndarray]:
     """Per evaluated set: ``NAME/object`` (images x objects) and ``NAME/composition`` (images x pairs) cosine
     scores against the 80-template class text embeddings (as `curate eval zeroshot`)."""
     from curate.embed.backends import cached_model
@@ -182,13 +183,14 @@ def zeroshot_scores(spec: str, sets: Sets, device: str) -> dict[str, np.ndarray]
     out = {}
     for name in EVALUATED:
         if name in sets.sets:
-            img = _embeddings(spec, sets.sets[name], device)
+            img = _embeddings(spec, sets.sets[name], device, decode)
             out[f"{name}/object"] = (img @ obj_text.T).astype(np.float32)
             out[f"{name}/composition"] = (img @ pair_text.T).astype(np.float32)
     return out
 
 
-def probe_scores(row: ModelRow, sets: Sets, device: str, features: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def probe_scores(row: ModelRow, sets: Sets, device: str, features: dict[str, dict[str, np.ndarray]],
+                 decode: str = DEFAULT_DECODE) -> dict[str, np.ndarray]:
     """A linear probe per seed on the frozen image tower's embeddings of the training set: ``NAME/object/SEED``."""
     from .probe import probe_logits, train_linear_probe
 
@@ -197,7 +199,7 @@ def probe_scores(row: ModelRow, sets: Sets, device: str, features: dict[str, dic
     feats = features.setdefault(row.spec, {})
     for name in ("train", *EVALUATED):
         if name in sets.sets and name not in feats:
-            feats[name] = _embeddings(row.spec, sets.sets[name], device)
+            feats[name] = _embeddings(row.spec, sets.sets[name], device, decode)
     y, _ = sets.labels("train")
     out = {}
     for seed in row.seeds:
@@ -208,13 +210,13 @@ def probe_scores(row: ModelRow, sets: Sets, device: str, features: dict[str, dic
     return out
 
 
-def scratch_scores(row: ModelRow, sets: Sets, runs: Path) -> dict[str, np.ndarray]:
+def scratch_scores(row: ModelRow, sets: Sets, runs: Path, decode: str = DEFAULT_DECODE) -> dict[str, np.ndarray]:
     """The scratch network per seed (its checkpoints under ``runs``): ``NAME/object/SEED`` logits."""
     from .scratch import logits, pixels, train_scratch
 
     if "train" not in sets.sets:
         raise CurateError(f"{row.label}: the scratch network needs training images", fix="pass --train")
-    images = {name: pixels(sets.sets[name]) for name in ("train", *EVALUATED) if name in sets.sets}
+    images = {name: pixels(sets.sets[name], decode=decode) for name in ("train", *EVALUATED) if name in sets.sets}
     y, _ = sets.labels("train")
     out = {}
     for seed in row.seeds:
@@ -226,7 +228,8 @@ def scratch_scores(row: ModelRow, sets: Sets, runs: Path) -> dict[str, np.ndarra
     return out
 
 
-def finetune_scores(row: ModelRow, sets: Sets, device: str, runs: Path) -> dict[str, np.ndarray]:
+def finetune_scores(row: ModelRow, sets: Sets, device: str, runs: Path,
+                    decode: str = DEFAULT_DECODE) -> dict[str, np.ndarray]:
     """The model's image tower fine-tuned per seed (checkpoints under ``runs``): ``NAME/object/SEED`` logits."""
     from .finetune import finetune, logits
 
@@ -236,10 +239,10 @@ def finetune_scores(row: ModelRow, sets: Sets, device: str, runs: Path) -> dict[
     out = {}
     for seed in row.seeds:
         model, enc = finetune(row.spec, device, sets.sets["train"], y, sets.objects, seed,
-                              runs / f"{_slug(row.label)}-seed{seed}", epochs=epochs_of(row))
+                              runs / f"{_slug(row.label)}-seed{seed}", epochs=epochs_of(row), decode=decode)
         for name in EVALUATED:
             if name in sets.sets:
-                out[f"{name}/object/{seed}"] = logits(model, enc, sets.sets[name])
+                out[f"{name}/object/{seed}"] = logits(model, enc, sets.sets[name], decode=decode)
     return out
 
 
@@ -362,13 +365,13 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
 
                 if row.method != SCRATCH:
                     check_spec_syntax(row.spec)
-                key = row_key(row, inputs)
+                key = row_key(row, inputs, req.decode)
                 runs = req.out / "runs" / key[:16]  # a row's checkpoints are resumed only by the same settings
-                compute = ((lambda r=row, d=runs: scratch_scores(r, sets, d)) if row.method == SCRATCH else
-                           (lambda r=row, d=runs: finetune_scores(r, sets, req.device, d))
+                compute = ((lambda r=row, d=runs: scratch_scores(r, sets, d, req.decode)) if row.method == SCRATCH else
+                           (lambda r=row, d=runs: finetune_scores(r, sets, req.device, d, req.decode))
                            if row.method == FINETUNE else
-                           (lambda r=row: probe_scores(r, sets, req.device, features)) if row.is_probe
-                           else (lambda r=row: zeroshot_scores(r.spec, sets, req.device)))
+                           (lambda r=row: probe_scores(r, sets, req.device, features, req.decode)) if row.is_probe
+                           else (lambda r=row: zeroshot_scores(r.spec, sets, req.device, req.decode)))
                 scores, hit = cached_scores(row, key, req.out / "scores", lambda c=compute: (sets.with_images(), c())[1])
                 res.update(ok=True, cached=hit, key=key, sets=row_metrics(row, scores, sets))
                 res["nmi"] = row.nmi if row.nmi is not None else corpus_nmi(row.corpus, nmis) if row.corpus else None
@@ -403,6 +406,7 @@ def summarise(req: StudyRequest, sets: Sets, results: list[dict[str, Any]], filt
         "dataset": str(req.dataset), "reference": str(req.reference), "train": str(req.train) if req.train else None,
         "unfiltered": str(req.unfiltered) if req.unfiltered else None,
         "object_classes": len(sets.objects), "composition_classes": len(sets.pairs), "templates": 80,
+        "decode": req.decode,
         "sizes": sizes, "excluded_objects": sets.excluded, "filter_model": filter_spec, "filter_note": FILTER_NOTE,
         "baseline": {"group": req.baseline, "models": [r["label"] for r in base],
                      "fit": None if fit is None else {"slope": fit.slope, "intercept": fit.intercept,

@@ -147,6 +147,10 @@ def eval_cmd(
                                                                "czsl-zero-shot-MODEL-SPLIT.{json,md} (default "
                                                                "DATA/eval).")] = None,
     device: Device = "auto",
+    decode: Annotated[str | None, typer.Option(
+        "--decode", help="How JPEGs are decoded for the model: fast (at the smallest 1/2, 1/4 or 1/8 DCT scale "
+                         "that still covers its input size) or exact (full size). Default: a run's own mode "
+                         "(its config), fast with --zero-shot.")] = None,
 ) -> None:
     """CZSL metrics (ExplainableML/czsl Evaluator): seen, unseen, HM, AUC, attribute/object accuracy.
 
@@ -161,6 +165,7 @@ def eval_cmd(
       curate eval czsl --zero-shot --model SPEC --data mit-states/
     """
     from curate.errors import CurateError
+    from curate.images import DEFAULT_DECODE, check_decode
     from curate.log import console
 
     from .report import metrics_table, write_zero_shot_report
@@ -168,6 +173,8 @@ def eval_cmd(
 
     if split not in ("val", "test"):
         raise CurateError(f"--split must be val or test, got {split!r}")
+    if decode is not None:
+        check_decode(decode)
     if zero_shot and run_arg and model is None and ":" in run_arg and not Path(run_arg).exists():
         model, run_arg = run_arg, None  # the older form `--zero-shot SPEC` (a str: Path would fold ARCH//ckpt)
     run = Path(run_arg) if run_arg else None
@@ -186,7 +193,8 @@ def eval_cmd(
             raise CurateError("no --model given and the data does not name the model it was built with",
                               where=str(data), fix="curate eval czsl --zero-shot --model SPEC --data DIR")
         check_spec_syntax(model)
-        res = evaluate_zero_shot(model, data, split, open_world, device, feasibility, feasibility_table)
+        res = evaluate_zero_shot(model, data, split, open_world, device, feasibility, feasibility_table,
+                                 decode or DEFAULT_DECODE)
         written = write_zero_shot_report(out or data / "eval", res, model, data, split)
     elif model is not None:
         raise CurateError("--model is for --zero-shot; a trained run is scored with its own model",
@@ -194,7 +202,8 @@ def eval_cmd(
     elif run is None:
         raise CurateError("give a RUN folder, or --zero-shot", fix="curate eval czsl RUN --data DIR")
     else:
-        res = evaluate_run(run, data, split, open_world, device, feasibility, feasibility_table, checkpoint)
+        res = evaluate_run(run, data, split, open_world, device, feasibility, feasibility_table, checkpoint,
+                           decode=decode)
         written = run / f"eval-{split}.json"
     console.print(metrics_table(res), markup=False, highlight=False)
     console.print(f"wrote {written}" + (f" and {written.with_suffix('.json')}" if written.suffix == ".md" else ""))

@@ -198,7 +198,8 @@ def write_zero_shot_report(out: Path, results: dict[str, Any], spec_name: str, d
     feas = results.get("feasibility", {})
     lines = [f"# CZSL zero-shot: `{spec_name}`", "",
              f"Data `{data}`, split {split}; prompt \"a photo of {{attr}} {{obj}}\", no training. "
-             f"Open-world feasibility: {feas.get('kind', 'not scored')}.",
+             f"Open-world feasibility: {feas.get('kind', 'not scored')}. Images decoded "
+             f"{results.get('decode', 'fast')} (`--decode`).",
              "",
              "**This model filtered the data (biased: this model filtered the data): its zero-shot scores are not a "
              "fair baseline.**" if filt and filt == spec_name else

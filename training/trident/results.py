@@ -18,6 +18,7 @@ import numpy as np
 
 from curate.errors import CurateError
 from curate.fsutil import write_json
+from curate.images import DEFAULT_DECODE
 
 from ..data.features import TokenFeatures
 from .data import CZSLData, load_czsl
@@ -144,8 +145,10 @@ def _check_vocabulary(data: CZSLData, spec: RunSpec) -> None:
 
 def evaluate_run(run: Path, data_dir: Path, split: str, open_world: bool, device: str = "auto",
                  feasibility: str = "auto", table: Path | None = None, checkpoint: Path | None = None,
-                 cache_features: bool = True, workers: int = 0) -> dict[str, Any]:
-    """``curate eval czsl RUN --data DIR``: the run's best model on one split (+ val for open world)."""
+                 cache_features: bool = True, workers: int = 0, decode: str | None = None) -> dict[str, Any]:
+    """``curate eval czsl RUN --data DIR``: the run's best model on one split (+ val for open world).
+    ``decode``: how the images are decoded (default: as the run was trained; another mode does not read the
+    run's feature cache, which holds the trained mode's tokens)."""
     from curate.options import resolve_device
 
     from ..loop import MODEL_FILE, latest_checkpoint
@@ -166,13 +169,16 @@ def evaluate_run(run: Path, data_dir: Path, split: str, open_world: bool, device
 
     data = load_czsl(czsl_root_for(data_dir))
     _check_vocabulary(data, spec)
-    backbone = Backbone(spec.backbone, dev, spec.config.decode)
+    mode = decode or spec.config.decode
+    backbone = Backbone(spec.backbone, dev, mode)
     same_data = Path(spec.data.get("root", "")).resolve() == data.root.resolve()
-    cache_dir = Path(spec.cache_dir) if spec.cache_dir and cache_features and same_data else None
+    own_cache = spec.cache_dir and cache_features and same_data and mode == spec.config.decode
+    cache_dir = Path(spec.cache_dir) if own_cache else None
     features, _ = prepare_features(data, backbone, cache_features, cache_dir, workers)
     feas, info = (feasibility_scores(feasibility, data, spec, model, table) if open_world else (None, {}))
     res = evaluate_splits(_model_scorer(model, features, data, spec, dev), data, spec, [split], open_world, feas, info)
     res["model_file"] = str(path)
+    res["decode"] = mode
     if spec.config.model == "trident":
         res["training_step"] = checkpoint_step(path)  # BatchNorm grouping and partner rule it was trained with
     write_json(run / f"eval-{split}.json", to_json(res))
@@ -180,8 +186,10 @@ def evaluate_run(run: Path, data_dir: Path, split: str, open_world: bool, device
 
 
 def evaluate_zero_shot(spec_name: str, data_dir: Path, split: str, open_world: bool, device: str = "auto",
-                       feasibility: str = "auto", table: Path | None = None) -> dict[str, Any]:
-    """Zero-shot CLIP ("a photo of {attr} {obj}") with the CZSL evaluator: no training."""
+                       feasibility: str = "auto", table: Path | None = None,
+                       decode: str = DEFAULT_DECODE) -> dict[str, Any]:
+    """Zero-shot CLIP ("a photo of {attr} {obj}") with the CZSL evaluator: no training. Each image is padded to
+    a square as TRIDENT's backbone does, decoded (``decode``) so its longest side covers the model's resize."""
     from curate.embed.backends import load_model
     from curate.options import resolve_device
 
@@ -202,10 +210,11 @@ def evaluate_zero_shot(spec_name: str, data_dir: Path, split: str, open_world: b
     def scorer(s: str, columns: Columns) -> np.ndarray:
         if s not in images:
             store.load([it.ref for it in data.items[s]])
-            images[s] = [pad_square(store.open(it.ref), fill) for it in data.items[s]]
+            images[s] = [pad_square(encoder.open_image(store.read(it.ref), decode, fit="long"), fill)
+                         for it in data.items[s]]
         return zero_shot_scores(encoder, images[s], columns)
 
     if feasibility in ("auto", "words"):  # no word embeddings here: captions when there are some
         feasibility = "captions" if (table or find_cooccurrence(data.root)) else "none"
     feas, info = feasibility_scores(feasibility, data, spec, None, table) if open_world else (None, {})
-    return evaluate_splits(scorer, data, spec, [split], open_world, feas, info)
+    return {**evaluate_splits(scorer, data, spec, [split], open_world, feas, info), "decode": decode}
