@@ -612,9 +612,27 @@ def check_spec_syntax(spec: str) -> None:
 
 def check_model_available(spec: str) -> None:
     """:func:`check_spec_syntax`, and for ``open_clip:`` specs what its loader checks before loading
-    (architecture known, named weights cached). Imports open_clip (torch): for commands that load
-    the model in this process anyway (a build), before their output folder opens."""
+    (architecture known, named weights cached), before an output folder opens. A checkpoint whose
+    architecture open_clip ships or that carries its own ``ARCH.json`` is checked without importing
+    open_clip (seconds of start-up that `curate embed`'s worker processes would wait for); anything
+    else imports it for the loader's own checks and messages."""
     check_spec_syntax(spec)
     scheme, _, rest = spec.partition(":")
     if scheme == "open_clip":
+        arch, _, tail = rest.partition("/")
+        if (tail.startswith("/") or tail.endswith(CKPT_SUFFIXES)) and _arch_known(arch, Path(tail).expanduser()):
+            return
         _check_open_clip(spec, rest)
+
+
+def _arch_known(arch: str, ckpt: Path) -> bool:
+    """Whether ``arch`` is one of open_clip's shipped architectures (its ``model_configs/ARCH.json``, found
+    without importing the package) or a config beside the checkpoint (what :func:`_register_local_config`
+    reads)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("open_clip")
+    shipped = [Path(d, "model_configs", f"{arch}.json") for d in (found.submodule_search_locations or [])] \
+        if found else []
+    beside = [ckpt.parent / f"{arch}.json", ckpt.parent / "open_clip_config.json"]
+    return bool(arch) and any(p.is_file() for p in shipped + beside)

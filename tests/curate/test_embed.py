@@ -101,6 +101,23 @@ def test_unknown_model_spec_lists_valid_forms(spec):
         assert form in msg
 
 
+def test_a_checkpoint_of_a_known_architecture_is_checked_without_importing_open_clip(tmp_path):
+    """`curate embed` checks the model before its workers start: for ARCH//checkpoint with a shipped or
+    beside-the-checkpoint ARCH.json that check no longer imports open_clip (~5 s the workers waited for);
+    an unknown architecture still gets open_clip's own list in the error."""
+    (tmp_path / "clip.pt").write_bytes(b"")
+    (tmp_path / "Mine-1.json").write_text("{}")
+    code = ("import sys; from curate.embed.backends import check_model_available as c; "
+            f"c('open_clip:ViT-B-32//{tmp_path}/clip.pt'); c('open_clip:Mine-1//{tmp_path}/clip.pt'); "
+            "print('open_clip' in sys.modules, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["False", "False"], r.stderr
+    from curate.embed.backends import check_model_available
+
+    with pytest.raises(CurateError, match="unknown open_clip architecture 'ViT-B-33'.*ViT-B-32"):
+        check_model_available(f"open_clip:ViT-B-33//{tmp_path}/clip.pt")
+
+
 def test_unknown_arch_and_tag_and_uncached_weights(tmp_path, monkeypatch):
     from curate.embed.backends import load_model
 
