@@ -14,7 +14,7 @@ can be downloaded here), same batch size and worker count, on CPU:
 Order alternated between repeats, median of 3, load recorded. The three outputs are compared
 (keys, and every embedding to cosine >= 0.999); a side that disagrees is reported as a
 mismatch instead of a ratio. Then ours alone at 1x and 10x input: time and peak RSS (whole
-process tree) growth. Writes bench/results/bench_embed.{json,md}.
+process tree) growth. Writes bench/results/bench_embed.{json,md} (bench_embed_<size>px.* for another --size).
 
     .venv/bin/python bench/bench_embed.py --images 512 --batch-size 64 --workers 2
 """
@@ -167,7 +167,11 @@ def main() -> None:
     ap.add_argument("--arch", default="ViT-B-32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--growth-base", type=int, default=128, help="images at 1x for the 1x -> 10x growth (0: skip)")
+    ap.add_argument("--render", type=Path, help="rewrite the Markdown and summary of a saved results JSON, run nothing")
     args = ap.parse_args()
+    if args.render:
+        finish(json.loads(args.render.read_text()))
+        return
 
     from curate.embed.random_models import save_random_open_clip
     from curate.embed.store import read_embeddings
@@ -209,55 +213,94 @@ def main() -> None:
     n = args.images
     rate = {name: n / m.wall for name, m in med.items()}
     cpu_rate = {name: n / m.cpu for name, m in med.items()}
-    r_cr = ratio_or_mismatch(rate["ours"], rate["clip-retrieval"], cr_mismatch)
-    r_mo = ratio_or_mismatch(rate["ours"], rate["model only"], mo_mismatch)
-    r_cr_cpu = ratio_or_mismatch(cpu_rate["ours"], cpu_rate["clip-retrieval"], cr_mismatch)
-    r_mo_cpu = ratio_or_mismatch(cpu_rate["ours"], cpu_rate["model only"], mo_mismatch)
     fed = "ours, 1 process + decode worker"
-    r_fed = ratio_or_mismatch(rate[fed], rate["model only"], fed_mismatch)
     result = {
         "task": "embed images + captions of WebDataset shards with a random open_clip checkpoint, CPU",
         "images": n, "image_size": args.size, "arch": args.arch, "batch_size": b, "workers": w, "repeats": args.repeats,
+        "shards": len(shards),
         "runs": {name: [m.to_dict() for m in r] for name, r in runs.items()},
         "median": {name: {**m.to_dict(), "images_per_s": round(rate[name], 2)} for name, m in med.items()},
-        "ratio_vs_clip_retrieval": r_cr, "ratio_vs_clip_retrieval_cpu_time": r_cr_cpu,
-        "ratio_vs_model_only": r_mo, "ratio_vs_model_only_cpu_time": r_mo_cpu,
-        "min_cosine_vs_clip_retrieval": cr_cos, "min_cosine_vs_model_only": mo_cos,
-        "ratio_one_process_decode_worker_vs_model_only": r_fed,
+        "ratio_vs_clip_retrieval": ratio_or_mismatch(rate["ours"], rate["clip-retrieval"], cr_mismatch),
+        "ratio_vs_clip_retrieval_cpu_time": ratio_or_mismatch(cpu_rate["ours"], cpu_rate["clip-retrieval"], cr_mismatch),
+        "ratio_vs_model_only": ratio_or_mismatch(rate["ours"], rate["model only"], mo_mismatch),
+        "ratio_vs_model_only_cpu_time": ratio_or_mismatch(cpu_rate["ours"], cpu_rate["model only"], mo_mismatch),
+        "min_cosine_vs_clip_retrieval": cr_cos, "min_cosine_vs_model_only": mo_cos, "min_cosine_one_process": fed_cos,
+        "mismatch_vs_model_only": mo_mismatch,
+        "ratio_one_process_decode_worker_vs_model_only": ratio_or_mismatch(rate[fed], rate["model only"], fed_mismatch),
         "growth": grow,
         "time_growth_exponent": growth([g["images"] for g in grow], [g["wall_s"] for g in grow]) if grow else None,
         "rss_growth_exponent": growth([g["images"] for g in grow], [g["peak_rss_mb"] for g in grow]) if grow else None,
-        "summary": [
-            summary_row("embed vs clip-retrieval (CPU)", f"{rate['ours']:.1f} img/s",
-                        f"clip-retrieval inference {rate['clip-retrieval']:.1f} img/s", r_cr, ">= 2x",
-                        peak_rss_mb={k: round(m.peak_rss_mb) for k, m in med.items()}),
-            summary_row("embed vs model forward alone (CPU)", f"{rate['ours']:.1f} img/s",
-                        f"forward only {rate['model only']:.1f} img/s", r_mo, ">= 1.0x"),
-            summary_row("embed --workers 1 --decode-workers 1 vs model forward alone (CPU)",
-                        f"{rate[fed]:.1f} img/s", f"forward only {rate['model only']:.1f} img/s", r_fed, ">= 0.9x"),
-        ],
     }
-    rows = [f"| {name} | {m.wall:.1f} | {rate[name]:.1f} | {m.cpu:.1f} | {m.peak_rss_mb:,.0f} | "
-            f"{', '.join(f'{x:.1f}' for x in m.load)} |" for name, m in med.items()]
+    finish(result)
+
+
+def steady_state(result: dict) -> dict | None:
+    """Ours' throughput once started: the images the 10x growth run embedded beyond the 1x run over the time it
+    took beyond it (start-up, imports and model loading, cancel out), beside the model forward alone, and the
+    start-up that leaves for the 1x run. None without the growth runs."""
+    g = result.get("growth") or []
+    if len(g) < 2 or g[-1]["wall_s"] <= g[0]["wall_s"]:
+        return None
+    per_s = (g[-1]["images"] - g[0]["images"]) / (g[-1]["wall_s"] - g[0]["wall_s"])
+    model = result["median"]["model only"]["images_per_s"]
+    return {"images_per_s": round(per_s, 2), "ratio_vs_model_only": ratio_or_mismatch(
+        per_s, model, result.get("mismatch_vs_model_only")), "startup_s": round(g[0]["wall_s"] - g[0]["images"] / per_s, 1)}
+
+
+def finish(result: dict) -> None:
+    """Add the steady state and the summary rows to ``result``, write the Markdown and save both (also from a
+    saved result: ``--render``)."""
+    med, n, w = result["median"], result["images"], result["workers"]
+    rate = {name: m["images_per_s"] for name, m in med.items()}
+    fed = "ours, 1 process + decode worker"
+    r_cr, r_mo, r_fed = (result["ratio_vs_clip_retrieval"], result["ratio_vs_model_only"],
+                         result["ratio_one_process_decode_worker_vs_model_only"])
+    steady = result["steady_state"] = steady_state(result)
+    result["summary"] = [
+        summary_row("embed vs clip-retrieval (CPU)", f"{rate['ours']:.1f} img/s",
+                    f"clip-retrieval inference {rate['clip-retrieval']:.1f} img/s", r_cr, ">= 2x",
+                    peak_rss_mb={k: round(m["peak_rss_mb"]) for k, m in med.items()}),
+        summary_row("embed vs model forward alone (CPU)", f"{rate['ours']:.1f} img/s",
+                    f"forward only {rate['model only']:.1f} img/s", r_mo, ">= 1.0x"),
+        summary_row("embed --workers 1 --decode-workers 1 vs model forward alone (CPU)",
+                    f"{rate[fed]:.1f} img/s", f"forward only {rate['model only']:.1f} img/s", r_fed, ">= 0.9x"),
+    ]
+    if steady:
+        result["summary"].append(summary_row(
+            "embed once started (1x -> 10x growth runs) vs model forward alone (CPU)",
+            f"{steady['images_per_s']:.1f} img/s", f"forward only {rate['model only']:.1f} img/s",
+            steady["ratio_vs_model_only"], ">= 1.0x"))
+    for row in result["summary"]:  # the load of the run, not of a later --render
+        row["load"] = max(m["load"][0] for m in med.values())
+    cos = {k: result.get(f"min_cosine_{k}", float("nan")) for k in ("vs_clip_retrieval", "vs_model_only", "one_process")}
+    rows = [f"| {name} | {m['wall_s']:.1f} | {rate[name]:.1f} | {m['cpu_s']:.1f} | {m['peak_rss_mb']:,.0f} | "
+            f"{', '.join(f'{x:.1f}' for x in m['load'])} |" for name, m in med.items()]
+    shards = result.get("shards") or -(-n // max(1, min(128, -(-n // w))))
     md = [
         "# curate embed vs clip-retrieval inference vs the model alone",
         "",
-        f"{n} images ({args.size} px JPEG) + captions in {len(shards)} shards, open_clip {args.arch} (random weights, same "
-        f"checkpoint file), batch {b}, {w} workers, CPU. Median of {args.repeats} (order alternated). Ours and "
-        "clip-retrieval: the whole command; model only: the image + text forward passes on tensors prepared "
-        f"beforehand ({med['model only'].extra.get('threads')} torch threads).",
+        f"{n} images ({result['image_size']} px JPEG) + captions in {shards} shards, open_clip {result['arch']} (random "
+        f"weights, same checkpoint file), batch {result['batch_size']}, {w} workers, CPU. Median of {result['repeats']} "
+        "(order alternated). Ours and clip-retrieval: the whole command; model only: the image + text forward passes "
+        f"on tensors prepared beforehand ({med['model only'].get('threads')} torch threads).",
         "",
         "| side | wall s | images/s | CPU s | peak memory MB (PSS, process tree) | load at end |",
         "|---|---:|---:|---:|---:|---|",
         *rows,
         "",
-        f"- ours / clip-retrieval: **{fmt_ratio(r_cr)}** wall, {fmt_ratio(r_cr_cpu)} in CPU time "
-        f"(outputs agree to min cosine {cr_cos:.5f}; clip-retrieval stores float16).",
-        f"- ours / model forward alone: **{fmt_ratio(r_mo)}** wall, {fmt_ratio(r_mo_cpu)} in CPU time "
-        f"(min cosine {mo_cos:.5f}).",
+        f"- ours / clip-retrieval: **{fmt_ratio(r_cr)}** wall, {fmt_ratio(result['ratio_vs_clip_retrieval_cpu_time'])} "
+        f"in CPU time (outputs agree to min cosine {cos['vs_clip_retrieval']:.5f}; clip-retrieval stores float16).",
+        f"- ours / model forward alone: **{fmt_ratio(r_mo)}** wall, {fmt_ratio(result['ratio_vs_model_only_cpu_time'])} "
+        f"in CPU time (min cosine {cos['vs_model_only']:.5f}).",
         f"- ours with `--workers 1 --decode-workers 1` (one model, {w} torch threads, decoding in a DataLoader "
-        f"worker process) / model forward alone: **{fmt_ratio(r_fed)}** (min cosine {fed_cos:.5f}).",
+        f"worker process) / model forward alone: **{fmt_ratio(r_fed)}** (min cosine {cos['one_process']:.5f}).",
     ]
+    if steady:
+        md.append(f"- ours once started (the 10x growth run's images beyond the 1x run's, over its time beyond it): "
+                  f"**{steady['images_per_s']:.1f} images/s = {fmt_ratio(steady['ratio_vs_model_only'])}** the model "
+                  f"forward alone; start-up (interpreter, torch and open_clip imports in each worker, the model "
+                  f"loaded) about {steady['startup_s']:.0f} s of the whole command's wall time.")
+    grow = result["growth"]
     if grow:
         md += ["", "Growth, ours alone (whole command):", "",
                "| input | images | wall s | images/s | peak RSS MB | load |", "|---|---:|---:|---:|---:|---|",
@@ -265,7 +308,8 @@ def main() -> None:
                  f"{g['peak_rss_mb']:,.0f} | {', '.join(f'{x:.1f}' for x in g['load'])} |" for g in grow],
                "", f"Time grows as input^{result['time_growth_exponent']}, peak memory as "
                f"input^{result['rss_growth_exponent']} (1 = linear, 0 = flat)."]
-    save("bench_embed", result, "\n".join(md))
+    name = "bench_embed" if result["image_size"] == 256 else f"bench_embed_{result['image_size']}px"
+    save(name, result, "\n".join(md))  # a rendered result keeps the machine and command it was measured with
 
 
 if __name__ == "__main__":
