@@ -22,6 +22,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 README = BENCH / "README.md"
 MARK = "## Results"
+NOTES = ".notes.md"  # bench/results/NAME.notes.md: hand-written findings appended to NAME's section
 
 
 def scripts() -> list[Path]:
@@ -102,7 +103,7 @@ def results_section() -> str:
     parts = [MARK, "", "Written by `bench/run_all.py` from `bench/results/` (each file names its machine, load and "
              "date, and the command that made it). Ratios are ours / peer throughput (higher is better); a row "
              "whose two sides disagree shows MISMATCH instead of a ratio.", "", *summary_table(), ""]
-    for md in sorted((BENCH / "results").glob("*.md")):
+    for md in sorted(p for p in (BENCH / "results").glob("*.md") if not p.name.endswith(NOTES)):
         meta = md.with_suffix(".json")
         when, command = "", ""
         if meta.exists():
@@ -114,6 +115,9 @@ def results_section() -> str:
         if command:
             parts += [f"`{command}`", ""]
         parts += [md.read_text().strip(), ""]
+        notes = md.with_name(md.stem + NOTES)  # what a person wrote about these numbers: a rerun never touches it
+        if notes.exists():
+            parts += [notes.read_text().strip(), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
