@@ -140,9 +140,11 @@ def _children_ignore_sigint() -> Iterator[None]:
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:
-    for proc in list((pool._processes or {}).values()):  # (no public way to stop running tasks)
+    """Stop the pool's workers now (no public way to stop running tasks). Not ``shutdown(wait=False)``: that
+    drops the pool's reference to its manager thread, so :func:`_join` could no longer wait for it; the
+    manager sees its workers gone, fails what is left and ends."""
+    for proc in list((pool._processes or {}).values()):
         proc.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _join(pool: ProcessPoolExecutor) -> None:
@@ -151,7 +153,7 @@ def _join(pool: ProcessPoolExecutor) -> None:
     thread may be closing at that moment, and prints "OSError: [Errno 9] Bad file descriptor")."""
     while True:
         try:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True, cancel_futures=True)
             return
         except KeyboardInterrupt:
             _terminate(pool)

@@ -153,7 +153,7 @@ class Run(StepContext):
             emb = Path(src.path) / "embeddings"
             if src.kind == "dataset" and (emb / "img_emb").exists() and not cfg.model:
                 fp = fingerprint("embeddings", emb)
-            elif cfg.model:  # the decode mode when not the default fast (the key runs before the option recorded)
+            elif cfg.model:  # and the decode mode unless fast (the default: the key of runs made before the option)
                 fp = fingerprint("model", model_fingerprint(cfg.model), self.images_inputs(),
                                  *(() if cfg.decode == DEFAULT_DECODE else (f"decode={cfg.decode}",)))
             else:

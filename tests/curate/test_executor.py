@@ -53,6 +53,34 @@ def test_failing_tasks_are_results_not_crashes():
     assert results[4].error == "task 4: bad input — fix: drop it"
 
 
+def sleep_then_return(x: int) -> int:
+    import time
+
+    time.sleep(30 if x else 0)
+    return x
+
+
+def test_ctrl_c_leaves_no_pool_thread_for_the_exit_hook():
+    """Ctrl-C while tasks run: the workers are stopped and the pool's manager thread is gone when map() has
+    unwound. A live one races the interpreter's exit hook, which wakes it through a pipe it is closing
+    ("OSError: [Errno 9] Bad file descriptor" after "Interrupted; ..."): stopping the workers must not drop
+    the pool's reference to that thread before the final shutdown waits for it."""
+    import threading
+    import time
+
+    def managers() -> list:
+        return [t for t in threading.enumerate() if type(t).__name__ == "_ExecutorManagerThread" and t.is_alive()]
+
+    for _ in range(3):
+        gen = LocalExecutor(workers=2).map(sleep_then_return, [0, 1, 1])
+        assert next(gen).task == 0  # the pool runs; tasks 1 and 2 sleep in its workers
+        t0 = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            gen.throw(KeyboardInterrupt)
+        assert time.perf_counter() - t0 < 20  # stopped, not waited for
+        assert managers() == []
+
+
 def test_dead_worker_is_a_clear_error():
     with pytest.raises(CurateError, match="worker process died") as e:
         list(LocalExecutor(workers=2).map(die_on_two, range(4)))
