@@ -125,6 +125,28 @@ def _report(results: dict, out: Path) -> None:
         console.print(f"wrote {out / 'report.md'}")
 
 
+# `curate eval czsl --decode`: the shared option's modes, with a default that depends on what is scored
+RunDecode = Annotated[str | None, typer.Option(
+    "--decode", help="How JPEGs are decoded for the model: fast (at the smallest 1/2, 1/4 or 1/8 DCT scale "
+                     "that still covers its input size) or exact (full size). Default: a run's own mode "
+                     "(its config), fast with --zero-shot.")]
+
+
+def _zero_shot_model(model: str | None, data: Path) -> str:
+    """--zero-shot's model: --model, else the one the data was built with; its spec's syntax checked."""
+    from curate.embed.backends import check_spec_syntax
+    from curate.errors import CurateError
+
+    from .run import default_backbone
+
+    model = model or default_backbone(data)
+    if not model:
+        raise CurateError("no --model given and the data does not name the model it was built with",
+                          where=str(data), fix="curate eval czsl --zero-shot --model SPEC --data DIR")
+    check_spec_syntax(model)
+    return model
+
+
 def eval_cmd(
     data: Annotated[Path, typer.Option("--data", help="The CZSL root, dataset folder or demo world to score.")],
     run_arg: Annotated[str | None, typer.Argument(metavar="RUN", help="Run folder of `curate train trident` (omit with "
@@ -147,10 +169,7 @@ def eval_cmd(
                                                                "czsl-zero-shot-MODEL-SPLIT.{json,md} (default "
                                                                "DATA/eval).")] = None,
     device: Device = "auto",
-    decode: Annotated[str | None, typer.Option(
-        "--decode", help="How JPEGs are decoded for the model: fast (at the smallest 1/2, 1/4 or 1/8 DCT scale "
-                         "that still covers its input size) or exact (full size). Default: a run's own mode "
-                         "(its config), fast with --zero-shot.")] = None,
+    decode: RunDecode = None,
 ) -> None:
     """CZSL metrics (ExplainableML/czsl Evaluator): seen, unseen, HM, AUC, attribute/object accuracy.
 
@@ -184,15 +203,7 @@ def eval_cmd(
         if path is not None:
             must_exist(path, what)
     if zero_shot:
-        from curate.embed.backends import check_spec_syntax
-
-        from .run import default_backbone
-
-        model = model or default_backbone(data)
-        if not model:
-            raise CurateError("no --model given and the data does not name the model it was built with",
-                              where=str(data), fix="curate eval czsl --zero-shot --model SPEC --data DIR")
-        check_spec_syntax(model)
+        model = _zero_shot_model(model, data)
         res = evaluate_zero_shot(model, data, split, open_world, device, feasibility, feasibility_table,
                                  decode or DEFAULT_DECODE)
         written = write_zero_shot_report(out or data / "eval", res, model, data, split)
