@@ -61,7 +61,8 @@ def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
 
 def _call_synced(fn: Callable[[Any], Any], task: Any, spec: dict[str, Any] | None) -> TaskResult:
     """``_call`` on a Ray node: on a machine that does not see the driver's object-storage mirror folder the
-    task runs on this machine's own mirror (curate.storage.synced_task), and the result names what it uploaded."""
+    task runs on this machine's own mirror (pulled before it, its outputs pushed after it succeeded), and the
+    result names what it uploaded."""
     from . import storage
 
     t0 = time.perf_counter()
@@ -69,10 +70,11 @@ def _call_synced(fn: Callable[[Any], Any], task: Any, spec: dict[str, Any] | Non
         if not storage.needs_task_sync(spec):
             return _call(fn, task)
         assert spec is not None
-        with storage.synced_task(spec) as uploaded:
-            res = _call(fn, task)
-            if not res.ok:  # nothing is uploaded for a failed task: its rerun redoes it
-                return res
+        mirrors = storage.pull_for_task(spec)
+        res = _call(fn, task)
+        if not res.ok:  # nothing is uploaded for a failed task: its rerun redoes it
+            return res
+        uploaded = storage.push_task_outputs(mirrors)
     except CurateError as e:
         return TaskResult(task, None, e.message, time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - the bucket unreachable from this node: the task failed, retried on a rerun

@@ -605,19 +605,23 @@ def needs_task_sync(spec: dict[str, Any] | None) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def synced_task(spec: dict[str, Any]) -> Iterator[list[str]]:
-    """Around a task on another machine: pull the command's URLs into this machine's mirror before; after
-    (if the block ends without an exception), upload what the task wrote under the output URL. Yields the
-    list the uploaded keys are appended to. Never locks, never deletes in the bucket."""
+def pull_for_task(spec: dict[str, Any]) -> list[tuple[Mirror, bool]]:
+    """Before a task on another machine: the command's URLs pulled into this machine's mirror; returns them
+    (with whether each is the output) for :func:`push_task_outputs`. Never locks."""
     mirrors = [(Mirror(url), output) for url, output in spec["mirrors"]]
     for m, _ in mirrors:
         m.pull()
+    return mirrors
+
+
+def push_task_outputs(mirrors: list[tuple[Mirror, bool]]) -> list[str]:
+    """After a task that succeeded: upload what it wrote under the output URL; returns the uploaded keys.
+    Never deletes in the bucket."""
     uploaded: list[str] = []
-    yield uploaded
     for m, output in mirrors:
         if output and not m.pattern:
             m.push(uploaded)
+    return uploaded
 
 
 def fetch_uploaded(keys: list[str]) -> None:

@@ -305,3 +305,33 @@ def test_a_task_knows_whether_it_sees_the_commands_mirror(tmp_path, monkeypatch)
     with pytest.raises(CurateError, match="CURATE_CACHE to the same path on every node"):
         storage.needs_task_sync({**spec, "root": "/elsewhere/remote", "token": "/elsewhere/remote/.shared-check/t"})
     assert storage.task_sync_spec() is None  # no command with URLs running
+
+
+def _write_then(outcome: str) -> str:
+    """A task that writes one file under the output URL's mirror, then fails or succeeds."""
+    out = storage.mirror_path(os.environ["TEST_OUT_URL"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{outcome}.bin").write_bytes(b"written by the task")
+    if outcome == "fail":
+        raise RuntimeError("the task failed after writing")
+    return outcome
+
+
+def test_a_task_away_from_the_mirror_uploads_only_when_it_succeeds(s3env, tmp_path, monkeypatch):
+    """A task on a node that does not see the driver's mirror runs on its own mirror: a task that succeeds
+    uploads what it wrote and names the keys; one that fails uploads nothing when it ends (its rerun redoes it)."""
+    from curate.executor import _call_synced
+
+    bucket = s3env.new_bucket()
+    url = f"s3://{bucket}/out"
+    monkeypatch.setenv("TEST_OUT_URL", url)
+    spec = {"root": str(storage.mirror_root()), "token": str(tmp_path / "driver-elsewhere" / "token"),
+            "mirrors": [[url, True]]}
+    failed = _call_synced(_write_then, "fail", spec)
+    assert not failed.ok and "the task failed after writing" in failed.error and not failed.uploaded
+    assert s3env.keys(bucket, "out/") == {}
+    done = _call_synced(_write_then, "ok", spec)
+    assert done.ok and done.value == "ok" and f"{bucket}/out/ok.bin" in done.uploaded
+    assert s3env.keys(bucket, "out/")["out/ok.bin"] == b"written by the task"
+    # (what the failed task left in this node's mirror goes up with the next push: no marker names it, so
+    # the rerun still redoes that task)

@@ -52,7 +52,7 @@ def cluster(s3, tmp_path_factory):
     """A head node on this machine's files and a worker node that sees a disk of its own at the object-storage
     mirror's path (CURATE_CACHE/remote, bind-mounted in a mount namespace of its own: `unshare`), as a node
     of a real cluster with the same CURATE_CACHE path and no shared folder: its tasks pull what they read
-    and upload what they write (curate.storage.synced_task)."""
+    and upload what they write (curate.storage.pull_for_task, push_task_outputs)."""
     env = {**os.environ, **s3.env(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
            "RAY_AUTH_MODE": "disabled",  # a loopback-only test cluster; real clusters should use token auth
            # the GCS declares a node dead after 3 missed 1 s health checks (Ray's default: 5 missed 3 s
