@@ -43,14 +43,16 @@ demo: install
 # `make test`: every test but those marked `system` (they start a Ray cluster, run commands against an S3
 # server, drive a browser or a peer tool's own processes, or SIGKILL commands at random points); CI runs
 # `make test` and then `make test-system`.
+PYTEST := $(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: install
-	$(VENV)/bin/pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not system" $(PYTEST_ARGS)
+	$(PYTEST) --durations=15 -m "not system" $(PYTEST_ARGS)
 
 test-system: install
-	$(VENV)/bin/pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m system $(PYTEST_ARGS)
+	$(PYTEST) --durations=15 -m system $(PYTEST_ARGS)
 
 test-fast: install
-	$(VENV)/bin/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not system"
+	$(PYTEST) -m "not slow and not system"
 
 lint: install
 	$(VENV)/bin/ruff check .
